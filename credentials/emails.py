@@ -1,0 +1,56 @@
+"""One helper for every email: subject, text body and HTML body from templates.
+
+templates/emails/<name>-subject.txt, <name>-body.txt and <name>-body.html
+(the HTML extends emails/base.html). The text twin is written by hand, so it
+reads well in a plain-text client. Same pattern as healthchecks' hc/lib/emails.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+from django.template.loader import render_to_string
+
+
+def render_email(name: str, context: dict) -> tuple[str, str, str]:
+    """Subject (one line), text body and HTML body of emails/<name>."""
+    context = {"site_url": settings.SITE_URL, **context}
+    subject = render_to_string(f"emails/{name}-subject.txt", context)
+    # A newline in a subject would break the header; templates end in one.
+    subject = " ".join(subject.split())
+    text = render_to_string(f"emails/{name}-body.txt", context)
+    html = render_to_string(f"emails/{name}-body.html", context)
+    return subject, text, html
+
+
+def build_email(
+    name: str,
+    *,
+    to: Sequence[str],
+    context: dict,
+    cc: Sequence[str] = (),
+    reply_to: Sequence[str] = (),
+    attachments: Iterable[tuple[str, bytes | str, str]] = (),
+    connection=None,
+) -> EmailMultiAlternatives:
+    subject, text, html = render_email(name, context)
+    message = EmailMultiAlternatives(
+        subject=subject,
+        body=text,
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=list(to),
+        cc=list(cc),
+        reply_to=list(reply_to),
+        connection=connection,
+    )
+    message.attach_alternative(html, "text/html")
+    for filename, content, mimetype in attachments:
+        message.attach(filename, content, mimetype)
+    return message
+
+
+def send_email(name: str, **kwargs) -> int:
+    """Render and send; SMTP errors propagate so a Celery task can retry them."""
+    return build_email(name, **kwargs).send(fail_silently=False)

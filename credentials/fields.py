@@ -1,0 +1,165 @@
+"""Encryption at rest for model fields.
+
+Why our own field: django-fernet-fields (named by the design) imports
+`force_text`, removed in Django 4.0, so it cannot load on Django 5.2; its
+successor django-fernet-encrypted-fields returns the ciphertext as the value
+when decryption fails and derives its keys from SECRET_KEY. This field keeps
+django-fernet-fields' convention (FERNET_KEYS, newest first, older keys still
+decrypt) on cryptography's MultiFernet, and fails loudly instead.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
+from django.core import checks
+from django.core.exceptions import FieldError, ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.db import models
+from django.db.models.expressions import Col
+from django.db.models.lookups import IsNull
+from django.dispatch import receiver
+
+
+class DecryptionError(Exception):
+    """A stored value that no configured key decrypts.
+
+    Raised instead of returning the ciphertext or an empty value, so that a
+    wrong FERNET_KEYS can never show garbage or save it back over the data.
+    """
+
+
+def build_fernets(keys: list[str]) -> list[Fernet]:
+    """One Fernet per key, newest first; a malformed key raises ImproperlyConfigured."""
+    if not keys:
+        raise ImproperlyConfigured("FERNET_KEYS is empty: configure at least one key.")
+    fernets = []
+    for position, key in enumerate(keys, start=1):
+        try:
+            fernets.append(Fernet(key.strip().encode()))
+        except (ValueError, TypeError):
+            raise ImproperlyConfigured(
+                f"FERNET_KEYS entry {position} is not a valid Fernet key (32 url-safe base64 "
+                f"bytes). Generate one with: python manage.py generate_encryption_key"
+            ) from None
+    return fernets
+
+
+@functools.cache
+def get_fernets() -> tuple[Fernet, ...]:
+    return tuple(build_fernets(list(settings.FERNET_KEYS)))
+
+
+def get_multifernet() -> MultiFernet:
+    return MultiFernet(list(get_fernets()))
+
+
+def primary_fernet() -> Fernet:
+    return get_fernets()[0]
+
+
+@receiver(setting_changed)
+def _reset_keys(*, setting: str, **kwargs) -> None:
+    if setting == "FERNET_KEYS":
+        get_fernets.cache_clear()
+
+
+def encrypt_str(value: str) -> str:
+    return primary_fernet().encrypt(value.encode()).decode("ascii")
+
+
+def decrypt_str(token: str, *, what: str = "an encrypted value") -> str:
+    try:
+        return get_multifernet().decrypt(token.encode("ascii")).decode()
+    except (InvalidToken, UnicodeError):
+        # The message names the column, never the token or any part of it.
+        raise DecryptionError(
+            f"Cannot decrypt {what}: none of the configured FERNET_KEYS matches it. "
+            f"Restore the key it was written with to FERNET_KEYS (older keys go after the newest)."
+        ) from None
+
+
+class EncryptedCol(Col):
+    """A column whose database value is ciphertext: it cannot be ordered by."""
+
+    def resolve_expression(self, *args, **kwargs):
+        # Ordering (order_by("secret")) resolves the column again; plain
+        # selects do not. Ciphertext order is random, so refuse it.
+        raise FieldError(f"{self.target.name} is encrypted: it cannot be used to order or compare rows.")
+
+
+class EncryptedIsNull(IsNull):
+    """isnull compares no ciphertext, so it stays allowed, on a plain column."""
+
+    def __init__(self, lhs, rhs):
+        if isinstance(lhs, EncryptedCol):
+            lhs = Col(lhs.alias, lhs.target, lhs.output_field)
+        super().__init__(lhs, rhs)
+
+
+class EncryptedTextField(models.TextField):
+    """A text field stored as a Fernet token; the plaintext lives only in memory.
+
+    No lookups (the ciphertext of equal values differs every time), no
+    ordering, no index, no uniqueness.
+    """
+
+    description = "Text encrypted at rest with Fernet"
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("editable", True)
+        super().__init__(*args, **kwargs)
+
+    def check(self, **kwargs):
+        errors = super().check(**kwargs)
+        for option in ("primary_key", "unique", "db_index"):
+            if getattr(self, option, False):
+                errors.append(
+                    checks.Error(
+                        f"EncryptedTextField cannot have {option}=True: ciphertext is not comparable.",
+                        obj=self,
+                        id="credentials.E010",
+                    )
+                )
+        ordering = getattr(self.model._meta, "ordering", None) or []
+        if any(str(o).lstrip("-") == self.name for o in ordering):
+            errors.append(
+                checks.Error(
+                    f"{self.model.__name__}.Meta.ordering uses the encrypted field {self.name}.",
+                    obj=self,
+                    id="credentials.E011",
+                )
+            )
+        return errors
+
+    def get_lookup(self, lookup_name):
+        if lookup_name == "isnull":
+            return EncryptedIsNull
+        raise FieldError(f"{self.name} is encrypted: it cannot be filtered with __{lookup_name}.")
+
+    def get_transform(self, lookup_name):
+        raise FieldError(f"{self.name} is encrypted: it cannot be filtered with __{lookup_name}.")
+
+    def get_col(self, alias, output_field=None):
+        if output_field is None:
+            output_field = self
+        if alias == self.model._meta.db_table and output_field is self:
+            return self.cached_col
+        return EncryptedCol(alias, self, output_field)
+
+    @functools.cached_property
+    def cached_col(self):
+        return EncryptedCol(self.model._meta.db_table, self)
+
+    def get_db_prep_save(self, value, connection):
+        value = super().get_db_prep_save(value, connection)
+        if value is None:
+            return None
+        return encrypt_str(str(value))
+
+    def from_db_value(self, value, expression, connection):
+        if value is None:
+            return None
+        return decrypt_str(value, what=f"{self.model._meta.db_table}.{self.column}")

@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from credentials.fields import EncryptedTextField
+
+
+class CredentialQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(status=CD2Credential.Status.ACTIVE)
+
+    def with_expiry(self, *, today: dt.date | None = None):
+        """Annotate days_left and expiry_state in SQL (no Python loop over rows)."""
+        from credentials.selectors import annotate_expiry
+
+        return annotate_expiry(self, today=today)
+
+
+class CD2Credential(models.Model):
+    """One Canvas Data 2 key as the customer created it at identity.instructure.com.
+
+    Keys are never edited in place: a new key supersedes the old one, which
+    stays as history.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        PENDING_VERIFICATION = "pending_verification", "Pending verification"
+        SUPERSEDED = "superseded", "Superseded"
+        REVOKED = "revoked", "Revoked"
+        INVALID = "invalid", "Invalid"
+
+    class KeyType(models.TextChoices):
+        INSTITUTIONAL = "institutional", "Institutional Use"
+        PARTNER = "partner", "Instructure Partner"
+
+    class Source(models.TextChoices):
+        LINK = "link", "Submission link"
+        ADMIN = "admin", "Entered by staff"
+        IMPORT = "import", "Import"
+
+    institution = models.ForeignKey("institutions.Institution", on_delete=models.PROTECT, related_name="credentials")
+    client_id = EncryptedTextField()
+    secret = EncryptedTextField()
+    region = models.CharField(max_length=40, help_text="Parsed from the Client ID, e.g. us-east-1.")
+    hint = models.CharField(max_length=60, help_text="Region and the last 4 characters of the Client ID: safe to show.")
+    key_name = models.CharField(max_length=100, blank=True)
+    key_type = models.CharField(max_length=20, choices=KeyType.choices, default=KeyType.INSTITUTIONAL)
+    expires_on = models.DateField(help_text="The expiry date the customer chose for this key.")
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.PENDING_VERIFICATION)
+    source = models.CharField(max_length=10, choices=Source.choices)
+    submitted_at = models.DateTimeField(default=timezone.now)
+    submitted_by = models.CharField(max_length=200, blank=True, help_text="Name of whoever handed us the key.")
+    submitted_by_email = models.EmailField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The staff member who entered the key, for keys entered in the admin.",
+    )
+    submission_link = models.ForeignKey(
+        "credentials.SubmissionLink", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_verified_at = models.DateTimeField(null=True, blank=True)
+    last_verification = models.CharField(max_length=200, blank=True)
+    verification_attempts = models.PositiveIntegerField(default=0)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+    status_reason = models.CharField(max_length=500, blank=True)
+
+    objects = CredentialQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "CD2 key"
+        verbose_name_plural = "CD2 keys"
+        ordering = ("-submitted_at",)
+        constraints = [
+            # The pipeline reads "the" key of an institution: there must never be two.
+            models.UniqueConstraint(
+                fields=("institution",),
+                condition=Q(status="active"),
+                name="one_active_key_per_institution",
+            ),
+        ]
+        indexes = [models.Index(fields=("status", "expires_on"), name="credential_status_expiry")]
+        permissions = [
+            ("reveal_secret", "Can reveal a key's Secret (audited)"),
+            ("handoff_credential", "Can hand a key to the data pipeline (audited)"),
+        ]
+
+    def __str__(self) -> str:
+        # Never the Client ID or the Secret: __str__ ends up in logs and admin history.
+        return f"{self.hint} ({self.get_status_display()}, expires {self.expires_on:%d %b %Y})"
+
+    def __repr__(self) -> str:
+        return f"<CD2Credential {self.pk} {self.hint} {self.status}>"
+
+    def days_left(self, today: dt.date) -> int:
+        return (self.expires_on - today).days
+
+    def is_usable(self, today: dt.date) -> bool:
+        return self.status == self.Status.ACTIVE and self.expires_on >= today
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class SubmissionLink(models.Model):
+    """A single-use link to the public page where a customer hands us a key.
+
+    Only the SHA-256 of the token is stored: a database dump cannot be
+    replayed as links.
+    """
+
+    institution = models.ForeignKey(
+        "institutions.Institution", on_delete=models.CASCADE, related_name="submission_links"
+    )
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.CharField(max_length=40, blank=True, help_text="Why it was made: staff, reminder, request ...")
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+    sent_to = models.TextField(blank=True, help_text="Addresses the link was mailed to.")
+
+    class Meta:
+        ordering = ("-created_at",)
+
+    def __str__(self) -> str:
+        return f"Link for {self.institution} made {self.created_at:%d %b %Y} ({self.state(timezone.now())})"
+
+    def is_usable(self, now: dt.datetime | None = None) -> bool:
+        now = now or timezone.now()
+        return self.revoked_at is None and self.used_at is None and now < self.expires_at
+
+    def state(self, now: dt.datetime | None = None) -> str:
+        now = now or timezone.now()
+        if self.used_at:
+            return "used"
+        if self.revoked_at:
+            return "revoked"
+        if now >= self.expires_at:
+            return "expired"
+        return "usable"
+
+
+class ReminderLog(models.Model):
+    """One reminder step for one key: the unique row is what makes it "exactly once".
+
+    threshold is days before expires_on (0 on the day, negative after it).
+    claimed_at and sent_at are separate so a run that crashed between the
+    two can be told from one that sent.
+    """
+
+    credential = models.ForeignKey(CD2Credential, on_delete=models.CASCADE, related_name="reminders")
+    threshold = models.IntegerField()
+    claimed_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=500, blank=True)
+    recipients = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ("-claimed_at",)
+        constraints = [
+            models.UniqueConstraint(fields=("credential", "threshold"), name="one_reminder_per_key_and_threshold"),
+        ]
+
+    def __str__(self) -> str:
+        when = f"{self.threshold} days before expiry" if self.threshold >= 0 else f"{-self.threshold} days after expiry"
+        return f"Reminder {when} for {self.credential.hint}"
+
+
+class AuditEvent(models.Model):
+    """Append-only record of every time a secret leaves the registry, and other sensitive acts."""
+
+    class Kind(models.TextChoices):
+        REVEAL = "reveal", "Secret revealed"
+        EXPORT = "export", "Export"
+        HANDOFF = "handoff", "Hand-off to pipeline"
+        SUBMISSION = "submission", "Key submitted"
+        LINK_CREATED = "link_created", "Submission link created"
+        LINK_USED = "link_used", "Submission link used"
+        LINK_REVOKED = "link_revoked", "Submission link revoked"
+        KEY_REVOKED = "key_revoked", "Key revoked"
+        KEY_INVALID = "key_invalid", "Key found invalid"
+        KEY_ROTATION = "key_rotation", "Encryption keys rotated"
+        LOGIN_FAILED = "login_failed", "Admin login failed"
+        LOGIN = "login", "Admin login"
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(
+        max_length=254, blank=True, help_text="Who, when not a staff user (a customer's email, a command)."
+    )
+    institution = models.ForeignKey(
+        "institutions.Institution", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    credential = models.ForeignKey(CD2Credential, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        indexes = [models.Index(fields=("kind", "created_at"), name="audit_kind_created")]
+
+    def __str__(self) -> str:
+        who = self.actor or self.actor_label or "system"
+        return f"{self.get_kind_display()} by {who} at {self.created_at:%Y-%m-%d %H:%M}"

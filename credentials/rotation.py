@@ -1,0 +1,101 @@
+"""Re-encrypt every stored encrypted value under the newest FERNET_KEYS key.
+
+Works on the ciphertext directly (MultiFernet.rotate): plaintext exists only
+inside cryptography for the instant of re-encryption, and no model code runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography.fernet import InvalidToken
+from django.db import connection, transaction
+
+from credentials.checks import encrypted_columns
+from credentials.fields import DecryptionError, get_multifernet, primary_fernet
+
+BATCH_SIZE = 500
+# Keyset pagination starts below every possible (big)integer primary key.
+LOWEST_PK = -(2**63)
+
+
+@dataclass
+class RotationReport:
+    rotated: int = 0
+    unchanged: int = 0
+    tables: dict[str, int] = field(default_factory=dict)
+
+
+def _is_under_primary(token: bytes) -> bool:
+    try:
+        primary_fernet().decrypt(token)
+    except InvalidToken:
+        return False
+    return True
+
+
+def encryption_keys_rotate(*, batch_size: int = BATCH_SIZE, progress=None) -> RotationReport:
+    """Rotate in batches of `batch_size` rows, one transaction per batch.
+
+    Safe to re-run after a crash: a value already under the newest key is left
+    alone, so a second run reports everything unchanged. A value that no
+    configured key decrypts stops the run with DecryptionError before its
+    batch is written.
+    """
+    report = RotationReport()
+    multi = get_multifernet()
+    quote = connection.ops.quote_name
+    for model, enc_fields in _models_with_encrypted_fields():
+        table = quote(model._meta.db_table)
+        pk = quote(model._meta.pk.column)
+        columns = [quote(f.column) for f in enc_fields]
+        select_sql = (
+            f"SELECT {pk}, {', '.join(columns)} FROM {table} WHERE {pk} > %s ORDER BY {pk} LIMIT %s"  # noqa: S608  # nosec B608
+            + (" FOR UPDATE" if connection.features.has_select_for_update else "")
+        )
+        update_sql = f"UPDATE {table} SET {', '.join(f'{c} = %s' for c in columns)} WHERE {pk} = %s"  # noqa: S608  # nosec B608
+        last_pk = LOWEST_PK
+        rotated_here = 0
+        while True:
+            with transaction.atomic():
+                with connection.cursor() as cursor:
+                    cursor.execute(select_sql, [last_pk, batch_size])
+                    rows = cursor.fetchall()
+                    if not rows:
+                        break
+                    updates = []
+                    for pk_value, *tokens in rows:
+                        new_tokens, changed = [], False
+                        for column, token in zip(columns, tokens, strict=True):
+                            if token is None or _is_under_primary(token.encode()):
+                                new_tokens.append(token)
+                                continue
+                            try:
+                                new_tokens.append(multi.rotate(token.encode()).decode("ascii"))
+                            except InvalidToken:
+                                raise DecryptionError(
+                                    f"Cannot rotate {model._meta.db_table}.{column} of row {pk_value}: no configured "
+                                    f"key decrypts it. Nothing in this batch was written; add the missing key to "
+                                    f"FERNET_KEYS and run the command again."
+                                ) from None
+                            changed = True
+                        if changed:
+                            updates.append([*new_tokens, pk_value])
+                            report.rotated += 1
+                        else:
+                            report.unchanged += 1
+                    if updates:
+                        cursor.executemany(update_sql, updates)
+                        rotated_here += len(updates)
+                    last_pk = rows[-1][0]
+            if progress:
+                progress(model._meta.db_table, report)
+        report.tables[model._meta.db_table] = rotated_here
+    return report
+
+
+def _models_with_encrypted_fields():
+    grouped: dict = {}
+    for model, enc_field in encrypted_columns():
+        grouped.setdefault(model, []).append(enc_field)
+    return grouped.items()

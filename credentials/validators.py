@@ -1,0 +1,148 @@
+"""The one validation path for a key, used by every way a key enters.
+
+The public page, the admin form and imports all call `validate_key_input`,
+so a key that one door refuses no other door accepts. Every message says
+what to do next.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+from django.core.exceptions import ValidationError
+
+# The official client reads the region with ([\w-]+)#([\w-]+); we require the
+# whole value to match (ASCII only) instead of falling back to "Unknown".
+CLIENT_ID_RE = re.compile(r"([\w-]+)#([\w-]+)", re.ASCII)
+CLIENT_ID_EXAMPLE = "us-east-1#0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+MAX_CLIENT_ID_LENGTH = 200
+# Secrets are opaque; this only stops a pasted page or file.
+MAX_SECRET_LENGTH = 1000
+# Instructure offers keys of up to 3 years; a few days of slack covers time
+# zones and a key created a day or two before it was handed to us.
+MAX_KEY_LIFETIME = dt.timedelta(days=3 * 365 + 7)
+
+
+@dataclass(frozen=True)
+class CleanKey:
+    client_id: str
+    secret: str
+    expires_on: dt.date
+
+    @property
+    def region(self) -> str:
+        return client_id_region(self.client_id)
+
+    @property
+    def hint(self) -> str:
+        return client_id_hint(self.client_id)
+
+    def __repr__(self) -> str:
+        # The default dataclass repr would print the secret in tracebacks.
+        return f"CleanKey(hint={self.hint!r}, expires_on={self.expires_on!r})"
+
+
+def client_id_region(client_id: str) -> str:
+    return client_id.split("#", 1)[0]
+
+
+def client_id_hint(client_id: str) -> str:
+    """Region and the last 4 characters of the Client ID: enough to tell keys apart."""
+    return f"{client_id_region(client_id)} …{client_id[-4:]}"
+
+
+def clean_client_id(value: object) -> str:
+    client_id = str(value or "").strip()
+    if not client_id:
+        raise ValidationError(
+            "Enter the Client ID. It is shown with the Secret in the “Reveal OAuth Credentials” "
+            "window at identity.instructure.com.",
+            code="required",
+        )
+    if len(client_id) > MAX_CLIENT_ID_LENGTH or not CLIENT_ID_RE.fullmatch(client_id):
+        raise ValidationError(
+            f"This is not a Canvas Data 2 Client ID. A Client ID is a region, a # sign and an ID, "
+            f"for example {CLIENT_ID_EXAMPLE}. Copy the whole value, including the part before the #.",
+            code="client_id_format",
+        )
+    return client_id
+
+
+def clean_secret(value: object) -> str:
+    # The value is never put in a message: messages are shown, logged and mailed.
+    secret = str(value or "").strip()
+    if not secret:
+        raise ValidationError(
+            "Enter the Secret. Instructure shows it only once, next to the Client ID; "
+            "if that window is closed, create a new key.",
+            code="required",
+        )
+    if any(ch.isspace() for ch in secret):
+        raise ValidationError(
+            "The Secret contains a space or a line break. Copy it again in one piece "
+            "(the copy button next to it at identity.instructure.com does this).",
+            code="secret_whitespace",
+        )
+    if len(secret) > MAX_SECRET_LENGTH or not secret.isascii() or not secret.isprintable():
+        raise ValidationError(
+            "This is not a Canvas Data 2 Secret: it has characters a Secret never has, or is far too "
+            "long. Copy only the Secret from the “Reveal OAuth Credentials” window.",
+            code="secret_format",
+        )
+    return secret
+
+
+def clean_expires_on(value: object, *, today: dt.date) -> dt.date:
+    if value in (None, ""):
+        raise ValidationError(
+            "Enter the key's expiry date: the date shown for the key at identity.instructure.com.",
+            code="required",
+        )
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    if not isinstance(value, dt.date):
+        try:
+            value = dt.date.fromisoformat(str(value).strip())
+        except ValueError:
+            raise ValidationError("Enter the expiry date as a date, for example 2027-11-26.", code="invalid") from None
+    if value <= today:
+        raise ValidationError(
+            "This expiry date is not in the future, so the key is no longer usable. Check the date "
+            "shown at identity.instructure.com, or create a new key.",
+            code="expires_in_past",
+        )
+    if value - today > MAX_KEY_LIFETIME:
+        raise ValidationError(
+            "Instructure keys last at most 3 years, so this date cannot be right. Enter the expiry "
+            "date shown for the key at identity.instructure.com.",
+            code="expires_too_far",
+        )
+    return value
+
+
+def validate_key_input(*, client_id: object, secret: object, expires_on: object, today: dt.date) -> CleanKey:
+    """Clean all three values; raise one ValidationError keyed by field with every problem."""
+    errors: dict[str, list[ValidationError]] = {}
+    cleaned: dict[str, object] = {}
+    for field, clean in (
+        ("client_id", clean_client_id),
+        ("secret", clean_secret),
+        ("expires_on", lambda v: clean_expires_on(v, today=today)),
+    ):
+        try:
+            cleaned[field] = clean({"client_id": client_id, "secret": secret, "expires_on": expires_on}[field])
+        except ValidationError as exc:
+            errors[field] = exc.error_list
+    if "client_id" in cleaned and "secret" in cleaned and cleaned["client_id"] == cleaned["secret"]:
+        errors["secret"] = [
+            ValidationError(
+                "The Secret is the same as the Client ID. Paste the Secret, the second value in the "
+                "“Reveal OAuth Credentials” window.",
+                code="secret_is_client_id",
+            )
+        ]
+    if errors:
+        raise ValidationError(errors)
+    return CleanKey(**cleaned)

@@ -1,0 +1,108 @@
+"""Demo data for `make run`: a handful of institutions in every expiry state.
+
+Re-running keeps what is there: institutions that exist are left alone.
+The demo keys are made-up values that no real gateway accepts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from django.utils import timezone
+
+from credentials.models import CD2Credential
+from credentials.services import credential_create
+from credentials.validators import CleanKey
+from institutions.models import Contact, Institution
+
+DEMO_USERNAME = "demo"
+
+# (slug, name, domain, timezone, days until expiry or None for no key, status of that key)
+DEMO_INSTITUTIONS = [
+    ("northfield-university", "Northfield University", "northfield.instructure.com", "America/Chicago", 320, "active"),
+    ("lakeside-college", "Lakeside College", "canvas.lakeside.edu", "America/New_York", 14, "active"),
+    ("harbour-city-schools", "Harbour City Schools", "harbourcity.instructure.com", "Australia/Sydney", 5, "active"),
+    ("st-brendans-academy", "St Brendan's Academy", "stbrendans.instructure.com", "Europe/Dublin", -9, "active"),
+    ("prairie-state-tech", "Prairie State Technical College", "pstc.instructure.com", "America/Denver", None, None),
+    (
+        "maple-ridge-district",
+        "Maple Ridge School District",
+        "mapleridge.instructure.com",
+        "America/Vancouver",
+        200,
+        "invalid",
+    ),
+]
+
+
+class Command(BaseCommand):
+    help = "Load demo institutions, contacts and keys (idempotent), and a demo staff login."
+
+    def handle(self, *args, **options) -> None:
+        owner = self._demo_staff()
+        today = timezone.localdate()
+        created = 0
+        with transaction.atomic():
+            for slug, name, domain, tz, days, key_status in DEMO_INSTITUTIONS:
+                institution, was_created = Institution.objects.get_or_create(
+                    slug=slug,
+                    defaults={
+                        "name": name,
+                        "canvas_domain": domain,
+                        "timezone": tz,
+                        "status": Institution.Status.ACTIVE,
+                        "account_owner": owner,
+                    },
+                )
+                if not was_created:
+                    continue
+                created += 1
+                Contact.objects.create(
+                    institution=institution,
+                    name="Canvas Admin",
+                    email=f"canvas-admin@{slug}.example.edu",
+                    role=Contact.Role.CANVAS_ADMIN,
+                )
+                if days is None:
+                    continue
+                key = CleanKey(
+                    client_id=f"us-east-1#{secrets.token_hex(4)}-demo-{secrets.token_hex(2)}",
+                    secret=secrets.token_urlsafe(24),
+                    # validate_key_input would refuse a past date; demo data
+                    # needs an expired key to show that state.
+                    expires_on=today + dt.timedelta(days=days),
+                )
+                credential = credential_create(
+                    institution=institution,
+                    key=key,
+                    source=CD2Credential.Source.IMPORT,
+                    status=CD2Credential.Status.ACTIVE,
+                    verification="demo data: not checked",
+                    submitted_by="Demo data",
+                )
+                if key_status == "invalid":
+                    credential.status = CD2Credential.Status.INVALID
+                    credential.last_verification = "rejected (401 AuthenticationError)"
+                    credential.save(update_fields=["status", "last_verification"])
+        self.stdout.write(
+            f"Demo data: {created} institution(s) added, {len(DEMO_INSTITUTIONS) - created} already there."
+        )
+
+    def _demo_staff(self):
+        User = get_user_model()
+        user = User.objects.filter(username=DEMO_USERNAME).first()
+        if user:
+            self.stdout.write(
+                f"Demo login: {DEMO_USERNAME} (password printed when it was created; "
+                f"reset it with: python manage.py changepassword {DEMO_USERNAME})"
+            )
+            return user
+        password = secrets.token_urlsafe(12)
+        user = User.objects.create_superuser(username=DEMO_USERNAME, email="demo@localhost", password=password)
+        self.stdout.write(self.style.WARNING(f"Demo login created: username {DEMO_USERNAME}  password {password}"))
+        self.stdout.write("(Shown once. Reset it with: python manage.py changepassword demo)")
+        return user

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import zoneinfo
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models.functions import Lower
+
+# A Canvas host name such as school.instructure.com or canvas.school.edu:
+# lower-case labels separated by dots, no scheme, path or port.
+canvas_domain_validator = RegexValidator(
+    regex=r"\A(?=.{4,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\Z",
+    message=("Enter the Canvas host name only, for example school.instructure.com (no https://, no path)."),
+)
+
+
+def validate_timezone(value: str) -> None:
+    if value not in zoneinfo.available_timezones():
+        raise ValidationError(
+            f"{value!r} is not a time zone name. Use an IANA name such as America/Chicago or Europe/London."
+        )
+
+
+class InstitutionQuerySet(models.QuerySet):
+    def with_key_status(self, *, today=None):
+        """Annotate each institution with its active key and the state to show.
+
+        Delegates to credentials.selectors so the reminder scan, the admin list
+        and the digest all agree on what "expiring" means.
+        """
+        from credentials.selectors import institutions_with_key_status
+
+        return institutions_with_key_status(queryset=self, today=today)
+
+
+class Institution(models.Model):
+    class Status(models.TextChoices):
+        ONBOARDING = "onboarding", "Onboarding"
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused"
+        OFFBOARDED = "offboarded", "Offboarded"
+
+    # Only these receive reminders and key checks; paused and offboarded
+    # institutions must not be mailed about a key we no longer use.
+    SERVED_STATUSES = (Status.ONBOARDING, Status.ACTIVE)
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=80, unique=True)
+    canvas_domain = models.CharField(
+        max_length=253,
+        validators=[canvas_domain_validator],
+        help_text="The institution's Canvas host, e.g. school.instructure.com.",
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ONBOARDING)
+    timezone = models.CharField(
+        max_length=64,
+        default="UTC",
+        validators=[validate_timezone],
+        help_text="Dates in emails are shown in this time zone.",
+    )
+    account_owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="owned_institutions",
+        help_text="The staff member responsible for this customer; copied on reminders.",
+    )
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = InstitutionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.canvas_domain:
+            self.canvas_domain = self.canvas_domain.strip().lower()
+
+    def is_served(self) -> bool:
+        return self.status in self.SERVED_STATUSES
+
+
+class Contact(models.Model):
+    class Role(models.TextChoices):
+        CANVAS_ADMIN = "canvas_admin", "Canvas admin"
+        IT_SECURITY = "it_security", "IT / security"
+        DATA_LEAD = "data_lead", "Data or analytics lead"
+        OTHER = "other", "Other"
+
+    institution = models.ForeignKey(Institution, on_delete=models.CASCADE, related_name="contacts")
+    name = models.CharField(max_length=200)
+    email = models.EmailField()
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.CANVAS_ADMIN)
+    receives_reminders = models.BooleanField(
+        default=True, help_text="Send this person the expiry reminders and new submission links."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("name",)
+        constraints = [
+            models.UniqueConstraint("institution", Lower("email"), name="one_contact_per_email_per_institution"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} <{self.email}>"

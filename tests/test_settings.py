@@ -1,0 +1,52 @@
+"""Start-up in production refuses to run without its secrets, and says which."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_check(tmp_path, **env_overrides) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "FERNET_KEYS", "DEBUG")}
+    env.update({"VAR_DIR": str(tmp_path), "ALLOWED_HOSTS": "example.com", **env_overrides})
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_production_refuses_to_start_without_secret_key(tmp_path):
+    result = run_check(tmp_path, DEBUG="false", FERNET_KEYS=Fernet.generate_key().decode())
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_production_refuses_to_start_without_fernet_keys(tmp_path):
+    result = run_check(tmp_path, DEBUG="false", SECRET_KEY="x" * 50)
+    assert result.returncode != 0
+    assert "FERNET_KEYS is not set" in result.stderr
+
+
+def test_a_malformed_fernet_key_stops_start_up_with_a_clear_message(tmp_path):
+    result = run_check(tmp_path, DEBUG="false", SECRET_KEY="x" * 50, FERNET_KEYS="too-short")
+    assert result.returncode != 0
+    assert "FERNET_KEYS entry 1 is not a valid Fernet key" in result.stderr
+
+
+@pytest.mark.parametrize("debug", ["true"])
+def test_development_generates_its_own_keys_once_and_not_from_secret_key(tmp_path, debug):
+    first = run_check(tmp_path, DEBUG=debug)
+    assert first.returncode == 0, first.stderr
+    fernet_key = (tmp_path / "fernet.key").read_text().strip()
+    secret_key = (tmp_path / "secret_key").read_text().strip()
+    Fernet(fernet_key.encode())
+    assert fernet_key != secret_key
+    assert oct((tmp_path / "fernet.key").stat().st_mode)[-3:] == "600"
+    assert run_check(tmp_path, DEBUG=debug).returncode == 0
+    assert (tmp_path / "fernet.key").read_text().strip() == fernet_key
