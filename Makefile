@@ -14,20 +14,29 @@ $(STAMP): requirements.txt requirements-dev.txt
 install: $(STAMP)
 
 # Development defaults: DEBUG on, everything else embedded (SQLite, a folder
-# as Celery broker, console mail, keys generated under var/).
+# as Celery broker, console mail, keys generated under var/), and keys checked
+# against the fake CD2 gateway on loopback, never Instructure's real one.
 .env:
-	printf 'DEBUG=true\n' > .env
+	printf 'DEBUG=true\nCD2_API_URL=http://127.0.0.1:8765\n' > .env
 
 run: $(STAMP) .env
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py load_demo_data
 	@echo
-	@echo "Admin: http://127.0.0.1:8000/admin/   (Ctrl-C stops web, worker and beat)"
+	@echo "Admin: http://127.0.0.1:8000/admin/   (Ctrl-C stops web, worker, beat and the fake CD2 gateway)"
+	@echo "A submission link: $(BIN)/python manage.py create_submission_link northfield-university"
 	@echo
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start
+	@# Keys are checked against the fake CD2 gateway (Procfile "cd2") unless CD2_API_URL is set.
+	PATH="$(abspath $(BIN)):$$PATH" CD2_API_URL="$${CD2_API_URL:-http://127.0.0.1:8765}" $(BIN)/honcho start
 
 test: $(STAMP) .env
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# Benchmarks (not tests): needs PostgreSQL and Redis on 127.0.0.1 and wrk
+# (apt-get install wrk). Puts the figures on top of bench/RESULTS.md.
+BENCH_INSTITUTIONS ?= 10000 100000
+bench: $(STAMP)
+	$(BIN)/python bench/run.py --institutions $(BENCH_INSTITUTIONS)

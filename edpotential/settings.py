@@ -9,11 +9,15 @@ With DEBUG off, start-up refuses to go on without SECRET_KEY and FERNET_KEYS.
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from pathlib import Path
 
 import environ
 from celery.schedules import crontab
+from csp.constants import NONCE as CSP_NONCE
+from csp.constants import NONE as CSP_NONE
+from csp.constants import SELF as CSP_SELF
 from django.core.exceptions import ImproperlyConfigured
 
 # ---------------------------------------------------------------------------
@@ -82,6 +86,13 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "institutions.apps.InstitutionsConfig",
     "credentials.apps.CredentialsConfig",
+    # Security (see the Security section and edpotential/security.py).
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+    "axes",
+    "csp",
+    "edpotential.apps.SecurityConfig",
 ]
 
 MIDDLEWARE = [
@@ -91,8 +102,14 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "edpotential.security.SessionLifetimeMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "edpotential.security.DatabaseUnavailableMiddleware",
+    # Last, as django-axes requires: turns a lockout into a 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "edpotential.urls"
@@ -108,6 +125,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "csp.context_processors.nonce",  # {{ CSP_NONCE }} for the rare inline <script nonce=...>
             ],
         },
     },
@@ -120,6 +138,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]  # the public pages' own CSS and JS (static/credentials/)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -152,12 +171,14 @@ if CELERY_BROKER_URL == "filesystem://":
     # Embedded broker for development: messages are files under var/celery,
     # so `make run` needs no Redis.
     _celery_dir = VAR_DIR / "celery"
-    for _sub in ("queue", "processed"):
+    for _sub in ("queue", "processed", "control"):
         (_celery_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_celery_dir / "queue"),
         "data_folder_out": str(_celery_dir / "queue"),
         "processed_folder": str(_celery_dir / "processed"),
+        # Broadcast (pidbox) messages: without this kombu writes ./control/.
+        "control_folder": str(_celery_dir / "control"),
         "store_processed": False,
     }
 else:
@@ -198,6 +219,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "task": "credentials.tasks.send_staff_digest",
         "schedule": crontab(hour=8, minute=0, day_of_week="mon"),
     },
+    # Hourly at :17: queue a re-check for keys stored while CD2 was down whose
+    # own re-check was lost (broker down) or ran out of retries.
+    "verify-pending-credentials": {
+        "task": "credentials.tasks.verify_pending_credentials",
+        "schedule": crontab(minute=17),
+    },
 }
 
 # ---------------------------------------------------------------------------
@@ -232,6 +259,9 @@ CD2_KEY_NAME = env.str("CD2_KEY_NAME", default="EdPotential")
 CD2_RECOMMENDED_EXPIRY = env.str("CD2_RECOMMENDED_EXPIRY", default="1 year")
 # A key within this many days of its expiry date shows as "expiring".
 CD2_EXPIRING_DAYS = env.int("CD2_EXPIRING_DAYS", default=30)
+# The daily re-check of active keys is spread evenly over this many seconds,
+# so the gateway never sees every key at once (it rate-limits with 429).
+CD2_CHECK_SPREAD_SECONDS = env.int("CD2_CHECK_SPREAD_SECONDS", default=2 * 3600)
 SUBMISSION_LINK_DAYS = env.int("SUBMISSION_LINK_DAYS", default=14)
 
 # Days before expires_on at which contacts are reminded; 0 is the day itself.
@@ -246,14 +276,123 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024  # our forms are a few short fields
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+
+# HTTPS only in production. Development serves plain HTTP on 127.0.0.1, where
+# browsers would drop Secure and __Host- cookies.
+SECURE_SSL_REDIRECT = not DEBUG
+SECURE_HSTS_SECONDS = 0 if DEBUG else 365 * 24 * 3600  # one year
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+# Preloading commits the whole parent domain to HTTPS for good: a decision for
+# whoever owns that domain, so off unless they opt in (hence security.W021 below).
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+# Set only behind our own reverse proxy that overwrites X-Forwarded-Proto and
+# appends X-Forwarded-For; otherwise a client could claim HTTPS or any address.
+BEHIND_TRUSTED_PROXY = env.bool("BEHIND_TRUSTED_PROXY", default=False)
+if BEHIND_TRUSTED_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+
+# Cookies: HttpOnly, Secure and __Host- prefixed (host-only, path /, HTTPS)
+# in production. The CSRF cookie can be HttpOnly because our forms carry the
+# token in a hidden field; no page reads it from JavaScript.
+SESSION_COOKIE_NAME = "sessionid" if DEBUG else "__Host-sessionid"
+CSRF_COOKIE_NAME = "csrftoken" if DEBUG else "__Host-csrftoken"
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = not DEBUG
+SESSION_COOKIE_HTTPONLY = CSRF_COOKIE_HTTPONLY = True
+# Lax keeps a link from a staff email into the admin signed in; Strict on the
+# CSRF cookie costs nothing since a cross-site GET just gets a fresh token.
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Strict"
+CSRF_TRUSTED_ORIGINS = [SITE_URL] if SITE_URL.startswith("https://") else []
+
+# Staff sessions end after 30 idle minutes (every request pushes the expiry
+# on) and 12 hours after sign-in however active (SessionLifetimeMiddleware).
+SESSION_COOKIE_AGE = 30 * 60
+SESSION_SAVE_EVERY_REQUEST = True
+SESSION_ABSOLUTE_SECONDS = 12 * 3600
+
+# Redis down must not stop a customer handing us a key: the rate-limit cache
+# degrades to "no limit" (edpotential/cache.py) and gives up on Redis fast.
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    CACHES["default"]["BACKEND"] = "edpotential.cache.FailOpenRedisCache"
+    CACHES["default"].setdefault("OPTIONS", {}).update(socket_connect_timeout=2, socket_timeout=2)
+RATELIMIT_FAIL_OPEN = True
+
+# whitenoise serves the static files in production (after collectstatic); in
+# development and tests it reads them live, so no collectstatic is needed.
+WHITENOISE_AUTOREFRESH = DEBUG
+
+# Content-Security-Policy on every page (django-csp 4): nothing inline unless
+# it carries the per-request nonce; the one inline <style> of Django's admin
+# change list (shown when a list has no actions) is allowed by its hash.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [CSP_SELF],
+        "script-src": [CSP_SELF, CSP_NONCE],
+        "style-src": [
+            CSP_SELF,
+            CSP_NONCE,
+            "'sha256-blvLUW3UscWqsXGByNOqdBboM+ShWAuugp2mC/wbafU='",  # admin/change_list.html
+        ],
+        "img-src": [CSP_SELF, "data:"],
+        "font-src": [CSP_SELF],
+        "connect-src": [CSP_SELF],
+        "object-src": [CSP_NONE],
+        "base-uri": [CSP_NONE],
+        "form-action": [CSP_SELF],
+        "frame-ancestors": [CSP_NONE],
+    },
+}
+
+# Staff sign-in: password plus a one-time code (edpotential/security.py puts
+# django-otp on admin.site). Lockout after AXES_FAILURE_LIMIT failures for one
+# username from one address, so nobody can lock a colleague out from elsewhere.
+AUTHENTICATION_BACKENDS = [
+    "edpotential.security.WebLoginAxesBackend",  # must come first (django-axes)
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = dt.timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=30))
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "edpotential.security.client_ip"
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="CD2 key registry")
 
 # ---------------------------------------------------------------------------
 # Logging
 # ---------------------------------------------------------------------------
+# Every handler masks anything that looks like a secret, a Client ID, a Fernet
+# token or an Authorization header (edpotential/logging.py): the second net
+# under code that never logs them. Django's own loggers are redefined here so
+# none keeps an unfiltered default handler.
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {
+        "mask_secrets": {"()": "edpotential.logging.SecretMaskingFilter"},
+        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
+    },
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["mask_secrets"]},
+        "mail_admins": {
+            "class": "edpotential.logging.MaskingAdminEmailHandler",
+            "level": "ERROR",
+            "filters": ["require_debug_false", "mask_secrets"],
+        },
+    },
+    # Everything propagates to the root's two filtered handlers.
+    "root": {"handlers": ["console", "mail_admins"], "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
+        # Sign-ins are audit events (AuditEvent login/login_failed); axes'
+        # own INFO lines would only repeat them. Lockouts still show (WARNING).
+        "axes": {"handlers": [], "level": "WARNING", "propagate": True},
+    },
 }
+# Error reports (the 500 mail, the debug page) hide key, password and token
+# fields even where a view forgot @sensitive_post_parameters.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "edpotential.logging.SecretSafeExceptionReporterFilter"

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # The customer pages: /k/<token>/ (submission links) and /link/ (lost the link?).
+    path("", include("credentials.urls")),
 ]

@@ -9,17 +9,21 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.utils import timezone
 
+from credentials.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET
 from credentials.models import CD2Credential
 from credentials.services import credential_create
 from credentials.validators import CleanKey
+from edpotential.security import demo_two_factor_enrol
 from institutions.models import Contact, Institution
 
 DEMO_USERNAME = "demo"
+DEMO_WORKING_KEY_SLUG = "northfield-university"
 
 # (slug, name, domain, timezone, days until expiry or None for no key, status of that key)
 DEMO_INSTITUTIONS = [
@@ -69,9 +73,16 @@ class Command(BaseCommand):
                 )
                 if days is None:
                     continue
+                # Northfield holds the key the fake CD2 gateway (make run) accepts,
+                # so `cd2_credentials northfield-university` hands off a working key.
+                if slug == DEMO_WORKING_KEY_SLUG:
+                    client_id, secret = DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET
+                else:
+                    client_id = f"us-east-1#{secrets.token_hex(4)}-demo-{secrets.token_hex(2)}"
+                    secret = secrets.token_urlsafe(24)
                 key = CleanKey(
-                    client_id=f"us-east-1#{secrets.token_hex(4)}-demo-{secrets.token_hex(2)}",
-                    secret=secrets.token_urlsafe(24),
+                    client_id=client_id,
+                    secret=secret,
                     # validate_key_input would refuse a past date; demo data
                     # needs an expired key to show that state.
                     expires_on=today + dt.timedelta(days=days),
@@ -100,9 +111,23 @@ class Command(BaseCommand):
                 f"Demo login: {DEMO_USERNAME} (password printed when it was created; "
                 f"reset it with: python manage.py changepassword {DEMO_USERNAME})"
             )
-            return user
-        password = secrets.token_urlsafe(12)
-        user = User.objects.create_superuser(username=DEMO_USERNAME, email="demo@localhost", password=password)
-        self.stdout.write(self.style.WARNING(f"Demo login created: username {DEMO_USERNAME}  password {password}"))
-        self.stdout.write("(Shown once. Reset it with: python manage.py changepassword demo)")
+        else:
+            password = secrets.token_urlsafe(12)
+            user = User.objects.create_superuser(username=DEMO_USERNAME, email="demo@localhost", password=password)
+            self.stdout.write(
+                self.style.WARNING(f"Demo login created: username {DEMO_USERNAME}  password {password}")
+            )
+            self.stdout.write("(Shown once. Reset it with: python manage.py changepassword demo)")
+        self._demo_two_factor(user)
         return user
+
+    def _demo_two_factor(self, user) -> None:
+        # The admin asks for a one-time code too. In development the demo
+        # login gets an authenticator device whose current code a
+        # DEBUG-only command prints; with DEBUG off nothing is enrolled.
+        if not settings.DEBUG:
+            self.stdout.write("Two-factor: enrol the demo login from the admin (TOTP devices).")
+            return
+        device = demo_two_factor_enrol(user=user)
+        self.stdout.write(f"Two-factor code for the admin login: python manage.py totp_code {DEMO_USERNAME}")
+        self.stdout.write(f"(or add this to an authenticator app: {device.config_url})")

@@ -1,0 +1,116 @@
+"""The second net under "a secret never reaches a log or an error mail".
+
+The first net is the code itself: services, tasks and views never log a
+Secret or a full Client ID. This module masks what slips through anyway:
+
+- `SecretMaskingFilter` (attached to every handler in settings.LOGGING)
+  rewrites each record's message, arguments, traceback and stack text.
+- `MaskingAdminEmailHandler` masks the subject and both bodies of Django's
+  error mail, whose traceback and request report are built outside the record.
+- `SecretSafeExceptionReporterFilter` (DEFAULT_EXCEPTION_REPORTER_FILTER)
+  hides the form fields that carry a key or a password in every error report,
+  whether or not a view remembered `@sensitive_post_parameters`.
+
+A CD2 Secret is opaque (CD2_API.md), so "looks like a secret" is a
+heuristic: a long run of token characters mixing upper case, lower case and
+digits, or any value written after a word such as secret, password or token.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import traceback
+
+from django.utils.log import AdminEmailHandler
+from django.views.debug import SafeExceptionReporterFilter
+
+MASK = "[masked]"
+
+# Form fields and variable names whose values are never shown in error reports.
+SENSITIVE_NAMES = re.compile(r"secret|client_id|password|passwd|token|otp|key|auth|cookie|signature|session", re.I)
+
+_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    # Authorization: Basic base64(id:secret) / Bearer <JWT>, with or without the header name.
+    (re.compile(r"\b(Basic|Bearer)(\s+|%20|\+)[A-Za-z0-9._~+/=%-]{6,}", re.I), r"\1 " + MASK),
+    # Fernet tokens (stored ciphertext): version byte 0x80 gives the gAAAAA prefix.
+    (re.compile(r"gAAAAA[A-Za-z0-9_=-]{20,}"), MASK),
+    # key=value, "key": "value", key: value where the key names a secret.
+    (
+        re.compile(
+            r"""(?P<key>(?:client_|dap_client_|cd2_)?(?:secret|password|passwd|token|api[_-]?key|authorization)"""
+            r"""['"]?\s*(?:=|:|=>)\s*['"]?)(?P<value>[^\s'",;&)}\]]+)""",
+            re.I,
+        ),
+        r"\g<key>" + MASK,
+    ),
+    # A Client ID (region#id): keep the region, which is not secret, and the
+    # last four characters, the same hint the admin shows.
+    (re.compile(r"\b([A-Za-z0-9_-]{2,40})#[A-Za-z0-9_-]{4,}([A-Za-z0-9_-]{4})\b"), r"\1#…\2"),
+]
+
+# A run of token characters long enough to be a secret and mixing upper case,
+# lower case and digits, as generated secrets and tokens do. Plain words,
+# lowercase hex ids (UUIDs, task ids) and paths do not qualify.
+_TOKEN_RUN = re.compile(r"[A-Za-z0-9_+=~-]{20,}")
+
+
+def _looks_random(run: str) -> bool:
+    return any(c.isdigit() for c in run) and any(c.isupper() for c in run) and any(c.islower() for c in run)
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with everything that looks like a credential replaced by [masked]."""
+    if not text:
+        return text
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return _TOKEN_RUN.sub(lambda m: MASK if _looks_random(m.group(0)) else m.group(0), text)
+
+
+class SecretMaskingFilter(logging.Filter):
+    """Masks secrets in a record before any handler writes or sends it. Never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string must not lose the record
+            message = f"{record.msg} {record.args!r}"
+        record.msg = mask_secrets(message)
+        record.args = None  # merged above, so no argument is formatted unmasked later
+        if record.exc_info and not record.exc_text:
+            record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+        if record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_secrets(record.stack_info)
+        return True
+
+
+class MaskingAdminEmailHandler(AdminEmailHandler):
+    """Django's error mail, with secrets masked in the subject and both bodies."""
+
+    def send_mail(self, subject, message, *args, **kwargs):
+        if kwargs.get("html_message"):
+            kwargs["html_message"] = mask_secrets(kwargs["html_message"])
+        super().send_mail(mask_secrets(subject), mask_secrets(message), *args, **kwargs)
+
+
+class SecretSafeExceptionReporterFilter(SafeExceptionReporterFilter):
+    """Hides key, password and token fields in every error report, decorated view or not."""
+
+    def get_post_parameters(self, request):
+        params = super().get_post_parameters(request)
+        if not params:
+            return params
+        cleansed = params.copy()
+        for name in cleansed:
+            if SENSITIVE_NAMES.search(name):
+                cleansed[name] = self.cleansed_substitute
+        return cleansed
+
+    def get_traceback_frame_variables(self, request, tb_frame):
+        return [
+            (name, self.cleansed_substitute if SENSITIVE_NAMES.search(name) else value)
+            for name, value in super().get_traceback_frame_variables(request, tb_frame)
+        ]
