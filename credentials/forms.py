@@ -1,0 +1,169 @@
+"""Forms of the public pages. They collect and shape input; the key itself is
+validated by credentials.validators inside the services, the one path every
+door shares, and the services' errors are attached back to these fields.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from credentials import validators
+
+# The periods identity.instructure.com offers in its Expiry drop-down (some
+# tenants stop at 1 year). Value: (years, months, days) added to the day the
+# key was made.
+EXPIRY_PERIODS: dict[str, tuple[str, tuple[int, int, int]]] = {
+    "1d": ("1 day", (0, 0, 1)),
+    "1w": ("1 week", (0, 0, 7)),
+    "1m": ("1 month", (0, 1, 0)),
+    "6m": ("6 months", (0, 6, 0)),
+    "1y": ("1 year", (1, 0, 0)),
+    "2y": ("2 years", (2, 0, 0)),
+    "3y": ("3 years", (3, 0, 0)),
+}
+DATE_INPUT_FORMATS = ["%Y-%m-%d", "%d %b %Y", "%d %B %Y", "%b %d %Y", "%B %d %Y", "%b %d, %Y", "%B %d, %Y"]
+
+
+def add_period(start: dt.date, years: int = 0, months: int = 0, days: int = 0) -> dt.date:
+    """start plus a calendar period; 31 Jan + 1 month is the last day of February."""
+    month_index = start.month - 1 + months + 12 * years
+    year, month = start.year + month_index // 12, month_index % 12 + 1
+    day = min(start.day, calendar.monthrange(year, month)[1])
+    return dt.date(year, month, day) + dt.timedelta(days=days)
+
+
+def period_end(code: str, *, start: dt.date) -> dt.date:
+    return add_period(start, *EXPIRY_PERIODS[code][1])
+
+
+class SubmissionForm(forms.Form):
+    client_id = forms.CharField(
+        label="Client ID",
+        max_length=300,
+        required=False,  # the validators give the helpful "required" message
+        help_text="Looks like us-east-1#0a1b2c3d-…: copy all of it, including the part before the #.",
+        widget=forms.TextInput(
+            attrs={"autocomplete": "off", "spellcheck": "false", "autocapitalize": "none", "autocorrect": "off"}
+        ),
+    )
+    secret = forms.CharField(
+        label="Secret",
+        max_length=2000,
+        required=False,
+        strip=False,
+        help_text="Shown once, next to the Client ID. For your safety we never show it back to you.",
+        widget=forms.PasswordInput(
+            render_value=False,
+            attrs={"autocomplete": "off", "spellcheck": "false", "autocapitalize": "none", "autocorrect": "off"},
+        ),
+    )
+    expiry_period = forms.ChoiceField(
+        label="Expiry you chose",
+        required=False,
+        choices=[("", "Choose…")] + [(code, label) for code, (label, _) in EXPIRY_PERIODS.items()],
+        help_text="If you made the key today, choose the expiry you picked and we fill in the date.",
+    )
+    expires_on = forms.DateField(
+        label="Expiry date",
+        required=False,
+        input_formats=DATE_INPUT_FORMATS,
+        help_text="The expiry date shown for the key at identity.instructure.com.",
+        error_messages={"invalid": "Enter the expiry date as year-month-day, for example 2027-11-26."},
+        widget=forms.DateInput(format="%Y-%m-%d", attrs={"type": "date"}),
+    )
+    submitted_by = forms.CharField(
+        label="Your name",
+        max_length=200,
+        error_messages={"required": "Enter your name, so we know who to thank and who to ask."},
+        widget=forms.TextInput(attrs={"autocomplete": "name"}),
+    )
+    submitted_by_email = forms.EmailField(
+        label="Your work email",
+        max_length=254,
+        help_text="We send the receipt here, and write here if anything is wrong with the key.",
+        error_messages={
+            "required": "Enter your work email: the receipt goes there.",
+            "invalid": "Enter an email address, for example ada@school.edu.",
+        },
+        widget=forms.EmailInput(attrs={"autocomplete": "email"}),
+    )
+
+    def __init__(self, *args, today: dt.date, **kwargs) -> None:
+        self.today = today
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
+
+    # The shared validators run here too, so every mistake shows at once next
+    # to its field; the service runs them again as the one path to storage.
+    def clean_client_id(self) -> str:
+        return validators.clean_client_id(self.cleaned_data.get("client_id"))
+
+    def clean_secret(self) -> str:
+        return validators.clean_secret(self.cleaned_data.get("secret"))
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if "expires_on" in self.errors:
+            return data
+        # A date typed (or filled in by the page) wins: it is what Instructure shows.
+        if not data.get("expires_on") and data.get("expiry_period"):
+            data["expires_on"] = period_end(data["expiry_period"], start=self.today)
+        try:
+            data["expires_on"] = validators.clean_expires_on(data.get("expires_on"), today=self.today)
+        except ValidationError as exc:
+            self.add_error("expires_on", exc)
+        return data
+
+    def key_input(self) -> dict:
+        """What the service takes, after is_valid()."""
+        return {
+            "client_id": self.cleaned_data.get("client_id", ""),
+            "secret": self.cleaned_data.get("secret", ""),
+            "expires_on": self.cleaned_data.get("expires_on"),
+            "submitted_by": self.cleaned_data.get("submitted_by", ""),
+            "submitted_by_email": self.cleaned_data.get("submitted_by_email", ""),
+        }
+
+    @property
+    def has_field_errors(self) -> bool:
+        return any(name != "__all__" for name in self.errors)
+
+    def prepare_to_show_again(self) -> None:
+        """Before a bound form is shown again: the Secret is never in it, so say so at its field.
+
+        A Client ID that failed validation is not shown back either: it may be
+        the Secret pasted into the wrong field.
+        """
+        if not (self.is_bound and self.errors):
+            return
+        if "client_id" in self.errors:
+            data = self.data.copy()
+            data["client_id"] = ""
+            self.data = data
+        if "secret" not in self.errors:
+            self.add_error("secret", "Paste the Secret again: for your safety it is never shown back to you.")
+
+    def add_service_errors(self, errors: dict[str, list[str]]) -> None:
+        for name, messages in errors.items():
+            for message in messages:
+                self.add_error(None if name == "__all__" else name, message)
+
+
+class LinkRequestForm(forms.Form):
+    email = forms.EmailField(
+        label="Your work email",
+        max_length=254,
+        error_messages={
+            "required": "Enter the work email address we have for you.",
+            "invalid": "Enter an email address, for example ada@school.edu.",
+        },
+        widget=forms.EmailInput(attrs={"autocomplete": "email"}),
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)

@@ -1,0 +1,130 @@
+"""Celery tasks: thin doors into the services.
+
+A task takes ids (or an email address), never a model instance or a secret:
+arguments sit in the broker in plain text. It re-reads the rows, calls one
+service and returns a small value.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+
+from celery import Task, shared_task
+
+logger = logging.getLogger(__name__)
+
+
+class CD2StillUnavailable(Exception):
+    """The CD2 gateway could not check a pending key yet; Celery retries with backoff."""
+
+
+# Backoff 1, 2, 4, 8 ... minutes, capped at 6 hours, each with full jitter
+# (so keys stored during one outage do not all return at once): 12 retries
+# span up to about 26 hours, half that on average, enough to outlast a
+# maintenance window. The broker's visibility timeout (settings) is longer
+# than the longest countdown. After the last retry the key stays pending,
+# which staff see in the admin and the digest.
+@shared_task(
+    autoretry_for=(CD2StillUnavailable,),
+    retry_backoff=60,
+    retry_backoff_max=6 * 3600,
+    retry_jitter=True,
+    max_retries=12,
+)
+def verify_pending_credential(credential_id: int) -> str:
+    """Re-check a key stored while CD2 was unavailable (submission.credential_verify_pending)."""
+    from credentials.submission import VerifyResult, credential_verify_pending
+
+    result = credential_verify_pending(credential_id=credential_id)
+    if result == VerifyResult.UNAVAILABLE:
+        raise CD2StillUnavailable(f"CD2 still unavailable for key {credential_id}")
+    return str(result)
+
+
+@shared_task
+def verify_pending_credentials() -> int:
+    """Hourly sweep: queue a re-check for pending keys whose own re-check was lost or gave up."""
+    from credentials.submission import pending_credentials_due
+
+    due = pending_credentials_due()
+    for credential_id in due:
+        verify_pending_credential.delay(credential_id)
+    return len(due)
+
+
+@shared_task
+def request_submission_link(email: str, ip_address: str | None = None) -> None:
+    """The "lost the link?" page queues this, so the page answers at once and alike for every address."""
+    from credentials.submission import link_request
+
+    link_request(email=email, ip_address=ip_address)
+
+
+# --------------------------------------------------------------------------
+# Expiry reminders, key checks and the staff digest (issue 4)
+# --------------------------------------------------------------------------
+
+
+@shared_task
+def send_expiry_reminders() -> int:
+    """Daily (beat): claim every reminder now due and queue one send_reminder per claim."""
+    from credentials.reminders import reminders_send_due
+
+    return reminders_send_due(queue=True).queued
+
+
+class _ReminderTask(Task):
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        # Called once, after the last retry: staff see failed_at and last_error.
+        from credentials.reminders import reminder_mark_failed
+
+        reminder_id = args[0] if args else kwargs["reminder_id"]
+        reminder_mark_failed(reminder_id=reminder_id, error=exc)
+
+
+# 30 s, 1, 2, 4, 8 minutes (jittered): about 15 minutes in all, well inside
+# the reminders' 30-minute stale-claim window and the broker's visibility timeout.
+@shared_task(
+    base=_ReminderTask,
+    autoretry_for=(smtplib.SMTPException, OSError),  # the mail server or the network
+    retry_backoff=30,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=5,
+)
+def send_reminder(reminder_id: int) -> bool:
+    """Send one claimed reminder; SMTP and connection errors retry with backoff."""
+    from credentials.reminders import reminder_deliver
+
+    return reminder_deliver(reminder_id=reminder_id)
+
+
+@shared_task
+def verify_active_credentials() -> int:
+    """Daily (beat): queue a check of every active key, spread over CD2_CHECK_SPREAD_SECONDS."""
+    from credentials.verification import credentials_verify_active
+
+    return credentials_verify_active().scheduled
+
+
+@shared_task(bind=True, max_retries=3)
+def verify_credential(self, credential_id: int) -> str:
+    """Check one active key against CD2; a 429 is tried again after its Retry-After."""
+    from credentials.verification import credential_verify, rate_limit_wait
+
+    result = credential_verify(credential_id=credential_id)
+    if result is None:
+        return "inactive"
+    wait = rate_limit_wait(result)
+    if wait is not None and self.request.retries < self.max_retries:
+        raise self.retry(countdown=wait)
+    return result.verdict.value
+
+
+@shared_task
+def send_staff_digest() -> bool:
+    """Weekly (beat): the staff digest."""
+    from credentials.digest import staff_digest_send
+
+    return staff_digest_send().sent

@@ -1,0 +1,207 @@
+"""The public pages: the submission link page and "lost the link?".
+
+Thin doors into credentials.submission. Every link page is private to one
+customer: never cached, never sent as a Referer (the token is in its URL),
+not indexed, and rate limited per link and per IP in the shared cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+from django.conf import settings
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils.cache import add_never_cache_headers
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_http_methods
+from django_ratelimit.decorators import ratelimit
+
+from credentials.forms import EXPIRY_PERIODS, LinkRequestForm, SubmissionForm, period_end
+from credentials.models import CD2Credential, hash_token
+from credentials.selectors import local_today
+from credentials.services import submission_link_get
+from credentials.submission import Result, credential_submit, receipt_context
+from edpotential.security import client_ip
+
+# A customer retyping a Client ID a few times stays far below these; a script
+# trying keys or addresses does not.
+SUBMIT_RATE_PER_LINK = "10/h"
+SUBMIT_RATE_PER_IP = "30/h"
+PAGE_RATE_PER_IP = "300/h"
+LINK_REQUEST_RATE_PER_IP = "10/h"
+LINK_REQUEST_RATE_PER_EMAIL = "3/h"
+# The forms are a few short fields; anything bigger is not a customer.
+MAX_BODY_BYTES = 16 * 1024
+FORM_REFERRER_POLICY = "strict-origin"  # see private_page
+# Where the confirmation page finds the key just stored (the link is used up by then).
+SESSION_KEY = "credentials_submitted_id"
+
+
+def private_page(view=None, *, referrer_policy: str = "no-referrer"):
+    """Cache-Control: no-store, a Referrer-Policy and noindex on a link page.
+
+    Pages with a form use "strict-origin" instead of "no-referrer": under
+    no-referrer browsers send `Origin: null` with the form's POST, which
+    Django's CSRF check rightly refuses (and on HTTPS there would be no
+    Referer to fall back on). strict-origin still never sends the path, so
+    the token in the URL reaches no Referer header, ours included.
+    """
+
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            response = view(request, *args, **kwargs)
+            add_never_cache_headers(response)
+            response["Referrer-Policy"] = referrer_policy
+            response["X-Robots-Tag"] = "noindex, nofollow"
+            return response
+
+        return wrapped
+
+    return decorate(view) if view is not None else decorate
+
+
+def limit_body(view):
+    """Answer 413 to a body larger than MAX_BODY_BYTES before anything reads it."""
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = MAX_BODY_BYTES + 1
+        if length > MAX_BODY_BYTES:
+            return render(request, "credentials/too_large.html", status=413)
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def _link_key(group: str, request: HttpRequest) -> str:
+    # The token's hash, as stored: the raw token never becomes a cache key.
+    return hash_token(request.resolver_match.kwargs.get("token", ""))
+
+
+def _email_key(group: str, request: HttpRequest) -> str:
+    email = request.POST.get("email", "").strip().lower()
+    return hashlib.sha256(email.encode()).hexdigest()
+
+
+def _client_ip(request: HttpRequest) -> str | None:
+    # The same reading of X-Forwarded-For as the staff sign-in lockout.
+    return client_ip(request)
+
+
+def _ip_key(group: str, request: HttpRequest) -> str:
+    return _client_ip(request) or "unknown"
+
+
+def _unusable(request: HttpRequest) -> HttpResponse:
+    # One page, one status for unknown, expired, revoked and used links alike.
+    return render(request, "credentials/link_unusable.html", status=404)
+
+
+def _rate_limited(request: HttpRequest) -> HttpResponse:
+    response = render(request, "credentials/rate_limited.html", status=429)
+    response["Retry-After"] = "3600"
+    return response
+
+
+def _submit_context(link, form: SubmissionForm) -> dict:
+    today = form.today
+    return {
+        "form": form,
+        "institution": link.institution,
+        "link": link,
+        "today": today,
+        "key_name": settings.CD2_KEY_NAME,
+        "recommended_expiry": settings.CD2_RECOMMENDED_EXPIRY,
+        # For the page's script: the period picker fills the date from these.
+        "period_dates": {code: period_end(code, start=today).isoformat() for code in EXPIRY_PERIODS},
+    }
+
+
+@sensitive_post_parameters("secret", "client_id")
+@require_http_methods(["GET", "HEAD", "POST"])
+@private_page(referrer_policy=FORM_REFERRER_POLICY)
+@limit_body
+@ratelimit(group="credentials.submit.page", key=_ip_key, rate=PAGE_RATE_PER_IP, method=["GET", "HEAD"], block=False)
+@ratelimit(group="credentials.submit.ip", key=_ip_key, rate=SUBMIT_RATE_PER_IP, method="POST", block=False)
+@ratelimit(group="credentials.submit.link", key=_link_key, rate=SUBMIT_RATE_PER_LINK, method="POST", block=False)
+def submit(request: HttpRequest, token: str) -> HttpResponse:
+    """The page behind a submission link. Opening it (GET) never uses the link up."""
+    link = submission_link_get(token=token)
+    if link is None:
+        return _unusable(request)
+    if getattr(request, "limited", False):
+        return _rate_limited(request)
+    today = local_today()
+    if request.method != "POST":
+        return render(request, "credentials/submit.html", _submit_context(link, SubmissionForm(today=today)))
+
+    form = SubmissionForm(request.POST, today=today)
+    if form.is_valid():
+        outcome = credential_submit(token=token, ip_address=_client_ip(request), today=today, **form.key_input())
+        if outcome.result is Result.LINK_UNUSABLE:
+            return _unusable(request)
+        if outcome.stored:
+            request.session[SESSION_KEY] = outcome.credential.pk
+            return redirect("credentials:received")
+        form.add_service_errors(outcome.errors)
+    form.prepare_to_show_again()
+    return render(request, "credentials/submit.html", _submit_context(link, form))
+
+
+@require_http_methods(["GET", "HEAD"])
+@private_page
+def received(request: HttpRequest) -> HttpResponse:
+    """The confirmation after a key was stored (the key stays out: hint and dates only)."""
+    credential_id = request.session.get(SESSION_KEY)
+    credential = (
+        CD2Credential.objects.select_related("institution", "institution__account_owner")
+        .filter(pk=credential_id)
+        .first()
+        if credential_id
+        else None
+    )
+    if credential is None:
+        return _unusable(request)
+    return render(request, "credentials/received.html", receipt_context(credential))
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+@private_page(referrer_policy=FORM_REFERRER_POLICY)
+@limit_body
+@ratelimit(group="credentials.link_request.ip", key=_ip_key, rate=LINK_REQUEST_RATE_PER_IP, method="POST", block=False)
+@ratelimit(
+    group="credentials.link_request.email", key=_email_key, rate=LINK_REQUEST_RATE_PER_EMAIL, method="POST", block=False
+)
+def request_link(request: HttpRequest) -> HttpResponse:
+    """ "Lost the link?": the same answer whether or not the address is known.
+
+    The lookup and the mail happen in a Celery task, so the answer does not
+    even take longer for a known address.
+    """
+    if request.method == "POST":
+        if getattr(request, "limited", False):
+            return _rate_limited(request)
+        form = LinkRequestForm(request.POST)
+        if form.is_valid():
+            from credentials.tasks import request_submission_link
+
+            email, ip_address = form.cleaned_data["email"], _client_ip(request)
+            # robust: with the broker down the answer must still be the same page.
+            transaction.on_commit(lambda: request_submission_link.delay(email, ip_address), robust=True)
+            return redirect("credentials:request_link_sent")
+    else:
+        form = LinkRequestForm()
+    return render(request, "credentials/request_link.html", {"form": form})
+
+
+@require_http_methods(["GET", "HEAD"])
+@private_page
+def request_link_sent(request: HttpRequest) -> HttpResponse:
+    return render(request, "credentials/request_link_sent.html")

@@ -1,0 +1,66 @@
+// The submission page's small helpers. The page works without them.
+(function () {
+  "use strict";
+
+  function secretToggle() {
+    var input = document.getElementById("id_secret");
+    if (!input) return;
+    var row = document.createElement("div");
+    row.className = "secret-row";
+    input.parentNode.insertBefore(row, input);
+    row.appendChild(input);
+    var button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "Show";
+    button.setAttribute("aria-controls", "id_secret");
+    button.setAttribute("aria-pressed", "false");
+    button.setAttribute("aria-label", "Show the Secret");
+    button.addEventListener("click", function () {
+      var show = input.type === "password";
+      input.type = show ? "text" : "password";
+      button.textContent = show ? "Hide" : "Show";
+      button.setAttribute("aria-pressed", show ? "true" : "false");
+      button.setAttribute("aria-label", show ? "Hide the Secret" : "Show the Secret");
+    });
+    row.appendChild(button);
+  }
+
+  function periodPicker() {
+    var select = document.getElementById("id_expiry_period");
+    var date = document.getElementById("id_expires_on");
+    var data = document.getElementById("period-dates");
+    if (!select || !date || !data) return;
+    var dates = JSON.parse(data.textContent);
+    select.addEventListener("change", function () {
+      if (dates[select.value]) date.value = dates[select.value];
+    });
+    date.addEventListener("input", function () {
+      if (dates[select.value] !== date.value) select.value = "";
+    });
+  }
+
+  function oneSubmit() {
+    var form = document.getElementById("key-form");
+    if (!form) return;
+    form.addEventListener("submit", function () {
+      var button = form.querySelector("button[type=submit]");
+      // Disabled after the browser has taken the form data, so the click still submits.
+      window.setTimeout(function () {
+        button.disabled = true;
+        button.textContent = button.getAttribute("data-busy-label") || button.textContent;
+      }, 0);
+    });
+  }
+
+  function focusProblems() {
+    var problems = document.getElementById("problems");
+    if (problems) problems.focus();
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    secretToggle();
+    periodPicker();
+    oneSubmit();
+    focusProblems();
+  });
+})();

@@ -1,0 +1,66 @@
+"""Submissions racing on one link (double clicks, two tabs): exactly one key is stored.
+
+Needs real row locking, so it runs on PostgreSQL only (SQLite serialises
+every write and would prove nothing).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.urls import reverse
+
+from credentials.models import AuditEvent, CD2Credential, SubmissionLink
+from credentials.services import submission_link_create
+from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
+
+RACERS = 8
+
+
+@pytest.mark.django_db(transaction=True)
+def test_eight_simultaneous_posts_on_one_link_store_exactly_one_key(
+    institution, cd2_gateway, celery_messages, isolated_cache
+):
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL row locking (set DATABASE_URL)")
+    new_link = submission_link_create(institution=institution)
+    url = reverse("credentials:submit", kwargs={"token": new_link.token})
+    data = {
+        "client_id": PLANTED_CLIENT_ID,
+        "secret": PLANTED_SECRET,
+        "expires_on": (dt.date.today() + dt.timedelta(days=365)).isoformat(),
+        "submitted_by": "Ada Admin",
+        "submitted_by_email": "ada@northfield.example.edu",
+    }
+    start = threading.Barrier(RACERS)
+    statuses: list[int] = []
+    errors: list[BaseException] = []
+
+    def race() -> None:
+        try:
+            client = Client()
+            start.wait(timeout=30)
+            statuses.append(client.post(url, data=data).status_code)
+        except BaseException as exc:  # reported below, with the thread's own error
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=race) for _ in range(RACERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == []
+    assert sorted(statuses) == [302] + [404] * (RACERS - 1)
+    assert CD2Credential.objects.count() == 1
+    assert CD2Credential.objects.get().status == CD2Credential.Status.ACTIVE
+    assert SubmissionLink.objects.get().used_at is not None
+    assert AuditEvent.objects.filter(kind="link_used").count() == 1
+    # All eight really raced past the check: the claim, not luck, decided.
+    assert cd2_gateway.login_count == RACERS
