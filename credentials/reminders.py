@@ -1,0 +1,647 @@
+"""Expiry reminders: the right people, early enough, exactly once per step.
+
+Policy (settings): a reminder REMINDER_DAYS_BEFORE days before a key's
+expires_on (0 is the day itself), then every REMINDER_REPEAT_AFTER_EXPIRY_DAYS
+days after it, until a new key is active (the old one is then superseded and
+no longer scanned). Only active keys of served institutions are reminded.
+
+Exactly once: a ReminderLog row per (key, threshold) under a unique
+constraint. A run claims the row first (an INSERT that only one writer can
+win), then sends, then stamps sent_at. A claim that was never sent (the
+process died in between) goes stale after CLAIM_STALE_AFTER and the next run
+re-claims it with a conditional UPDATE, so it is sent once, not never.
+
+Missed days: each key has one *current* step, the most urgent threshold that
+has come due. A run after a week of outage sends that one step; the steps it
+jumped over are recorded as skipped, never mailed in a burst.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import smtplib
+import zoneinfo
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import icalendar
+from django.conf import settings
+from django.db import IntegrityError, models, transaction
+from django.db.models import Case, Exists, F, OuterRef, Prefetch, Q, Value, When
+from django.db.models.functions import TruncDate
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+
+from credentials.emails import build_email
+from credentials.models import CD2Credential, ReminderLog
+from credentials.selectors import DaysUntil
+from credentials.services import submission_link_create
+from institutions.models import Contact, Institution
+
+logger = logging.getLogger(__name__)
+
+# A claim older than this that was never sent belongs to a run that died
+# between claiming and sending; the next run may take it over. Longer than
+# any single send (SMTP timeout 30 s) and the task's retry backoff, so a
+# send that is merely slow or retrying is never taken over.
+CLAIM_STALE_AFTER = dt.timedelta(minutes=30)
+# Keys read per query: memory stays flat however many institutions there are.
+CHUNK_SIZE = 500
+# The account owner is told directly (not only in copy) from this many days out.
+OWNER_DIRECT_FROM_DAYS = 7
+# Written to last_error of a step a catch-up run jumped over; such a row is
+# never sent and never re-claimed.
+SKIPPED_PREFIX = "Skipped:"
+# Errors worth retrying: the mail server or the network, not our templates.
+# (ConnectionError and TimeoutError are OSErrors.) The send_reminder task retries the same.
+SEND_ERRORS: tuple[type[Exception], ...] = (smtplib.SMTPException, OSError)
+
+
+@dataclass(frozen=True)
+class PlannedReminder:
+    """One line of a dry run: who would get which reminder."""
+
+    institution: str
+    hint: str
+    threshold: int
+    recipients: tuple[str, ...]
+
+
+@dataclass
+class ReminderRun:
+    today: dt.date
+    dry_run: bool = False
+    due: int = 0
+    sent: int = 0
+    queued: int = 0
+    skipped: int = 0
+    failed: int = 0
+    planned: list[PlannedReminder] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SentReminder:
+    """What reminder_send_now did, for the admin's message."""
+
+    recipients: tuple[str, ...]
+    threshold: int | None
+    reminder: ReminderLog | None
+
+
+# --------------------------------------------------------------------------
+# The schedule
+# --------------------------------------------------------------------------
+
+
+def _days_before() -> list[int]:
+    return sorted({int(days) for days in settings.REMINDER_DAYS_BEFORE if int(days) >= 0})
+
+
+def _repeat_after() -> int:
+    return int(settings.REMINDER_REPEAT_AFTER_EXPIRY_DAYS)
+
+
+def reminder_step(*, days_left: int) -> int | None:
+    """The most urgent threshold that has come due for a key `days_left` from expiry.
+
+    None when no reminder is due yet. Must agree with _step_expression (SQL).
+    """
+    before, repeat = _days_before(), _repeat_after()
+    if days_left >= 0:
+        return next((t for t in before if t >= days_left), None)
+    if repeat > 0 and -days_left >= repeat:
+        return -repeat * (-days_left // repeat)
+    return before[0] if before else None
+
+
+def _step_expression(today: dt.date) -> Case:
+    """reminder_step in SQL, over expires_on ranges (the index on status, expires_on serves it)."""
+    before, repeat = _days_before(), _repeat_after()
+    days_left = DaysUntil("expires_on", today)
+    whens = []
+    if repeat > 0:
+        # Integer division truncates toward zero on PostgreSQL and SQLite:
+        # -9 / 7 * 7 = -7, the last weekly step reached.
+        whens.append(
+            When(
+                expires_on__lte=today - dt.timedelta(days=repeat),
+                then=models.ExpressionWrapper(
+                    days_left / Value(repeat) * Value(repeat), output_field=models.IntegerField()
+                ),
+            )
+        )
+    if before:
+        whens.append(When(expires_on__lt=today, then=Value(before[0])))
+    for threshold in before:
+        whens.append(When(expires_on__lte=today + dt.timedelta(days=threshold), then=Value(threshold)))
+    return Case(*whens, default=Value(None), output_field=models.IntegerField())
+
+
+class DaysBetween(models.Func):
+    """Whole days from one date expression to another (later minus earlier), on every backend."""
+
+    output_field = models.IntegerField()
+
+    def as_postgresql(self, compiler, connection, **extra):
+        return self.as_sql(compiler, connection, template="(%(expressions)s)", arg_joiner=" - ", **extra)
+
+    def as_sqlite(self, compiler, connection, **extra):
+        return self.as_sql(
+            compiler,
+            connection,
+            template="CAST(julianday(%(expressions)s) AS INTEGER)",
+            arg_joiner=") - julianday(",
+            **extra,
+        )
+
+
+def _unsettled_claim(now: dt.datetime) -> Q:
+    """A claim nobody is working on any more: never sent, not failed, not skipped, old."""
+    return Q(sent_at__isnull=True, failed_at__isnull=True, claimed_at__lt=now - CLAIM_STALE_AFTER) & ~Q(
+        last_error__startswith=SKIPPED_PREFIX
+    )
+
+
+def due_credentials(*, today: dt.date, now: dt.datetime):
+    """Active keys of served institutions whose current step has not been handled.
+
+    One query: the step is computed in SQL and a NOT EXISTS drops keys whose
+    step already has a sent, failed, skipped or fresh claim row. Steps that
+    came due before the key was submitted are not due.
+    """
+    before = _days_before()
+    horizon = today + dt.timedelta(days=before[-1] if before else 0)
+    handled = ReminderLog.objects.filter(credential=OuterRef("pk"), threshold=OuterRef("step")).exclude(
+        _unsettled_claim(now)
+    )
+    return (
+        CD2Credential.objects.filter(
+            status=CD2Credential.Status.ACTIVE,
+            institution__status__in=Institution.SERVED_STATUSES,
+            expires_on__lte=horizon,
+        )
+        .annotate(
+            step=_step_expression(today),
+            days_left_on_arrival=DaysBetween("expires_on", TruncDate("submitted_at")),
+        )
+        # A step that passed before we had the key is not sent: the customer
+        # just handed it over, so the next step is the first reminder.
+        .filter(step__isnull=False, step__lte=F("days_left_on_arrival"))
+        .filter(~Exists(handled))
+    )
+
+
+# --------------------------------------------------------------------------
+# Recipients and the email
+# --------------------------------------------------------------------------
+
+
+def _owner_email(institution: Institution) -> str:
+    owner = institution.account_owner
+    return owner.email if owner is not None and owner.is_active and owner.email else ""
+
+
+def _contacts(institution: Institution) -> list[Contact]:
+    contacts = getattr(institution, "reminder_contacts", None)
+    if contacts is None:
+        contacts = list(institution.contacts.filter(receives_reminders=True))
+    return contacts
+
+
+def reminder_recipients(*, institution: Institution) -> tuple[list[str], list[str]]:
+    """(to, cc): contacts who receive reminders, the account owner in copy.
+
+    Without such contacts the owner gets it as the addressee, so someone is
+    always told; ([], []) means nobody can be told.
+    """
+    to = [contact.email for contact in _contacts(institution)]
+    owner = _owner_email(institution)
+    if not to:
+        return ([owner], []) if owner else ([], [])
+    cc = [owner] if owner and owner.lower() not in {a.lower() for a in to} else []
+    return to, cc
+
+
+def admin_url(institution: Institution) -> str:
+    """The institution's page in the admin, or the admin index if it is not registered."""
+    try:
+        return settings.SITE_URL + reverse("admin:institutions_institution_change", args=[institution.pk])
+    except NoReverseMatch:
+        return settings.SITE_URL + "/admin/"
+
+
+def institution_today(institution: Institution, now: dt.datetime) -> dt.date:
+    """The date it is for the institution's readers: days in the email count from it."""
+    return now.astimezone(_zone(institution)).date()
+
+
+def expiry_phrase(days_left: int) -> str:
+    """ "expires in 14 days", "expires today", "expired 7 days ago" ..."""
+    if days_left > 1:
+        return f"expires in {days_left} days"
+    if days_left == 1:
+        return "expires tomorrow"
+    if days_left == 0:
+        return "expires today"
+    if days_left == -1:
+        return "expired yesterday"
+    return f"expired {-days_left} days ago"
+
+
+def expiry_calendar(*, credential: CD2Credential, now: dt.datetime) -> bytes:
+    """An .ics file with the expiry date as an all-day event and an alarm a week ahead.
+
+    The UID is stable per key, so a calendar updates the event instead of
+    adding one per reminder.
+    """
+    institution = credential.institution
+    host = urlsplit(settings.SITE_URL).hostname or "localhost"
+    calendar = icalendar.Calendar()
+    calendar.add("prodid", "-//EdPotential//CD2 key registry//EN")
+    calendar.add("version", "2.0")
+    calendar.add("method", "PUBLISH")
+    event = icalendar.Event()
+    event.add("uid", f"cd2-key-{credential.pk}@{host}")
+    event.add("dtstamp", now)
+    event.add("summary", f"Canvas Data 2 key for {institution.name} expires")
+    event.add("dtstart", credential.expires_on)
+    event.add("dtend", credential.expires_on + dt.timedelta(days=1))
+    event.add(
+        "description",
+        f"The Canvas Data 2 key {credential.hint} for {institution.name} expires on "
+        f"{credential.expires_on:%d %B %Y}. Create a new key at identity.instructure.com "
+        f"and hand it to EdPotential with the link from our reminder email before then.",
+    )
+    event.add("transp", "TRANSPARENT")
+    alarm = icalendar.Alarm()
+    alarm.add("action", "DISPLAY")
+    alarm.add("description", f"Canvas Data 2 key for {institution.name} expires in a week")
+    alarm.add("trigger", dt.timedelta(days=-7))
+    event.add_component(alarm)
+    calendar.add_component(event)
+    return calendar.to_ical()
+
+
+def _email_context(*, credential: CD2Credential, days_left: int, link_url: str, link_expires_at) -> dict:
+    institution = credential.institution
+    owner = institution.account_owner
+    return {
+        "institution": institution,
+        "credential": credential,
+        "hint": credential.hint,
+        "expires_on": credential.expires_on,
+        "days_left": days_left,
+        "days_left_abs": abs(days_left),
+        "expired": days_left < 0,
+        "expiry_phrase": expiry_phrase(days_left),
+        "link_url": link_url,
+        "link_expires_at": link_expires_at,
+        "link_expires_on": timezone.localtime(link_expires_at, _zone(institution)).date(),
+        "owner": owner if owner is not None and _owner_email(institution) else None,
+        "key_name": settings.CD2_KEY_NAME,
+        "recommended_expiry": settings.CD2_RECOMMENDED_EXPIRY,
+    }
+
+
+def _zone(institution: Institution) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(institution.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return zoneinfo.ZoneInfo("UTC")
+
+
+def _send_reminder_email(
+    *, credential: CD2Credential, to: list[str], cc: list[str], today: dt.date, now: dt.datetime, actor=None
+) -> None:
+    """Make a fresh single-use link and mail the reminder. SMTP errors propagate.
+
+    Call inside a transaction: if the send fails, the link is rolled back
+    with it and no unused link is left behind.
+    """
+    institution = credential.institution
+    recipients = [*to, *cc]
+    new_link = submission_link_create(
+        institution=institution, created_by=actor, reason="reminder" if actor is None else "reminder (manual)", now=now
+    )
+    new_link.link.sent_to = ", ".join(recipients)
+    new_link.link.save(update_fields=["sent_to"])
+    days_left = (credential.expires_on - today).days
+    context = _email_context(
+        credential=credential, days_left=days_left, link_url=new_link.url, link_expires_at=new_link.link.expires_at
+    )
+    owner = _owner_email(institution)
+    message = build_email(
+        "reminder",
+        to=to,
+        cc=cc,
+        reply_to=[owner] if owner else [],
+        context=context,
+        attachments=[
+            (f"cd2-key-expiry-{institution.slug}.ics", expiry_calendar(credential=credential, now=now), "text/calendar")
+        ],
+    )
+    message.send(fail_silently=False)
+
+
+def _tell_owner(*, credential: CD2Credential, to: list[str], today: dt.date) -> None:
+    """Close to expiry the account owner gets their own short note, not only a copy.
+
+    Best effort: the customer's reminder is already sent (and the owner was
+    in copy), so a failure here is logged, never retried into a duplicate.
+    """
+    institution = credential.institution
+    owner = _owner_email(institution)
+    if not owner:
+        return
+    days_left = (credential.expires_on - today).days
+    context = {
+        "institution": institution,
+        "hint": credential.hint,
+        "expires_on": credential.expires_on,
+        "days_left": days_left,
+        "expiry_phrase": expiry_phrase(days_left),
+        "recipients": to,
+        "owner": institution.account_owner,
+        "owner_days": OWNER_DIRECT_FROM_DAYS,
+        "admin_url": admin_url(institution),
+    }
+    try:
+        build_email("reminder-owner", to=[owner], context=context).send(fail_silently=False)
+    except SEND_ERRORS as exc:
+        logger.warning(
+            "Owner note for reminder of key %s (%s) not sent: %s", credential.pk, institution.slug, type(exc).__name__
+        )
+
+
+# --------------------------------------------------------------------------
+# Claim, deliver, fail
+# --------------------------------------------------------------------------
+
+
+def _claim(*, credential: CD2Credential, threshold: int, now: dt.datetime, recipients: str) -> ReminderLog | None:
+    """Take the (key, threshold) step for this run, or None when another run has it."""
+    try:
+        with transaction.atomic():
+            return ReminderLog.objects.create(
+                credential=credential, threshold=threshold, claimed_at=now, recipients=recipients
+            )
+    except IntegrityError:
+        pass
+    # The row exists: take it over only if its claim went stale. The UPDATE's
+    # WHERE re-checks that under the row lock, so of two runs one wins.
+    taken = (
+        ReminderLog.objects.filter(credential=credential, threshold=threshold)
+        .filter(_unsettled_claim(now))
+        .update(claimed_at=now, recipients=recipients)
+    )
+    if taken != 1:
+        return None
+    logger.info("Re-claimed stale reminder for key %s at threshold %s", credential.pk, threshold)
+    return ReminderLog.objects.get(credential=credential, threshold=threshold)
+
+
+def _came_due_before_arrival(credential: CD2Credential, threshold: int) -> bool:
+    arrived = timezone.localtime(credential.submitted_at).date()
+    return credential.expires_on - dt.timedelta(days=threshold) < arrived
+
+
+def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now: dt.datetime) -> int:
+    """Record the steps a catch-up run jumped over (came due after the key arrived, never sent)."""
+    arrived = timezone.localtime(credential.submitted_at).date()
+    days_at_arrival = (credential.expires_on - arrived).days
+    existing = {log.threshold for log in getattr(credential, "logs", None) or credential.reminders.all()}
+    missed = []
+    for days_left in range(
+        min(days_at_arrival, max(_days_before(), default=0)), (credential.expires_on - today).days, -1
+    ):
+        threshold = reminder_step(days_left=days_left)
+        if (
+            threshold is not None
+            and threshold != step
+            and threshold not in existing
+            and threshold not in missed
+            and not _came_due_before_arrival(credential, threshold)
+        ):
+            missed.append(threshold)
+    note = f"{SKIPPED_PREFIX} not sent on time; the run on {today:%d %B %Y} sent the {step}-day step instead."
+    ReminderLog.objects.bulk_create(
+        [ReminderLog(credential=credential, threshold=t, claimed_at=now, last_error=note) for t in missed],
+        ignore_conflicts=True,
+    )
+    return len(missed)
+
+
+def _record_failure(*, reminder_id: int, error: BaseException | str, now: dt.datetime, final: bool) -> None:
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    changes = {"last_error": text[:500], "attempts": F("attempts") + 1, "claimed_at": now}
+    if final:
+        changes["failed_at"] = now
+    ReminderLog.objects.filter(pk=reminder_id, sent_at__isnull=True).update(**changes)
+
+
+def reminder_deliver(
+    *, reminder_id: int, today: dt.date | None = None, now: dt.datetime | None = None, actor=None
+) -> bool:
+    """Send one claimed reminder; True if this call sent it.
+
+    The row is locked while sending and re-checked unsent, so a task that
+    was delivered twice sends once. SMTP and connection errors are recorded
+    on the row (attempts, last_error) and raised again for the caller to
+    retry; the final failure is marked by reminder_mark_failed.
+    """
+    now = now or timezone.now()
+    try:
+        with transaction.atomic():
+            reminder = (
+                ReminderLog.objects.select_for_update(of=("self",))
+                .select_related("credential__institution__account_owner")
+                .filter(pk=reminder_id, sent_at__isnull=True, failed_at__isnull=True)
+                .exclude(last_error__startswith=SKIPPED_PREFIX)
+                .first()
+            )
+            if reminder is None:
+                return False
+            credential = reminder.credential
+            institution = credential.institution
+            if credential.status != CD2Credential.Status.ACTIVE or not institution.is_served():
+                # A new key arrived (or the institution was paused) after the claim.
+                reminder.last_error = (
+                    f"{SKIPPED_PREFIX} the key is {credential.status}, institution {institution.status}."
+                )
+                reminder.save(update_fields=["last_error"])
+                return False
+            local_today = today or institution_today(institution, now)
+            to, cc = reminder_recipients(institution=institution)
+            if not to:
+                reminder.failed_at = now
+                reminder.last_error = "Nobody to send to: add a contact who receives reminders or an account owner."
+                reminder.save(update_fields=["failed_at", "last_error"])
+                return False
+            _send_reminder_email(credential=credential, to=to, cc=cc, today=local_today, now=now, actor=actor)
+            reminder.sent_at = timezone.now()
+            reminder.attempts += 1
+            reminder.recipients = ", ".join([*to, *cc])
+            reminder.last_error = ""
+            reminder.save(update_fields=["sent_at", "attempts", "recipients", "last_error"])
+    except SEND_ERRORS as exc:
+        _record_failure(reminder_id=reminder_id, error=exc, now=now, final=False)
+        logger.warning("Reminder %s not sent yet: %s", reminder_id, type(exc).__name__)
+        raise
+    logger.info(
+        "Reminder %s sent for key %s (%s), threshold %s",
+        reminder_id,
+        credential.pk,
+        institution.slug,
+        reminder.threshold,
+    )
+    if reminder.threshold <= OWNER_DIRECT_FROM_DAYS:
+        _tell_owner(credential=credential, to=to, today=local_today)
+    return True
+
+
+def reminder_mark_failed(*, reminder_id: int, error: BaseException | str, now: dt.datetime | None = None) -> None:
+    """Give up on a reminder after its last retry; staff see failed_at and last_error."""
+    _record_failure(reminder_id=reminder_id, error=error, now=now or timezone.now(), final=True)
+    logger.error(
+        "Reminder %s failed for good: %s", reminder_id, error if isinstance(error, str) else type(error).__name__
+    )
+
+
+# --------------------------------------------------------------------------
+# The doors' services
+# --------------------------------------------------------------------------
+
+
+def _queue_send(reminder_id: int) -> None:
+    from credentials.tasks import send_reminder
+
+    transaction.on_commit(lambda: send_reminder.delay(reminder_id))
+
+
+def reminders_send_due(
+    *,
+    today: dt.date | None = None,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+    queue: bool = False,
+    chunk_size: int = CHUNK_SIZE,
+) -> ReminderRun:
+    """Claim and send every reminder that has come due.
+
+    queue=False sends in this process, one attempt each (the command and
+    tests); queue=True hands each claimed reminder to the send_reminder
+    task, which retries SMTP errors with backoff (the beat task). Safe to run
+    twice or concurrently: each step is claimed once.
+    """
+    now = now or timezone.now()
+    today = today or timezone.localdate(now)
+    run = ReminderRun(today=today, dry_run=dry_run)
+    base = (
+        due_credentials(today=today, now=now)
+        .select_related("institution__account_owner")
+        .prefetch_related(
+            Prefetch(
+                "institution__contacts",
+                queryset=Contact.objects.filter(receives_reminders=True).order_by("pk"),
+                to_attr="reminder_contacts",
+            ),
+            Prefetch(
+                "reminders", queryset=ReminderLog.objects.only("pk", "credential_id", "threshold"), to_attr="logs"
+            ),
+        )
+    )
+    last_pk = 0
+    while True:
+        # Keyset pages: each query reads one chunk, so memory stays flat and
+        # rows handled meanwhile cannot shift the pages.
+        chunk = list(base.filter(pk__gt=last_pk).order_by("pk")[:chunk_size])
+        if not chunk:
+            break
+        last_pk = chunk[-1].pk
+        for credential in chunk:
+            _handle_due(credential, run=run, today=today, now=now, dry_run=dry_run, queue=queue)
+    logger.info(
+        "Reminder run for %s%s: due=%s sent=%s queued=%s skipped=%s failed=%s",
+        today,
+        " (dry run)" if dry_run else "",
+        run.due,
+        run.sent,
+        run.queued,
+        run.skipped,
+        run.failed,
+    )
+    return run
+
+
+def _handle_due(
+    credential: CD2Credential, *, run: ReminderRun, today: dt.date, now: dt.datetime, dry_run: bool, queue: bool
+) -> None:
+    run.due += 1
+    institution = credential.institution
+    to, cc = reminder_recipients(institution=institution)
+    if dry_run:
+        run.planned.append(
+            PlannedReminder(
+                institution=institution.name,
+                hint=credential.hint,
+                threshold=credential.step,
+                recipients=tuple([*to, *cc]),
+            )
+        )
+        return
+    reminder = _claim(credential=credential, threshold=credential.step, now=now, recipients=", ".join([*to, *cc]))
+    if reminder is None:
+        return  # another run has it
+    run.skipped += _record_skipped(credential=credential, step=credential.step, today=today, now=now)
+    if queue:
+        _queue_send(reminder.pk)
+        run.queued += 1
+        return
+    try:
+        sent = reminder_deliver(reminder_id=reminder.pk, today=today, now=now)
+    except SEND_ERRORS as exc:
+        reminder_mark_failed(reminder_id=reminder.pk, error=exc, now=now)
+        run.failed += 1
+        return
+    if sent:
+        run.sent += 1
+    elif ReminderLog.objects.filter(pk=reminder.pk, failed_at__isnull=False).exists():
+        run.failed += 1
+
+
+def reminder_send_now(*, credential: CD2Credential, actor=None, now: dt.datetime | None = None) -> SentReminder:
+    """Send the key's reminder now (the admin's "Send reminder now" button).
+
+    When the key's current step has not been sent, this send *is* that step
+    (claimed like the scheduled one, so the daily run will not repeat it);
+    a failed or stale step is taken over and retried. When the step was
+    already sent, or none is due yet, an extra reminder goes out and the
+    schedule is left as it is. SMTP errors propagate for the admin to show.
+    """
+    now = now or timezone.now()
+    institution = credential.institution
+    if credential.status != CD2Credential.Status.ACTIVE:
+        raise ValueError(f"Only an active key is reminded; this one is {credential.get_status_display().lower()}.")
+    if not institution.is_served():
+        raise ValueError(f"{institution.name} is {institution.get_status_display().lower()}: reminders are off.")
+    to, cc = reminder_recipients(institution=institution)
+    if not to:
+        raise ValueError(f"Nobody to send to: give {institution.name} a contact who receives reminders.")
+    today = institution_today(institution, now)
+    step = reminder_step(days_left=(credential.expires_on - today).days)
+    recipients = ", ".join([*to, *cc])
+    if step is not None:
+        reminder = _claim(credential=credential, threshold=step, now=now, recipients=recipients)
+        if reminder is None:
+            # Failed or fresh claims too: a person asked, so take it over.
+            ReminderLog.objects.filter(credential=credential, threshold=step, sent_at__isnull=True).update(
+                failed_at=None, last_error="", claimed_at=now, recipients=recipients
+            )
+            reminder = ReminderLog.objects.get(credential=credential, threshold=step)
+        if reminder.sent_at is None and reminder_deliver(reminder_id=reminder.pk, today=today, now=now, actor=actor):
+            return SentReminder(recipients=tuple(to + cc), threshold=step, reminder=reminder)
+    with transaction.atomic():
+        _send_reminder_email(credential=credential, to=to, cc=cc, today=today, now=now, actor=actor)
+    logger.info("Extra reminder sent for key %s (%s)", credential.pk, institution.slug)
+    return SentReminder(recipients=tuple(to + cc), threshold=None, reminder=None)

@@ -1,0 +1,530 @@
+from __future__ import annotations
+
+import datetime as dt
+import email
+import smtplib
+import threading
+from io import StringIO
+from unittest import mock
+
+import icalendar
+import pytest
+import time_machine
+from django.contrib.auth import get_user_model
+from django.core import mail
+from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
+from django.core.management import call_command
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from credentials import reminders
+from credentials.models import CD2Credential, ReminderLog, SubmissionLink
+from credentials.reminders import reminder_send_now, reminder_step, reminders_send_due
+from credentials.services import credential_create, submission_link_get
+from credentials.tasks import send_reminder
+from credentials.validators import CleanKey
+from institutions.models import Contact, Institution
+from tests.conftest import PLANTED_SECRET
+
+START = dt.datetime(2027, 9, 1, 9, 0, tzinfo=dt.UTC)
+PLANTED_CLIENT_ID = "us-east-1#0a1b2c3d-4e5f-4000-8000-00000000abcd"
+
+
+@pytest.fixture
+def clock():
+    with time_machine.travel(START, tick=False) as traveller:
+        yield traveller
+
+
+@pytest.fixture
+def owner(db):
+    return get_user_model().objects.create_user(
+        username="olivia", email="olivia@edpotential.example", first_name="Olivia", last_name="Owner", is_staff=True
+    )
+
+
+@pytest.fixture
+def served(institution, owner):
+    institution.account_owner = owner
+    institution.save()
+    Contact.objects.create(
+        institution=institution, name="Quiet Person", email="quiet@northfield.example.edu", receives_reminders=False
+    )
+    return institution
+
+
+def add_key(institution, *, days: int, client_id: str | None = None, secret: str | None = None) -> CD2Credential:
+    return credential_create(
+        institution=institution,
+        key=CleanKey(
+            client_id=client_id or f"us-east-1#0a1b2c3d-0000-4000-8000-{CD2Credential.objects.count() + 1:012d}",
+            secret=secret or "secret-value-Xy9",
+            expires_on=timezone.localdate() + dt.timedelta(days=days),
+        ),
+        source=CD2Credential.Source.ADMIN,
+        status=CD2Credential.Status.ACTIVE,
+        verification="ok: test",
+    )
+
+
+def reminder_mails():
+    return [m for m in mail.outbox if "Canvas Data 2 key for" in m.subject and not m.subject.startswith("Heads-up")]
+
+
+def run_each_day(clock, days: int) -> dict[int, list[str]]:
+    """Run the daily job for `days` days; {day index: subjects sent that day}."""
+    sent = {}
+    for day in range(days):
+        before = len(reminder_mails())
+        reminders_send_due()
+        subjects = [m.subject for m in reminder_mails()[before:]]
+        if subjects:
+            sent[day] = subjects
+        clock.shift(dt.timedelta(days=1))
+    return sent
+
+
+# --------------------------------------------------------------------------
+# The schedule
+# --------------------------------------------------------------------------
+
+
+def test_it_sends_each_threshold_once_on_its_day_then_weekly_after_expiry(clock, served):
+    add_key(served, days=65)
+
+    sent = run_each_day(clock, 65 + 22)
+
+    days_left_on_send = sorted((65 - day for day in sent), reverse=True)
+    assert days_left_on_send == [60, 30, 14, 7, 3, 1, 0, -7, -14, -21]
+    assert all(len(subjects) == 1 for subjects in sent.values())
+    assert sent[65 - 14] == ["Canvas Data 2 key for Northfield University expires in 14 days"]
+    assert sent[65 - 1] == ["Action needed: Canvas Data 2 key for Northfield University expires tomorrow"]
+
+
+def test_the_day_of_expiry_reminder_says_today(clock, served):
+    add_key(served, days=0)
+
+    run = reminders_send_due()
+
+    assert run.sent == 1
+    [message] = reminder_mails()
+    assert message.subject == "Action needed: Canvas Data 2 key for Northfield University expires today"
+    assert "expires\ntoday, Wednesday 1 September 2027" in message.body
+
+
+def test_after_expiry_it_repeats_weekly_and_stops_when_a_new_key_is_active(clock, served):
+    add_key(served, days=-6)
+    clock.shift(dt.timedelta(days=1))
+    reminders_send_due()
+    assert [m.subject for m in reminder_mails()] == [
+        "Action needed: Canvas Data 2 key for Northfield University expired 7 days ago"
+    ]
+
+    add_key(served, days=365)  # the customer hands over a new key
+    sent = run_each_day(clock, 30)
+
+    assert sent == {}
+    assert not CD2Credential.objects.filter(expires_on__lt=timezone.localdate(), status="active").exists()
+
+
+def test_a_new_key_stops_a_reminder_already_claimed_for_the_old_one(clock, served):
+    old = add_key(served, days=14)
+    with mock.patch.object(reminders, "_queue_send"):
+        reminders_send_due(queue=True)
+    claimed = ReminderLog.objects.get(credential=old)
+    add_key(served, days=365)
+
+    assert reminders.reminder_deliver(reminder_id=claimed.pk) is False
+    assert reminder_mails() == []
+
+
+def test_python_and_sql_agree_on_the_current_step(clock, make_institution, settings):
+    institution = make_institution()
+    expected = {}
+    for days_left in range(-40, 70):
+        key = add_key(make_institution(), days=days_left)
+        expected[key.pk] = reminder_step(days_left=days_left)
+    assert institution  # a served institution without a key is never due
+
+    annotated = dict(
+        CD2Credential.objects.annotate(step=reminders._step_expression(timezone.localdate())).values_list("pk", "step")
+    )
+    assert annotated == expected
+    assert reminder_step(days_left=61) is None
+    assert reminder_step(days_left=-9) == -7
+    assert reminder_step(days_left=-3) == 0
+
+
+def test_a_step_that_passed_before_the_key_arrived_is_not_sent(clock, served):
+    add_key(served, days=40)  # handed over 20 days after its 60-day step
+
+    assert reminders_send_due().due == 0
+    clock.shift(dt.timedelta(days=10))
+    assert reminders_send_due().sent == 1
+    assert ReminderLog.objects.get().threshold == 30
+
+
+def test_paused_and_offboarded_institutions_get_nothing(clock, served, make_institution):
+    add_key(make_institution(status=Institution.Status.PAUSED), days=14)
+    add_key(make_institution(status=Institution.Status.OFFBOARDED), days=-7)
+    add_key(served, days=14)
+
+    run = reminders_send_due()
+
+    assert run.due == 1
+    assert [m.to for m in reminder_mails()] == [["ada@northfield.example.edu"]]
+
+
+# --------------------------------------------------------------------------
+# Exactly once
+# --------------------------------------------------------------------------
+
+
+def test_it_sends_one_reminder_when_run_twice(clock, served):
+    add_key(served, days=14)
+
+    first = reminders_send_due()
+    second = reminders_send_due()
+
+    assert (first.sent, second.due, second.sent) == (1, 0, 0)
+    assert len(reminder_mails()) == 1
+    assert ReminderLog.objects.get().sent_at is not None
+
+
+def test_a_crash_between_claim_and_send_is_sent_once_by_the_next_run(clock, served):
+    key = add_key(served, days=14)
+    # What a run that died after claiming leaves behind.
+    ReminderLog.objects.create(credential=key, threshold=14, claimed_at=timezone.now())
+
+    assert reminders_send_due().sent == 0  # a fresh claim belongs to a run still working
+    clock.shift(dt.timedelta(minutes=31))
+    assert reminders_send_due().sent == 1
+    assert reminders_send_due().sent == 0
+
+    assert len(reminder_mails()) == 1
+    log = ReminderLog.objects.get()
+    assert (log.threshold, log.attempts) == (14, 1)
+    assert log.sent_at is not None
+
+
+def test_a_week_of_missed_runs_sends_one_catch_up_email(clock, served):
+    key = add_key(served, days=14)
+    reminders_send_due()  # the 14-day step
+    clock.shift(dt.timedelta(days=12))  # worker down while the 7- and 3-day steps came due
+
+    run = reminders_send_due()
+
+    assert (run.sent, run.skipped) == (1, 1)
+    subjects = [m.subject for m in reminder_mails()]
+    assert subjects[-1] == "Action needed: Canvas Data 2 key for Northfield University expires in 2 days"
+    assert len(subjects) == 2
+    logs = {log.threshold: log for log in ReminderLog.objects.filter(credential=key)}
+    assert sorted(logs) == [3, 7, 14]
+    assert logs[7].sent_at is None and logs[7].last_error.startswith("Skipped:")
+    assert reminders_send_due().due == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_runs_at_once_send_one_email(served, settings):
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite serialises writers; the race needs PostgreSQL")
+    add_key(served, days=14)
+    barrier = threading.Barrier(4)
+    runs, errors = [], []
+
+    def run():
+        try:
+            barrier.wait()
+            runs.append(reminders_send_due())
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert sum(r.sent for r in runs) == 1
+    assert len(reminder_mails()) == 1
+    assert ReminderLog.objects.count() == 1
+
+
+# --------------------------------------------------------------------------
+# Retries through the task
+# --------------------------------------------------------------------------
+
+
+class FlakyBackend(LocmemBackend):
+    """Fails the first `failures` sends like a mail server that hangs up, then delivers."""
+
+    failures = 0
+    calls = 0
+
+    def send_messages(self, messages):
+        FlakyBackend.calls += 1
+        if FlakyBackend.calls <= FlakyBackend.failures:
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        return super().send_messages(messages)
+
+
+@pytest.fixture
+def flaky(settings):
+    settings.EMAIL_BACKEND = "tests.credentials.test_reminders.FlakyBackend"
+    FlakyBackend.calls = 0
+    return FlakyBackend
+
+
+def claim_one(served, days=14) -> ReminderLog:
+    add_key(served, days=days)
+    with mock.patch.object(reminders, "_queue_send") as queued:
+        run = reminders_send_due(queue=True)
+    assert run.queued == 1
+    return ReminderLog.objects.get(pk=queued.call_args.args[0])
+
+
+def test_smtp_failing_twice_then_working_delivers_one_email(clock, served, flaky):
+    flaky.failures = 2
+    log = claim_one(served)
+
+    result = send_reminder.apply(args=[log.pk])
+
+    assert result.successful() and result.result is True
+    assert flaky.calls == 3
+    assert len(reminder_mails()) == 1
+    log.refresh_from_db()
+    assert log.sent_at is not None and log.failed_at is None
+    assert log.attempts == 3
+    # The two failed attempts rolled their links back: one link, the one mailed.
+    assert SubmissionLink.objects.filter(reason="reminder").count() == 1
+
+
+def test_a_reminder_that_never_gets_through_is_marked_failed_for_staff(clock, served, flaky):
+    flaky.failures = 100
+    log = claim_one(served)
+
+    result = send_reminder.apply(args=[log.pk])
+
+    assert result.failed()
+    assert flaky.calls == send_reminder.max_retries + 1
+    log.refresh_from_db()
+    assert log.failed_at is not None and log.sent_at is None
+    assert "SMTPServerDisconnected" in log.last_error
+    assert reminders_send_due().due == 0  # not retried behind staff's back
+    assert reminder_mails() == []
+
+
+def test_the_command_marks_a_failed_send_and_says_so(clock, served, flaky):
+    flaky.failures = 1
+    add_key(served, days=14)
+    out, err = StringIO(), StringIO()
+
+    call_command("send_expiry_reminders", stdout=out, stderr=err)
+
+    assert "1 due, 0 sent, 0 earlier step(s) skipped, 1 failed" in out.getvalue()
+    assert ReminderLog.objects.get().failed_at is not None
+
+
+# --------------------------------------------------------------------------
+# Recipients and the email
+# --------------------------------------------------------------------------
+
+
+def test_contacts_get_it_with_the_owner_in_copy_and_reply_to(clock, served):
+    add_key(served, days=30)
+
+    reminders_send_due()
+
+    [message] = reminder_mails()
+    assert message.to == ["ada@northfield.example.edu"]
+    assert message.cc == ["olivia@edpotential.example"]
+    assert message.reply_to == ["olivia@edpotential.example"]
+    assert [m for m in mail.outbox if m.subject.startswith("Heads-up")] == []
+
+
+def test_from_seven_days_out_the_owner_is_also_told_directly(clock, served):
+    add_key(served, days=7)
+
+    reminders_send_due()
+
+    [note] = [m for m in mail.outbox if m.subject.startswith("Heads-up")]
+    assert note.to == ["olivia@edpotential.example"]
+    assert note.subject == "Heads-up: Northfield University's Canvas Data 2 key expires in 7 days, no new key yet"
+    assert "ada@northfield.example.edu" in note.body
+
+
+def test_without_contacts_the_owner_is_the_addressee(clock, make_institution, owner):
+    lonely = make_institution(account_owner=owner)
+    add_key(lonely, days=14)
+
+    reminders_send_due()
+
+    assert [(m.to, m.cc) for m in reminder_mails()] == [(["olivia@edpotential.example"], [])]
+
+
+def test_the_email_has_the_date_steps_a_working_link_and_a_calendar_file(clock, served):
+    served.timezone = "America/Chicago"
+    served.save()
+    key = add_key(served, days=14)
+
+    reminders_send_due()
+
+    [message] = reminder_mails()
+    html = message.alternatives[0][0]
+    for part in (message.body, html):
+        assert "15 September 2027" in part
+        assert key.hint in part
+        assert "identity.instructure.com" in part
+        assert "Institutional Use" in part
+        assert "Olivia Owner" in part
+    assert "09/15" not in message.body and "9/15/27" not in message.body
+    token = message.body.split("/k/")[1].split("/")[0]
+    link = submission_link_get(token=token)
+    assert link is not None and link.institution == served and link.reason == "reminder"
+    [(filename, content, mimetype)] = message.attachments
+    assert (filename, mimetype) == ("cd2-key-expiry-northfield.ics", "text/calendar")
+    event = icalendar.Calendar.from_ical(content).walk("VEVENT")[0]
+    assert event.decoded("dtstart") == dt.date(2027, 9, 15)
+    assert "Northfield University" in str(event.get("summary"))
+
+
+def test_names_with_ampersands_are_not_html_escaped_in_the_text_parts(clock, make_institution):
+    odd = make_institution(name="O'Neill & Sons College")
+    Contact.objects.create(institution=odd, name="A", email="a@oneill.example.edu")
+    add_key(odd, days=14)
+
+    reminders_send_due()
+
+    [message] = reminder_mails()
+    assert message.subject == "Canvas Data 2 key for O'Neill & Sons College expires in 14 days"
+    assert "O'Neill & Sons College gave EdPotential" in message.body
+    assert "O&#x27;Neill &amp; Sons" in message.alternatives[0][0]
+
+
+def test_the_secret_and_full_client_id_are_in_no_email_task_argument_or_log_line(
+    clock, served, caplog, flaky, django_capture_on_commit_callbacks
+):
+    caplog.set_level("DEBUG")
+    flaky.failures = 1
+    add_key(served, days=7, client_id=PLANTED_CLIENT_ID, secret=PLANTED_SECRET)
+    with (
+        mock.patch("credentials.tasks.send_reminder.delay") as delay,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        reminders_send_due(queue=True)
+    [task_args] = [c.args for c in delay.call_args_list]
+    send_reminder.apply(args=task_args)
+    call_command("send_expiry_reminders", "--dry-run", stdout=StringIO())
+
+    assert reminder_mails()
+    raw = [m.message().as_bytes() for m in mail.outbox]
+    for data in raw:
+        text = data.decode()
+        decoded = "".join(
+            part.get_payload(decode=True).decode()
+            for part in email.message_from_bytes(data).walk()
+            if not part.is_multipart()
+        )
+        for secret in (PLANTED_SECRET, PLANTED_CLIENT_ID, "0a1b2c3d-4e5f-4000-8000"):
+            assert secret not in text and secret not in decoded
+    for secret in (PLANTED_SECRET, PLANTED_CLIENT_ID):
+        assert secret not in repr(task_args)
+        assert all(secret not in record.getMessage() for record in caplog.records)
+    assert any("not sent yet" in record.getMessage() for record in caplog.records)  # the logs were captured
+
+
+# --------------------------------------------------------------------------
+# Doors: dry run, command, "send now"
+# --------------------------------------------------------------------------
+
+
+def test_a_dry_run_lists_who_would_get_what_and_sends_nothing(clock, served):
+    add_key(served, days=14)
+    out = StringIO()
+
+    call_command("send_expiry_reminders", "--dry-run", stdout=out)
+
+    key = CD2Credential.objects.get()
+    assert (
+        f"Northfield University: key {key.hint}, reminder 14 days before expiry -> "
+        "ada@northfield.example.edu, olivia@edpotential.example"
+    ) in out.getvalue()
+    assert "1 reminder(s) due, nothing sent" in out.getvalue()
+    assert mail.outbox == [] and ReminderLog.objects.count() == 0
+
+
+def test_the_command_can_run_as_of_another_day(clock, served):
+    add_key(served, days=40)
+    out = StringIO()
+
+    call_command("send_expiry_reminders", "--today", "2027-09-11", stdout=out)
+
+    assert "1 due, 1 sent" in out.getvalue()
+    assert ReminderLog.objects.get().threshold == 30
+    with pytest.raises(Exception, match="YYYY-MM-DD"):
+        call_command("send_expiry_reminders", "--today", "11/10/2027")
+
+
+def test_send_now_sends_the_current_step_and_the_daily_run_does_not_repeat_it(clock, served, owner):
+    key = add_key(served, days=14)
+
+    result = reminder_send_now(credential=key, actor=owner)
+
+    assert result.threshold == 14 and result.reminder is not None
+    assert reminders_send_due().due == 0
+    assert len(reminder_mails()) == 1
+    assert SubmissionLink.objects.get().created_by == owner
+
+
+def test_send_now_after_the_step_was_sent_sends_an_extra_one_and_keeps_the_schedule(clock, served):
+    key = add_key(served, days=14)
+    reminders_send_due()
+
+    result = reminder_send_now(credential=key)
+
+    assert result.threshold is None
+    assert len(reminder_mails()) == 2
+    assert ReminderLog.objects.count() == 1
+    clock.shift(dt.timedelta(days=7))
+    assert reminders_send_due().sent == 1  # the 7-day step still comes
+
+
+def test_send_now_refuses_a_paused_institution(clock, served):
+    key = add_key(served, days=14)
+    served.status = Institution.Status.PAUSED
+    served.save()
+
+    with pytest.raises(ValueError, match="paused"):
+        reminder_send_now(credential=key)
+
+
+# --------------------------------------------------------------------------
+# Scale
+# --------------------------------------------------------------------------
+
+
+def test_the_scan_query_count_does_not_grow_with_the_number_of_institutions(clock, make_institution):
+    def queries_for_dry_run() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            run = reminders_send_due(dry_run=True, chunk_size=50)
+        return len(captured), run.due
+
+    for _ in range(5):
+        institution = make_institution()
+        Contact.objects.create(institution=institution, name="C", email=f"c{institution.pk}@x.example.edu")
+        add_key(institution, days=14)
+        add_key(make_institution(), days=200)  # not due
+    small = queries_for_dry_run()
+    for _ in range(40):
+        institution = make_institution()
+        Contact.objects.create(institution=institution, name="C", email=f"c{institution.pk}@x.example.edu")
+        add_key(institution, days=14)
+        add_key(make_institution(), days=200)
+    large = queries_for_dry_run()
+
+    assert small[1] == 5 and large[1] == 45
+    assert small[0] == large[0]

@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from io import StringIO
+from unittest import mock
+
+import pytest
+from celery.exceptions import Retry
+from django.contrib.auth import get_user_model
+from django.core import mail
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+
+from credentials.cd2 import Verdict
+from credentials.fake_gateway import (
+    DEMO_ACCEPTED_CLIENT_ID,
+    DEMO_ACCEPTED_SECRET,
+    FORBIDDEN_DISABLED_CLIENT_ID,
+)
+from credentials.models import AuditEvent, CD2Credential
+from credentials.services import credential_create, submission_link_get
+from credentials.tasks import verify_credential
+from credentials.validators import CleanKey
+from credentials.verification import credential_verify, credentials_verify_active, rate_limit_wait
+from institutions.models import Institution
+from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
+
+
+@pytest.fixture
+def owned(institution):
+    institution.account_owner = get_user_model().objects.create_user(
+        username="olivia", email="olivia@edpotential.example", first_name="Olivia"
+    )
+    institution.save()
+    return institution
+
+
+def add_key(institution, *, client_id: str = PLANTED_CLIENT_ID, secret: str = PLANTED_SECRET) -> CD2Credential:
+    return credential_create(
+        institution=institution,
+        key=CleanKey(client_id=client_id, secret=secret, expires_on=timezone.localdate() + dt.timedelta(days=200)),
+        source=CD2Credential.Source.ADMIN,
+        status=CD2Credential.Status.ACTIVE,
+        verification="ok: at submission",
+    )
+
+
+def test_a_working_key_records_when_and_what_was_checked(cd2_gateway, owned):
+    key = add_key(owned)
+
+    result = credential_verify(credential_id=key.pk)
+
+    key.refresh_from_db()
+    assert result.verdict is Verdict.OK
+    assert key.status == CD2Credential.Status.ACTIVE
+    assert key.last_verification.startswith("ok: ")
+    assert timezone.now() - key.last_verified_at < dt.timedelta(minutes=1)
+    assert mail.outbox == []
+
+
+def test_a_deleted_key_is_marked_invalid_audited_and_its_people_get_a_fresh_link(
+    cd2_gateway, owned, django_capture_on_commit_callbacks
+):
+    key = add_key(owned)
+    cd2_gateway.remove_key(PLANTED_CLIENT_ID)  # an admin deleted it at identity.instructure.com
+
+    with django_capture_on_commit_callbacks(execute=True):
+        result = credential_verify(credential_id=key.pk)
+
+    key.refresh_from_db()
+    assert result.verdict is Verdict.REJECTED
+    assert key.status == CD2Credential.Status.INVALID
+    assert key.last_verification.startswith("rejected (401")
+    event = AuditEvent.objects.get(kind=AuditEvent.Kind.KEY_INVALID)
+    assert event.credential == key and event.detail["status_code"] == 401
+    [message] = mail.outbox
+    assert message.subject == "Action needed: the Canvas Data 2 key for Northfield University no longer works"
+    assert (message.to, message.cc) == (["ada@northfield.example.edu"], ["olivia@edpotential.example"])
+    token = message.body.split("/k/")[1].split("/")[0]
+    assert submission_link_get(token=token).institution == owned
+    everything = message.message().as_string() + message.alternatives[0][0] + repr(event.detail) + key.status_reason
+    assert PLANTED_SECRET not in everything and PLANTED_CLIENT_ID not in everything
+
+
+def test_a_key_without_cd2_access_is_marked_invalid(cd2_gateway, owned):
+    key = add_key(owned, client_id=FORBIDDEN_DISABLED_CLIENT_ID, secret="any-secret")
+
+    result = credential_verify(credential_id=key.pk)
+
+    key.refresh_from_db()
+    assert result.verdict is Verdict.FORBIDDEN
+    assert key.status == CD2Credential.Status.INVALID
+    assert "disabled" in key.status_reason
+
+
+@pytest.mark.parametrize("mode", ["down", "rate_limited", "garbage"])
+def test_gateway_trouble_changes_nothing_but_the_last_result(cd2_gateway, owned, mode):
+    key = add_key(owned)
+    checked_at = key.last_verified_at
+    cd2_gateway.set_mode(mode)
+
+    result = credential_verify(credential_id=key.pk)
+
+    key.refresh_from_db()
+    assert result.verdict is Verdict.UNAVAILABLE
+    assert key.status == CD2Credential.Status.ACTIVE
+    assert key.last_verified_at == checked_at
+    assert key.last_verification.startswith("unavailable")
+    assert "not a verdict on the key" in key.last_verification
+    assert not AuditEvent.objects.filter(kind=AuditEvent.Kind.KEY_INVALID).exists()
+
+
+def test_a_rate_limited_check_is_retried_after_retry_after(cd2_gateway, owned):
+    key = add_key(owned)
+    cd2_gateway.set_mode("rate_limited", retry_after=42)
+
+    with mock.patch.object(verify_credential, "retry", side_effect=Retry()) as retry, pytest.raises(Retry):
+        verify_credential.run(key.pk)
+
+    assert retry.call_args.kwargs["countdown"] == 42
+    assert cd2_gateway.login_count == 1
+
+
+def test_rate_limit_wait_is_none_for_other_outcomes(cd2_gateway, owned):
+    key = add_key(owned)
+    assert rate_limit_wait(credential_verify(credential_id=key.pk)) is None
+    cd2_gateway.set_mode("down")
+    assert rate_limit_wait(credential_verify(credential_id=key.pk)) is None
+
+
+def test_a_key_superseded_before_its_check_is_not_checked(cd2_gateway, owned):
+    old = add_key(owned)
+    add_key(owned, client_id=DEMO_ACCEPTED_CLIENT_ID, secret=DEMO_ACCEPTED_SECRET)
+
+    assert credential_verify(credential_id=old.pk) is None
+    assert cd2_gateway.login_count == 0
+
+
+def test_the_daily_run_spreads_checks_of_served_keys_over_the_window(
+    cd2_gateway, owned, make_institution, celery_messages, settings
+):
+    settings.CD2_CHECK_SPREAD_SECONDS = 3600
+    keys = [add_key(owned)] + [
+        add_key(make_institution(), client_id=f"us-east-1#spread-{n}", secret="s") for n in range(3)
+    ]
+    add_key(make_institution(status=Institution.Status.PAUSED), client_id="us-east-1#paused", secret="s")
+
+    run = credentials_verify_active()
+
+    assert run.scheduled == 4
+    assert [m["args"] for m in celery_messages] == [[k.pk] for k in keys]
+    assert celery_messages[0]["headers"]["eta"] is None  # the first one at once
+    etas = [dt.datetime.fromisoformat(m["headers"]["eta"]) for m in celery_messages[1:]]
+    first_wait = etas[0] - timezone.now()
+    assert dt.timedelta(seconds=890) < first_wait <= dt.timedelta(seconds=900)
+    assert [round((b - a).total_seconds()) for a, b in itertools.pairwise(etas)] == [900, 900]
+    assert cd2_gateway.login_count == 0  # nothing checked yet: the worker does it
+
+
+def test_the_command_checks_one_institution_now_and_prints_the_results(cd2_gateway, owned, make_institution):
+    add_key(owned)
+    add_key(make_institution(), client_id="us-east-1#other", secret="s")
+    out = StringIO()
+
+    call_command("verify_credentials", "--institution", "northfield", stdout=out)
+
+    assert "Northfield University: key us-east-1 …beef: ok: " in out.getvalue()
+    assert "Checked 1 key(s): 1 ok, 0 invalid" in out.getvalue()
+    assert cd2_gateway.login_count == 1
+    with pytest.raises(CommandError, match="No institution has the slug"):
+        call_command("verify_credentials", "--institution", "nowhere")

@@ -1,0 +1,189 @@
+"""End to end: beat's task on real Redis, a real Celery worker, a real SMTP server on loopback.
+
+Runs only on PostgreSQL with a redis:// broker (the worker is another
+process: it must reach the test database, which SQLite keeps in memory).
+Skipped elsewhere, except under CI, where a skip would hide a broken setup.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import os
+import socket
+import subprocess
+import sys
+import time
+from email import policy
+from pathlib import Path
+from urllib.parse import quote
+
+import icalendar
+import pytest
+from aiosmtpd.controller import Controller
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.utils import timezone
+
+from credentials.models import CD2Credential, ReminderLog
+from credentials.services import credential_create
+from credentials.tasks import send_expiry_reminders
+from credentials.validators import CleanKey
+from institutions.models import Contact, Institution
+from tests.conftest import PLANTED_SECRET
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parents[2]
+# How long to wait for the worker to do its job before the test gives up
+# (a deadline for a hung setup, not a performance assertion).
+DEADLINE_SECONDS = 90
+
+
+def _require_real_services() -> None:
+    problems = []
+    if connection.vendor != "postgresql":
+        problems.append("the database is not PostgreSQL (set DATABASE_URL=postgres://...)")
+    if not settings.CELERY_BROKER_URL.startswith("redis://"):
+        problems.append("the Celery broker is not Redis (set CELERY_BROKER_URL=redis://...)")
+    if problems:
+        message = "End-to-end reminder test needs real services: " + "; ".join(problems)
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+class Inbox:
+    """aiosmtpd handler: keeps every message the server accepts."""
+
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd calls it by this name
+        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        self.messages.append(email.message_from_bytes(envelope.original_content, policy=policy.default))
+        return "250 Message accepted for delivery"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def real_services():
+    _require_real_services()
+
+
+@pytest.fixture
+def smtp_server():
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    try:
+        yield controller, inbox
+    finally:
+        controller.stop()
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    auth = quote(db["USER"] or "", safe="")
+    if db.get("PASSWORD"):
+        auth += ":" + quote(db["PASSWORD"], safe="")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture
+def worker(real_services, smtp_server, tmp_path):
+    controller, _ = smtp_server
+    env = {
+        **os.environ,
+        "DEBUG": "true",
+        # pytest-django's test database (test_<name>), not the development one.
+        "DATABASE_URL": _database_url(),
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "EMAIL_URL": f"smtp://127.0.0.1:{controller.port}",
+        "FERNET_KEYS": ",".join(settings.FERNET_KEYS),
+        "SECRET_KEY": settings.SECRET_KEY,
+        "SITE_URL": settings.SITE_URL,
+        "DEFAULT_FROM_EMAIL": "registry@edpotential.example",
+    }
+    log_path = tmp_path / "worker.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "edpotential", "worker",
+                "--pool=solo", "--concurrency=1", "--purge",
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "--loglevel=INFO", f"--hostname=e2e-reminders-{os.getpid()}@%h",
+            ],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        _wait_for(lambda: b"ready." in log_path.read_bytes(), what="the worker to start", log=log_path)
+        yield process, log_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_for(condition, *, what: str, log: Path) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"Gave up waiting for {what}. Worker log:\n{log.read_text(errors='replace')[-4000:]}")
+        time.sleep(0.2)
+
+
+def _succeeded(log: Path, task: str) -> int:
+    lines = log.read_text(errors="replace").splitlines()
+    return sum(1 for line in lines if f"Task {task}[" in line and "succeeded" in line)
+
+
+def test_beats_reminder_task_reaches_a_real_smtp_server_once_with_its_calendar_file(real_services, smtp_server, worker):
+    owner = get_user_model().objects.create_user(username="olivia", email="olivia@edpotential.example")
+    institution = Institution.objects.create(
+        name="Northfield University",
+        slug="northfield",
+        canvas_domain="northfield.instructure.com",
+        status=Institution.Status.ACTIVE,
+        account_owner=owner,
+    )
+    Contact.objects.create(institution=institution, name="Ada Admin", email="ada@northfield.example.edu")
+    expires_on = timezone.localdate() + dt.timedelta(days=14)
+    credential_create(
+        institution=institution,
+        key=CleanKey(client_id="us-east-1#e2e00000-0000-4000-8000-00000000e2e1", secret=PLANTED_SECRET,
+                     expires_on=expires_on),
+        source=CD2Credential.Source.ADMIN,
+        status=CD2Credential.Status.ACTIVE,
+        verification="ok: e2e",
+    )  # fmt: skip
+    _, inbox = smtp_server
+    _, log = worker
+
+    send_expiry_reminders.delay()
+    _wait_for(lambda: inbox.messages, what="the reminder to reach the SMTP server", log=log)
+    # Beat firing twice must not send twice.
+    send_expiry_reminders.delay()
+    _wait_for(lambda: _succeeded(log, "credentials.tasks.send_expiry_reminders") >= 2, what="the second run", log=log)
+
+    [message] = inbox.messages
+    assert message["Subject"] == "Canvas Data 2 key for Northfield University expires in 14 days"
+    assert message["Reply-To"] == "olivia@edpotential.example"
+    assert sorted(inbox.envelopes[0][1]) == ["ada@northfield.example.edu", "olivia@edpotential.example"]
+    [ics] = [part for part in message.iter_attachments() if part.get_content_type() == "text/calendar"]
+    assert ics.get_filename() == "cd2-key-expiry-northfield.ics"
+    event = icalendar.Calendar.from_ical(ics.get_content()).walk("VEVENT")[0]
+    assert event.decoded("dtstart") == expires_on
+    assert PLANTED_SECRET not in message.as_string()
+    log = ReminderLog.objects.get()
+    assert log.threshold == 14 and log.sent_at is not None
