@@ -1,21 +1,205 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
 
-from credentials.models import CD2Credential
+from credentials import admin_views
+from credentials.models import AuditEvent, CD2Credential, ReminderLog, SubmissionLink
+from credentials.staff import REVEAL_PERMISSION
+
+STAFF_CSS = {"all": ("admin-extra/staff.css",)}
+
+# Five models fit in the breadcrumbs and the index; the institution list
+# needs the width of the sidebar more than staff need the sidebar.
+admin.site.enable_nav_sidebar = False
+
+
+class ViewOnlyAdmin(admin.ModelAdmin):
+    """Rows written only by services: nobody edits or deletes them here, superusers included."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
 
 
 @admin.register(CD2Credential)
-class CD2CredentialAdmin(admin.ModelAdmin):
-    # Only non-secret columns: the list and the form never decrypt.
-    list_display = ("institution", "hint", "status", "expires_on", "source", "submitted_at")
-    list_filter = ("status", "source", "region")
+class CD2CredentialAdmin(ViewOnlyAdmin):
+    # Only non-secret columns: the list and the page never decrypt (see get_queryset).
+    list_display = ("hint", "institution", "status", "expires_on", "source", "submitted_at", "last_verification")
+    list_filter = ("status", "source", "region", "key_type")
     list_select_related = ("institution",)
-    fields = ("institution", "hint", "region", "status", "expires_on", "source", "submitted_at", "submitted_by")
+    search_fields = ("institution__name", "institution__slug", "hint")
+    date_hierarchy = "expires_on"
+    fieldsets = (
+        ("Key", {"fields": ("institution", "hint", "region", "key_name", "key_type", "expires_on")}),
+        ("Status", {"fields": ("status", "status_changed_at", "status_reason")}),
+        (
+            "Check against CD2",
+            {"fields": ("last_verified_at", "last_verification", "verification_attempts")},
+        ),
+        (
+            "Where it came from",
+            {
+                "fields": (
+                    "source",
+                    "submitted_at",
+                    "submitted_by",
+                    "submitted_by_email",
+                    "created_by",
+                    "submission_link",
+                )
+            },
+        ),
+    )
+    readonly_fields = (
+        "institution",
+        "hint",
+        "region",
+        "key_name",
+        "key_type",
+        "expires_on",
+        "status",
+        "status_changed_at",
+        "status_reason",
+        "last_verified_at",
+        "last_verification",
+        "verification_attempts",
+        "source",
+        "submitted_at",
+        "submitted_by",
+        "submitted_by_email",
+        "created_by",
+        "submission_link",
+    )
+    change_form_template = "admin/credentials/cd2credential/change_form.html"
+
+    class Media:
+        css = STAFF_CSS
+
+    def get_queryset(self, request):
+        # client_id and secret are decrypted when loaded; deferring them means
+        # no admin page ever holds them (the reveal view loads them itself).
+        return (
+            super()
+            .get_queryset(request)
+            .defer("client_id", "secret")
+            .select_related("institution", "created_by", "submission_link__institution")
+        )
+
+    def get_urls(self):
+        def reveal(request, object_id):
+            return admin_views.reveal_view(request, self, object_id)
+
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        return [
+            path("<path:object_id>/reveal/", self.admin_site.admin_view(reveal), name=f"{prefix}_reveal"),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "can_reveal": request.user.has_perm(REVEAL_PERMISSION)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+@admin.register(SubmissionLink)
+class SubmissionLinkAdmin(ViewOnlyAdmin):
+    list_display = ("institution", "created_at", "created_by", "reason", "expires_at", "state_display", "sent_to")
+    list_filter = ("reason", ("created_at", admin.DateFieldListFilter))
+    list_select_related = ("institution", "created_by")
+    search_fields = ("institution__name", "sent_to")
+    # token_hash is not shown: it is useless to people and only helps an attacker.
+    fields = ("institution", "created_at", "created_by", "reason", "sent_to", "expires_at", "used_at", "revoked_at")
+    readonly_fields = fields
+
+    @admin.display(description="State")
+    def state_display(self, obj: SubmissionLink) -> str:
+        state = obj.state(timezone.now())
+        return format_html('<span class="link-state link-state--{}">{}</span>', state, state)
+
+    class Media:
+        css = STAFF_CSS
+
+
+@admin.register(ReminderLog)
+class ReminderLogAdmin(ViewOnlyAdmin):
+    list_display = ("credential", "institution", "threshold", "claimed_at", "sent_at", "failed_at", "attempts")
+    list_filter = ("threshold", ("claimed_at", admin.DateFieldListFilter))
+    search_fields = ("credential__institution__name", "recipients")
+    fields = ("credential", "threshold", "claimed_at", "sent_at", "failed_at", "attempts", "last_error", "recipients")
     readonly_fields = fields
 
     def get_queryset(self, request):
-        return super().get_queryset(request).defer("client_id", "secret")
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("credential__institution")
+            .defer("credential__client_id", "credential__secret")
+        )
 
-    def has_add_permission(self, request) -> bool:
-        return False
+    @admin.display(description="Institution", ordering="credential__institution__name")
+    def institution(self, obj: ReminderLog):
+        return obj.credential.institution
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ViewOnlyAdmin):
+    """Append-only: no add, change or delete here for anyone; the services write events."""
+
+    list_display = ("created_at", "kind", "who", "institution", "credential_hint", "ip_address", "short_reason")
+    list_filter = (
+        "kind",
+        ("actor", admin.RelatedOnlyFieldListFilter),
+        ("institution", admin.RelatedOnlyFieldListFilter),
+        ("created_at", admin.DateFieldListFilter),
+    )
+    search_fields = ("actor__username", "actor_label", "institution__name", "reason")
+    date_hierarchy = "created_at"
+    fields = (
+        "created_at",
+        "kind",
+        "actor",
+        "actor_label",
+        "institution",
+        "credential",
+        "ip_address",
+        "reason",
+        "detail",
+    )
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("actor", "institution", "credential")
+            .defer("credential__client_id", "credential__secret")
+        )
+
+    @admin.display(description="Who", ordering="actor__username")
+    def who(self, obj: AuditEvent) -> str:
+        if obj.actor:
+            return obj.actor.get_username()
+        return obj.actor_label or "system"
+
+    @admin.display(description="Key")
+    def credential_hint(self, obj: AuditEvent) -> str:
+        if not obj.credential_id:
+            return "—"
+        url = reverse("admin:credentials_cd2credential_change", args=[obj.credential_id])
+        return format_html('<a href="{}">{}</a>', url, obj.credential.hint)
+
+    @admin.display(description="Reason")
+    def short_reason(self, obj: AuditEvent) -> str:
+        return obj.reason if len(obj.reason) <= 80 else obj.reason[:79] + "…"

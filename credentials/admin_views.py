@@ -1,0 +1,381 @@
+"""The admin's extra pages: buttons on an institution, adding and revealing a key.
+
+Thin doors: each view checks the permission, calls one service and says
+what happened. The Secret is rendered on one page only, the audited reveal,
+and never goes back into a form (password inputs do not render their value).
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import time
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth import logout
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.cache import add_never_cache_headers, patch_cache_control
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+from django.views.decorators.http import require_POST
+
+from credentials.models import AuditEvent, CD2Credential
+from credentials.selectors import local_today
+from credentials.services import audit_record
+from credentials.staff import (
+    MIN_REASON_LENGTH,
+    REVEAL_PERMISSION,
+    StaffActionRefused,
+    credential_reveal,
+    credential_revoke,
+)
+from edpotential.security import client_ip as trusted_client_ip
+from institutions.models import Institution
+
+logger = logging.getLogger(__name__)
+
+# Re-entering the password opens a short window, so a staff member who left
+# a session open does not leave the Secrets open with it.
+REAUTH_SESSION_KEY = "staff_reauth_at"
+REAUTH_MAX_AGE_SECONDS = 5 * 60
+REAUTH_FAILURES_SESSION_KEY = "staff_reauth_failures"
+# After this many wrong passwords in a row the session is logged out.
+REAUTH_MAX_FAILURES = 5
+
+PERM_SEND_LINK = "credentials.add_submissionlink"
+PERM_SEND_REMINDER = "credentials.add_reminderlog"
+PERM_CHECK_KEY = "credentials.change_cd2credential"
+PERM_REVOKE_KEY = "credentials.change_cd2credential"
+PERM_ADD_KEY = "credentials.add_cd2credential"
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    # One rule for the whole site (it knows whether a trusted proxy is in front).
+    return trusted_client_ip(request)
+
+
+def reauth_is_fresh(request: HttpRequest) -> bool:
+    at = request.session.get(REAUTH_SESSION_KEY)
+    return isinstance(at, int | float) and 0 <= time.time() - at < REAUTH_MAX_AGE_SECONDS
+
+
+def reauth_mark(request: HttpRequest) -> None:
+    request.session[REAUTH_SESSION_KEY] = time.time()
+    request.session.pop(REAUTH_FAILURES_SESSION_KEY, None)
+
+
+def staff_actions(request: HttpRequest, institution: Institution | None = None) -> dict[str, bool]:
+    """Which buttons this staff member may see: the admin hides what a role cannot do."""
+    user = request.user
+    return {
+        "can_send_link": user.has_perm(PERM_SEND_LINK),
+        "can_send_reminder": user.has_perm(PERM_SEND_REMINDER),
+        "can_check_key": user.has_perm(PERM_CHECK_KEY),
+        "can_revoke_key": user.has_perm(PERM_REVOKE_KEY),
+        "can_add_key": user.has_perm(PERM_ADD_KEY),
+    }
+
+
+def _require(request: HttpRequest, perm: str) -> None:
+    if not request.user.has_perm(perm):
+        raise PermissionDenied
+
+
+def _institution(request: HttpRequest, model_admin, object_id) -> Institution:
+    institution = get_object_or_404(Institution, pk=object_id)
+    if not model_admin.has_view_permission(request, institution):
+        raise PermissionDenied
+    return institution
+
+
+def _back(institution: Institution) -> HttpResponseRedirect:
+    return HttpResponseRedirect(reverse("admin:institutions_institution_change", args=[institution.pk]))
+
+
+def _current_key(institution: Institution, *statuses: str) -> CD2Credential | None:
+    return (
+        CD2Credential.objects.defer("client_id", "secret")
+        .filter(institution=institution, status__in=statuses)
+        .order_by("-submitted_at", "-pk")
+        .first()
+    )
+
+
+# --------------------------------------------------------------------------
+# One-click buttons on an institution (POST only)
+# --------------------------------------------------------------------------
+
+
+@require_POST
+def send_link_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
+    from credentials.submission import submission_link_send
+
+    institution = _institution(request, model_admin, object_id)
+    _require(request, PERM_SEND_LINK)
+    try:
+        new_link = submission_link_send(institution=institution, created_by=request.user, ip_address=client_ip(request))
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    else:
+        sent_to = new_link.link.sent_to or "the institution's contacts"
+        messages.success(
+            request,
+            f"Submission link sent to {sent_to}; it works until {new_link.link.expires_at:%d %b %Y %H:%M}.",
+        )
+    return _back(institution)
+
+
+@require_POST
+def send_reminder_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
+    from credentials.reminders import reminder_send_now
+
+    institution = _institution(request, model_admin, object_id)
+    _require(request, PERM_SEND_REMINDER)
+    credential = _current_key(institution, CD2Credential.Status.ACTIVE)
+    if credential is None:
+        messages.error(request, "There is no active key to remind about. Send a submission link instead.")
+        return _back(institution)
+    try:
+        sent = reminder_send_now(credential=credential, actor=request.user)
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    except (smtplib.SMTPException, OSError) as exc:
+        logger.warning("Reminder for key %s not sent: %s", credential.pk, type(exc).__name__)
+        messages.error(request, f"The mail server refused the reminder ({type(exc).__name__}). Try again later.")
+    else:
+        messages.success(request, f"Reminder about key {credential.hint} sent to {', '.join(sent.recipients)}.")
+    return _back(institution)
+
+
+@require_POST
+def check_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
+    from credentials.submission import VerifyResult, credential_verify_pending
+    from credentials.verification import credential_verify
+
+    institution = _institution(request, model_admin, object_id)
+    _require(request, PERM_CHECK_KEY)
+    active = _current_key(institution, CD2Credential.Status.ACTIVE)
+    if active is not None:
+        result = credential_verify(credential_id=active.pk)
+        if result is None:
+            messages.warning(request, f"Key {active.hint} stopped being active meanwhile; nothing was checked.")
+        else:
+            level = messages.SUCCESS if result.verdict == "ok" else messages.WARNING
+            messages.add_message(request, level, f"Key {active.hint}: {result.message}")
+        return _back(institution)
+    pending = _current_key(institution, CD2Credential.Status.PENDING_VERIFICATION)
+    if pending is None:
+        messages.error(request, "There is no active or pending key to check. Send a submission link instead.")
+        return _back(institution)
+    outcome = credential_verify_pending(credential_id=pending.pk)
+    text = {
+        VerifyResult.ACTIVE: (messages.SUCCESS, "passed the check and is now the active key."),
+        VerifyResult.INVALID: (
+            messages.WARNING,
+            "was refused by CD2 and is marked invalid; the customer was sent a new link.",
+        ),
+        VerifyResult.UNAVAILABLE: (
+            messages.WARNING,
+            "could not be checked: the CD2 gateway is unavailable. Try later.",
+        ),
+        VerifyResult.SUPERSEDED: (messages.INFO, "was superseded by a newer key meanwhile."),
+    }.get(outcome, (messages.INFO, "was already handled."))
+    messages.add_message(request, text[0], f"Pending key {pending.hint} {text[1]}")
+    return _back(institution)
+
+
+# --------------------------------------------------------------------------
+# Revoke (confirmation page with a reason)
+# --------------------------------------------------------------------------
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        min_length=MIN_REASON_LENGTH,
+        max_length=500,
+        help_text="Kept in the audit log. Say why, e.g. “customer deleted the key”, “ticket 4711”.",
+    )
+
+
+def revoke_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
+    institution = _institution(request, model_admin, object_id)
+    _require(request, PERM_REVOKE_KEY)
+    credential = _current_key(institution, CD2Credential.Status.ACTIVE, CD2Credential.Status.PENDING_VERIFICATION)
+    if credential is None:
+        messages.error(request, "There is no active or pending key to revoke.")
+        return _back(institution)
+    form = ReasonForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            credential_revoke(
+                credential=credential,
+                actor=request.user,
+                reason=form.cleaned_data["reason"],
+                ip_address=client_ip(request),
+            )
+        except StaffActionRefused as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"Key {credential.hint} is revoked. The pipeline can no longer get it.")
+        return _back(institution)
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": Institution._meta,
+        "title": f"Revoke key {credential.hint}?",
+        "institution": institution,
+        "credential": credential,
+        "form": form,
+    }
+    return TemplateResponse(request, "admin/credentials/revoke_key.html", context)
+
+
+# --------------------------------------------------------------------------
+# Add a key by hand
+# --------------------------------------------------------------------------
+
+
+class StaffKeyForm(forms.Form):
+    # Password inputs never render their value back, so neither the Client ID
+    # nor the Secret reaches the page again when the form has an error.
+    client_id = forms.CharField(
+        label="Client ID",
+        strip=True,
+        widget=forms.PasswordInput(attrs={"autocomplete": "off", "spellcheck": "false", "size": 60}),
+        help_text="For example us-east-1#0a1b2c3d-…, exactly as the customer shared it.",
+    )
+    secret = forms.CharField(
+        label="Secret",
+        strip=True,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password", "spellcheck": "false", "size": 60}),
+    )
+    expires_on = forms.DateField(
+        label="Expires on",
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+        help_text="The expiry date the customer chose at identity.instructure.com.",
+    )
+
+
+@sensitive_post_parameters("client_id", "secret")
+def add_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
+    from credentials.submission import credential_add_by_staff
+
+    institution = _institution(request, model_admin, object_id)
+    _require(request, PERM_ADD_KEY)
+    form = StaffKeyForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        outcome = credential_add_by_staff(
+            institution=institution,
+            client_id=form.cleaned_data["client_id"],
+            secret=form.cleaned_data["secret"],
+            expires_on=form.cleaned_data["expires_on"],
+            user=request.user,
+            ip_address=client_ip(request),
+        )
+        credential = outcome.credential
+        if credential is not None:
+            if credential.status == CD2Credential.Status.ACTIVE:
+                messages.success(request, f"Key {credential.hint} passed the CD2 check and is now the active key.")
+            else:
+                reason = outcome.check.message if outcome.check else "the CD2 gateway could not be reached"
+                messages.warning(
+                    request,
+                    f"Key {credential.hint} is saved but not yet checked ({reason}). It is re-checked "
+                    f"automatically and becomes active when CD2 accepts it.",
+                )
+            return _back(institution)
+        for field, errors in outcome.errors.items():
+            form.add_error(field if field in form.fields else None, errors)
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": Institution._meta,
+        "title": f"Add a CD2 key for {institution.name}",
+        "institution": institution,
+        "form": form,
+        "today": local_today(),
+    }
+    response = TemplateResponse(request, "admin/credentials/add_key.html", context)
+    add_never_cache_headers(response)
+    return response
+
+
+# --------------------------------------------------------------------------
+# Reveal
+# --------------------------------------------------------------------------
+
+
+class RevealForm(ReasonForm):
+    password = forms.CharField(
+        label="Your password",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+        help_text="Asked again every five minutes before a Secret is shown.",
+    )
+
+    def __init__(self, *args, request: HttpRequest, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.request = request
+        self.needs_password = not reauth_is_fresh(request)
+        if not self.needs_password:
+            del self.fields["password"]
+
+    def clean_password(self) -> str:
+        password = self.cleaned_data.get("password", "")
+        if not password:
+            raise ValidationError("Enter your password to confirm it is you.")
+        if not self.request.user.check_password(password):
+            raise ValidationError("That is not your password.", code="wrong_password")
+        return ""
+
+
+@sensitive_post_parameters("password")
+@sensitive_variables("revealed", "context", "response")
+def reveal_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
+    if not (request.user.has_perm(REVEAL_PERMISSION) and request.user.has_perm("credentials.view_cd2credential")):
+        raise PermissionDenied
+    credential = get_object_or_404(CD2Credential.objects.defer("client_id", "secret"), pk=object_id)
+    form = RevealForm(request.POST or None, request=request)
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": CD2Credential._meta,
+        "credential": credential,
+        "institution": credential.institution,
+        "reauth_fresh": not form.needs_password,
+    }
+    if request.method == "POST":
+        if form.is_valid():
+            if form.needs_password:
+                reauth_mark(request)
+            revealed = credential_reveal(
+                credential_id=credential.pk,
+                actor=request.user,
+                reason=form.cleaned_data["reason"],
+                ip_address=client_ip(request),
+            )
+            context.update({"title": f"Secret of key {credential.hint}", "revealed": revealed})
+            response = TemplateResponse(request, "admin/credentials/reveal_shown.html", context)
+            add_never_cache_headers(response)
+            patch_cache_control(response, no_store=True, private=True)
+            return response
+        if form.has_error("password", "wrong_password"):
+            failures = request.session.get(REAUTH_FAILURES_SESSION_KEY, 0) + 1
+            audit_record(
+                kind=AuditEvent.Kind.LOGIN_FAILED,
+                actor=request.user,
+                credential=credential,
+                ip_address=client_ip(request),
+                detail={"where": "reveal password check", "failures_in_a_row": failures},
+            )
+            if failures >= REAUTH_MAX_FAILURES:
+                logout(request)
+                return HttpResponseRedirect(reverse("admin:login"))
+            request.session[REAUTH_FAILURES_SESSION_KEY] = failures
+    context.update({"title": f"Reveal the Secret of key {credential.hint}", "form": form})
+    response = TemplateResponse(request, "admin/credentials/reveal_form.html", context)
+    add_never_cache_headers(response)
+    return response

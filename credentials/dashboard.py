@@ -1,0 +1,167 @@
+"""What staff see at a glance: the institution list's state column and the admin index dashboard.
+
+Everything is counted in SQL; nothing here reads an encrypted column.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from django.db.models import Case, CharField, Count, F, Q, Value, When
+from django.db.models.functions import TruncMonth
+
+from credentials.models import CD2Credential
+from credentials.selectors import KeyState, local_today
+from institutions.models import Institution
+
+# A check that ended with one of these says the key itself is bad; an
+# "unavailable" check says nothing about the key (the gateway was down).
+FAILED_CHECK_PREFIXES = ("rejected", "forbidden")
+
+DISPLAY_STATES = (
+    (KeyState.OK, "Active"),
+    (KeyState.EXPIRING, "Expiring"),
+    (KeyState.EXPIRED, "Expired"),
+    (KeyState.FAILING, "Failing check"),
+    (KeyState.PENDING, "Pending check"),
+    (KeyState.MISSING, "Missing"),
+)
+DISPLAY_LABELS = dict(DISPLAY_STATES)
+
+
+def failed_check_q(prefix: str = "active_last_verification") -> Q:
+    q = Q()
+    for word in FAILED_CHECK_PREFIXES:
+        q |= Q(**{f"{prefix}__startswith": word})
+    return q
+
+
+def institutions_for_staff(*, queryset=None, today: dt.date | None = None):
+    """Institutions with key status (selectors) plus display_state.
+
+    display_state is key_state, except that an active key whose last check
+    was rejected or forbidden shows as failing: the key still counts as
+    active, but staff must see that the pipeline will fail with it.
+    """
+    queryset = Institution.objects.all() if queryset is None else queryset
+    qs = queryset.with_key_status(today=today)
+    return qs.annotate(
+        display_state=Case(
+            When(Q(active_key_id__isnull=False) & failed_check_q(), then=Value(KeyState.FAILING)),
+            default=F("key_state"),
+            output_field=CharField(),
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Bar:
+    label: str
+    count: int
+    x: int
+    y: int
+    width: int
+    height: int
+    label_x: int
+    month: dt.date
+
+
+@dataclass(frozen=True)
+class Chart:
+    width: int
+    height: int
+    baseline: int
+    bars: list[Bar]
+    max_count: int
+    total: int
+
+
+CHART_WIDTH = 720
+CHART_HEIGHT = 220
+_TOP = 24
+_BOTTOM = 36
+_SIDE = 12
+
+
+def _month_starts(today: dt.date, months: int) -> list[dt.date]:
+    first = today.replace(day=1)
+    out = []
+    for i in range(months):
+        year, month = divmod(first.month - 1 + i, 12)
+        out.append(dt.date(first.year + year, month + 1, 1))
+    return out
+
+
+def expiry_chart(*, today: dt.date | None = None, months: int = 12) -> Chart:
+    """Active keys expiring per calendar month, this month and the next months-1, as bar geometry for an SVG."""
+    today = today or local_today()
+    starts = _month_starts(today, months + 1)
+    counts = dict(
+        CD2Credential.objects.active()
+        .filter(expires_on__gte=today, expires_on__lt=starts[-1])
+        .annotate(month=TruncMonth("expires_on"))
+        .values_list("month")
+        .annotate(n=Count("pk"))
+        .values_list("month", "n")
+    )
+    # TruncMonth gives a date on every backend for a DateField.
+    counts = {(m.date() if isinstance(m, dt.datetime) else m): n for m, n in counts.items()}
+    max_count = max(counts.values(), default=0)
+    plot_height = CHART_HEIGHT - _TOP - _BOTTOM
+    slot = (CHART_WIDTH - 2 * _SIDE) // months
+    bar_width = int(slot * 0.7)
+    bars = []
+    for i, month in enumerate(starts[:-1]):
+        count = counts.get(month, 0)
+        height = round(plot_height * count / max_count) if max_count else 0
+        x = _SIDE + i * slot + (slot - bar_width) // 2
+        bars.append(
+            Bar(
+                label=month.strftime("%b %y"),
+                count=count,
+                x=x,
+                y=_TOP + plot_height - height,
+                width=bar_width,
+                height=height,
+                label_x=x + bar_width // 2,
+                month=month,
+            )
+        )
+    return Chart(
+        width=CHART_WIDTH,
+        height=CHART_HEIGHT,
+        baseline=_TOP + plot_height,
+        bars=bars,
+        max_count=max_count,
+        total=sum(b.count for b in bars),
+    )
+
+
+def dashboard_context(*, today: dt.date | None = None, latest: int = 8) -> dict:
+    """Counts per key state, the expiry chart, the latest submissions and the failing checks."""
+    today = today or local_today()
+    served = Institution.objects.filter(status__in=Institution.SERVED_STATUSES)
+    counted = dict(
+        institutions_for_staff(queryset=served, today=today)
+        .values_list("display_state")
+        .annotate(n=Count("pk"))
+        .values_list("display_state", "n")
+        .order_by()
+    )
+    counts = [{"state": state, "label": label, "count": counted.get(state, 0)} for state, label in DISPLAY_STATES]
+    keys = CD2Credential.objects.defer("client_id", "secret").select_related("institution")
+    latest_submissions = list(keys.order_by("-submitted_at", "-pk")[:latest])
+    failing = list(
+        institutions_for_staff(queryset=served, today=today)
+        .filter(display_state=KeyState.FAILING)
+        .order_by("name")[:latest]
+    )
+    return {
+        "today": today,
+        "counts": counts,
+        "served_total": sum(c["count"] for c in counts),
+        "chart": expiry_chart(today=today),
+        "latest_submissions": latest_submissions,
+        "failing": failing,
+    }

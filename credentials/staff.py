@@ -1,0 +1,250 @@
+"""Services behind the staff admin and the hand-off command.
+
+Every act that lets a secret (or a list of customers) leave the registry
+writes exactly one AuditEvent in the same transaction as the act itself, so
+there is no reveal, hand-off or export without its record.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from credentials.models import AuditEvent, CD2Credential
+from credentials.selectors import local_today
+from credentials.services import audit_record, credential_set_status
+from institutions.models import Institution
+
+REVEAL_PERMISSION = "credentials.reveal_secret"
+HANDOFF_PERMISSION = "credentials.handoff_credential"
+EXPORT_PERMISSION = "institutions.export_institutions"
+# A reason is what an auditor reads later; "x" explains nothing.
+MIN_REASON_LENGTH = 5
+
+
+class StaffActionRefused(Exception):
+    """The act is not allowed as asked; the message says why and what to do instead."""
+
+
+def _clean_reason(reason: str, *, what: str) -> str:
+    reason = " ".join((reason or "").split())
+    if len(reason) < MIN_REASON_LENGTH:
+        raise StaffActionRefused(
+            f"Give a reason for the {what} (at least {MIN_REASON_LENGTH} characters): it is kept in the audit log."
+        )
+    return reason
+
+
+# --------------------------------------------------------------------------
+# Revoke
+# --------------------------------------------------------------------------
+
+
+def credential_revoke(*, credential: CD2Credential, actor, reason: str, ip_address: str | None = None) -> CD2Credential:
+    """Stop using a key: it becomes revoked (kept as history) and the act is audited."""
+    reason = _clean_reason(reason, what="revocation")
+    with transaction.atomic():
+        locked = CD2Credential.objects.defer("client_id", "secret").select_for_update().get(pk=credential.pk)
+        if locked.status not in (CD2Credential.Status.ACTIVE, CD2Credential.Status.PENDING_VERIFICATION):
+            raise StaffActionRefused(
+                f"This key is already {locked.get_status_display().lower()}; only an active or pending key "
+                f"can be revoked."
+            )
+        credential_set_status(credential=locked, status=CD2Credential.Status.REVOKED, reason=reason)
+        audit_record(
+            kind=AuditEvent.Kind.KEY_REVOKED,
+            actor=actor,
+            credential=locked,
+            institution=locked.institution,
+            ip_address=ip_address,
+            reason=reason,
+            detail={"hint": locked.hint, "expires_on": locked.expires_on.isoformat()},
+        )
+    return locked
+
+
+# --------------------------------------------------------------------------
+# Reveal (admin) and hand-off (command)
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RevealedKey:
+    """A key in plaintext, for one response or one command output only."""
+
+    credential: CD2Credential
+    client_id: str
+    secret: str
+
+    def __repr__(self) -> str:
+        # The default dataclass repr would print the secret in tracebacks.
+        return f"RevealedKey(credential={self.credential.pk}, hint={self.credential.hint!r})"
+
+
+def credential_reveal(*, credential_id: int, actor, reason: str, ip_address: str | None = None) -> RevealedKey:
+    """Decrypt one key for a staff member allowed to see it; audited.
+
+    The caller (the admin view) has already made the staff member re-enter
+    their password; this checks the permission again so no other door can
+    skip it.
+    """
+    if not getattr(actor, "is_active", False) or not actor.has_perm(REVEAL_PERMISSION):
+        raise StaffActionRefused("You do not have permission to reveal Secrets. Ask a Data engineer.")
+    reason = _clean_reason(reason, what="reveal")
+    with transaction.atomic():
+        credential = CD2Credential.objects.select_related("institution").get(pk=credential_id)
+        audit_record(
+            kind=AuditEvent.Kind.REVEAL,
+            actor=actor,
+            credential=credential,
+            institution=credential.institution,
+            ip_address=ip_address,
+            reason=reason,
+            detail={"hint": credential.hint, "status": credential.status},
+        )
+    return RevealedKey(credential=credential, client_id=credential.client_id, secret=credential.secret)
+
+
+def handoff_candidate(*, institution: Institution) -> CD2Credential | None:
+    """The key the pipeline would get: the active one, else the newest that is not history."""
+    keys = CD2Credential.objects.filter(institution=institution).defer("client_id", "secret")
+    active = keys.filter(status=CD2Credential.Status.ACTIVE).first()
+    if active is not None:
+        return active
+    return (
+        keys.filter(status__in=(CD2Credential.Status.REVOKED, CD2Credential.Status.INVALID))
+        .order_by("-submitted_at", "-pk")
+        .first()
+    )
+
+
+def credential_handoff(
+    *,
+    institution_slug: str,
+    actor_label: str,
+    actor=None,
+    allow_expired: bool = False,
+    reason: str = "",
+    output_format: str = "",
+    today: dt.date | None = None,
+) -> RevealedKey:
+    """The institution's key for the data pipeline; audited as a hand-off.
+
+    Refuses an expired, revoked or invalid key unless allow_expired, and
+    refuses a key still waiting for its first check (it may be a typo).
+    """
+    today = today or local_today()
+    institution = Institution.objects.filter(slug=institution_slug).first()
+    if institution is None:
+        raise StaffActionRefused(f"No institution has the slug {institution_slug!r}. Check the slug in the admin list.")
+    candidate = handoff_candidate(institution=institution)
+    if candidate is None:
+        raise StaffActionRefused(
+            f"{institution.name} has no usable CD2 key. Send them a submission link from the admin."
+        )
+    problem = ""
+    if candidate.status != CD2Credential.Status.ACTIVE:
+        problem = f"its newest key ({candidate.hint}) is {candidate.get_status_display().lower()}"
+    elif candidate.expires_on < today:
+        problem = f"its key ({candidate.hint}) expired on {candidate.expires_on:%Y-%m-%d}"
+    if problem and not allow_expired:
+        raise StaffActionRefused(
+            f"{institution.name} has no usable CD2 key: {problem}. Ask them for a new key, or pass "
+            f"--allow-expired to hand it out anyway."
+        )
+    with transaction.atomic():
+        credential = CD2Credential.objects.select_related("institution").get(pk=candidate.pk)
+        audit_record(
+            kind=AuditEvent.Kind.HANDOFF,
+            actor=actor,
+            actor_label=actor_label,
+            credential=credential,
+            institution=institution,
+            reason=reason,
+            detail={
+                "hint": credential.hint,
+                "status": credential.status,
+                "expires_on": credential.expires_on.isoformat(),
+                "allow_expired": allow_expired,
+                "format": output_format,
+                "problem": problem,
+            },
+        )
+    return RevealedKey(credential=credential, client_id=credential.client_id, secret=credential.secret)
+
+
+# --------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------
+
+EXPORT_COLUMNS = (
+    "name",
+    "slug",
+    "canvas_domain",
+    "status",
+    "account_owner",
+    "key_state",
+    "key_hint",
+    "region",
+    "expires_on",
+    "days_left",
+    "last_checked_at",
+    "last_check",
+)
+# A spreadsheet runs a cell starting with one of these as a formula.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value) -> str:
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def _rows(institutions: Iterable[Institution]) -> Iterable[list[str]]:
+    for inst in institutions:
+        owner = inst.account_owner
+        yield [
+            _cell(v)
+            for v in (
+                inst.name,
+                inst.slug,
+                inst.canvas_domain,
+                inst.status,
+                (owner.get_full_name() or owner.get_username()) if owner else "",
+                getattr(inst, "display_state", inst.key_state),
+                inst.active_hint,
+                inst.active_region,
+                inst.active_expires_on.isoformat() if inst.active_expires_on else "",
+                inst.days_left,
+                inst.active_last_verified_at.isoformat() if inst.active_last_verified_at else "",
+                inst.active_last_verification,
+            )
+        ]
+
+
+def institutions_export(*, queryset, actor, ip_address: str | None = None) -> str:
+    """CSV of institutions with their key status and expiry; one audit event per export.
+
+    `queryset` must carry the key-status annotations (with_key_status). No
+    Secret and no full Client ID is read: only the hint.
+    """
+    if not getattr(actor, "is_active", False) or not actor.has_perm(EXPORT_PERMISSION):
+        raise StaffActionRefused("You do not have permission to export the institution list.")
+    institutions = list(queryset.select_related("account_owner"))
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(EXPORT_COLUMNS)
+    writer.writerows(_rows(institutions))
+    audit_record(
+        kind=AuditEvent.Kind.EXPORT,
+        actor=actor,
+        ip_address=ip_address,
+        detail={"what": "institutions", "rows": len(institutions), "at": timezone.now().isoformat()},
+    )
+    return out.getvalue()
