@@ -71,3 +71,157 @@ def make_credential(make_key):
         )
 
     return make
+
+
+@pytest.fixture
+def verified_login(db):
+    """Sign a user in on a test client as the admin requires: password and a confirmed one-time-code device.
+
+    Every admin page refuses a session without a verified second factor
+    (edpotential/security.py), so `client.force_login(user)` alone only
+    reaches the login page. Use: `verified_login(client, user)`.
+    """
+    from django_otp import DEVICE_ID_SESSION_KEY
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    def login(client, user):
+        device = TOTPDevice.objects.filter(user=user, confirmed=True).first() or TOTPDevice.objects.create(
+            user=user, name="test authenticator", confirmed=True
+        )
+        client.force_login(user)
+        session = client.session
+        session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+        session.save()
+        return client
+
+    return login
+
+
+@pytest.fixture
+def admin_client(client, admin_user, verified_login):
+    """pytest-django's admin_client, signed in with the second factor the admin requires."""
+    return verified_login(client, admin_user)
+
+
+STAFF_PASSWORD = "staff-pass-Wx7!q2"
+
+
+@pytest.fixture
+def make_staff(db, django_user_model):
+    """A staff user in one of the role groups made by credentials/migrations/0002_roles.py.
+
+    make_staff("Viewer"), make_staff("Customer success"), make_staff("Data engineer"),
+    or make_staff(None, is_superuser=True). The password is STAFF_PASSWORD.
+    """
+    from django.contrib.auth.models import Group
+
+    def make(role: str | None, *, username: str | None = None, is_superuser: bool = False, **kwargs):
+        n = next(_counter)
+        user = django_user_model.objects.create_user(
+            username=username or f"staff{n}",
+            email=f"staff{n}@registry.example",
+            password=STAFF_PASSWORD,
+            is_staff=True,
+            is_superuser=is_superuser,
+            **kwargs,
+        )
+        if role:
+            user.groups.add(Group.objects.get(name=role))
+        return user
+
+    return make
+
+
+@pytest.fixture
+def cd2_gateway(settings):
+    """A real fake CD2 gateway on loopback, with settings.CD2_API_URL pointing at it.
+
+    It accepts the demo key and PLANTED_SECRET for PLANTED_CLIENT_ID; see
+    credentials/fake_gateway.py for the special Client IDs (gateway-down,
+    forbidden-...) and `.set_mode()`.
+    """
+    from credentials.fake_gateway import FakeGateway
+
+    with FakeGateway(keys={PLANTED_CLIENT_ID: PLANTED_SECRET}) as gateway:
+        settings.CD2_API_URL = gateway.url
+        settings.CD2_CONNECT_TIMEOUT = 2.0
+        settings.CD2_READ_TIMEOUT = 5.0
+        yield gateway
+
+
+# The Client ID that cd2_gateway accepts with PLANTED_SECRET.
+PLANTED_CLIENT_ID = "us-east-1#5a1e0000-0000-4000-8000-00000000beef"
+
+
+class PublishedTasks(list):
+    """Tasks published during a test (see the celery_messages fixture)."""
+
+    def __init__(self, app) -> None:
+        super().__init__()
+        self._app = app
+        self._raw: list[bytes] = []
+
+    def raw_bodies(self) -> list[bytes]:
+        """The serialized message bodies exactly as the broker holds them."""
+        with self._app.connection_for_write() as connection:
+            queue = connection.SimpleQueue("celery")
+            while len(self._raw) < len(self):
+                message = queue.get(timeout=1)
+                self._raw.append(message.body if isinstance(message.body, bytes) else str(message.body).encode())
+            queue.close()
+        return list(self._raw)
+
+
+@pytest.fixture
+def celery_messages():
+    """Publish Celery tasks to an in-memory broker (no worker) and list what was published.
+
+    Each item is {"task", "args", "kwargs", "headers"}; `.raw_bodies()` gives
+    the serialized bodies.
+    """
+    from celery.signals import before_task_publish
+
+    from edpotential.celery import app
+
+    published = PublishedTasks(app)
+
+    def record(sender=None, body=None, headers=None, **kwargs):
+        args, task_kwargs = (body[0], body[1]) if isinstance(body, list | tuple) else (None, None)
+        published.append({"task": sender, "args": args, "kwargs": task_kwargs, "headers": dict(headers or {})})
+
+    saved = app.conf.broker_url, app._pool, app.amqp._producer_pool
+    app.conf.broker_url = "memory://"
+    app._pool = None
+    app.amqp._producer_pool = None
+    with app.connection_for_write() as connection:  # the memory broker outlives a test: start empty
+        queue = connection.SimpleQueue("celery")
+        queue.clear()
+        queue.close()
+    before_task_publish.connect(record, weak=False)
+    try:
+        yield published
+    finally:
+        before_task_publish.disconnect(record)
+        app.conf.broker_url, app._pool, app.amqp._producer_pool = saved
+
+
+@pytest.fixture
+def isolated_cache(settings, tmp_path):
+    """An empty cache of the configured kind that no other process writes to.
+
+    The development file cache under var/ is shared with `make run` and with
+    other test runs; rate-limit counters there would leak between them. A
+    Redis cache (CACHE_URL, as in CI) is kept, and only flushed.
+    """
+    from django.core.cache import cache
+
+    if settings.CACHES["default"]["BACKEND"].endswith("FileBasedCache"):
+        settings.CACHES = {
+            "default": {
+                "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                "LOCATION": str(tmp_path / "cache"),
+            }
+        }
+    cache.clear()
+    yield cache
+    cache.clear()
