@@ -16,7 +16,7 @@ STAFF_CSS = {"all": ("admin-extra/staff.css",)}
 admin.site.enable_nav_sidebar = False
 
 
-class ViewOnlyAdmin(admin.ModelAdmin):
+class ViewOnlyMixin:
     """Rows written only by services: nobody edits or deletes them here, superusers included."""
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -28,6 +28,8 @@ class ViewOnlyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
+
+class ViewOnlyAdmin(ViewOnlyMixin, admin.ModelAdmin):
     def get_actions(self, request):
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)

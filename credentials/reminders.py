@@ -35,7 +35,7 @@ from django.utils import timezone
 
 from credentials.emails import build_email
 from credentials.models import CD2Credential, ReminderLog
-from credentials.selectors import DaysUntil
+from credentials.selectors import DaysBetween, DaysUntil
 from credentials.services import submission_link_create
 from institutions.models import Contact, Institution
 
@@ -136,24 +136,6 @@ def _step_expression(today: dt.date) -> Case:
     for threshold in before:
         whens.append(When(expires_on__lte=today + dt.timedelta(days=threshold), then=Value(threshold)))
     return Case(*whens, default=Value(None), output_field=models.IntegerField())
-
-
-class DaysBetween(models.Func):
-    """Whole days from one date expression to another (later minus earlier), on every backend."""
-
-    output_field = models.IntegerField()
-
-    def as_postgresql(self, compiler, connection, **extra):
-        return self.as_sql(compiler, connection, template="(%(expressions)s)", arg_joiner=" - ", **extra)
-
-    def as_sqlite(self, compiler, connection, **extra):
-        return self.as_sql(
-            compiler,
-            connection,
-            template="CAST(julianday(%(expressions)s) AS INTEGER)",
-            arg_joiner=") - julianday(",
-            **extra,
-        )
 
 
 def _unsettled_claim(now: dt.datetime) -> Q:

@@ -32,13 +32,10 @@ class KeyState(models.TextChoices):
     MISSING = "missing", "Missing"
 
 
-class DaysUntil(models.Func):
-    """Whole days from `today` to a date column, as an integer, on every backend."""
+class DaysBetween(models.Func):
+    """Whole days from one date expression to another (later minus earlier), on every backend."""
 
     output_field = models.IntegerField()
-
-    def __init__(self, expression, today: dt.date):
-        super().__init__(expression, Value(today, output_field=models.DateField()))
 
     def as_postgresql(self, compiler, connection, **extra):
         # date - date is an integer number of days in PostgreSQL.
@@ -52,6 +49,13 @@ class DaysUntil(models.Func):
             arg_joiner=") - julianday(",
             **extra,
         )
+
+
+class DaysUntil(DaysBetween):
+    """Whole days from `today` to a date column."""
+
+    def __init__(self, expression, today: dt.date):
+        super().__init__(expression, Value(today, output_field=models.DateField()))
 
 
 def local_today() -> dt.date:

@@ -10,6 +10,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from credentials import admin_views
+from credentials.admin import ViewOnlyMixin
 from credentials.dashboard import DISPLAY_LABELS, failed_check_q, institutions_for_staff
 from credentials.models import CD2Credential, ReminderLog, SubmissionLink
 from credentials.selectors import KeyState
@@ -99,19 +100,10 @@ class ContactInline(admin.TabularInline):
     fields = ("name", "email", "role", "receives_reminders")
 
 
-class ReadOnlyInline(admin.TabularInline):
+class ReadOnlyInline(ViewOnlyMixin, admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = False
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 class KeyHistoryInline(ReadOnlyInline):
