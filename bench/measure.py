@@ -1,0 +1,861 @@
+"""One bench run at one size, in its own process: `python -m bench.measure --institutions N --json OUT`.
+
+bench/run.py starts this with the environment it needs (a throwaway
+database, fresh FERNET_KEYS, DEBUG off, bench.settings) and reads the JSON.
+Each figure is measured next to its floor, in the same process, on the same
+data, one right after the other, so the noise of a shared machine hits both.
+Generating the data is timed apart and never inside a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import http.client
+import io
+import itertools
+import json
+import os
+import re
+import secrets
+import signal
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import tracemalloc
+from pathlib import Path
+from urllib.parse import urlencode
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+
+
+# --------------------------------------------------------------------------
+# Small tools
+# --------------------------------------------------------------------------
+
+
+class QueryCounter:
+    """Counts the statements Django sends (execute and executemany), cheaply, with DEBUG off."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, execute, sql, params, many, context):
+        self.count += 1
+        return execute(sql, params, many, context)
+
+    @contextlib.contextmanager
+    def counting(self):
+        from django.db import connection
+
+        with connection.execute_wrapper(self):
+            yield self
+
+
+def timed(fn, *args, **kwargs):
+    started = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - started, result
+
+
+def ratio(value: float | None, floor: float | None) -> float | None:
+    if value is None or not floor:
+        return None
+    return value / floor
+
+
+def profile_to(path: Path | None, fn, *args, **kwargs):
+    """Run fn under pyinstrument and write its text report to path (no profile when path is None)."""
+    if path is None:
+        return fn(*args, **kwargs)
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0005)
+    profiler.start()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        profiler.stop()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+
+
+def log_path(name: str) -> Path:
+    """Where a server started by the bench writes its output (the run's VAR_DIR, removed afterwards)."""
+    return Path(os.environ.get("VAR_DIR", tempfile.gettempdir())) / f"{name}.log"
+
+
+def log_tail(name: str, lines: int = 20) -> str:
+    path = log_path(name)
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def max_id(table: str) -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {connection.ops.quote_name(table)}")  # noqa: S608
+        return cursor.fetchone()[0]
+
+
+def delete_after(marks: dict[str, int]) -> None:
+    """Undo a run: delete the rows it added (ids above the marks taken before it)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for table, last in marks.items():
+            cursor.execute(f"DELETE FROM {connection.ops.quote_name(table)} WHERE id > %s", [last])  # noqa: S608
+
+
+# --------------------------------------------------------------------------
+# 1. Reminder run
+# --------------------------------------------------------------------------
+
+REMINDER_FLOOR_SQL = """
+SELECT c.id, c.expires_on, c.hint, i.name, i.slug, i.timezone, u.email AS owner_email, ct.emails
+FROM credentials_cd2credential c
+JOIN institutions_institution i ON i.id = c.institution_id
+LEFT JOIN auth_user u ON u.id = i.account_owner_id
+CROSS JOIN LATERAL (
+    SELECT CASE
+        WHEN c.expires_on - %(today)s <= -%(repeat)s THEN ((c.expires_on - %(today)s) / %(repeat)s) * %(repeat)s
+        WHEN c.expires_on < %(today)s THEN %(first)s
+        ELSE (SELECT min(t) FROM unnest(%(thresholds)s::int[]) AS t WHERE t >= c.expires_on - %(today)s)
+    END AS step
+) s
+CROSS JOIN LATERAL (
+    SELECT array_agg(email ORDER BY id) AS emails FROM institutions_contact
+    WHERE institution_id = i.id AND receives_reminders
+) ct
+WHERE c.status = 'active' AND i.status IN ('active', 'onboarding') AND c.expires_on <= %(horizon)s
+  AND s.step IS NOT NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM credentials_reminderlog r
+      WHERE r.credential_id = c.id AND r.threshold = s.step
+        AND (r.sent_at IS NOT NULL OR r.failed_at IS NOT NULL OR r.claimed_at >= %(stale)s)
+  )
+"""
+
+REMINDER_TABLES = ("credentials_reminderlog", "credentials_submissionlink", "credentials_auditevent")
+
+
+def _reminder_floor(*, today: dt.date, now: dt.datetime, repeats: int) -> tuple[float, int]:
+    """The bare SQL that selects the due rows with what mailing them needs: (median seconds, rows)."""
+    from django.conf import settings
+    from django.db import connection
+
+    from credentials.reminders import CLAIM_STALE_AFTER
+
+    thresholds = sorted({int(d) for d in settings.REMINDER_DAYS_BEFORE if int(d) >= 0})
+    params = {
+        "today": today,
+        "repeat": int(settings.REMINDER_REPEAT_AFTER_EXPIRY_DAYS) or 1,
+        "first": thresholds[0],
+        "thresholds": thresholds,
+        "horizon": today + dt.timedelta(days=thresholds[-1]),
+        "stale": now - CLAIM_STALE_AFTER,
+    }
+    times, rows = [], 0
+    with connection.cursor() as cursor:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            cursor.execute(REMINDER_FLOOR_SQL, params)
+            rows = len(cursor.fetchall())
+            times.append(time.perf_counter() - started)
+    return statistics.median(times), rows
+
+
+def _send_floor(*, messages: int, size: int) -> float:
+    """Hand `messages` bare messages of `size` bytes, two recipients each, to the sink over one connection."""
+    from django.core.mail import EmailMultiAlternatives, get_connection
+
+    text = ("Your Canvas Data 2 key expires soon. " * (size // 3 // 37 + 1))[: size // 3]
+    html = f"<html><body><p>{text}</p><p>{text}</p></body></html>"
+    message = EmailMultiAlternatives(
+        subject="Canvas Data 2 key for Institution 000001 expires in 14 days",
+        body=text,
+        to=["it000001@inst000001.example.edu"],
+        cc=["owner01@edpotential.example"],
+    )
+    message.attach_alternative(html, "text/html")
+    message.attach("expiry.ics", "BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n", "text/calendar")
+    started = time.perf_counter()
+    with get_connection() as smtp:
+        for _ in range(messages):
+            smtp.send_messages([message])
+    return time.perf_counter() - started
+
+
+def measure_reminders(ctx: Context) -> dict:
+    from django.utils import timezone
+
+    from credentials.reminders import reminders_send_due
+
+    today, now = ctx.today, timezone.now()
+    floor_s, floor_rows = _reminder_floor(today=today, now=now, repeats=ctx.repeats)
+
+    dry_queries = QueryCounter()
+    with dry_queries.counting():
+        dry_s, dry = timed(reminders_send_due, today=today, now=now, dry_run=True)
+
+    marks = {table: max_id(table) for table in REMINDER_TABLES}
+    ctx.sink.reset()
+    run_queries = QueryCounter()
+    with run_queries.counting():
+        run_s, run = timed(reminders_send_due, today=today, now=now)
+    mail = ctx.sink.count()
+
+    # Again from the same state, for the peak memory (tracemalloc slows the
+    # run, so it is not the timed one) and, if asked, the profile.
+    delete_after(marks)
+    tracemalloc.start()
+    again = reminders_send_due(today=today, now=now)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    if ctx.profile_dir:
+        delete_after(marks)
+        profile_to(ctx.profile_path("reminders"), reminders_send_due, today=today, now=now)
+
+    sent = run.sent
+    per_message = mail["bytes"] // mail["messages"] if mail["messages"] else 2000
+    ctx.sink.reset()
+    send_floor_s = _send_floor(messages=mail["messages"], size=per_message) if mail["messages"] else 0.0
+    target_s = 5 * floor_s + send_floor_s
+    return {
+        "due_expected": ctx.generated.expected_due,
+        "floor_rows": floor_rows,
+        "due": run.due,
+        "sent": sent,
+        "failed": run.failed,
+        "skipped": run.skipped,
+        "sent_again_from_same_state": again.sent,
+        "mail_messages": mail["messages"],
+        "mail_recipients": mail["recipients"],
+        "wall_s": run_s,
+        "queries": run_queries.count,
+        "queries_per_sent": run_queries.count / sent if sent else None,
+        "peak_memory_mb": peak / 2**20,
+        "per_reminder_ms": 1000 * run_s / sent if sent else None,
+        "dry_run_s": dry_s,
+        "dry_run_due": dry.due,
+        "dry_run_queries": dry_queries.count,
+        "floor_sql_s": floor_s,
+        "send_floor_s": send_floor_s,
+        "send_floor_per_message_ms": 1000 * send_floor_s / mail["messages"] if mail["messages"] else None,
+        "scan_ratio": ratio(dry_s, floor_s),
+        "target_s": target_s,
+        "ratio_to_target": ratio(run_s, target_s),
+    }
+
+
+# --------------------------------------------------------------------------
+# 2. Admin institution list
+# --------------------------------------------------------------------------
+
+ADMIN_VIEWS = {
+    "default": "/admin/institutions/institution/",
+    "expiring_30": "/admin/institutions/institution/?expiry=30",
+    "floor": "/bench/admin/institutions/contact/",
+}
+
+
+def _staff_client():
+    """The test client signed in as the bench superuser, second factor verified as the tests do it."""
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from bench.generate import BENCH_ADMIN
+
+    user = get_user_model().objects.get(username=BENCH_ADMIN)
+    client = Client()
+    client.force_login(user)
+    if "django_otp" in settings.INSTALLED_APPS:
+        from django_otp import DEVICE_ID_SESSION_KEY
+        from django_otp.plugins.otp_static.models import StaticDevice
+
+        device, _ = StaticDevice.objects.get_or_create(user=user, name="bench", defaults={"confirmed": True})
+        session = client.session
+        session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+        session.save()
+    return client
+
+
+def measure_admin(ctx: Context) -> dict:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = _staff_client()
+    out: dict = {}
+    for name, url in ADMIN_VIEWS.items():
+        for _ in range(2):  # warm up templates and caches
+            response = client.get(url)
+        if response.status_code != 200:
+            raise RuntimeError(f"GET {url} answered {response.status_code}, not 200 (signed-in staff expected)")
+        with CaptureQueriesContext(connection) as captured:
+            response = client.get(url)
+        body = response.content.decode()
+        shown = re.search(r"(\d[\d,]*) (?:institutions?|contacts?)\b", body)
+        slowest = sorted(captured.captured_queries, key=lambda q: float(q["time"]), reverse=True)[:3]
+        out[name] = {
+            "url": url,
+            "queries": len(captured.captured_queries),
+            "slowest_queries": [{"ms": 1000 * float(q["time"]), "sql": q["sql"][:4000]} for q in slowest],
+            "rows_reported": int(shown.group(1).replace(",", "")) if shown else None,
+            "bytes": len(response.content),
+            "times": [],
+        }
+    # Interleaved rounds: a burst of noise on the shared machine hits every view alike.
+    for _ in range(ctx.repeats):
+        for name, url in ADMIN_VIEWS.items():
+            started = time.perf_counter()
+            client.get(url)
+            out[name]["times"].append(time.perf_counter() - started)
+    for name in ADMIN_VIEWS:
+        out[name]["median_s"] = statistics.median(out[name].pop("times"))
+    if ctx.profile_dir:
+        for name in ("default", "expiring_30", "floor"):
+            profile_to(ctx.profile_path(f"admin-{name}"), client.get, ADMIN_VIEWS[name])
+    floor = out["floor"]["median_s"]
+    out["ratio_default"] = ratio(out["default"]["median_s"], floor)
+    out["ratio_expiring_30"] = ratio(out["expiring_30"]["median_s"], floor)
+    return out
+
+
+# --------------------------------------------------------------------------
+# 3. Submission through gunicorn
+# --------------------------------------------------------------------------
+
+
+def _wait_http(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/k/received/")
+            conn.getresponse().read()
+            conn.close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not answer on 127.0.0.1:{port} within {timeout:.0f} s") from None
+            time.sleep(0.2)
+
+
+def _wrk(*, port: int, prefix: str, tokens: list[str], seconds: float, connections: int, env: dict) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".tokens", delete=False) as handle:
+        handle.write("\n".join(tokens) + "\n")
+        tokens_path = handle.name
+    try:
+        result = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "30s", "-s",
+             str(BENCH_DIR / "wrk_post.lua"), f"http://127.0.0.1:{port}"],
+            env={**env, "BENCH_TOKENS": tokens_path, "BENCH_PATH_PREFIX": prefix},
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=True,
+        )
+    finally:
+        os.unlink(tokens_path)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("BENCH_JSON "))
+    return json.loads(line.removeprefix("BENCH_JSON "))
+
+
+def _count(sql: str, params=()) -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()[0]
+
+
+FLOOR_EMAIL = "floor@bench.example.edu"
+SUBMITTER_EMAIL = "ada@bench.example.edu"
+
+
+def measure_submission(ctx: Context) -> dict:
+    from django.conf import settings
+
+    from bench.generate import submission_links
+    from bench.sink import free_port
+    from credentials.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET, FakeGateway
+
+    seconds, rounds, connections = ctx.load_seconds, ctx.load_rounds, ctx.load_connections
+    # Generous: a link per request at up to 400 requests a second; a run that
+    # ran out would reuse links, and the check below would show it.
+    per_run = int(400 * seconds) + 200
+    tokens = submission_links(count=per_run * (rounds + 2))  # warm-up, rounds, profile
+    # Django's CSRF secret: 32 letters and digits, sent as the cookie and the form field alike.
+    csrf = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
+
+    def form(email: str) -> dict:
+        return {
+            "csrfmiddlewaretoken": csrf,
+            "client_id": DEMO_ACCEPTED_CLIENT_ID,
+            "secret": DEMO_ACCEPTED_SECRET,
+            "expiry_period": "1y",
+            "expires_on": "",
+            "submitted_by": "Ada Admin",
+            "submitted_by_email": email,
+        }
+
+    body, floor_body = urlencode(form(SUBMITTER_EMAIL)), urlencode(form(FLOOR_EMAIL))
+    workers = ctx.workers
+    out: dict = {"workers": workers, "connections": connections, "seconds": seconds, "rounds": rounds, "runs": []}
+    with FakeGateway(keys=ctx.generated.key_pool) as gateway:
+        port = free_port()
+        env = {**os.environ, "CD2_API_URL": gateway.url}
+        server_log = log_path("gunicorn").open("w")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "edpotential.wsgi:application", "--bind", f"127.0.0.1:{port}",
+             "--workers", str(workers), "--log-level", "warning"],
+            cwd=ROOT,
+            env=env,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_http(port)
+            wrk_env = {**env, "BENCH_COOKIE": f"{settings.CSRF_COOKIE_NAME}={csrf}"}
+            take = iter(range(0, len(tokens), per_run))
+
+            def run(kind: str, warm: bool = False) -> dict:
+                if kind == "submission":
+                    start = next(take)
+                    batch = tokens[start : start + per_run]
+                    prefix, run_body = "/k/", body
+                    before = _count("SELECT count(*) FROM credentials_submissionlink WHERE used_at IS NOT NULL")
+                else:
+                    batch = [secrets.token_urlsafe(32) for _ in range(per_run)]
+                    prefix, run_body = "/bench/floor/", floor_body
+                    before = _count("SELECT count(*) FROM credentials_auditevent WHERE actor_label = %s", [FLOOR_EMAIL])
+                result = _wrk(port=port, prefix=prefix, tokens=batch, seconds=1 if warm else seconds,
+                              connections=connections, env={**wrk_env, "BENCH_BODY": run_body})
+                if kind == "submission":
+                    after = _count("SELECT count(*) FROM credentials_submissionlink WHERE used_at IS NOT NULL")
+                else:
+                    after = _count("SELECT count(*) FROM credentials_auditevent WHERE actor_label = %s", [FLOOR_EMAIL])
+                result.update(kind=kind, written=after - before)
+                result["rps"] = result["written"] / (result["duration_us"] / 1e6)
+                return result
+
+            ctx.sink.reset()
+            run("floor", warm=True)
+            run("submission", warm=True)
+            for _ in range(rounds):
+                out["runs"].append(run("floor"))
+                out["runs"].append(run("submission"))
+            out["mail_messages"] = ctx.sink.count()["messages"]
+            out["gateway_requests"] = len(gateway.requests)
+            if ctx.profile_dir:
+                # The same view in this process (no gunicorn), for where the time goes.
+                from django.test import Client
+                from django.test.utils import override_settings
+
+                client, spare = Client(), tokens[next(take) :][:20]
+                with override_settings(CD2_API_URL=gateway.url):
+                    profile_to(
+                        ctx.profile_path("submission"),
+                        lambda: [
+                            client.post(f"/k/{token}/", form(SUBMITTER_EMAIL), HTTP_X_FORWARDED_FOR=f"198.19.0.{i}")
+                            for i, token in enumerate(spare)
+                        ],
+                    )
+        except Exception:
+            print(f"gunicorn's last lines:\n{log_tail('gunicorn')}", file=sys.stderr)
+            raise
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+            server_log.close()
+    for kind in ("floor", "submission"):
+        runs = [r for r in out["runs"] if r["kind"] == kind]
+        best = max(runs, key=lambda r: r["rps"])
+        out[kind] = {
+            "rps": best["rps"],
+            "median_latency_ms": best["p50_us"] / 1000,
+            "p99_latency_ms": best["p99_us"] / 1000,
+            "requests": sum(r["requests"] for r in runs),
+            "written": sum(r["written"] for r in runs),
+            "errors": sum(r["status_errors"] + r["connect_errors"] + r["read_errors"] + r["timeouts"] for r in runs),
+        }
+    out["throughput_ratio"] = ratio(out["submission"]["rps"], out["floor"]["rps"])
+    return out
+
+
+# --------------------------------------------------------------------------
+# 4. Key rotation
+# --------------------------------------------------------------------------
+
+
+def _rotation_floor(*, new_key: str, old_key: str) -> tuple[float, int]:
+    """MultiFernet.rotate over every stored value, then one bulk UPDATE: the least a rotation can do."""
+    from cryptography.fernet import Fernet, MultiFernet
+    from django.db import connection, transaction
+
+    from bench.generate import copy_rows
+
+    multi = MultiFernet([Fernet(new_key), Fernet(old_key)])
+    started = time.perf_counter()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT id, client_id, secret FROM credentials_cd2credential ORDER BY id FOR UPDATE")
+            rows = [
+                (pk, multi.rotate(a.encode()).decode(), multi.rotate(b.encode()).decode())
+                for pk, a, b in cursor.fetchall()
+            ]
+            cursor.execute("CREATE TEMP TABLE bench_rotated (id bigint, client_id text, secret text) ON COMMIT DROP")
+            copy_rows("bench_rotated", ("id", "client_id", "secret"), rows)
+            cursor.execute(
+                "UPDATE credentials_cd2credential c SET client_id = r.client_id, secret = r.secret "
+                "FROM bench_rotated r WHERE r.id = c.id"
+            )
+    return time.perf_counter() - started, len(rows)
+
+
+def measure_rotation(ctx: Context) -> dict:
+    from cryptography.fernet import Fernet
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test.utils import override_settings
+
+    original = list(settings.FERNET_KEYS)
+    floor_key, command_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    floor_s, rows = _rotation_floor(new_key=floor_key, old_key=original[0])
+    keys = [command_key, floor_key, *original]
+    with override_settings(FERNET_KEYS=keys):
+        output = io.StringIO()
+        command_s, _ = timed(call_command, "rotate_encryption_keys", stdout=output)
+        done = re.search(r"Done: (\d+) rows re-encrypted", output.getvalue())
+        rotated = int(done.group(1)) if done else None
+        # Proof it happened: a stored value now opens with the command's key alone.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT secret FROM credentials_cd2credential ORDER BY id DESC LIMIT 1")
+            Fernet(command_key).decrypt(cursor.fetchone()[0].encode())
+        if ctx.profile_dir:
+            with override_settings(FERNET_KEYS=[Fernet.generate_key().decode(), *keys]):
+                profile_to(ctx.profile_path("rotation"), call_command, "rotate_encryption_keys", stdout=io.StringIO())
+    floor_rps = rows / floor_s
+    command_rps = rotated / command_s if rotated else None
+    return {
+        "rows": rows,
+        "rotated": rotated,
+        "command_s": command_s,
+        "command_rows_per_s": command_rps,
+        "floor_s": floor_s,
+        "floor_rows_per_s": floor_rps,
+        "speed_ratio": ratio(command_rps, floor_rps),
+    }
+
+
+# --------------------------------------------------------------------------
+# 5. Daily key checks
+# --------------------------------------------------------------------------
+
+
+def _queue_etas(broker_url: str, queue: str, *, queued_at: dt.datetime) -> list[dt.datetime]:
+    """ETAs of the tasks waiting in the Redis queue (kombu's JSON envelope); queued_at for those due at once."""
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    etas = []
+    for start in range(0, client.llen(queue), 5000):
+        for raw in client.lrange(queue, start, start + 4999):
+            eta = json.loads(raw).get("headers", {}).get("eta")
+            etas.append(dt.datetime.fromisoformat(eta) if eta else queued_at)
+    return etas
+
+
+def _queue_length(broker_url: str, queue: str) -> int:
+    import redis
+
+    return redis.Redis.from_url(broker_url).llen(queue)
+
+
+def _purge(broker_url: str, queue: str) -> None:
+    import redis
+
+    redis.Redis.from_url(broker_url).delete(queue)
+
+
+def _spacing(stamps: list[float]) -> dict:
+    stamps = sorted(stamps)
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    per_second: dict[int, int] = {}
+    for stamp in stamps:
+        second = int(stamp - stamps[0])
+        per_second[second] = per_second.get(second, 0) + 1
+    return {
+        "count": len(stamps),
+        "span_s": stamps[-1] - stamps[0] if stamps else 0.0,
+        "gap_median_s": statistics.median(gaps) if gaps else None,
+        "gap_p95_s": statistics.quantiles(gaps, n=20)[-1] if len(gaps) >= 2 else None,
+        "gap_max_s": max(gaps) if gaps else None,
+        "max_in_one_second": max(per_second.values()) if per_second else 0,
+    }
+
+
+def _served_active_ids() -> list[int]:
+    from credentials.models import CD2Credential
+    from institutions.models import Institution
+
+    return list(
+        CD2Credential.objects.filter(
+            status=CD2Credential.Status.ACTIVE, institution__status__in=Institution.SERVED_STATUSES
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+def _per_check_cost(ctx: Context, ids: list[int]) -> dict:
+    """credential_verify one key after another, next to the bare check_key call for the same keys."""
+    from django.test.utils import override_settings
+
+    from credentials.cd2 import check_key
+    from credentials.fake_gateway import FakeGateway
+    from credentials.verification import credential_verify
+
+    pool = list(ctx.generated.key_pool.items())
+    with FakeGateway(keys=ctx.generated.key_pool) as gateway, override_settings(CD2_API_URL=gateway.url):
+        started = time.perf_counter()
+        for client_id, secret in pool[: len(ids)]:
+            check_key(client_id=client_id, secret=secret, base_url=gateway.url, timeout=(5, 20))
+        floor_s = time.perf_counter() - started
+        queries = QueryCounter()
+        with queries.counting():
+            started = time.perf_counter()
+            for credential_id in ids:
+                credential_verify(credential_id=credential_id)
+            verify_s = time.perf_counter() - started
+    n = len(ids)
+    return {
+        "sampled": n,
+        "per_check_ms": 1000 * verify_s / n,
+        "bare_check_ms": 1000 * floor_s / min(n, len(pool)),
+        "queries_per_check": queries.count / n,
+    }
+
+
+def measure_key_checks(ctx: Context) -> dict:
+    from django.conf import settings
+    from django.db import connection
+    from django.utils import timezone
+
+    from credentials.fake_gateway import LOGIN_PATH, TABLES_PATH, FakeGateway
+    from credentials.verification import credentials_verify_active
+
+    broker, queue = settings.CELERY_BROKER_URL, settings.CELERY_TASK_DEFAULT_QUEUE
+    if not broker.startswith("redis://"):
+        raise RuntimeError("the key-check figure needs the Redis broker (CELERY_BROKER_URL=redis://...)")
+    ids = _served_active_ids()
+    design_spread = settings.CD2_CHECK_SPREAD_SECONDS
+    out: dict = {"active_keys": len(ids), "design_spread_s": design_spread, "gateway_rate_limit": ctx.gateway_rate}
+
+    # (a) The daily task at full size: queue one check per key, countdowns over the spread.
+    _purge(broker, queue)
+    queries = QueryCounter()
+    queued_at = timezone.now()
+    with queries.counting():
+        schedule_s, scheduled = timed(credentials_verify_active)
+    etas = _queue_etas(broker, queue, queued_at=queued_at)
+    _purge(broker, queue)
+    first = min(etas) if etas else None
+    offsets = [(eta - first).total_seconds() for eta in etas] if first else []
+    out["schedule"] = {
+        "scheduled": scheduled.scheduled,
+        "queued": len(etas),
+        "seconds": schedule_s,
+        "queries": queries.count,
+        "per_task_ms": 1000 * schedule_s / scheduled.scheduled if scheduled.scheduled else None,
+        **_spacing(offsets),
+    }
+    out["required_gateway_rps"] = 2 * len(ids) / design_spread  # login + table list per key
+
+    # (b) A sample through a real Celery worker at the design's rate (compressed
+    # to at most sample_seconds), against a rate-limited fake gateway.
+    design_rate = len(ids) / design_spread
+    sample = max(20, min(len(ids), round(design_rate * ctx.sample_seconds)))
+    sample_ids = ids[:sample]
+    spread = min(sample / design_rate, ctx.sample_seconds)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE institutions_institution SET status = status || '-bench' WHERE status IN ('active', 'onboarding') "
+            "AND id NOT IN (SELECT institution_id FROM credentials_cd2credential WHERE id = ANY(%s))",
+            [sample_ids],
+        )
+    worker = None
+    try:
+        with FakeGateway(keys=ctx.generated.key_pool, rate_limit_per_second=ctx.gateway_rate) as gateway:
+            env = {**os.environ, "CD2_API_URL": gateway.url}
+            worker_log = log_path("celery-worker").open("w")
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "edpotential", "worker", "--pool", "solo", "-Q", queue,
+                 "--without-gossip", "--without-mingle", "-l", "WARNING"],
+                cwd=ROOT,
+                env=env,
+                stdout=worker_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            from edpotential.celery import app
+
+            deadline = time.monotonic() + 60
+            while not app.control.ping(timeout=1.0):
+                if time.monotonic() > deadline or worker.poll() is not None:
+                    raise RuntimeError(f"the Celery worker did not start:\n{log_tail('celery-worker')}")
+            started_at, started = timezone.now(), time.monotonic()
+            credentials_verify_active(spread_seconds=spread)
+            deadline = started + spread + 120
+            while time.monotonic() < deadline:
+                time.sleep(1.0)
+                if time.monotonic() < started + spread:
+                    continue
+                inspect = app.control.inspect(timeout=1.0)
+                busy = any(
+                    tasks
+                    for reply in (inspect.scheduled() or {}, inspect.reserved() or {}, inspect.active() or {})
+                    for tasks in reply.values()
+                )
+                if not busy and not _queue_length(broker, queue):
+                    break
+            requests = gateway.requests
+        logins = [r.timestamp for r in requests if r.path == LOGIN_PATH]
+        tables = [r for r in requests if r.path == TABLES_PATH]
+        from credentials.models import CD2Credential
+
+        checked = CD2Credential.objects.filter(pk__in=sample_ids, last_verified_at__gte=started_at).count()
+        out["sample"] = {
+            "keys": sample,
+            "spread_s": spread,
+            "designed_gap_s": spread / sample,
+            "checked_ok": checked,
+            "logins": len(logins),
+            "table_calls": len(tables),
+            "rate_limited": len(logins) - len(tables),
+            "duration_s": (max(r.timestamp for r in requests) - started) if requests else None,
+            **{f"login_{k}": v for k, v in _spacing(logins).items()},
+        }
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
+            worker_log.close()
+        _purge(broker, queue)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE institutions_institution SET status = replace(status, '-bench', '') "
+                "WHERE status LIKE '%%-bench'"
+            )
+
+    # (c) What one check costs the worker, next to the bare CD2 call.
+    out["cost"] = _per_check_cost(ctx, ids[sample : sample + min(200, max(20, len(ids) - sample))] or ids[:20])
+    per_check = out["cost"]["per_check_ms"] / 1000
+    out["projected_worker_busy_s"] = per_check * len(ids)
+    out["projected_duration_s"] = max(design_spread, out["projected_worker_busy_s"])
+    return out
+
+
+# --------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------
+
+
+class Context:
+    def __init__(self, args, sink, generated, today) -> None:
+        self.args = args
+        self.sink = sink
+        self.generated = generated
+        self.today = today
+        quick = args.quick
+        self.repeats = 3 if quick else 9
+        self.load_seconds = 2.0 if quick else 10.0
+        self.load_rounds = 1 if quick else 2
+        self.workers = args.workers
+        self.load_connections = 2 * args.workers
+        self.sample_seconds = 6.0 if quick else 60.0
+        self.gateway_rate = args.gateway_rate
+        self.profile_dir = Path(args.profile_dir) if args.profile_dir else None
+
+    def profile_path(self, name: str) -> Path | None:
+        if self.profile_dir is None:
+            return None
+        return self.profile_dir / f"{name}-{self.generated.institutions}.txt"
+
+
+MEASURES = {
+    "reminders": measure_reminders,
+    "admin": measure_admin,
+    "submission": measure_submission,
+    # Before rotation: the checks decrypt with the keys the gateway knows.
+    "key_checks": measure_key_checks,
+    "rotation": measure_rotation,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--institutions", type=int, required=True)
+    parser.add_argument("--json", required=True, help="Where to write the figures.")
+    parser.add_argument("--quick", action="store_true", help="Fewer repeats and shorter load runs (smoke test).")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--gateway-rate", type=float, default=10.0)
+    parser.add_argument("--only", nargs="*", choices=sorted(MEASURES), help="Measure only these figures.")
+    parser.add_argument("--profile-dir", help="Also write a pyinstrument profile of each figure here.")
+    args = parser.parse_args(argv)
+
+    # The sink first: settings read EMAIL_URL when Django starts.
+    from bench.sink import SmtpSink
+
+    sink = SmtpSink().start()
+    os.environ["EMAIL_URL"] = sink.url
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from bench.generate import generate
+
+    result: dict = {"institutions": args.institutions, "errors": {}}
+    try:
+        migrate_s, _ = timed(call_command, "migrate", verbosity=0, interactive=False)
+        today = timezone.localdate()
+        generated = generate(institutions=args.institutions, today=today)
+        result["setup"] = {
+            "migrate_s": migrate_s,
+            "generate_s": generated.seconds,
+            "institutions": generated.institutions,
+            "contacts": generated.contacts,
+            "credentials": generated.credentials,
+            "active_keys": generated.active_keys,
+            "reminder_logs": generated.reminder_logs,
+        }
+        ctx = Context(args, sink, generated, today)
+        for name, measure in MEASURES.items():
+            if args.only and name not in args.only:
+                continue
+            started = time.perf_counter()
+            try:
+                result[name] = measure(ctx)
+            except Exception as exc:  # one broken figure must not hide the others
+                result["errors"][name] = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
+            print(f"  [{args.institutions}] {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        sink.stop()
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""bench/RESULTS.md: each run's figures on top, older runs kept below."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+HEADER = """# Benchmark results
+
+Written by `python bench/run.py` (`make bench`); newest run first. Each figure
+is measured next to its floor in the same run on the same data, because the
+machine is small and shared: compare ratios, not raw times, across runs.
+See bench/measure.py for what each figure and floor is exactly.
+
+"""
+MARKER = "<!-- bench runs below, newest first -->\n"
+
+SECTIONS = (
+    "### 1. Reminder run",
+    "### 2. Admin institution list",
+    "### 3. Submission",
+    "### 4. Key rotation",
+    "### 5. Key checks",
+)
+
+
+def _n(value, digits: int = 0, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and digits:
+        text = f"{value:,.{digits}f}"
+    else:
+        text = f"{round(value):,}"
+    return f"{text}{unit}"
+
+
+def _ms(seconds) -> str:
+    if seconds is None:
+        return "—"
+    ms = seconds * 1000
+    return f"{ms:,.1f} ms" if ms < 100 else f"{ms:,.0f} ms"
+
+
+def _s(seconds) -> str:
+    return "—" if seconds is None else f"{seconds:,.2f} s"
+
+
+def _x(value) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def _met(ok) -> str:
+    return "—" if ok is None else ("yes" if ok else "**no**")
+
+
+def _slowest(view: dict) -> str:
+    """'157 ms list, 67 ms filter' from the captured queries: time and what the query reads."""
+    parts = []
+    for query in view["slowest_queries"]:
+        sql = query["sql"]
+        # The table of the first selected column, else the first one read.
+        table = re.match(r'SELECT (?:DISTINCT )?"(\w+)"\.', sql) or re.search(r'\bFROM "?(\w+)', sql)
+        what = "count" if sql.startswith("SELECT COUNT") else table.group(1) if table else "query"
+        parts.append(f"{query['ms']:.0f} ms {what}")
+    return ", ".join(parts)
+
+
+def _table(sizes: list[dict], section: str | None, rows: list[tuple[str, callable]]) -> list[str]:
+    head = "| | " + " | ".join(f"N = {size['institutions']:,}" for size in sizes) + " |"
+    lines = [head, "|---" * (len(sizes) + 1) + "|"]
+    for label, get in rows:
+        cells = []
+        for size in sizes:
+            try:
+                cells.append(get(size[section] if section else size))
+            except (KeyError, TypeError, ZeroDivisionError, IndexError, ValueError):
+                cells.append("—")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _summary(sizes: list[dict]) -> list[str]:
+    lines = [
+        "| Figure | N | Measured | Floor | Ratio | Target | Met |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for size in sizes:
+        n = f"{size['institutions']:,}"
+        r = size.get("reminders")
+        if r:
+            lines.append(
+                f"| Reminder run, wall | {n} | {_s(r['wall_s'])} | {_ms(r['floor_sql_s'])} SQL + "
+                f"{_s(r['send_floor_s'])} sending | {_x(r['ratio_to_target'])} of target | ≤ 5× SQL + sending | "
+                f"{_met(r['ratio_to_target'] <= 1 if r['ratio_to_target'] is not None else None)} |"
+            )
+            lines.append(
+                f"| Reminder scan (dry run) | {n} | {_ms(r['dry_run_s'])} | {_ms(r['floor_sql_s'])} | "
+                f"{_x(r['scan_ratio'])} | ≤ 5× | {_met(r['scan_ratio'] <= 5 if r['scan_ratio'] else None)} |"
+            )
+        a = size.get("admin")
+        if a:
+            for key, label in (("default", "Admin list, default"), ("expiring_30", "Admin list, expiring ≤ 30 d")):
+                ratio_key = f"ratio_{key}"
+                lines.append(
+                    f"| {label} | {n} | {_ms(a[key]['median_s'])}, {a[key]['queries']} queries | "
+                    f"{_ms(a['floor']['median_s'])}, {a['floor']['queries']} queries | {_x(a[ratio_key])} | ≤ 1.5× | "
+                    f"{_met(a[ratio_key] <= 1.5 if a[ratio_key] else None)} |"
+                )
+        s = size.get("submission")
+        if s:
+            lines.append(
+                f"| Submission throughput | {n} | {_n(s['submission']['rps'], 1)} req/s | "
+                f"{_n(s['floor']['rps'], 1)} req/s | {_x(s['throughput_ratio'])} | ≥ 0.80× | "
+                f"{_met(s['throughput_ratio'] >= 0.8 if s['throughput_ratio'] else None)} |"
+            )
+        k = size.get("rotation")
+        if k:
+            lines.append(
+                f"| Key rotation | {n} | {_n(k['command_rows_per_s'])} rows/s | {_n(k['floor_rows_per_s'])} rows/s | "
+                f"{_x(k['speed_ratio'])} | ≥ 0.50× | {_met(k['speed_ratio'] >= 0.5 if k['speed_ratio'] else None)} |"
+            )
+        c = size.get("key_checks")
+        if c:
+            need, limit = c["required_gateway_rps"], c["gateway_rate_limit"]
+            lines.append(
+                f"| Key checks, gateway requests/s the design needs | {n} | {_n(need, 1)} req/s | "
+                f"limit {_n(limit, 1)} req/s | {_x(need / limit if limit else None)} | ≤ 1× | "
+                f"{_met(need <= limit if limit else None)} |"
+            )
+    return lines
+
+
+def render(*, started: dt.datetime, machine: dict, sizes: list[dict], quick: bool) -> str:
+    ns = " and ".join(f"{size['institutions']:,}" for size in sizes)
+    out = [
+        f"## {started:%Y-%m-%d %H:%M} UTC: N = {ns}{' (quick)' if quick else ''}",
+        "",
+        f"Machine: {machine['cpu']}, {machine['nproc']} cores (nproc), {machine['memory_gib']:.1f} GiB memory; "
+        f"Python {machine['python']}, PostgreSQL {machine['postgresql']}, {machine['wrk']}. "
+        f"Load average at start {machine['load_average'][0]:.2f} (the machine is shared).",
+        "",
+    ]
+    errors = {
+        f"{size['institutions']:,}: {name}": text for size in sizes for name, text in size.get("errors", {}).items()
+    }
+    if errors:
+        out += ["**Errors:**", ""] + [f"- N = {where}: `{text}`" for where, text in errors.items()] + [""]
+    out += ["#### Summary", "", *_summary(sizes), ""]
+
+    out += ["#### Setup (not measured)", ""]
+    out += _table(
+        sizes,
+        None,
+        [
+            ("migrate", lambda s: _s(s["setup"]["migrate_s"])),
+            ("generate (COPY)", lambda s: _s(s["setup"]["generate_s"])),
+            ("institutions / contacts", lambda s: f"{s['setup']['institutions']:,} / {s['setup']['contacts']:,}"),
+            ("keys (active)", lambda s: f"{s['setup']['credentials']:,} ({s['setup']['active_keys']:,})"),
+            ("reminder log rows (steady state)", lambda s: _n(s["setup"]["reminder_logs"])),
+            ("whole size, end to end", lambda s: _s(s.get("total_s"))),
+        ],
+    )
+    out += [
+        "",
+        SECTIONS[0] + " (about 1% due; mail to a local aiosmtpd sink)",
+        "",
+        "Floor: the bare SQL that selects the due keys with the institution, owner and contact addresses "
+        "(median of repeats). Sending floor: as many bare messages of the same size handed to the same sink over "
+        "one SMTP connection. Target: wall ≤ 5 × SQL floor + sending floor.",
+        "",
+    ]
+    out += _table(
+        sizes,
+        "reminders",
+        [
+            (
+                "due (expected from the data / floor rows)",
+                lambda s: f"{s['due']:,} ({s['due_expected']:,} / {s['floor_rows']:,})",
+            ),
+            ("reminders sent / messages at the sink", lambda s: f"{s['sent']:,} / {s['mail_messages']:,}"),
+            ("wall time", lambda s: _s(s["wall_s"])),
+            ("time per reminder sent", lambda s: _ms(s["per_reminder_ms"] / 1000)),
+            ("queries (per reminder sent)", lambda s: f"{s['queries']:,} ({s['queries_per_sent']:.2f})"),
+            ("peak memory (tracemalloc)", lambda s: _n(s["peak_memory_mb"], 1, " MiB")),
+            ("dry run (the scan alone): wall", lambda s: _ms(s["dry_run_s"])),
+            ("dry run: queries", lambda s: _n(s["dry_run_queries"])),
+            ("floor: due-rows SQL", lambda s: _ms(s["floor_sql_s"])),
+            ("scan / SQL floor", lambda s: _x(s["scan_ratio"])),
+            (
+                "floor: sending (per message)",
+                lambda s: f"{_s(s['send_floor_s'])} ({_ms(s['send_floor_per_message_ms'] / 1000)})",
+            ),
+            ("target: 5 × SQL floor + sending", lambda s: _s(s["target_s"])),
+            ("wall / target", lambda s: _x(s["ratio_to_target"])),
+        ],
+    )
+    out += [
+        "",
+        SECTIONS[1],
+        "",
+        "Django's test client as a signed-in superuser (second factor verified as the tests do), median of "
+        "interleaved requests. Floor: Django's stock changelist of Contact (one per institution, so as many rows) "
+        "on a separate AdminSite.",
+        "",
+    ]
+    out += _table(
+        sizes,
+        "admin",
+        [
+            ("default view: median", lambda s: _ms(s["default"]["median_s"])),
+            ("default view: queries", lambda s: _n(s["default"]["queries"])),
+            ("expiring ≤ 30 days: median", lambda s: _ms(s["expiring_30"]["median_s"])),
+            ("expiring ≤ 30 days: queries", lambda s: _n(s["expiring_30"]["queries"])),
+            ("expiring ≤ 30 days: rows matched", lambda s: _n(s["expiring_30"]["rows_reported"])),
+            ("default view: its three slowest queries", lambda s: _slowest(s["default"])),
+            ("expiring ≤ 30 days: its three slowest queries", lambda s: _slowest(s["expiring_30"])),
+            ("floor (stock changelist): median", lambda s: _ms(s["floor"]["median_s"])),
+            ("floor: its three slowest queries", lambda s: _slowest(s["floor"])),
+            ("floor: queries", lambda s: _n(s["floor"]["queries"])),
+            ("default / floor", lambda s: _x(s["ratio_default"])),
+            ("expiring ≤ 30 / floor", lambda s: _x(s["ratio_expiring_30"])),
+        ],
+    )
+    out += [
+        "",
+        SECTIONS[2] + " (gunicorn on loopback, wrk)",
+        "",
+        "A valid submission (form, CSRF, rate limits, live check against the fake CD2 gateway with no added latency, "
+        "key stored, receipt mailed) to a fresh single-use link per request. Floor: a trivial view that reads the "
+        "same form and writes one row, same gunicorn, middleware and CSRF. Best of the rounds; throughput counts "
+        "rows actually written.",
+        "",
+    ]
+    out += _table(
+        sizes,
+        "submission",
+        [
+            ("gunicorn workers / wrk connections", lambda s: f"{s['workers']} / {s['connections']}"),
+            ("submission: valid submissions/s", lambda s: _n(s["submission"]["rps"], 1)),
+            ("submission: median latency", lambda s: _n(s["submission"]["median_latency_ms"], 1, " ms")),
+            ("submission: p99 latency", lambda s: _n(s["submission"]["p99_latency_ms"], 1, " ms")),
+            (
+                "submission: keys stored / requests (errors)",
+                lambda s: (
+                    f"{s['submission']['written']:,} / {s['submission']['requests']:,} ({s['submission']['errors']})"
+                ),
+            ),
+            ("floor: rows/s", lambda s: _n(s["floor"]["rps"], 1)),
+            ("floor: median latency", lambda s: _n(s["floor"]["median_latency_ms"], 1, " ms")),
+            ("submission / floor throughput", lambda s: _x(s["throughput_ratio"])),
+        ],
+    )
+    out += [
+        "",
+        SECTIONS[3],
+        "",
+        "`manage.py rotate_encryption_keys` over every key (two encrypted columns each). Floor: MultiFernet.rotate "
+        "over the same values, then one bulk UPDATE (COPY into a temporary table, UPDATE … FROM).",
+        "",
+    ]
+    out += _table(
+        sizes,
+        "rotation",
+        [
+            ("rows", lambda s: _n(s["rows"])),
+            ("command: time", lambda s: _s(s["command_s"])),
+            ("command: rows/s", lambda s: _n(s["command_rows_per_s"])),
+            ("floor: time", lambda s: _s(s["floor_s"])),
+            ("floor: rows/s", lambda s: _n(s["floor_rows_per_s"])),
+            ("command / floor speed", lambda s: _x(s["speed_ratio"])),
+        ],
+    )
+    out += [
+        "",
+        SECTIONS[4] + " (daily check of every active key)",
+        "",
+        "(a) The beat task at full size: one Celery task per key on Redis, countdowns spread over "
+        "CD2_CHECK_SPREAD_SECONDS (read back from the queue). (b) A sample through a real Celery worker against the "
+        "fake gateway with a rate limit, at the design's rate (compressed to at most a minute): spacing from the "
+        "gateway's request timestamps. (c) What one check costs, next to the bare CD2 call.",
+        "",
+    ]
+    out += _table(
+        sizes,
+        "key_checks",
+        [
+            ("active keys", lambda s: _n(s["active_keys"])),
+            ("design spread", lambda s: _s(s["design_spread_s"])),
+            (
+                "(a) tasks queued (in the queue)",
+                lambda s: f"{s['schedule']['scheduled']:,} ({s['schedule']['queued']:,})",
+            ),
+            (
+                "(a) time to queue them (per task)",
+                lambda s: f"{_s(s['schedule']['seconds'])} ({_ms(s['schedule']['per_task_ms'] / 1000)})",
+            ),
+            ("(a) queries", lambda s: _n(s["schedule"]["queries"])),
+            (
+                "(a) ETAs span / median gap",
+                lambda s: f"{_s(s['schedule']['span_s'])} / {_s(s['schedule']['gap_median_s'])}",
+            ),
+            ("(a) most checks due in one second", lambda s: _n(s["schedule"]["max_in_one_second"])),
+            ("gateway requests/s the design needs (2 per key)", lambda s: _n(s["required_gateway_rps"], 1)),
+            ("fake gateway's rate limit", lambda s: _n(s["gateway_rate_limit"], 1, " req/s")),
+            (
+                "(b) sample keys over (designed gap)",
+                lambda s: (
+                    f"{s['sample']['keys']:,} over {_s(s['sample']['spread_s'])} ({_ms(s['sample']['designed_gap_s'])})"
+                ),
+            ),
+            (
+                "(b) checked OK / logins / rate-limited (429)",
+                lambda s: (
+                    f"{s['sample']['checked_ok']:,} / {s['sample']['logins']:,} / {s['sample']['rate_limited']:,}"
+                ),
+            ),
+            ("(b) duration, first call to last", lambda s: _s(s["sample"]["duration_s"])),
+            (
+                "(b) login gaps: median / p95 / max",
+                lambda s: (
+                    f"{_ms(s['sample']['login_gap_median_s'])} / "
+                    f"{_ms(s['sample']['login_gap_p95_s'])} / {_ms(s['sample']['login_gap_max_s'])}"
+                ),
+            ),
+            ("(b) most logins in one second", lambda s: _n(s["sample"]["login_max_in_one_second"])),
+            ("(c) one check (credential_verify)", lambda s: _ms(s["cost"]["per_check_ms"] / 1000)),
+            ("(c) floor: bare check_key", lambda s: _ms(s["cost"]["bare_check_ms"] / 1000)),
+            ("(c) queries per check", lambda s: _n(s["cost"]["queries_per_check"], 1)),
+            ("projected: one worker busy for", lambda s: _s(s["projected_worker_busy_s"])),
+            ("projected: daily check takes", lambda s: _s(s["projected_duration_s"])),
+        ],
+    )
+    return "\n".join(out) + "\n"
+
+
+def write_results(path: Path, *, started: dt.datetime, machine: dict, sizes: list[dict], quick: bool) -> None:
+    """Put this run on top of the report; keep every older run below it."""
+    block = render(started=started, machine=machine, sizes=sizes, quick=quick)
+    older = ""
+    if path.exists():
+        text = path.read_text()
+        older = text.split(MARKER, 1)[1] if MARKER in text else text
+    path.write_text(HEADER + MARKER + "\n" + block + ("\n" + older.lstrip("\n") if older.strip() else ""))

@@ -1,0 +1,14 @@
+"""The project's URLs plus the bench floors (bench/floor.py)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from bench.floor import floor_site, floor_write
+from edpotential.urls import urlpatterns as project_urlpatterns
+
+urlpatterns = [
+    path("bench/floor/<str:token>/", floor_write, name="bench_floor_write"),
+    path("bench/admin/", floor_site.urls),
+    *project_urlpatterns,
+]

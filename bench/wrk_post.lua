@@ -1,0 +1,36 @@
+-- wrk script for bench/measure.py: every request POSTs the submission form to
+-- a fresh single-use link (one token per request, from BENCH_TOKENS), with
+-- the CSRF cookie and field, and a made-up client address in X-Forwarded-For
+-- (198.18.0.0/15, the range set aside for benchmarks; only a header value,
+-- nothing is sent there), as the trusted proxy would add it, so the per-IP
+-- rate limits see many clients.
+
+local tokens = {}
+for line in io.lines(os.getenv("BENCH_TOKENS")) do
+  tokens[#tokens + 1] = line
+end
+local prefix = os.getenv("BENCH_PATH_PREFIX")
+local body = os.getenv("BENCH_BODY")
+local cookie = os.getenv("BENCH_COOKIE")
+local n = 0
+
+request = function()
+  n = n + 1
+  local token = tokens[((n - 1) % #tokens) + 1]
+  local client = string.format("198.%d.%d.%d", 18 + math.floor(n / 65536) % 2, math.floor(n / 256) % 256, n % 256)
+  local headers = {
+    ["Content-Type"] = "application/x-www-form-urlencoded",
+    ["Cookie"] = cookie,
+    ["X-Forwarded-For"] = client,
+  }
+  return wrk.format("POST", prefix .. token .. "/", headers, body)
+end
+
+done = function(summary, latency, requests)
+  io.write(string.format(
+    'BENCH_JSON {"requests": %d, "duration_us": %d, "status_errors": %d, "connect_errors": %d, ' ..
+    '"read_errors": %d, "write_errors": %d, "timeouts": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d}\n',
+    summary.requests, summary.duration, summary.errors.status, summary.errors.connect, summary.errors.read,
+    summary.errors.write, summary.errors.timeout, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99)))
+end
