@@ -6,7 +6,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from credentials import admin_views
-from credentials.models import AuditEvent, CD2Credential, ReminderLog, SubmissionLink
+from credentials.models import SECRET_FIELDS, AuditEvent, CD2Credential, ReminderLog, SubmissionLink, secret_fields_of
 from credentials.staff import REVEAL_PERMISSION
 
 STAFF_CSS = {"all": ("admin-extra/staff.css",)}
@@ -96,7 +96,7 @@ class CD2CredentialAdmin(ViewOnlyAdmin):
         return (
             super()
             .get_queryset(request)
-            .defer("client_id", "secret")
+            .defer(*SECRET_FIELDS)
             .select_related("institution", "created_by", "submission_link__institution")
         )
 
@@ -147,7 +147,7 @@ class ReminderLogAdmin(ViewOnlyAdmin):
             super()
             .get_queryset(request)
             .select_related("credential__institution")
-            .defer("credential__client_id", "credential__secret")
+            .defer(*secret_fields_of("credential"))
         )
 
     @admin.display(description="Institution", ordering="credential__institution__name")
@@ -186,7 +186,7 @@ class AuditEventAdmin(ViewOnlyAdmin):
             super()
             .get_queryset(request)
             .select_related("actor", "institution", "credential")
-            .defer("credential__client_id", "credential__secret")
+            .defer(*secret_fields_of("credential"))
         )
 
     @admin.display(description="Who", ordering="actor__username")

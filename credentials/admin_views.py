@@ -98,7 +98,7 @@ def _back(institution: Institution) -> HttpResponseRedirect:
 
 def _current_key(institution: Institution, *statuses: str) -> CD2Credential | None:
     return (
-        CD2Credential.objects.defer("client_id", "secret")
+        CD2Credential.objects.without_secrets()
         .filter(institution=institution, status__in=statuses)
         .order_by("-submitted_at", "-pk")
         .first()
@@ -338,7 +338,7 @@ class RevealForm(ReasonForm):
 def reveal_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
     if not (request.user.has_perm(REVEAL_PERMISSION) and request.user.has_perm("credentials.view_cd2credential")):
         raise PermissionDenied
-    credential = get_object_or_404(CD2Credential.objects.defer("client_id", "secret"), pk=object_id)
+    credential = get_object_or_404(CD2Credential.objects.without_secrets(), pk=object_id)
     form = RevealForm(request.POST or None, request=request)
     context = {
         **model_admin.admin_site.each_context(request),

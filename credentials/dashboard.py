@@ -150,7 +150,7 @@ def dashboard_context(*, today: dt.date | None = None, latest: int = 8) -> dict:
         .order_by()
     )
     counts = [{"state": state, "label": label, "count": counted.get(state, 0)} for state, label in DISPLAY_STATES]
-    keys = CD2Credential.objects.defer("client_id", "secret").select_related("institution")
+    keys = CD2Credential.objects.without_secrets().select_related("institution")
     latest_submissions = list(keys.order_by("-submitted_at", "-pk")[:latest])
     failing = list(
         institutions_for_staff(queryset=served, today=today)

@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from credentials.emails import send_email
-from credentials.models import CD2Credential, ReminderLog
+from credentials.models import CD2Credential, ReminderLog, secret_fields_of
 from credentials.selectors import KeyState, institutions_with_key_status
 from institutions.models import Institution
 
@@ -85,6 +85,7 @@ def staff_digest_build(*, today: dt.date | None = None) -> StaffDigest:
                 credential__institution__status__in=Institution.SERVED_STATUSES,
             )
             .select_related("credential__institution")
+            .defer(*secret_fields_of("credential"))
             .order_by("-failed_at"),
         ),
     }

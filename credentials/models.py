@@ -10,8 +10,20 @@ from django.utils import timezone
 
 from credentials.fields import EncryptedTextField
 
+# The encrypted columns: rows read for display, mail or scans leave them out,
+# so a Secret is decrypted only by the code that uses it.
+SECRET_FIELDS = ("client_id", "secret")
+
+
+def secret_fields_of(relation: str) -> tuple[str, ...]:
+    """The encrypted columns reached through `relation`, for .defer() on another model's query."""
+    return tuple(f"{relation}__{name}" for name in SECRET_FIELDS)
+
 
 class CredentialQuerySet(models.QuerySet):
+    def without_secrets(self):
+        return self.defer(*SECRET_FIELDS)
+
     def active(self):
         return self.filter(status=CD2Credential.Status.ACTIVE)
 

@@ -34,7 +34,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from credentials.emails import build_email
-from credentials.models import CD2Credential, ReminderLog
+from credentials.models import CD2Credential, ReminderLog, secret_fields_of
 from credentials.selectors import DaysBetween, DaysUntil
 from credentials.services import submission_link_create
 from institutions.models import Contact, Institution
@@ -158,7 +158,8 @@ def due_credentials(*, today: dt.date, now: dt.datetime):
         _unsettled_claim(now)
     )
     return (
-        CD2Credential.objects.filter(
+        CD2Credential.objects.without_secrets()
+        .filter(
             status=CD2Credential.Status.ACTIVE,
             institution__status__in=Institution.SERVED_STATUSES,
             expires_on__lte=horizon,
@@ -438,6 +439,7 @@ def reminder_deliver(
             reminder = (
                 ReminderLog.objects.select_for_update(of=("self",))
                 .select_related("credential__institution__account_owner")
+                .defer(*secret_fields_of("credential"))
                 .filter(pk=reminder_id, sent_at__isnull=True, failed_at__isnull=True)
                 .exclude(last_error__startswith=SKIPPED_PREFIX)
                 .first()

@@ -50,7 +50,7 @@ def credential_revoke(*, credential: CD2Credential, actor, reason: str, ip_addre
     """Stop using a key: it becomes revoked (kept as history) and the act is audited."""
     reason = _clean_reason(reason, what="revocation")
     with transaction.atomic():
-        locked = CD2Credential.objects.defer("client_id", "secret").select_for_update().get(pk=credential.pk)
+        locked = CD2Credential.objects.without_secrets().select_for_update().get(pk=credential.pk)
         if locked.status not in (CD2Credential.Status.ACTIVE, CD2Credential.Status.PENDING_VERIFICATION):
             raise StaffActionRefused(
                 f"This key is already {locked.get_status_display().lower()}; only an active or pending key "
@@ -113,7 +113,7 @@ def credential_reveal(*, credential_id: int, actor, reason: str, ip_address: str
 
 def handoff_candidate(*, institution: Institution) -> CD2Credential | None:
     """The key the pipeline would get: the active one, else the newest that is not history."""
-    keys = CD2Credential.objects.filter(institution=institution).defer("client_id", "secret")
+    keys = CD2Credential.objects.filter(institution=institution).without_secrets()
     active = keys.filter(status=CD2Credential.Status.ACTIVE).first()
     if active is not None:
         return active

@@ -571,7 +571,8 @@ def _send_receipt(credential_id: int) -> None:
     error is logged (class name only) rather than shown to the customer.
     """
     credential = (
-        CD2Credential.objects.select_related("institution", "institution__account_owner")
+        CD2Credential.objects.without_secrets()
+        .select_related("institution", "institution__account_owner")
         .filter(pk=credential_id)
         .first()
     )

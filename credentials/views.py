@@ -161,7 +161,8 @@ def received(request: HttpRequest) -> HttpResponse:
     """The confirmation after a key was stored (the key stays out: hint and dates only)."""
     credential_id = request.session.get(SESSION_KEY)
     credential = (
-        CD2Credential.objects.select_related("institution", "institution__account_owner")
+        CD2Credential.objects.without_secrets()
+        .select_related("institution", "institution__account_owner")
         .filter(pk=credential_id)
         .first()
         if credential_id

@@ -12,7 +12,7 @@ from django.utils.html import format_html, format_html_join
 from credentials import admin_views
 from credentials.admin import ViewOnlyMixin
 from credentials.dashboard import DISPLAY_LABELS, failed_check_q, institutions_for_staff
-from credentials.models import CD2Credential, ReminderLog, SubmissionLink
+from credentials.models import SECRET_FIELDS, CD2Credential, ReminderLog, SubmissionLink, secret_fields_of
 from credentials.selectors import KeyState
 from credentials.staff import EXPORT_PERMISSION, StaffActionRefused, institutions_export
 from institutions.models import Contact, Institution
@@ -123,7 +123,7 @@ class KeyHistoryInline(ReadOnlyInline):
 
     def get_queryset(self, request):
         # Never load the encrypted columns: a page that does not decrypt cannot leak.
-        return super().get_queryset(request).defer("client_id", "secret").select_related("created_by")
+        return super().get_queryset(request).defer(*SECRET_FIELDS).select_related("created_by")
 
     @admin.display(description="Key")
     def key(self, obj: CD2Credential) -> str:
@@ -280,7 +280,7 @@ class InstitutionAdmin(admin.ModelAdmin):
         rows = (
             ReminderLog.objects.filter(credential__institution=obj)
             .select_related("credential")
-            .defer("credential__client_id", "credential__secret")
+            .defer(*secret_fields_of("credential"))
             .order_by("-claimed_at")[:30]
         )
 

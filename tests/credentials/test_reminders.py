@@ -528,3 +528,24 @@ def test_the_scan_query_count_does_not_grow_with_the_number_of_institutions(cloc
 
     assert small[1] == 5 and large[1] == 45
     assert small[0] == large[0]
+
+
+def test_a_reminder_run_and_the_digest_decrypt_no_secret(clock, served, monkeypatch, settings):
+    add_key(served, days=14)
+    decrypted = []
+
+    def refuse(token, *, what="an encrypted value"):
+        decrypted.append(what)
+        raise AssertionError(f"decrypted {what}")
+
+    from credentials import fields
+
+    monkeypatch.setattr(fields, "decrypt_str", refuse)
+    settings.STAFF_DIGEST_RECIPIENTS = ["staff@example.com"]
+
+    assert reminders_send_due().sent == 1
+    from credentials.digest import staff_digest_send
+
+    staff_digest_send()
+    assert decrypted == []
+    assert len(reminder_mails()) == 1

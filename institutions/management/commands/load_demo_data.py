@@ -114,9 +114,7 @@ class Command(BaseCommand):
         else:
             password = secrets.token_urlsafe(12)
             user = User.objects.create_superuser(username=DEMO_USERNAME, email="demo@localhost", password=password)
-            self.stdout.write(
-                self.style.WARNING(f"Demo login created: username {DEMO_USERNAME}  password {password}")
-            )
+            self.stdout.write(self.style.WARNING(f"Demo login created: username {DEMO_USERNAME}  password {password}"))
             self.stdout.write("(Shown once. Reset it with: python manage.py changepassword demo)")
         self._demo_two_factor(user)
         return user
