@@ -65,26 +65,8 @@ class CD2CredentialAdmin(ViewOnlyAdmin):
             },
         ),
     )
-    readonly_fields = (
-        "institution",
-        "hint",
-        "region",
-        "key_name",
-        "key_type",
-        "expires_on",
-        "status",
-        "status_changed_at",
-        "status_reason",
-        "last_verified_at",
-        "last_verification",
-        "verification_attempts",
-        "source",
-        "submitted_at",
-        "submitted_by",
-        "submitted_by_email",
-        "created_by",
-        "submission_link",
-    )
+    # Every field shown is read-only: a key is never edited, only superseded.
+    readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
     change_form_template = "admin/credentials/cd2credential/change_form.html"
 
     class Media:
