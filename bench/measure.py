@@ -652,16 +652,19 @@ def measure_key_checks(ctx: Context) -> dict:
     from django.utils import timezone
 
     from credentials.fake_gateway import LOGIN_PATH, TABLES_PATH, FakeGateway
-    from credentials.verification import credentials_verify_active
+    from credentials.verification import check_spread_seconds, credentials_verify_active
 
     broker, queue = settings.CELERY_BROKER_URL, settings.CELERY_TASK_DEFAULT_QUEUE
     if not broker.startswith("redis://"):
         raise RuntimeError("the key-check figure needs the Redis broker (CELERY_BROKER_URL=redis://...)")
     ids = _served_active_ids()
-    design_spread = settings.CD2_CHECK_SPREAD_SECONDS
+    # The window the daily task really uses: it grows with the number of keys
+    # so the gateway never sees more than CD2_GATEWAY_REQUESTS_PER_SECOND.
+    design_spread = check_spread_seconds(keys=len(ids))
     out: dict = {"active_keys": len(ids), "design_spread_s": design_spread, "gateway_rate_limit": ctx.gateway_rate}
 
-    # (a) The daily task at full size: queue one check per key, countdowns over the spread.
+    # (a) The daily task at full size: its messages (one per key, or one per
+    # batch of keys above CHECK_BATCH_SIZE) and their countdowns over the spread.
     _purge(broker, queue)
     queries = QueryCounter()
     queued_at = timezone.now()

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import icalendar
 from django.conf import settings
+from django.core.mail import get_connection
 from django.db import IntegrityError, models, transaction
 from django.db.models import Case, Exists, F, OuterRef, Prefetch, Q, Value, When
 from django.db.models.functions import TruncDate
@@ -295,12 +296,20 @@ def _zone(institution: Institution) -> zoneinfo.ZoneInfo:
 
 
 def _send_reminder_email(
-    *, credential: CD2Credential, to: list[str], cc: list[str], today: dt.date, now: dt.datetime, actor=None
+    *,
+    credential: CD2Credential,
+    to: list[str],
+    cc: list[str],
+    today: dt.date,
+    now: dt.datetime,
+    actor=None,
+    connection=None,
 ) -> None:
     """Make a fresh single-use link and mail the reminder. SMTP errors propagate.
 
     Call inside a transaction: if the send fails, the link is rolled back
-    with it and no unused link is left behind.
+    with it and no unused link is left behind. `connection` is an open (or
+    openable) mail backend shared by a run's page; None opens one for this message.
     """
     institution = credential.institution
     recipients = [*to, *cc]
@@ -323,11 +332,14 @@ def _send_reminder_email(
         attachments=[
             (f"cd2-key-expiry-{institution.slug}.ics", expiry_calendar(credential=credential, now=now), "text/calendar")
         ],
+        connection=connection,
     )
+    if connection is not None:
+        connection.open()  # no-op when open; after a failure, a fresh connection
     message.send(fail_silently=False)
 
 
-def _tell_owner(*, credential: CD2Credential, to: list[str], today: dt.date) -> None:
+def _tell_owner(*, credential: CD2Credential, to: list[str], today: dt.date, connection=None) -> None:
     """Close to expiry the account owner gets their own short note, not only a copy.
 
     Best effort: the customer's reminder is already sent (and the owner was
@@ -350,11 +362,29 @@ def _tell_owner(*, credential: CD2Credential, to: list[str], today: dt.date) -> 
         "admin_url": admin_url(institution),
     }
     try:
-        build_email("reminder-owner", to=[owner], context=context).send(fail_silently=False)
+        message = build_email("reminder-owner", to=[owner], context=context, connection=connection)
+        if connection is not None:
+            connection.open()
+        message.send(fail_silently=False)
     except SEND_ERRORS as exc:
+        _drop_connection(connection)
         logger.warning(
             "Owner note for reminder of key %s (%s) not sent: %s", credential.pk, institution.slug, type(exc).__name__
         )
+
+
+def _drop_connection(connection) -> None:
+    """Close a shared mail connection after a failed send, so the next send opens a fresh one.
+
+    A server that hung up leaves the backend holding a dead socket; without
+    this every later message of the page would fail on it too.
+    """
+    if connection is None:
+        return
+    try:
+        connection.close()
+    except SEND_ERRORS:
+        pass  # the SMTP backend forgets the socket even when QUIT fails
 
 
 # --------------------------------------------------------------------------
@@ -393,7 +423,8 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
     """Record the steps a catch-up run jumped over (came due after the key arrived, never sent)."""
     arrived = timezone.localtime(credential.submitted_at).date()
     days_at_arrival = (credential.expires_on - arrived).days
-    existing = {log.threshold for log in getattr(credential, "logs", None) or credential.reminders.all()}
+    logs = getattr(credential, "logs", None)  # the scan's prefetch; [] is an answer too
+    existing = {log.threshold for log in (credential.reminders.all() if logs is None else logs)}
     missed = []
     for days_left in range(
         min(days_at_arrival, max(_days_before(), default=0)), (credential.expires_on - today).days, -1
@@ -424,7 +455,13 @@ def _record_failure(*, reminder_id: int, error: BaseException | str, now: dt.dat
 
 
 def reminder_deliver(
-    *, reminder_id: int, today: dt.date | None = None, now: dt.datetime | None = None, actor=None
+    *,
+    reminder_id: int,
+    today: dt.date | None = None,
+    now: dt.datetime | None = None,
+    actor=None,
+    contacts: list[Contact] | None = None,
+    connection=None,
 ) -> bool:
     """Send one claimed reminder; True if this call sent it.
 
@@ -432,6 +469,9 @@ def reminder_deliver(
     was delivered twice sends once. SMTP and connection errors are recorded
     on the row (attempts, last_error) and raised again for the caller to
     retry; the final failure is marked by reminder_mark_failed.
+
+    A run passes the institution's reminder contacts it already read
+    (`contacts`) and the mail connection its page shares (`connection`).
     """
     now = now or timezone.now()
     try:
@@ -456,13 +496,17 @@ def reminder_deliver(
                 reminder.save(update_fields=["last_error"])
                 return False
             local_today = today or institution_today(institution, now)
+            if contacts is not None:
+                institution.reminder_contacts = contacts
             to, cc = reminder_recipients(institution=institution)
             if not to:
                 reminder.failed_at = now
                 reminder.last_error = "Nobody to send to: add a contact who receives reminders or an account owner."
                 reminder.save(update_fields=["failed_at", "last_error"])
                 return False
-            _send_reminder_email(credential=credential, to=to, cc=cc, today=local_today, now=now, actor=actor)
+            _send_reminder_email(
+                credential=credential, to=to, cc=cc, today=local_today, now=now, actor=actor, connection=connection
+            )
             reminder.sent_at = timezone.now()
             reminder.attempts += 1
             reminder.recipients = ", ".join([*to, *cc])
@@ -480,7 +524,7 @@ def reminder_deliver(
         reminder.threshold,
     )
     if reminder.threshold <= OWNER_DIRECT_FROM_DAYS:
-        _tell_owner(credential=credential, to=to, today=local_today)
+        _tell_owner(credential=credential, to=to, today=local_today, connection=connection)
     return True
 
 
@@ -543,8 +587,16 @@ def reminders_send_due(
         if not chunk:
             break
         last_pk = chunk[-1].pk
-        for credential in chunk:
-            _handle_due(credential, run=run, today=today, now=now, dry_run=dry_run, queue=queue)
+        # One SMTP connection per page when sending here (opened at the first
+        # send, replaced after a failure, closed at the end of the page).
+        connection = None if dry_run or queue else get_connection()
+        try:
+            for credential in chunk:
+                _handle_due(
+                    credential, run=run, today=today, now=now, dry_run=dry_run, queue=queue, connection=connection
+                )
+        finally:
+            _drop_connection(connection)
     logger.info(
         "Reminder run for %s%s: due=%s sent=%s queued=%s skipped=%s failed=%s",
         today,
@@ -559,7 +611,14 @@ def reminders_send_due(
 
 
 def _handle_due(
-    credential: CD2Credential, *, run: ReminderRun, today: dt.date, now: dt.datetime, dry_run: bool, queue: bool
+    credential: CD2Credential,
+    *,
+    run: ReminderRun,
+    today: dt.date,
+    now: dt.datetime,
+    dry_run: bool,
+    queue: bool,
+    connection=None,
 ) -> None:
     run.due += 1
     institution = credential.institution
@@ -583,8 +642,15 @@ def _handle_due(
         run.queued += 1
         return
     try:
-        sent = reminder_deliver(reminder_id=reminder.pk, today=today, now=now)
+        sent = reminder_deliver(
+            reminder_id=reminder.pk,
+            today=today,
+            now=now,
+            contacts=_contacts(institution),
+            connection=connection,
+        )
     except SEND_ERRORS as exc:
+        _drop_connection(connection)
         reminder_mark_failed(reminder_id=reminder.pk, error=exc, now=now)
         run.failed += 1
         return

@@ -102,10 +102,18 @@ def send_reminder(reminder_id: int) -> bool:
 
 @shared_task
 def verify_active_credentials() -> int:
-    """Daily (beat): queue a check of every active key, spread over CD2_CHECK_SPREAD_SECONDS."""
+    """Daily (beat): queue a check of every active key, spread to keep within the gateway's rate."""
     from credentials.verification import credentials_verify_active
 
     return credentials_verify_active().scheduled
+
+
+@shared_task
+def verify_credentials_batch(credential_ids: list[int], step: float) -> int:
+    """One batch of the daily run: queue its keys' checks `step` seconds apart."""
+    from credentials.verification import credentials_verify_batch
+
+    return credentials_verify_batch(credential_ids=credential_ids, step=step)
 
 
 @shared_task(bind=True, max_retries=3)

@@ -31,6 +31,19 @@ logger = logging.getLogger(__name__)
 DEFAULT_RATE_LIMIT_WAIT = 60.0
 # Never wait longer than this on a Retry-After: the next daily run comes anyway.
 MAX_RATE_LIMIT_WAIT = 3600.0
+# Gateway requests per key check: the login, then the table list.
+REQUESTS_PER_CHECK = 2
+# A queued check waits in the worker unacknowledged until its countdown; the
+# broker re-delivers it after the visibility timeout, so every countdown stays
+# below this share of it (the rest is slack for a busy worker).
+SPREAD_SHARE_OF_VISIBILITY = 0.9
+# Without a visibility timeout (the filesystem broker in development) the
+# spread is still kept well inside the day between two runs.
+DEFAULT_VISIBILITY_TIMEOUT = 12 * 3600
+# The beat task queues one batch task per this many keys, each queuing its
+# keys' checks when its turn comes: the beat task returns in moments, and a
+# worker holds one batch's delayed checks at a time, not the whole day's.
+CHECK_BATCH_SIZE = 1000
 
 
 @dataclass
@@ -159,14 +172,54 @@ def _tell_key_invalid(*, credential: CD2Credential, result: CheckResult, now: dt
         )
 
 
+def check_spread_seconds(*, keys: int) -> float:
+    """Seconds to spread `keys` daily checks over, so the gateway sees at most its allowed rate.
+
+    max(CD2_CHECK_SPREAD_SECONDS, 2 requests x keys / CD2_GATEWAY_REQUESTS_PER_SECOND),
+    capped below the broker's visibility timeout. When even the cap is too
+    short, a warning says how many keys and what rate the cap would need; the
+    checks then run faster than the allowed rate and 429s are retried.
+    """
+    rate = float(settings.CD2_GATEWAY_REQUESTS_PER_SECOND)
+    needed = REQUESTS_PER_CHECK * keys / rate if rate > 0 else 0.0
+    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", None) or {}
+    cap = SPREAD_SHARE_OF_VISIBILITY * float(options.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT))
+    if needed > cap:
+        logger.warning(
+            "%s active keys need %.0f s of checks at %s gateway requests/s, more than the %.0f s the broker's "
+            "visibility timeout allows: checking them in %.0f s needs %.1f requests/s",
+            keys,
+            needed,
+            rate,
+            cap,
+            cap,
+            REQUESTS_PER_CHECK * keys / cap,
+        )
+    return min(max(float(settings.CD2_CHECK_SPREAD_SECONDS), needed), cap)
+
+
+def credentials_verify_batch(*, credential_ids: list[int], step: float) -> int:
+    """Queue one check per key, `step` seconds apart from now (a batch of the daily run)."""
+    from credentials.tasks import verify_credential
+
+    for index, credential_id in enumerate(credential_ids):
+        # Fractional countdowns: rounding to whole seconds bunches the checks.
+        verify_credential.apply_async(args=[credential_id], countdown=index * step)
+    return len(credential_ids)
+
+
 def credentials_verify_active(
     *, institution_slug: str | None = None, run_now: bool = False, spread_seconds: int | None = None
 ) -> VerifyRun:
     """Check every active key of served institutions.
 
     run_now=False (the beat task) queues one verify_credential task per key,
-    with countdowns spread evenly over CD2_CHECK_SPREAD_SECONDS. run_now=True
-    (the command) checks here, one after the other, and collects the results.
+    with countdowns spread evenly over check_spread_seconds() (or exactly
+    `spread_seconds`); above CHECK_BATCH_SIZE keys it queues one
+    verify_credentials_batch task per batch instead, each due when its first
+    check is, which then queues its checks the same distance apart.
+    run_now=True (the command) checks here, one after the other, and
+    collects the results.
     """
     run = VerifyRun()
     ids = list(_served_active_keys(institution_slug).values_list("pk", flat=True))
@@ -186,12 +239,16 @@ def credentials_verify_active(
             run.results.append((key.institution.name, key.hint, result.summary))
         return run
 
-    from credentials.tasks import verify_credential
+    from credentials.tasks import verify_credentials_batch
 
-    spread = settings.CD2_CHECK_SPREAD_SECONDS if spread_seconds is None else spread_seconds
-    step = spread / len(ids) if ids else 0
-    for index, credential_id in enumerate(ids):
-        verify_credential.apply_async(args=[credential_id], countdown=round(index * step))
-        run.scheduled += 1
-    logger.info("Scheduled %s key checks over %s s", run.scheduled, spread)
+    spread = check_spread_seconds(keys=len(ids)) if spread_seconds is None else float(spread_seconds)
+    step = spread / len(ids) if ids else 0.0
+    if len(ids) <= CHECK_BATCH_SIZE:
+        run.scheduled = credentials_verify_batch(credential_ids=ids, step=step)
+    else:
+        for start in range(0, len(ids), CHECK_BATCH_SIZE):
+            batch = ids[start : start + CHECK_BATCH_SIZE]
+            verify_credentials_batch.apply_async(args=[batch, step], countdown=start * step)
+            run.scheduled += len(batch)
+    logger.info("Scheduled %s key checks over %.0f s (%.3f s apart)", run.scheduled, spread, step)
     return run

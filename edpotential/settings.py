@@ -262,6 +262,11 @@ CD2_EXPIRING_DAYS = env.int("CD2_EXPIRING_DAYS", default=30)
 # The daily re-check of active keys is spread evenly over this many seconds,
 # so the gateway never sees every key at once (it rate-limits with 429).
 CD2_CHECK_SPREAD_SECONDS = env.int("CD2_CHECK_SPREAD_SECONDS", default=2 * 3600)
+# Requests per second the CD2 gateway allows us (CD2 publishes no number; a
+# check costs two). With more keys than the spread above fits at this rate,
+# the checks are spread longer: 2 x keys / rate seconds, kept below 90% of the
+# broker's visibility timeout (a warning says when even that is too short).
+CD2_GATEWAY_REQUESTS_PER_SECOND = env.float("CD2_GATEWAY_REQUESTS_PER_SECOND", default=5.0)
 SUBMISSION_LINK_DAYS = env.int("SUBMISSION_LINK_DAYS", default=14)
 
 # Days before expires_on at which contacts are reminded; 0 is the day itself.

@@ -549,3 +549,126 @@ def test_a_reminder_run_and_the_digest_decrypt_no_secret(clock, served, monkeypa
     staff_digest_send()
     assert decrypted == []
     assert len(reminder_mails()) == 1
+
+
+# --------------------------------------------------------------------------
+# Cost per reminder: queries and SMTP connections
+# --------------------------------------------------------------------------
+
+
+def add_due_institutions(make_institution, count: int, *, days: int = 14) -> None:
+    for _ in range(count):
+        institution = make_institution()
+        Contact.objects.create(institution=institution, name="C", email=f"c{institution.pk}@x.example.edu")
+        add_key(institution, days=days)
+
+
+def test_each_reminder_sent_costs_a_fixed_small_number_of_queries(clock, make_institution):
+    def queries_for_run(expected: int) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            run = reminders_send_due()
+        assert run.sent == expected
+        return len(captured)
+
+    add_due_institutions(make_institution, 3)
+    three = queries_for_run(3)
+    add_due_institutions(make_institution, 6)
+    six = queries_for_run(6)
+    per_reminder = (six - three) / 3
+
+    # Claim, lock, link, its audit event, the link's recipients, mark sent: 6.
+    # The test's own transaction turns the claim's and the send's atomic
+    # blocks into savepoints (4 more). Contacts and earlier steps come from
+    # the scan's prefetch, never queried again per reminder.
+    assert per_reminder <= 6 + 4
+
+
+class CountingBackend(LocmemBackend):
+    """A locmem backend that opens and closes like the SMTP one and counts connections.
+
+    A send on a connection that is not open opens one just for that message
+    and closes it again (django.core.mail.backends.smtp does the same).
+    `breaks_on` lists send numbers (1-based) at which the server hangs up:
+    that send fails and the connection stays dead until it is closed.
+    """
+
+    opened = 0
+    sends = 0
+    breaks_on: tuple[int, ...] = ()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.is_open = False
+        self.dead = False
+
+    def open(self):
+        if self.is_open:
+            return False
+        CountingBackend.opened += 1
+        self.is_open, self.dead = True, False
+        return True
+
+    def close(self):
+        self.is_open = self.dead = False
+
+    def send_messages(self, messages):
+        created = self.open()
+        try:
+            CountingBackend.sends += 1
+            if self.dead or CountingBackend.sends in CountingBackend.breaks_on:
+                self.dead = True
+                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+            return super().send_messages(messages)
+        finally:
+            if created:
+                self.close()
+
+
+@pytest.fixture
+def counting(settings):
+    settings.EMAIL_BACKEND = "tests.credentials.test_reminders.CountingBackend"
+    CountingBackend.opened = CountingBackend.sends = 0
+    CountingBackend.breaks_on = ()
+    return CountingBackend
+
+
+def test_a_run_sends_a_page_of_reminders_over_one_smtp_connection(clock, make_institution, counting):
+    add_due_institutions(make_institution, 3, days=14)
+    add_due_institutions(make_institution, 2, days=7)  # these also send the owner a note (no owner here)
+
+    run = reminders_send_due(chunk_size=50)
+
+    assert run.sent == 5
+    assert len(reminder_mails()) == 5
+    assert counting.opened == 1
+
+
+def test_a_connection_lost_mid_page_fails_that_reminder_and_the_rest_go_out_on_a_new_one(
+    clock, make_institution, counting
+):
+    add_due_institutions(make_institution, 3, days=14)
+    keys = list(CD2Credential.objects.order_by("pk"))
+    counting.breaks_on = (2,)
+
+    run = reminders_send_due(chunk_size=50)
+
+    assert (run.sent, run.failed) == (2, 1)
+    logs = {log.credential_id: log for log in ReminderLog.objects.all()}
+    assert logs[keys[1].pk].failed_at is not None and "SMTPServerDisconnected" in logs[keys[1].pk].last_error
+    assert logs[keys[0].pk].sent_at is not None and logs[keys[2].pk].sent_at is not None
+    assert {m.to[0] for m in reminder_mails()} == {
+        f"c{keys[0].institution_id}@x.example.edu",
+        f"c{keys[2].institution_id}@x.example.edu",
+    }
+    assert counting.opened == 2  # the dead connection was dropped, one new one for the rest
+    # The failed send's link was rolled back with it: one link per reminder mailed.
+    assert SubmissionLink.objects.filter(reason="reminder").count() == 2
+
+
+def test_each_page_of_keys_opens_its_own_connection(clock, make_institution, counting):
+    add_due_institutions(make_institution, 5, days=14)
+
+    run = reminders_send_due(chunk_size=2)
+
+    assert run.sent == 5
+    assert counting.opened == 3

@@ -21,9 +21,14 @@ from credentials.fake_gateway import (
 )
 from credentials.models import AuditEvent, CD2Credential
 from credentials.services import credential_create, submission_link_get
-from credentials.tasks import verify_credential
+from credentials.tasks import verify_credential, verify_credentials_batch
 from credentials.validators import CleanKey
-from credentials.verification import credential_verify, credentials_verify_active, rate_limit_wait
+from credentials.verification import (
+    check_spread_seconds,
+    credential_verify,
+    credentials_verify_active,
+    rate_limit_wait,
+)
 from institutions.models import Institution
 from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
 
@@ -171,3 +176,95 @@ def test_the_command_checks_one_institution_now_and_prints_the_results(cd2_gatew
     assert cd2_gateway.login_count == 1
     with pytest.raises(CommandError, match="No institution has the slug"):
         call_command("verify_credentials", "--institution", "nowhere")
+
+
+# --------------------------------------------------------------------------
+# The spread: within the gateway's rate and the broker's visibility timeout
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def spread_settings(settings):
+    settings.CD2_CHECK_SPREAD_SECONDS = 7200
+    settings.CD2_GATEWAY_REQUESTS_PER_SECOND = 5
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 12 * 3600}
+    return settings
+
+
+def test_few_keys_are_spread_over_the_configured_window(spread_settings, caplog):
+    assert check_spread_seconds(keys=1000) == 7200  # 2 x 1000 / 5 = 400 s would do
+    assert check_spread_seconds(keys=0) == 7200
+    assert "visibility timeout" not in caplog.text
+
+
+def test_many_keys_are_spread_so_the_gateway_sees_at_most_its_allowed_rate(spread_settings, caplog):
+    assert check_spread_seconds(keys=90_000) == 36_000  # 2 x 90,000 / 5 req/s
+    spread_settings.CD2_GATEWAY_REQUESTS_PER_SECOND = 10
+    assert check_spread_seconds(keys=90_000) == 18_000
+    assert "visibility timeout" not in caplog.text
+
+
+def test_the_spread_stays_below_the_visibility_timeout_and_says_what_it_would_need(spread_settings, caplog):
+    spread = check_spread_seconds(keys=200_000)  # would need 80,000 s at 5 req/s
+
+    assert spread == 0.9 * 12 * 3600
+    warning = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warning) == 1
+    assert "200000 active keys need 80000 s" in warning[0].getMessage()
+    assert "needs 10.3 requests/s" in warning[0].getMessage()  # 400,000 requests / 38,880 s
+
+
+def test_the_daily_run_spreads_many_keys_by_the_gateway_rate_with_fractional_gaps(
+    cd2_gateway, make_institution, celery_messages, settings
+):
+    settings.CD2_CHECK_SPREAD_SECONDS = 10
+    settings.CD2_GATEWAY_REQUESTS_PER_SECOND = 3  # 3 keys x 2 requests need 2 s ... over 10 s: 3.333 s apart
+    for n in range(3):
+        add_key(make_institution(), client_id=f"us-east-1#rate-{n}", secret="s")
+
+    credentials_verify_active()
+
+    etas = [dt.datetime.fromisoformat(m["headers"]["eta"]) for m in celery_messages[1:]]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise([timezone.now(), *etas])]
+    assert gaps == pytest.approx([10 / 3, 10 / 3], abs=0.05)  # not rounded to 3 s
+
+    celery_messages.clear()
+    settings.CD2_GATEWAY_REQUESTS_PER_SECOND = 0.2  # now 3 keys need 30 s: 10 s apart
+    credentials_verify_active()
+    etas = [dt.datetime.fromisoformat(m["headers"]["eta"]) for m in celery_messages[1:]]
+    assert (etas[-1] - timezone.now()).total_seconds() == pytest.approx(20, abs=0.5)
+
+
+def test_above_a_batch_the_daily_run_queues_batches_that_queue_their_own_checks(
+    cd2_gateway, make_institution, celery_messages, settings, monkeypatch
+):
+    from credentials import verification
+
+    monkeypatch.setattr(verification, "CHECK_BATCH_SIZE", 2)
+    settings.CD2_CHECK_SPREAD_SECONDS = 500
+    keys = [add_key(make_institution(), client_id=f"us-east-1#batch-{n}", secret="s") for n in range(5)]
+
+    run = credentials_verify_active()
+
+    assert run.scheduled == 5
+    assert [m["task"] for m in celery_messages] == ["credentials.tasks.verify_credentials_batch"] * 3
+    assert [m["args"] for m in celery_messages] == [
+        [[keys[0].pk, keys[1].pk], 100.0],
+        [[keys[2].pk, keys[3].pk], 100.0],
+        [[keys[4].pk], 100.0],
+    ]
+    waits = [
+        (dt.datetime.fromisoformat(m["headers"]["eta"]) - timezone.now()).total_seconds() for m in celery_messages[1:]
+    ]
+    assert waits == pytest.approx([200, 400], abs=1)  # each batch due when its first check is
+
+    celery_messages.clear()
+    assert verify_credentials_batch.apply(args=[[keys[2].pk, keys[3].pk], 100.0]).result == 2
+    assert [(m["task"], m["args"]) for m in celery_messages] == [
+        ("credentials.tasks.verify_credential", [keys[2].pk]),
+        ("credentials.tasks.verify_credential", [keys[3].pk]),
+    ]
+    assert celery_messages[0]["headers"]["eta"] is None
+    second = dt.datetime.fromisoformat(celery_messages[1]["headers"]["eta"]) - timezone.now()
+    assert second.total_seconds() == pytest.approx(100, abs=1)
+    assert cd2_gateway.login_count == 0
