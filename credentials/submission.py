@@ -280,7 +280,8 @@ def pending_credentials_due(*, now: dt.datetime | None = None) -> list[int]:
 @sensitive_variables("secret", "key", "client_id")
 def credential_submit(
     *,
-    token: str,
+    token: str = "",
+    link: SubmissionLink | None = None,
     client_id: str,
     secret: str,
     expires_on,
@@ -294,8 +295,12 @@ def credential_submit(
     The link is claimed with a conditional UPDATE (used_at IS NULL) in the
     same transaction that stores the key, so of several submissions racing
     on one link exactly one stores a key; the others get LINK_UNUSABLE.
+
+    A caller that has already looked the link up (the page) passes it as
+    `link` instead of the token; the claim re-checks it either way.
     """
-    link = submission_link_get(token=token)
+    if link is None:
+        link = submission_link_get(token=token)
     if link is None:
         return SubmitOutcome(Result.LINK_UNUSABLE)
     institution = link.institution
@@ -558,13 +563,15 @@ def receipt_context(credential: CD2Credential) -> dict:
 
 
 def _after_commit_send_receipt(credential_id: int) -> None:
+    """Mail the receipt once the key is committed; a mail error never undoes the key."""
+
     def send_receipt() -> None:  # a named function: Django logs a robust callback's __qualname__
-        _send_receipt(credential_id)
+        receipt_send(credential_id=credential_id)
 
     transaction.on_commit(send_receipt, robust=True)
 
 
-def _send_receipt(credential_id: int) -> None:
+def receipt_send(*, credential_id: int) -> None:
     """Mail the receipt (no secret, no Client ID beyond its hint) after the key is stored.
 
     Runs after commit: the key is safe whatever happens here, so a mail

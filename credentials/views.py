@@ -144,7 +144,7 @@ def submit(request: HttpRequest, token: str) -> HttpResponse:
 
     form = SubmissionForm(request.POST, today=today)
     if form.is_valid():
-        outcome = credential_submit(token=token, ip_address=_client_ip(request), today=today, **form.key_input())
+        outcome = credential_submit(link=link, ip_address=_client_ip(request), today=today, **form.key_input())
         if outcome.result is Result.LINK_UNUSABLE:
             return _unusable(request)
         if outcome.stored:

@@ -3,10 +3,12 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ORDER_VAR, ChangeList
-from django.db.models import F, Q
+from django.core.paginator import Paginator
+from django.db.models import Exists, F, OuterRef, Q
 from django.http import HttpResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
 from credentials import admin_views
@@ -89,6 +91,24 @@ class RegionFilter(admin.SimpleListFilter):
         return queryset
 
 
+class AccountOwnerFilter(admin.RelatedFieldListFilter):
+    """Only the users who own at least one institution.
+
+    Django's RelatedOnlyFieldListFilter finds them with SELECT DISTINCT over
+    the list's whole (annotated) queryset; this asks the user table instead,
+    one EXISTS per user on the indexed account_owner column.
+    """
+
+    def field_choices(self, field, request, model_admin):
+        owns = Institution.objects.filter(account_owner=OuterRef("pk"))
+        ordering = self.field_admin_ordering(field, request, model_admin)
+        return field.get_choices(include_blank=False, limit_choices_to=Q(Exists(owns)), ordering=ordering)
+
+
+# Filters that read the key annotations; without them the list counts plain institutions.
+KEY_FILTERS = (ExpiryFilter, KeyCheckFilter, RegionFilter)
+
+
 # --------------------------------------------------------------------------
 # Inlines: contacts (editable), key history and links (read-only)
 # --------------------------------------------------------------------------
@@ -162,7 +182,49 @@ class SubmissionLinkInline(ReadOnlyInline):
 # --------------------------------------------------------------------------
 
 
+class CountQuerysetPaginator(Paginator):
+    """Counts `object_list.count_queryset` when the list set one (see InstitutionChangeList)."""
+
+    @cached_property
+    def count(self) -> int:
+        count_queryset = getattr(self.object_list, "count_queryset", None)
+        if count_queryset is None:
+            return super().count
+        return count_queryset.count()
+
+
 class InstitutionChangeList(ChangeList):
+    def get_filters(self, request):
+        # Built once: count_queryset applies the same filters to the plain
+        # queryset, and building them again would repeat their choice queries.
+        if not hasattr(self, "_filters"):
+            self._filters = super().get_filters(request)
+        return self._filters
+
+    def count_queryset(self, request):
+        """The filtered list without the key annotations and their join, or None when it needs them.
+
+        An institution has at most one active key (a partial unique
+        constraint), so the LEFT JOIN to it never changes the count; only
+        the expiry, check and region filters read it.
+        """
+        filter_specs, _, remaining_lookup_params, _, _ = self.get_filters(request)
+        if remaining_lookup_params or any(isinstance(spec, KEY_FILTERS) and spec.value() for spec in filter_specs):
+            return None
+        annotated = self.root_queryset
+        self.root_queryset = self.model_admin.plain_queryset(request)
+        try:
+            return self.get_queryset(request).order_by()
+        finally:
+            self.root_queryset = annotated
+
+    def get_results(self, request):
+        count_queryset = self.count_queryset(request)
+        if count_queryset is not None:
+            self.queryset = self.queryset.all()
+            self.queryset.count_queryset = count_queryset
+        super().get_results(request)
+
     def get_ordering_field_columns(self):
         # Without ?o= the list is in get_ordering's order (soonest expiry
         # first); mark that column, not the Meta ordering's "name".
@@ -188,11 +250,14 @@ class InstitutionAdmin(admin.ModelAdmin):
         KeyCheckFilter,
         "status",
         RegionFilter,
-        ("account_owner", admin.RelatedOnlyFieldListFilter),
+        ("account_owner", AccountOwnerFilter),
     )
     search_fields = ("name", "slug", "canvas_domain", "contacts__email")
     search_help_text = "Search by name, slug, Canvas domain or a contact's email."
     list_per_page = 50
+    # No second COUNT over every institution for "(N total)"; the filtered count stays.
+    show_full_result_count = False
+    paginator = CountQuerysetPaginator
     empty_value_display = "—"
     prepopulated_fields = {"slug": ("name",)}
     inlines = (ContactInline, KeyHistoryInline, SubmissionLinkInline)
@@ -222,8 +287,12 @@ class InstitutionAdmin(admin.ModelAdmin):
     def get_changelist(self, request, **kwargs):
         return InstitutionChangeList
 
+    def plain_queryset(self, request):
+        """Institutions as the list would show them, without the key annotations (for counting)."""
+        return super().get_queryset(request)
+
     def get_queryset(self, request):
-        return institutions_for_staff(queryset=super().get_queryset(request))
+        return institutions_for_staff(queryset=self.plain_queryset(request))
 
     # -- list columns -----------------------------------------------------
 

@@ -535,3 +535,38 @@ def test_a_broker_outage_still_shows_the_customer_their_receipt_and_the_sweep_qu
     assert [(m["task"], list(m["args"])) for m in celery_messages] == [
         ("credentials.tasks.verify_pending_credential", [credential.pk])
     ]
+
+
+# --------------------------------------------------------------------------
+# The link is looked up once
+# --------------------------------------------------------------------------
+
+
+def test_the_page_looks_its_link_up_once_per_submission(cd2_gateway, post, institution):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        response = post()
+
+    assert response.status_code == 302
+    lookups = [q["sql"] for q in captured if "token_hash" in q["sql"] and q["sql"].lstrip().startswith("SELECT")]
+    assert len(lookups) == 1, lookups
+    assert CD2Credential.objects.filter(institution=institution).count() == 1
+
+
+def test_a_link_passed_to_the_service_is_claimed_only_once(cd2_gateway, link, today):
+    def submit():
+        return credential_submit(
+            link=link.link,
+            client_id=PLANTED_CLIENT_ID,
+            secret=PLANTED_SECRET,
+            expires_on=today + dt.timedelta(days=30),
+            submitted_by="Ada",
+            submitted_by_email="ada@northfield.example.edu",
+        )
+
+    assert submit().result is Result.ACCEPTED
+    # The same (now stale) link object again: the conditional claim refuses it.
+    assert submit().result is Result.LINK_UNUSABLE
+    assert CD2Credential.objects.count() == 1

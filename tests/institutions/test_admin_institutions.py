@@ -387,3 +387,79 @@ def test_demo_like_keys_entered_outside_validation_still_list(staff_client, make
     body = staff_client("Viewer").get(CHANGELIST).content.decode()
     assert 'key-badge--expired">Expired<' in body
     assert "9 overdue" in body
+
+
+# --------------------------------------------------------------------------
+# The list's cheaper queries: owner choices, counts
+# --------------------------------------------------------------------------
+
+
+def test_the_owner_filter_offers_only_users_who_own_an_institution(staff_client, make_institution, make_staff):
+    owner = make_staff(None, username="owns-one")
+    make_staff(None, username="owns-none")
+    make_institution(name="Owned College", account_owner=owner)
+    make_institution(name="Unowned College")
+
+    response = staff_client("Viewer").get(CHANGELIST)
+
+    (owner_filter,) = [spec for spec in response.context["cl"].filter_specs if spec.title == "account owner"]
+    assert [label for _, label in owner_filter.lookup_choices] == ["owns-one"]
+
+
+def test_the_owner_choices_are_read_from_the_user_table_not_the_annotated_list(
+    staff_client, make_institution, make_staff
+):
+    make_institution(name="Owned College", account_owner=make_staff(None, username="owns-one"))
+    client = staff_client("Viewer")
+
+    with CaptureQueriesContext(connection) as captured:
+        client.get(CHANGELIST)
+
+    owner_queries = [
+        q["sql"] for q in captured if q["sql"].startswith('SELECT "auth_user"."id"') and "EXISTS" in q["sql"]
+    ]
+    assert owner_queries, "no owner-choices query"
+    assert all("DISTINCT" not in sql and "credentials_cd2credential" not in sql for sql in owner_queries)
+
+
+def _counts(captured) -> list[str]:
+    return [q["sql"] for q in captured if "COUNT(" in q["sql"] and "institutions_institution" in q["sql"]]
+
+
+def test_without_a_key_filter_the_list_counts_plain_institutions_once(
+    staff_client, make_institution, make_credential, make_staff
+):
+    owner = make_staff(None, username="owner1")
+    for i in range(3):
+        make_credential(make_institution(name=f"Keyed {i}", account_owner=owner))
+    make_institution(name="Keyless", account_owner=owner, status=Institution.Status.PAUSED)
+    client = staff_client("Viewer")
+
+    for query, expected in (
+        ("", 4),
+        ("?status__exact=paused", 1),
+        (f"?account_owner__id__exact={owner.pk}", 4),
+        ("?q=Keyed", 3),
+    ):
+        with CaptureQueriesContext(connection) as captured:
+            response = client.get(CHANGELIST + query)
+        assert response.context["cl"].result_count == expected, query
+        (count,) = _counts(captured)  # no second "(N total)" count
+        assert "credentials_cd2credential" not in count, query
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"), [("?expiry=none", 1), ("?expiry=90", 2), ("?region=eu-west-1", 1), ("?expiry=30", 1)]
+)
+def test_with_a_key_filter_the_count_still_matches_the_rows(
+    staff_client, make_institution, make_credential, query, expected
+):
+    make_credential(make_institution(name="Soon"), days=10)
+    make_credential(make_institution(name="Later"), days=60)
+    make_credential(make_institution(name="Euro"), days=300, client_id="eu-west-1#abc-123")
+    make_institution(name="Keyless")
+
+    response = staff_client("Viewer").get(CHANGELIST + query)
+
+    cl = response.context["cl"]
+    assert cl.result_count == len(cl.result_list) == expected
