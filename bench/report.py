@@ -275,8 +275,9 @@ def render(*, started: dt.datetime, machine: dict, sizes: list[dict], quick: boo
         "",
         SECTIONS[4] + " (daily check of every active key)",
         "",
-        "(a) The beat task at full size: one Celery task per key on Redis, countdowns spread over "
-        "CD2_CHECK_SPREAD_SECONDS (read back from the queue). (b) A sample through a real Celery worker against the "
+        "(a) The beat task at full size: its messages on Redis (one per key, or one per batch of 1,000 keys), "
+        "countdowns spread over check_spread_seconds() (read back from the queue). "
+        "(b) A sample through a real Celery worker against the "
         "fake gateway with a rate limit, at the design's rate (compressed to at most a minute): spacing from the "
         "gateway's request timestamps. (c) What one check costs, next to the bare CD2 call.",
         "",
@@ -288,19 +289,19 @@ def render(*, started: dt.datetime, machine: dict, sizes: list[dict], quick: boo
             ("active keys", lambda s: _n(s["active_keys"])),
             ("design spread", lambda s: _s(s["design_spread_s"])),
             (
-                "(a) tasks queued (in the queue)",
+                "(a) keys scheduled (messages in the queue)",
                 lambda s: f"{s['schedule']['scheduled']:,} ({s['schedule']['queued']:,})",
             ),
             (
-                "(a) time to queue them (per task)",
+                "(a) time to queue them (per key)",
                 lambda s: f"{_s(s['schedule']['seconds'])} ({_ms(s['schedule']['per_task_ms'] / 1000)})",
             ),
             ("(a) queries", lambda s: _n(s["schedule"]["queries"])),
             (
-                "(a) ETAs span / median gap",
+                "(a) message ETAs span / median gap",
                 lambda s: f"{_s(s['schedule']['span_s'])} / {_s(s['schedule']['gap_median_s'])}",
             ),
-            ("(a) most checks due in one second", lambda s: _n(s["schedule"]["max_in_one_second"])),
+            ("(a) most messages due in one second", lambda s: _n(s["schedule"]["max_in_one_second"])),
             ("gateway requests/s the design needs (2 per key)", lambda s: _n(s["required_gateway_rps"], 1)),
             ("fake gateway's rate limit", lambda s: _n(s["gateway_rate_limit"], 1, " req/s")),
             (
