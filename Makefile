@@ -26,8 +26,8 @@ run: $(STAMP) .env
 	@echo "Admin: http://127.0.0.1:8000/admin/   (Ctrl-C stops web, worker, beat and the fake CD2 gateway)"
 	@echo "A submission link: $(BIN)/python manage.py create_submission_link northfield-university"
 	@echo
-	@# Keys are checked against the fake CD2 gateway (Procfile "cd2") unless CD2_API_URL is set.
-	PATH="$(abspath $(BIN)):$$PATH" CD2_API_URL="$${CD2_API_URL:-http://127.0.0.1:8765}" $(BIN)/honcho start
+	@# Keys are checked against the fake CD2 gateway (Procfile.dev "cd2") unless CD2_API_URL is set.
+	PATH="$(abspath $(BIN)):$$PATH" CD2_API_URL="$${CD2_API_URL:-http://127.0.0.1:8765}" $(BIN)/honcho -f Procfile.dev start
 
 test: $(STAMP) .env
 	$(BIN)/python -m pytest

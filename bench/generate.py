@@ -125,8 +125,18 @@ def generate(*, institutions: int, today: dt.date, now: dt.datetime | None = Non
         owner = owners[n % len(owners)].pk if rng.random() >= 0.05 else None
         created = now - dt.timedelta(days=400 + n % 300)
         inst_rows.append(
-            (n, f"Institution {n:06d}", f"inst-{n:06d}", f"inst{n:06d}.instructure.com", status,
-             TIMEZONES[n % len(TIMEZONES)], owner, "", created, created)
+            (
+                n,
+                f"Institution {n:06d}",
+                f"inst-{n:06d}",
+                f"inst{n:06d}.instructure.com",
+                status,
+                TIMEZONES[n % len(TIMEZONES)],
+                owner,
+                "",
+                created,
+                created,
+            )
         )
         email = f"it{n:06d}@inst{n:06d}.example.edu"
         contact_rows.append((n, n, f"Contact {n:06d}", email, "canvas_admin", True, created))
@@ -141,21 +151,63 @@ def generate(*, institutions: int, today: dt.date, now: dt.datetime | None = Non
             key_id += 1
             old_submitted = submitted - dt.timedelta(days=365)
             key_rows.append(
-                (key_id, n, cipher_id, cipher_secret, region, hint, "EdPotential", "institutional",
-                 today - dt.timedelta(days=rng.randrange(1, 200)), "superseded", "link", old_submitted, "Ada Admin",
-                 f"it{n:06d}@inst{n:06d}.example.edu", None, None, old_submitted, "ok: 20 tables", 0, submitted,
-                 "Superseded by a newer key")
+                (
+                    key_id,
+                    n,
+                    cipher_id,
+                    cipher_secret,
+                    region,
+                    hint,
+                    "EdPotential",
+                    "institutional",
+                    today - dt.timedelta(days=rng.randrange(1, 200)),
+                    "superseded",
+                    "link",
+                    old_submitted,
+                    "Ada Admin",
+                    f"it{n:06d}@inst{n:06d}.example.edu",
+                    None,
+                    None,
+                    old_submitted,
+                    "ok: 20 tables",
+                    0,
+                    submitted,
+                    "Superseded by a newer key",
+                )
             )
         days_left = rng.randrange(0, SPREAD_DAYS)
         expires_on = today + dt.timedelta(days=days_left)
         key_id += 1
         verified = now - dt.timedelta(hours=rng.randrange(1, 24)) if kind == "active" else None
-        verification = {"active": "ok: 20 tables", "invalid": "rejected: 401 AuthenticationError",
-                        "pending_verification": "unavailable: 503 ServiceUnavailable"}[kind]
+        verification = {
+            "active": "ok: 20 tables",
+            "invalid": "rejected: 401 AuthenticationError",
+            "pending_verification": "unavailable: 503 ServiceUnavailable",
+        }[kind]
         key_rows.append(
-            (key_id, n, cipher_id, cipher_secret, region, hint, "EdPotential", "institutional", expires_on, kind,
-             "link", submitted, "Ada Admin", f"it{n:06d}@inst{n:06d}.example.edu", None, None, verified,
-             verification, 0, submitted, "")
+            (
+                key_id,
+                n,
+                cipher_id,
+                cipher_secret,
+                region,
+                hint,
+                "EdPotential",
+                "institutional",
+                expires_on,
+                kind,
+                "link",
+                submitted,
+                "Ada Admin",
+                f"it{n:06d}@inst{n:06d}.example.edu",
+                None,
+                None,
+                verified,
+                verification,
+                0,
+                submitted,
+                "",
+            )
         )
         if kind != "active":
             continue
@@ -169,12 +221,24 @@ def generate(*, institutions: int, today: dt.date, now: dt.datetime | None = Non
                 sent = timezone.make_aware(
                     dt.datetime.combine(today - dt.timedelta(days=threshold - days_left), dt.time(9, 0))
                 )
-                log_rows.append((key_id, threshold, sent, sent, None, 1, "", f"it{n:06d}@inst{n:06d}.example.edu"))
+                log_rows.append(
+                    (key_id, threshold, "sent", sent, sent, None, 1, "", f"it{n:06d}@inst{n:06d}.example.edu")
+                )
 
     out.institutions = copy_rows(
         "institutions_institution",
-        ("id", "name", "slug", "canvas_domain", "status", "timezone", "account_owner_id", "notes", "created_at",
-         "updated_at"),
+        (
+            "id",
+            "name",
+            "slug",
+            "canvas_domain",
+            "status",
+            "timezone",
+            "account_owner_id",
+            "notes",
+            "created_at",
+            "updated_at",
+        ),
         inst_rows,
     )
     out.contacts = copy_rows(
@@ -184,15 +248,44 @@ def generate(*, institutions: int, today: dt.date, now: dt.datetime | None = Non
     )
     out.credentials = copy_rows(
         "credentials_cd2credential",
-        ("id", "institution_id", "client_id", "secret", "region", "hint", "key_name", "key_type", "expires_on",
-         "status", "source", "submitted_at", "submitted_by", "submitted_by_email", "created_by_id",
-         "submission_link_id", "last_verified_at", "last_verification", "verification_attempts",
-         "status_changed_at", "status_reason"),
+        (
+            "id",
+            "institution_id",
+            "client_id",
+            "secret",
+            "region",
+            "hint",
+            "key_name",
+            "key_type",
+            "expires_on",
+            "status",
+            "source",
+            "submitted_at",
+            "submitted_by",
+            "submitted_by_email",
+            "created_by_id",
+            "submission_link_id",
+            "last_verified_at",
+            "last_verification",
+            "verification_attempts",
+            "status_changed_at",
+            "status_reason",
+        ),
         key_rows,
     )
     out.reminder_logs = copy_rows(
         "credentials_reminderlog",
-        ("credential_id", "threshold", "claimed_at", "sent_at", "failed_at", "attempts", "last_error", "recipients"),
+        (
+            "credential_id",
+            "threshold",
+            "state",
+            "claimed_at",
+            "sent_at",
+            "failed_at",
+            "attempts",
+            "last_error",
+            "recipients",
+        ),
         log_rows,
     )
     reset_sequences(
@@ -210,16 +303,23 @@ def submission_links(*, count: int, now: dt.datetime | None = None) -> list[str]
 
     now = now or timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id FROM institutions_institution WHERE status IN ('active', 'onboarding') ORDER BY id"
-        )
+        cursor.execute("SELECT id FROM institutions_institution WHERE status IN ('active', 'onboarding') ORDER BY id")
         institution_ids = [row[0] for row in cursor.fetchall()]
     tokens = [secrets.token_urlsafe(32) for _ in range(count)]
     expires = now + dt.timedelta(days=14)
     copy_rows(
         "credentials_submissionlink",
-        ("institution_id", "token_hash", "created_at", "created_by_id", "reason", "expires_at", "revoked_at",
-         "used_at", "sent_to"),
+        (
+            "institution_id",
+            "token_hash",
+            "created_at",
+            "created_by_id",
+            "reason",
+            "expires_at",
+            "revoked_at",
+            "used_at",
+            "sent_to",
+        ),
         (
             (institution_ids[i % len(institution_ids)], hash_token(token), now, None, "bench", expires, None, None, "")
             for i, token in enumerate(tokens)

@@ -138,7 +138,7 @@ WHERE c.status = 'active' AND i.status IN ('active', 'onboarding') AND c.expires
   AND NOT EXISTS (
       SELECT 1 FROM credentials_reminderlog r
       WHERE r.credential_id = c.id AND r.threshold = s.step
-        AND (r.sent_at IS NOT NULL OR r.failed_at IS NOT NULL OR r.claimed_at >= %(stale)s)
+        AND (r.state <> 'claimed' OR r.claimed_at >= %(stale)s)
   )
 """
 
@@ -150,7 +150,7 @@ def _reminder_floor(*, today: dt.date, now: dt.datetime, repeats: int) -> tuple[
     from django.conf import settings
     from django.db import connection
 
-    from credentials.reminders import CLAIM_STALE_AFTER
+    from credentials.selectors import CLAIM_STALE_AFTER
 
     thresholds = sorted({int(d) for d in settings.REMINDER_DAYS_BEFORE if int(d) >= 0})
     params = {
@@ -195,7 +195,7 @@ def _send_floor(*, messages: int, size: int) -> float:
 def measure_reminders(ctx: Context) -> dict:
     from django.utils import timezone
 
-    from credentials.reminders import reminders_send_due
+    from credentials.services.reminders import reminders_send_due
 
     today, now = ctx.today, timezone.now()
     floor_s, floor_rows = _reminder_floor(today=today, now=now, repeats=ctx.repeats)
@@ -354,8 +354,17 @@ def _wrk(*, port: int, prefix: str, tokens: list[str], seconds: float, connectio
         tokens_path = handle.name
     try:
         result = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "30s", "-s",
-             str(BENCH_DIR / "wrk_post.lua"), f"http://127.0.0.1:{port}"],
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds:g}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(BENCH_DIR / "wrk_post.lua"),
+                f"http://127.0.0.1:{port}",
+            ],
             env={**env, "BENCH_TOKENS": tokens_path, "BENCH_PATH_PREFIX": prefix},
             capture_output=True,
             text=True,
@@ -385,7 +394,7 @@ def measure_submission(ctx: Context) -> dict:
 
     from bench.generate import submission_links
     from bench.sink import free_port
-    from credentials.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET, FakeGateway
+    from devtools.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET, FakeGateway
 
     seconds, rounds, connections = ctx.load_seconds, ctx.load_rounds, ctx.load_connections
     # Generous: a link per request at up to 400 requests a second; a run that
@@ -414,8 +423,18 @@ def measure_submission(ctx: Context) -> dict:
         env = {**os.environ, "CD2_API_URL": gateway.url}
         server_log = log_path("gunicorn").open("w")
         server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "edpotential.wsgi:application", "--bind", f"127.0.0.1:{port}",
-             "--workers", str(workers), "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "edpotential.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(workers),
+                "--log-level",
+                "warning",
+            ],
             cwd=ROOT,
             env=env,
             stdout=server_log,
@@ -437,8 +456,14 @@ def measure_submission(ctx: Context) -> dict:
                     batch = [secrets.token_urlsafe(32) for _ in range(per_run)]
                     prefix, run_body = "/bench/floor/", floor_body
                     before = _count("SELECT count(*) FROM credentials_auditevent WHERE actor_label = %s", [FLOOR_EMAIL])
-                result = _wrk(port=port, prefix=prefix, tokens=batch, seconds=1 if warm else seconds,
-                              connections=connections, env={**wrk_env, "BENCH_BODY": run_body})
+                result = _wrk(
+                    port=port,
+                    prefix=prefix,
+                    tokens=batch,
+                    seconds=1 if warm else seconds,
+                    connections=connections,
+                    env={**wrk_env, "BENCH_BODY": run_body},
+                )
                 if kind == "submission":
                     after = _count("SELECT count(*) FROM credentials_submissionlink WHERE used_at IS NOT NULL")
                 else:
@@ -622,8 +647,8 @@ def _per_check_cost(ctx: Context, ids: list[int]) -> dict:
     from django.test.utils import override_settings
 
     from credentials.cd2 import check_key
-    from credentials.fake_gateway import FakeGateway
-    from credentials.verification import credential_verify
+    from credentials.services.verification import credential_verify
+    from devtools.fake_gateway import FakeGateway
 
     pool = list(ctx.generated.key_pool.items())
     with FakeGateway(keys=ctx.generated.key_pool) as gateway, override_settings(CD2_API_URL=gateway.url):
@@ -651,8 +676,8 @@ def measure_key_checks(ctx: Context) -> dict:
     from django.db import connection
     from django.utils import timezone
 
-    from credentials.fake_gateway import LOGIN_PATH, TABLES_PATH, FakeGateway
-    from credentials.verification import check_spread_seconds, credentials_verify_active
+    from credentials.services.verification import check_spread_seconds, credentials_verify_active
+    from devtools.fake_gateway import LOGIN_PATH, TABLES_PATH, FakeGateway
 
     broker, queue = settings.CELERY_BROKER_URL, settings.CELERY_TASK_DEFAULT_QUEUE
     if not broker.startswith("redis://"):
@@ -702,8 +727,22 @@ def measure_key_checks(ctx: Context) -> dict:
             env = {**os.environ, "CD2_API_URL": gateway.url}
             worker_log = log_path("celery-worker").open("w")
             worker = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "edpotential", "worker", "--pool", "solo", "-Q", queue,
-                 "--without-gossip", "--without-mingle", "-l", "WARNING"],
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "edpotential",
+                    "worker",
+                    "--pool",
+                    "solo",
+                    "-Q",
+                    queue,
+                    "--without-gossip",
+                    "--without-mingle",
+                    "-l",
+                    "WARNING",
+                ],
                 cwd=ROOT,
                 env=env,
                 stdout=worker_log,

@@ -116,8 +116,19 @@ def run_size(n: int, args, *, redis_available: bool) -> dict:
         "LOG_LEVEL": "WARNING",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    command = [sys.executable, "-m", "bench.measure", "--institutions", str(n), "--json", str(out_path),
-               "--workers", str(args.workers), "--gateway-rate", str(args.gateway_rate)]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.measure",
+        "--institutions",
+        str(n),
+        "--json",
+        str(out_path),
+        "--workers",
+        str(args.workers),
+        "--gateway-rate",
+        str(args.gateway_rate),
+    ]
     if args.quick:
         command.append("--quick")
     if args.only:

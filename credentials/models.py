@@ -8,6 +8,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from credentials.cd2 import Verdict
+from credentials.expressions import DaysUntil, expiry_state_case
 from credentials.fields import EncryptedTextField
 
 # The encrypted columns: rows read for display, mail or scans leave them out,
@@ -27,11 +29,23 @@ class CredentialQuerySet(models.QuerySet):
     def active(self):
         return self.filter(status=CD2Credential.Status.ACTIVE)
 
-    def with_expiry(self, *, today: dt.date | None = None):
-        """Annotate days_left and expiry_state in SQL (no Python loop over rows)."""
-        from credentials.selectors import annotate_expiry
+    def with_expiry(self, *, today: dt.date):
+        """Annotate days_left and expiry_state (ok, expiring, expired) in SQL, no Python loop over rows."""
+        return self.annotate(
+            days_left=DaysUntil("expires_on", today),
+            expiry_state=expiry_state_case(field="expires_on", today=today),
+        )
 
-        return annotate_expiry(self, today=today)
+
+# What a check against CD2 found (credentials.cd2.Verdict), as a column.
+VERDICT_CHOICES = [
+    (Verdict.OK.value, "OK"),
+    (Verdict.REJECTED.value, "Rejected (wrong Client ID or Secret)"),
+    (Verdict.FORBIDDEN.value, "Forbidden (no Canvas Data 2 access)"),
+    (Verdict.UNAVAILABLE.value, "Gateway unavailable (not a verdict on the key)"),
+]
+# Verdicts that say the key itself does not work.
+FAILED_VERDICTS = (Verdict.REJECTED.value, Verdict.FORBIDDEN.value)
 
 
 class CD2Credential(models.Model):
@@ -81,8 +95,16 @@ class CD2Credential(models.Model):
     submission_link = models.ForeignKey(
         "credentials.SubmissionLink", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    last_verified_at = models.DateTimeField(null=True, blank=True)
-    last_verification = models.CharField(max_length=200, blank=True)
+    last_verified_at = models.DateTimeField(null=True, blank=True, help_text="When the last check against CD2 ran.")
+    last_verdict = models.CharField(
+        max_length=12,
+        choices=VERDICT_CHOICES,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="What the last check found; only rejected and forbidden are verdicts on the key itself.",
+    )
+    last_verification = models.CharField(max_length=200, blank=True, help_text="The last check, in words.")
     verification_attempts = models.PositiveIntegerField(default=0)
     status_changed_at = models.DateTimeField(default=timezone.now)
     status_reason = models.CharField(max_length=500, blank=True)
@@ -105,6 +127,8 @@ class CD2Credential(models.Model):
         permissions = [
             ("reveal_secret", "Can reveal a key's Secret (audited)"),
             ("handoff_credential", "Can hand a key to the data pipeline (audited)"),
+            ("check_key", "Can check a key against CD2 now"),
+            ("revoke_key", "Can revoke a key (audited)"),
         ]
 
     def __str__(self) -> str:
@@ -119,6 +143,10 @@ class CD2Credential(models.Model):
 
     def is_usable(self, today: dt.date) -> bool:
         return self.status == self.Status.ACTIVE and self.expires_on >= today
+
+    def check_failed(self) -> bool:
+        """The last check said the key itself does not work (401 or 403), whatever its status."""
+        return self.last_verdict in FAILED_VERDICTS
 
 
 def hash_token(token: str) -> str:
@@ -148,6 +176,7 @@ class SubmissionLink(models.Model):
 
     class Meta:
         ordering = ("-created_at",)
+        permissions = [("send_submission_link", "Can send a submission link to an institution's contacts")]
 
     def __str__(self) -> str:
         return f"Link for {self.institution} made {self.created_at:%d %b %Y} ({self.state(timezone.now())})"
@@ -175,8 +204,17 @@ class ReminderLog(models.Model):
     two can be told from one that sent.
     """
 
+    class State(models.TextChoices):
+        CLAIMED = "claimed", "Claimed (being sent)"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"
+        # Never sent, on purpose: a catch-up run sent a more urgent step, or
+        # the key was replaced (or the institution paused) before delivery.
+        SKIPPED = "skipped", "Skipped"
+
     credential = models.ForeignKey(CD2Credential, on_delete=models.CASCADE, related_name="reminders")
     threshold = models.IntegerField()
+    state = models.CharField(max_length=10, choices=State.choices, default=State.CLAIMED, db_default=State.CLAIMED)
     claimed_at = models.DateTimeField(default=timezone.now)
     sent_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
@@ -189,10 +227,21 @@ class ReminderLog(models.Model):
         constraints = [
             models.UniqueConstraint(fields=("credential", "threshold"), name="one_reminder_per_key_and_threshold"),
         ]
+        permissions = [("send_reminder", "Can send a key's expiry reminder now")]
 
     def __str__(self) -> str:
-        when = f"{self.threshold} days before expiry" if self.threshold >= 0 else f"{-self.threshold} days after expiry"
-        return f"Reminder {when} for {self.credential.hint}"
+        return f"Reminder {self.step_label()} for {self.credential.hint}"
+
+    def step_label(self) -> str:
+        return step_label(self.threshold)
+
+
+def step_label(threshold: int) -> str:
+    """A reminder step in words: "14 days before", "on the day", "7 days after", "1 day before"."""
+    if threshold == 0:
+        return "on the day"
+    days = abs(threshold)
+    return f"{days} day{'' if days == 1 else 's'} {'before' if threshold > 0 else 'after'}"
 
 
 class AuditEvent(models.Model):

@@ -2,15 +2,20 @@
 
 A task takes ids (or an email address), never a model instance or a secret:
 arguments sit in the broker in plain text. It re-reads the rows, calls one
-service and returns a small value.
+service and returns a small value. Each task is registered under its name in
+services/jobs.py, which is how services queue them without importing this
+module.
 """
 
 from __future__ import annotations
 
 import logging
-import smtplib
 
 from celery import Task, shared_task
+
+from credentials.notifications import SEND_ERRORS
+from credentials.selectors import pending_credentials_due
+from credentials.services import digest, jobs, links, reminders, submission, verification
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +31,7 @@ class CD2StillUnavailable(Exception):
 # than the longest countdown. After the last retry the key stays pending,
 # which staff see in the admin and the digest.
 @shared_task(
+    name=jobs.VERIFY_PENDING_CREDENTIAL,
     autoretry_for=(CD2StillUnavailable,),
     retry_backoff=60,
     retry_backoff_max=6 * 3600,
@@ -34,10 +40,8 @@ class CD2StillUnavailable(Exception):
 )
 def verify_pending_credential(credential_id: int) -> str:
     """Re-check a key stored while CD2 was unavailable (submission.credential_verify_pending)."""
-    from credentials.submission import VerifyResult, credential_verify_pending
-
-    result = credential_verify_pending(credential_id=credential_id)
-    if result == VerifyResult.UNAVAILABLE:
+    result = submission.credential_verify_pending(credential_id=credential_id)
+    if result == submission.VerifyResult.UNAVAILABLE:
         raise CD2StillUnavailable(f"CD2 still unavailable for key {credential_id}")
     return str(result)
 
@@ -45,49 +49,42 @@ def verify_pending_credential(credential_id: int) -> str:
 @shared_task
 def verify_pending_credentials() -> int:
     """Hourly sweep: queue a re-check for pending keys whose own re-check was lost or gave up."""
-    from credentials.submission import pending_credentials_due
-
     due = pending_credentials_due()
     for credential_id in due:
         verify_pending_credential.delay(credential_id)
     return len(due)
 
 
-@shared_task
+@shared_task(name=jobs.REQUEST_SUBMISSION_LINK)
 def request_submission_link(email: str, ip_address: str | None = None) -> None:
     """The "lost the link?" page queues this, so the page answers at once and alike for every address."""
-    from credentials.submission import link_request
-
-    link_request(email=email, ip_address=ip_address)
+    links.link_request(email=email, ip_address=ip_address)
 
 
 # --------------------------------------------------------------------------
-# Expiry reminders, key checks and the staff digest (issue 4)
+# Expiry reminders, key checks and the staff digest
 # --------------------------------------------------------------------------
 
 
 @shared_task
 def send_expiry_reminders() -> int:
     """Daily (beat): claim every reminder now due and queue one send_reminder per claim."""
-    from credentials.reminders import reminders_send_due
-
-    return reminders_send_due(queue=True).queued
+    return reminders.reminders_send_due(queue=True).queued
 
 
 class _ReminderTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        # Called once, after the last retry: staff see failed_at and last_error.
-        from credentials.reminders import reminder_mark_failed
-
+        # Called once, after the last retry: staff see the failed state and last_error.
         reminder_id = args[0] if args else kwargs["reminder_id"]
-        reminder_mark_failed(reminder_id=reminder_id, error=exc)
+        reminders.reminder_mark_failed(reminder_id=reminder_id, error=exc)
 
 
 # 30 s, 1, 2, 4, 8 minutes (jittered): about 15 minutes in all, well inside
 # the reminders' 30-minute stale-claim window and the broker's visibility timeout.
 @shared_task(
+    name=jobs.SEND_REMINDER,
     base=_ReminderTask,
-    autoretry_for=(smtplib.SMTPException, OSError),  # the mail server or the network
+    autoretry_for=SEND_ERRORS,  # the mail server or the network
     retry_backoff=30,
     retry_backoff_max=600,
     retry_jitter=True,
@@ -95,36 +92,28 @@ class _ReminderTask(Task):
 )
 def send_reminder(reminder_id: int) -> bool:
     """Send one claimed reminder; SMTP and connection errors retry with backoff."""
-    from credentials.reminders import reminder_deliver
-
-    return reminder_deliver(reminder_id=reminder_id)
+    return reminders.reminder_deliver(reminder_id=reminder_id)
 
 
 @shared_task
 def verify_active_credentials() -> int:
     """Daily (beat): queue a check of every active key, spread to keep within the gateway's rate."""
-    from credentials.verification import credentials_verify_active
-
-    return credentials_verify_active().scheduled
+    return verification.credentials_verify_active().scheduled
 
 
-@shared_task
+@shared_task(name=jobs.VERIFY_CREDENTIALS_BATCH)
 def verify_credentials_batch(credential_ids: list[int], step: float) -> int:
     """One batch of the daily run: queue its keys' checks `step` seconds apart."""
-    from credentials.verification import credentials_verify_batch
-
-    return credentials_verify_batch(credential_ids=credential_ids, step=step)
+    return verification.credentials_verify_batch(credential_ids=credential_ids, step=step)
 
 
-@shared_task(bind=True, max_retries=3)
+@shared_task(name=jobs.VERIFY_CREDENTIAL, bind=True, max_retries=3)
 def verify_credential(self, credential_id: int) -> str:
     """Check one active key against CD2; a 429 is tried again after its Retry-After."""
-    from credentials.verification import credential_verify, rate_limit_wait
-
-    result = credential_verify(credential_id=credential_id)
+    result = verification.credential_verify(credential_id=credential_id)
     if result is None:
         return "inactive"
-    wait = rate_limit_wait(result)
+    wait = verification.rate_limit_wait(result)
     if wait is not None and self.request.retries < self.max_retries:
         raise self.retry(countdown=wait)
     return result.verdict.value
@@ -133,6 +122,4 @@ def verify_credential(self, credential_id: int) -> str:
 @shared_task
 def send_staff_digest() -> bool:
     """Weekly (beat): the staff digest."""
-    from credentials.digest import staff_digest_send
-
-    return staff_digest_send().sent
+    return digest.staff_digest_send().sent

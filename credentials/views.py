@@ -11,7 +11,6 @@ import functools
 import hashlib
 
 from django.conf import settings
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.cache import add_never_cache_headers
@@ -22,8 +21,8 @@ from django_ratelimit.decorators import ratelimit
 from credentials.forms import EXPIRY_PERIODS, LinkRequestForm, SubmissionForm, period_end
 from credentials.models import CD2Credential, hash_token
 from credentials.selectors import local_today
-from credentials.services import submission_link_get
-from credentials.submission import Result, credential_submit, receipt_context
+from credentials.services.links import link_request_queue, submission_link_get
+from credentials.services.submission import Door, Result, credential_submit, receipt_context
 from edpotential.security import client_ip
 
 # A customer retyping a Client ID a few times stays far below these; a script
@@ -144,7 +143,14 @@ def submit(request: HttpRequest, token: str) -> HttpResponse:
 
     form = SubmissionForm(request.POST, today=today)
     if form.is_valid():
-        outcome = credential_submit(link=link, ip_address=_client_ip(request), today=today, **form.key_input())
+        key_input = form.key_input()
+        door = Door.customer(
+            link=link,
+            submitted_by=key_input.pop("submitted_by"),
+            submitted_by_email=key_input.pop("submitted_by_email"),
+            ip_address=_client_ip(request),
+        )
+        outcome = credential_submit(door=door, today=today, **key_input)
         if outcome.result is Result.LINK_UNUSABLE:
             return _unusable(request)
         if outcome.stored:
@@ -191,11 +197,7 @@ def request_link(request: HttpRequest) -> HttpResponse:
             return _rate_limited(request)
         form = LinkRequestForm(request.POST)
         if form.is_valid():
-            from credentials.tasks import request_submission_link
-
-            email, ip_address = form.cleaned_data["email"], _client_ip(request)
-            # robust: with the broker down the answer must still be the same page.
-            transaction.on_commit(lambda: request_submission_link.delay(email, ip_address), robust=True)
+            link_request_queue(email=form.cleaned_data["email"], ip_address=_client_ip(request))
             return redirect("credentials:request_link_sent")
     else:
         form = LinkRequestForm()

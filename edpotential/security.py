@@ -1,33 +1,25 @@
 """Project-wide protections that are not one feature's business.
 
-- staff sign-in: a password and a one-time code (django-otp) for every admin
-  page, lockouts by username and IP together (django-axes), and an audit
-  event for every sign-in and every failed one;
+- the client's address, read the same way everywhere (lockouts, rate limits, audit);
+- staff sign-in lockouts by username and IP together (django-axes); the
+  second factor itself is the staff admin site's (credentials/admin/site.py);
 - sessions: 30 idle minutes (settings) and at most 12 hours from sign-in;
 - a clear 503 page instead of a 500 when the database is unreachable.
 
-Wired by `edpotential.apps.SecurityConfig.ready`.
+Wired by settings (middleware, backends) and `edpotential.apps.SecurityConfig.ready`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import types
 
 from axes.backends import AxesStandaloneBackend
-from django import forms
 from django.conf import settings
 from django.contrib import auth
-from django.contrib.admin.sites import AdminSite
-from django.contrib.auth.signals import user_login_failed
-from django.core.exceptions import PermissionDenied
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.template import loader
-from django_otp.admin import OTPAdminAuthenticationForm
-from django_otp.plugins.otp_static.models import StaticDevice
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
 logger = logging.getLogger(__name__)
 
@@ -79,148 +71,14 @@ class WebLoginAxesBackend(AxesStandaloneBackend):
 
 
 # ---------------------------------------------------------------------------
-# Two-factor sign-in for the admin
+# Session start
 # ---------------------------------------------------------------------------
 
 
-class StaffLoginForm(OTPAdminAuthenticationForm):
-    """The admin login: username, password and a code from the authenticator app or a recovery code.
-
-    django-otp asks the user to pick a device first; with one authenticator
-    and one set of recovery codes per person, the code's shape says which:
-    six digits are an authenticator code, anything else a recovery code.
-    """
-
-    def _verify_token(self, user, token, device=None):
-        if device is None:
-            token = (token or "").strip()
-            if token.isdigit() and len(token) == 6:
-                device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
-            else:
-                device = StaticDevice.objects.filter(user=user, confirmed=True).first()
-        return super()._verify_token(user, token, device)
-
-    def _update_form(self, user):
-        super()._update_form(user)
-        # django-otp renders the password back into the page after a failed
-        # code so it need not be retyped; a password has no place in HTML.
-        self.fields["password"].widget.render_value = False
-        choices = list(self.fields["otp_device"].widget.choices)
-        if choices and choices[0][0] == "":
-            choices[0] = ("", "Any (six digits: authenticator app; otherwise: recovery code)")
-            self.fields["otp_device"].widget.choices = choices
-
-    def clean_otp(self, user):
-        try:
-            super().clean_otp(user)
-        except forms.ValidationError:
-            if user is not None:
-                # The password was right but the code missing or wrong: a
-                # failed sign-in all the same, audited and counted toward
-                # the axes lockout (which listens to user_login_failed).
-                user_login_failed.send(
-                    sender=__name__,
-                    credentials={"username": user.get_username()},
-                    request=self.request,
-                    reason="wrong or missing one-time code",
-                )
-            raise
-
-
-def admin_require_two_factor(site: AdminSite) -> None:
-    """Make `site` ask for a one-time code at login and refuse unverified sessions.
-
-    Set on the site instance (not a subclass), so every ModelAdmin already
-    registered on `admin.site` is untouched.
-    """
-    if getattr(site, "_requires_two_factor", False):
-        return
-    password_only_has_permission = site.has_permission
-
-    def has_permission(self, request) -> bool:
-        user = request.user
-        return password_only_has_permission(request) and callable(getattr(user, "is_verified", None)) and (
-            user.is_verified()
-        )
-
-    site.has_permission = types.MethodType(has_permission, site)
-    site.login_form = StaffLoginForm
-    site.login_template = "security/admin_login.html"
-    site._requires_two_factor = True
-
-
-def totp_admin_show_seed_only_while_enrolling(site: AdminSite) -> None:
-    """Re-register django-otp's authenticator admin so a seed (QR code) is shown only during enrolment.
-
-    Enrolment: a superuser adds a device for a colleague, unticked
-    "confirmed"; the colleague scans the QR code; the superuser ticks
-    "confirmed". From then on the seed is never shown again, so nobody with
-    admin access can copy a colleague's second factor later.
-    """
-    from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
-
-    if not isinstance(site._registry.get(TOTPDevice), TOTPDeviceAdmin):
-        return
-
-    class EnrolmentOnlyTOTPDeviceAdmin(TOTPDeviceAdmin):
-        def _refuse_confirmed(self, pk) -> None:
-            if TOTPDevice.objects.filter(pk=pk, confirmed=True).exists():
-                raise PermissionDenied("This device is confirmed: its seed is no longer shown.")
-
-        def config_view(self, request, pk):
-            self._refuse_confirmed(pk)
-            return super().config_view(request, pk)
-
-        def qrcode_view(self, request, pk):
-            self._refuse_confirmed(pk)
-            return super().qrcode_view(request, pk)
-
-    site.unregister(TOTPDevice)
-    site.register(TOTPDevice, EnrolmentOnlyTOTPDeviceAdmin)
-
-
-# ---------------------------------------------------------------------------
-# Audit of sign-ins
-# ---------------------------------------------------------------------------
-
-
-def _is_web_request(request) -> bool:
-    # The test client's force_login() and login() build a bare HttpRequest
-    # with no method: that is not somebody signing in.
-    return request is not None and getattr(request, "method", None) is not None
-
-
-def audit_login(sender, request, user, **kwargs) -> None:
+def session_mark_start(sender, request, user, **kwargs) -> None:
+    """On sign-in, note the time in the session: SessionLifetimeMiddleware ends it 12 hours later."""
     if request is not None and hasattr(request, "session"):
         request.session[SESSION_STARTED_KEY] = int(time.time())
-    if not _is_web_request(request):
-        return
-    from credentials.models import AuditEvent
-    from credentials.services import audit_record
-
-    device = getattr(user, "otp_device", None)
-    audit_record(
-        kind=AuditEvent.Kind.LOGIN,
-        actor=user,
-        ip_address=client_ip(request),
-        detail={"second_factor": type(device).__name__ if device else None},
-    )
-
-
-def audit_login_failed(sender, credentials, request=None, **kwargs) -> None:
-    if not _is_web_request(request):
-        return
-    from credentials.models import AuditEvent
-    from credentials.services import audit_record
-
-    username = str((credentials or {}).get("username", ""))[:150]
-    audit_record(
-        kind=AuditEvent.Kind.LOGIN_FAILED,
-        actor_label=username,
-        ip_address=client_ip(request),
-        reason=kwargs.get("reason", "wrong username or password"),
-        detail={"locked_out": bool(getattr(request, "axes_locked_out", False))},
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -268,40 +126,9 @@ class DatabaseUnavailableMiddleware:
     def process_exception(self, request, exception):
         if not isinstance(exception, (OperationalError, InterfaceError)):
             return None
-        logger.error(
-            "Database unavailable while serving %s %s", request.method, request.path, exc_info=exception
-        )
+        logger.error("Database unavailable while serving %s %s", request.method, request.path, exc_info=exception)
         # Rendered without the request: context processors could touch the database.
         body = loader.get_template("503.html").render({})
         response = HttpResponse(body, status=503)
         response["Retry-After"] = "60"
         return response
-
-
-# ---------------------------------------------------------------------------
-# Development helpers (refuse to run with DEBUG off)
-# ---------------------------------------------------------------------------
-
-
-def _require_debug(what: str) -> None:
-    if not settings.DEBUG:
-        raise RuntimeError(f"{what} is for development only and refuses to run with DEBUG off.")
-
-
-def demo_two_factor_enrol(*, user) -> TOTPDevice:
-    """Give the demo login an authenticator device (development only); returns it."""
-    _require_debug("demo_two_factor_enrol")
-    device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
-    return device or TOTPDevice.objects.create(user=user, name="demo authenticator", confirmed=True)
-
-
-def totp_current_code(*, user) -> str | None:
-    """The code `user`'s authenticator shows now (development only)."""
-    from django_otp.oath import TOTP
-
-    _require_debug("totp_current_code")
-    device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
-    if device is None:
-        return None
-    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
-    return f"{totp.token():0{device.digits}d}"

@@ -78,7 +78,8 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if 
 SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # django.contrib.admin, with the staff site (credentials/admin/site.py) as its default site.
+    "credentials.admin.apps.StaffAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -94,6 +95,9 @@ INSTALLED_APPS = [
     "csp",
     "edpotential.apps.SecurityConfig",
 ]
+if DEBUG:
+    # The demo data and the demo login's code (devtools/): never in production.
+    INSTALLED_APPS.append("devtools.apps.DevtoolsConfig")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -350,8 +354,8 @@ CONTENT_SECURITY_POLICY = {
     },
 }
 
-# Staff sign-in: password plus a one-time code (edpotential/security.py puts
-# django-otp on admin.site). Lockout after AXES_FAILURE_LIMIT failures for one
+# Staff sign-in: password plus a one-time code (the staff admin site,
+# credentials/admin/site.py, is django-otp's OTPAdminSite). Lockout after AXES_FAILURE_LIMIT failures for one
 # username from one address, so nobody can lock a colleague out from elsewhere.
 AUTHENTICATION_BACKENDS = [
     "edpotential.security.WebLoginAxesBackend",  # must come first (django-axes)

@@ -23,18 +23,6 @@ def validate_timezone(value: str) -> None:
         )
 
 
-class InstitutionQuerySet(models.QuerySet):
-    def with_key_status(self, *, today=None):
-        """Annotate each institution with its active key and the state to show.
-
-        Delegates to credentials.selectors so the reminder scan, the admin list
-        and the digest all agree on what "expiring" means.
-        """
-        from credentials.selectors import institutions_with_key_status
-
-        return institutions_with_key_status(queryset=self, today=today)
-
-
 class Institution(models.Model):
     class Status(models.TextChoices):
         ONBOARDING = "onboarding", "Onboarding"
@@ -72,10 +60,9 @@ class Institution(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    objects = InstitutionQuerySet.as_manager()
-
     class Meta:
         ordering = ("name",)
+        permissions = [("export_institutions", "Can export the institution list (audited)")]
 
     def __str__(self) -> str:
         return self.name

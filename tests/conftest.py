@@ -6,15 +6,30 @@ import itertools
 import pytest
 from django.utils import timezone
 
+from credentials.cd2 import CheckResult, Verdict
 from credentials.models import CD2Credential
-from credentials.services import credential_create
+from credentials.services.keys import credential_create
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
 
 _counter = itertools.count(1)
 
+# What a check that passed looks like, for keys made active directly.
+PASSED_CHECK = CheckResult(
+    verdict=Verdict.OK, status_code=200, error_type=None, message="test", retry_after=None, table_count=1
+)
+
 # A recognisable secret: tests that look for leaks search for this exact value.
 PLANTED_SECRET = "PLANTED-s3cr3t-Zq8vX1nB7kLw2"
+
+
+def pytest_configure(config) -> None:
+    # Test settings only: MD5 hashing for the many users the tests make and
+    # sign in (healthchecks' test runner does the same "for speed"); the
+    # default PBKDF2 takes a good part of a second per hash.
+    from django.conf import settings
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
@@ -67,7 +82,7 @@ def make_credential(make_key):
             key=make_key(days=days, **key_kwargs),
             source=CD2Credential.Source.ADMIN,
             status=status,
-            verification="ok: test" if status == CD2Credential.Status.ACTIVE else "",
+            check=PASSED_CHECK if status == CD2Credential.Status.ACTIVE else None,
         )
 
     return make
@@ -137,10 +152,10 @@ def cd2_gateway(settings):
     """A real fake CD2 gateway on loopback, with settings.CD2_API_URL pointing at it.
 
     It accepts the demo key and PLANTED_SECRET for PLANTED_CLIENT_ID; see
-    credentials/fake_gateway.py for the special Client IDs (gateway-down,
+    devtools/fake_gateway.py for the special Client IDs (gateway-down,
     forbidden-...) and `.set_mode()`.
     """
-    from credentials.fake_gateway import FakeGateway
+    from devtools.fake_gateway import FakeGateway
 
     with FakeGateway(keys={PLANTED_CLIENT_ID: PLANTED_SECRET}) as gateway:
         settings.CD2_API_URL = gateway.url

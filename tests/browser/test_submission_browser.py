@@ -15,9 +15,9 @@ import pytest
 from django.conf import settings as django_settings
 from django.urls import reverse
 
-from credentials import fake_gateway
 from credentials.models import CD2Credential
-from credentials.services import submission_link_create
+from credentials.services.links import submission_link_create
+from devtools import fake_gateway
 
 pytestmark = pytest.mark.e2e
 

@@ -6,11 +6,12 @@ import re
 import pytest
 from django.urls import reverse
 
-from credentials.dashboard import dashboard_context, expiry_chart
+from credentials.admin.dashboard import dashboard_context, expiry_chart
 from credentials.models import CD2Credential
-from credentials.services import credential_create
+from credentials.services.keys import credential_create
 from credentials.validators import CleanKey
 from institutions.models import Institution
+from tests.conftest import PASSED_CHECK
 
 pytestmark = pytest.mark.django_db
 
@@ -20,7 +21,7 @@ TODAY = dt.date(2027, 1, 15)
 def _key(inst, days, status="active", n=[0]):  # noqa: B006 (a counter shared by calls on purpose)
     n[0] += 1
     key = CleanKey(client_id=f"us-east-1#dash-{n[0]}", secret=f"s-{n[0]}", expires_on=TODAY + dt.timedelta(days=days))
-    return credential_create(institution=inst, key=key, source="admin", status=status, verification="ok: 1 table")
+    return credential_create(institution=inst, key=key, source="admin", status=status, check=PASSED_CHECK)
 
 
 def test_the_chart_counts_active_keys_per_month_for_the_next_twelve_months(make_institution):
@@ -47,7 +48,9 @@ def test_the_dashboard_counts_served_institutions_per_key_state(make_institution
     _key(make_institution(), 10)
     _key(make_institution(), -5)
     failing = _key(make_institution(name="Failing U"), 100)
-    CD2Credential.objects.filter(pk=failing.pk).update(last_verification="forbidden (403 AccountDisabled)")
+    CD2Credential.objects.filter(pk=failing.pk).update(
+        last_verdict="forbidden", last_verification="forbidden (403 AccountDisabled)"
+    )
     make_institution()
     _key(make_institution(status=Institution.Status.OFFBOARDED), 10)  # not served: not counted
 

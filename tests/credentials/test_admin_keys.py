@@ -9,9 +9,9 @@ from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
 
-from credentials.fake_gateway import FakeGateway
 from credentials.models import AuditEvent, CD2Credential, ReminderLog
-from credentials.services import submission_link_create
+from credentials.services.links import submission_link_create
+from devtools.fake_gateway import FakeGateway
 from tests.conftest import PLANTED_SECRET, STAFF_PASSWORD
 
 pytestmark = pytest.mark.django_db

@@ -33,7 +33,7 @@ from credentials.cd2 import (
     check_key,
     parse_region,
 )
-from credentials.fake_gateway import (
+from devtools.fake_gateway import (
     DEMO_ACCEPTED_CLIENT_ID,
     DEMO_ACCEPTED_SECRET,
     DEMO_REJECTED_CLIENT_ID,
@@ -546,7 +546,7 @@ def test_parse_region_reads_the_region_of_a_well_formed_client_id(client_id: str
 
 
 def test_the_fake_gateway_imports_without_django() -> None:
-    code = "import sys, credentials.fake_gateway; print(sorted(m for m in sys.modules if m.startswith('django')))"
+    code = "import sys, devtools.fake_gateway; print(sorted(m for m in sys.modules if m.startswith('django')))"
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
 
     out = subprocess.run(
@@ -560,7 +560,7 @@ def test_the_command_line_serves_demo_env_and_flag_keys_until_terminated() -> No
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env["CD2_FAKE_KEYS"] = "us-east-1#env-key:env-secret"
     process = subprocess.Popen(
-        [sys.executable, "-m", "credentials.fake_gateway", "--port", "0", "--key", "us-east-1#flag-key:a,b:c"],
+        [sys.executable, "-m", "devtools.fake_gateway", "--port", "0", "--key", "us-east-1#flag-key:a,b:c"],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -6,7 +6,8 @@ import pytest
 from django.db import IntegrityError, connection, connections, transaction
 
 from credentials.models import CD2Credential
-from credentials.services import credential_activate, credential_create
+from credentials.services.keys import credential_activate, credential_create
+from tests.conftest import PASSED_CHECK
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -78,7 +79,7 @@ def test_concurrent_activations_serialise_and_leave_one_active(institution, make
     pending = [
         credential_create(institution=institution, key=make_key(), source=CD2Credential.Source.LINK) for _ in range(4)
     ]
-    outcomes = _in_threads(lambda i: credential_activate(credential=pending[i], verification="ok"), 4)
+    outcomes = _in_threads(lambda i: credential_activate(credential=pending[i], check=PASSED_CHECK), 4)
     assert outcomes == [None] * 4
     statuses = sorted(CD2Credential.objects.filter(institution=institution).values_list("status", flat=True))
     assert statuses == ["active", "superseded", "superseded", "superseded"]

@@ -5,9 +5,9 @@ from django.contrib.auth import get_user_model
 from django.core import mail
 from django.utils import timezone
 
-from credentials.digest import staff_digest_send
 from credentials.models import CD2Credential, ReminderLog
-from credentials.services import credential_set_status
+from credentials.services.digest import staff_digest_send
+from credentials.services.keys import credential_set_status
 from credentials.tasks import send_staff_digest
 from institutions.models import Institution
 
@@ -23,7 +23,11 @@ def landscape(make_institution, make_credential):
     make_institution(name="Keyless School")
     make_credential(make_institution(name="Paused Polytechnic", status=Institution.Status.PAUSED), days=-30)
     ReminderLog.objects.create(
-        credential=expiring, threshold=14, failed_at=timezone.now(), last_error="SMTPServerDisconnected: closed"
+        credential=expiring,
+        threshold=14,
+        state=ReminderLog.State.FAILED,
+        failed_at=timezone.now(),
+        last_error="SMTPServerDisconnected: closed",
     )
 
 

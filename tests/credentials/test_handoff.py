@@ -10,10 +10,10 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from credentials.cd2 import Verdict, check_key
-from credentials.fake_gateway import FakeGateway
 from credentials.models import AuditEvent, CD2Credential
-from credentials.services import credential_create, credential_set_status
+from credentials.services.keys import credential_create, credential_set_status
 from credentials.validators import CleanKey
+from devtools.fake_gateway import FakeGateway
 from tests.conftest import PLANTED_SECRET
 
 pytestmark = pytest.mark.django_db

@@ -16,8 +16,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from credentials.models import AuditEvent, CD2Credential, SubmissionLink
-from credentials.services import submission_link_create
-from credentials.submission import link_request, submission_link_revoke, submission_link_send
+from credentials.services.links import (
+    link_request,
+    submission_link_create,
+    submission_link_revoke,
+    submission_link_send,
+)
 from credentials.tasks import request_submission_link
 from institutions.models import Contact, Institution
 from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET

@@ -18,14 +18,17 @@ from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from credentials import reminders
+from credentials import selectors
 from credentials.models import CD2Credential, ReminderLog, SubmissionLink
-from credentials.reminders import reminder_send_now, reminder_step, reminders_send_due
-from credentials.services import credential_create, submission_link_get
+from credentials.selectors import reminder_step
+from credentials.services import jobs, reminders
+from credentials.services.keys import credential_create
+from credentials.services.links import submission_link_get
+from credentials.services.reminders import reminder_send_now, reminders_send_due
 from credentials.tasks import send_reminder
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
-from tests.conftest import PLANTED_SECRET
+from tests.conftest import PASSED_CHECK, PLANTED_SECRET
 
 START = dt.datetime(2027, 9, 1, 9, 0, tzinfo=dt.UTC)
 PLANTED_CLIENT_ID = "us-east-1#0a1b2c3d-4e5f-4000-8000-00000000abcd"
@@ -64,7 +67,7 @@ def add_key(institution, *, days: int, client_id: str | None = None, secret: str
         ),
         source=CD2Credential.Source.ADMIN,
         status=CD2Credential.Status.ACTIVE,
-        verification="ok: test",
+        check=PASSED_CHECK,
     )
 
 
@@ -148,7 +151,7 @@ def test_python_and_sql_agree_on_the_current_step(clock, make_institution, setti
     assert institution  # a served institution without a key is never due
 
     annotated = dict(
-        CD2Credential.objects.annotate(step=reminders._step_expression(timezone.localdate())).values_list("pk", "step")
+        CD2Credential.objects.annotate(step=selectors._step_expression(timezone.localdate())).values_list("pk", "step")
     )
     assert annotated == expected
     assert reminder_step(days_left=61) is None
@@ -221,7 +224,7 @@ def test_a_week_of_missed_runs_sends_one_catch_up_email(clock, served):
     assert len(subjects) == 2
     logs = {log.threshold: log for log in ReminderLog.objects.filter(credential=key)}
     assert sorted(logs) == [3, 7, 14]
-    assert logs[7].sent_at is None and logs[7].last_error.startswith("Skipped:")
+    assert logs[7].sent_at is None and logs[7].state == ReminderLog.State.SKIPPED
     assert reminders_send_due().due == 0
 
 
@@ -412,11 +415,11 @@ def test_the_secret_and_full_client_id_are_in_no_email_task_argument_or_log_line
     flaky.failures = 1
     add_key(served, days=7, client_id=PLANTED_CLIENT_ID, secret=PLANTED_SECRET)
     with (
-        mock.patch("credentials.tasks.send_reminder.delay") as delay,
+        mock.patch("credentials.services.jobs.job_enqueue") as enqueue,
         django_capture_on_commit_callbacks(execute=True),
     ):
         reminders_send_due(queue=True)
-    [task_args] = [c.args for c in delay.call_args_list]
+    [task_args] = [c.kwargs["args"] for c in enqueue.call_args_list if c.args == (jobs.SEND_REMINDER,)]
     send_reminder.apply(args=task_args)
     call_command("send_expiry_reminders", "--dry-run", stdout=StringIO())
 
@@ -544,7 +547,7 @@ def test_a_reminder_run_and_the_digest_decrypt_no_secret(clock, served, monkeypa
     settings.STAFF_DIGEST_RECIPIENTS = ["staff@example.com"]
 
     assert reminders_send_due().sent == 1
-    from credentials.digest import staff_digest_send
+    from credentials.services.digest import staff_digest_send
 
     staff_digest_send()
     assert decrypted == []

@@ -10,7 +10,7 @@ from django.test import override_settings
 
 from credentials.fields import DecryptionError, encrypt_str
 from credentials.models import AuditEvent, CD2Credential
-from credentials.rotation import encryption_keys_rotate
+from credentials.services.rotation import encryption_keys_rotate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -21,20 +21,20 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.debug import SafeExceptionReporterFilter
 
-from credentials import fake_gateway
 from credentials.forms import SubmissionForm, add_period, period_end
 from credentials.models import AuditEvent, CD2Credential, SubmissionLink
-from credentials.services import submission_link_create
-from credentials.submission import (
-    PENDING_SWEEP_AFTER,
+from credentials.selectors import PENDING_SWEEP_AFTER, pending_credentials_due
+from credentials.services import jobs
+from credentials.services.links import submission_link_create, submission_link_get
+from credentials.services.submission import (
+    Door,
     Result,
     VerifyResult,
-    credential_add_by_staff,
     credential_submit,
     credential_verify_pending,
-    pending_credentials_due,
 )
 from credentials.tasks import CD2StillUnavailable, verify_pending_credential, verify_pending_credentials
+from devtools import fake_gateway
 from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
 
 REJECTED_CLIENT_ID = fake_gateway.DEMO_REJECTED_CLIENT_ID
@@ -385,15 +385,10 @@ def test_a_pending_key_overtaken_by_a_newer_active_key_does_not_replace_it(pendi
 def test_staff_can_add_a_key_with_the_same_validation_and_live_check(cd2_gateway, institution, owner, today):
     expires = today + dt.timedelta(days=300)
 
-    refused = credential_add_by_staff(
-        institution=institution, client_id=REJECTED_CLIENT_ID, secret=PLANTED_SECRET, expires_on=expires, user=owner
-    )
-    invalid = credential_add_by_staff(
-        institution=institution, client_id="nonsense", secret=PLANTED_SECRET, expires_on=expires, user=owner
-    )
-    stored = credential_add_by_staff(
-        institution=institution, client_id=PLANTED_CLIENT_ID, secret=PLANTED_SECRET, expires_on=expires, user=owner
-    )
+    door = Door.staff(institution=institution, user=owner)
+    refused = credential_submit(door=door, client_id=REJECTED_CLIENT_ID, secret=PLANTED_SECRET, expires_on=expires)
+    invalid = credential_submit(door=door, client_id="nonsense", secret=PLANTED_SECRET, expires_on=expires)
+    stored = credential_submit(door=door, client_id=PLANTED_CLIENT_ID, secret=PLANTED_SECRET, expires_on=expires)
 
     assert refused.result is Result.REJECTED and not refused.stored
     assert invalid.result is Result.INVALID and "client_id" in invalid.errors
@@ -404,13 +399,9 @@ def test_staff_can_add_a_key_with_the_same_validation_and_live_check(cd2_gateway
 
 
 def test_the_service_refuses_an_unusable_link_before_asking_cd2(cd2_gateway, today):
+    door = Door.customer(link=submission_link_get(token="not-a-token"), submitted_by="x", submitted_by_email="x@e.edu")
     outcome = credential_submit(
-        token="not-a-token",
-        client_id=PLANTED_CLIENT_ID,
-        secret=PLANTED_SECRET,
-        expires_on=today + dt.timedelta(days=30),
-        submitted_by="x",
-        submitted_by_email="x@example.edu",
+        door=door, client_id=PLANTED_CLIENT_ID, secret=PLANTED_SECRET, expires_on=today + dt.timedelta(days=30)
     )
 
     assert outcome.result is Result.LINK_UNUSABLE
@@ -517,7 +508,7 @@ def test_a_broker_outage_still_shows_the_customer_their_receipt_and_the_sweep_qu
     def broker_down(*args, **kwargs):
         raise ConnectionRefusedError("broker down")
 
-    monkeypatch.setattr(verify_pending_credential, "apply_async", broker_down)
+    monkeypatch.setattr(jobs, "job_enqueue", broker_down)
     cd2_gateway.set_mode("down")
 
     response = post()
@@ -558,12 +549,10 @@ def test_the_page_looks_its_link_up_once_per_submission(cd2_gateway, post, insti
 def test_a_link_passed_to_the_service_is_claimed_only_once(cd2_gateway, link, today):
     def submit():
         return credential_submit(
-            link=link.link,
+            door=Door.customer(link=link.link, submitted_by="Ada", submitted_by_email="ada@northfield.example.edu"),
             client_id=PLANTED_CLIENT_ID,
             secret=PLANTED_SECRET,
             expires_on=today + dt.timedelta(days=30),
-            submitted_by="Ada",
-            submitted_by_email="ada@northfield.example.edu",
         )
 
     assert submit().result is Result.ACCEPTED

@@ -15,7 +15,7 @@ from django.test import Client
 from django.urls import reverse
 
 from credentials.models import AuditEvent, CD2Credential, SubmissionLink
-from credentials.services import submission_link_create
+from credentials.services.links import submission_link_create
 from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
 
 RACERS = 8

@@ -14,23 +14,24 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from credentials.cd2 import Verdict
-from credentials.fake_gateway import (
-    DEMO_ACCEPTED_CLIENT_ID,
-    DEMO_ACCEPTED_SECRET,
-    FORBIDDEN_DISABLED_CLIENT_ID,
-)
 from credentials.models import AuditEvent, CD2Credential
-from credentials.services import credential_create, submission_link_get
-from credentials.tasks import verify_credential, verify_credentials_batch
-from credentials.validators import CleanKey
-from credentials.verification import (
+from credentials.services.keys import credential_create
+from credentials.services.links import submission_link_get
+from credentials.services.verification import (
     check_spread_seconds,
     credential_verify,
     credentials_verify_active,
     rate_limit_wait,
 )
+from credentials.tasks import verify_credential, verify_credentials_batch
+from credentials.validators import CleanKey
+from devtools.fake_gateway import (
+    DEMO_ACCEPTED_CLIENT_ID,
+    DEMO_ACCEPTED_SECRET,
+    FORBIDDEN_DISABLED_CLIENT_ID,
+)
 from institutions.models import Institution
-from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
+from tests.conftest import PASSED_CHECK, PLANTED_CLIENT_ID, PLANTED_SECRET
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def add_key(institution, *, client_id: str = PLANTED_CLIENT_ID, secret: str = PL
         key=CleanKey(client_id=client_id, secret=secret, expires_on=timezone.localdate() + dt.timedelta(days=200)),
         source=CD2Credential.Source.ADMIN,
         status=CD2Credential.Status.ACTIVE,
-        verification="ok: at submission",
+        check=PASSED_CHECK,
     )
 
 
@@ -238,7 +239,7 @@ def test_the_daily_run_spreads_many_keys_by_the_gateway_rate_with_fractional_gap
 def test_above_a_batch_the_daily_run_queues_batches_that_queue_their_own_checks(
     cd2_gateway, make_institution, celery_messages, settings, monkeypatch
 ):
-    from credentials import verification
+    from credentials.services import verification
 
     monkeypatch.setattr(verification, "CHECK_BATCH_SIZE", 2)
     settings.CD2_CHECK_SPREAD_SECONDS = 500

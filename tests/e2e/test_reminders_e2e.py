@@ -27,11 +27,11 @@ from django.db import connection
 from django.utils import timezone
 
 from credentials.models import CD2Credential, ReminderLog
-from credentials.services import credential_create
+from credentials.services.keys import credential_create
 from credentials.tasks import send_expiry_reminders
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
-from tests.conftest import PLANTED_SECRET
+from tests.conftest import PASSED_CHECK, PLANTED_SECRET
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -165,7 +165,7 @@ def test_beats_reminder_task_reaches_a_real_smtp_server_once_with_its_calendar_f
                      expires_on=expires_on),
         source=CD2Credential.Source.ADMIN,
         status=CD2Credential.Status.ACTIVE,
-        verification="ok: e2e",
+        check=PASSED_CHECK,
     )  # fmt: skip
     _, inbox = smtp_server
     _, log = worker

@@ -8,15 +8,14 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from credentials.models import CD2Credential
-from credentials.selectors import ExpiryState, KeyState
-from credentials.services import credential_set_status
-from institutions.models import Institution
+from credentials.selectors import ExpiryState, KeyState, institutions_with_key_status
+from credentials.services.keys import credential_set_status
 
 pytestmark = pytest.mark.django_db
 
 
 def status_of(institution, today):
-    return Institution.objects.with_key_status(today=today).get(pk=institution.pk)
+    return institutions_with_key_status(today=today).get(pk=institution.pk)
 
 
 @pytest.mark.parametrize(
@@ -65,7 +64,7 @@ def test_credential_annotations_match_the_model_method(institution, make_credent
 def test_the_status_query_is_one_query_whatever_the_number_of_institutions(make_institution, make_credential, today):
     def count_queries() -> int:
         with CaptureQueriesContext(connection) as ctx:
-            rows = list(Institution.objects.with_key_status(today=today))
+            rows = list(institutions_with_key_status(today=today))
         assert rows
         return len(ctx.captured_queries)
 

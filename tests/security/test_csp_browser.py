@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.test import Client
 
-from credentials.services import submission_link_create
+from credentials.services.links import submission_link_create
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -55,8 +55,9 @@ def test_admin_pages_run_under_the_policy_without_a_single_violation(
     credential = make_credential(institution)
     client = verified_login(Client(), make_staff(None, is_superuser=True))
     with chromium() as browser:
-        check_admin(browser, live_server, client.cookies[django_settings.SESSION_COOKIE_NAME].value, institution,
-                    credential)
+        check_admin(
+            browser, live_server, client.cookies[django_settings.SESSION_COOKIE_NAME].value, institution, credential
+        )
 
 
 def check_admin(browser, live_server, cookie, institution, credential) -> None:

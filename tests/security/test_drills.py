@@ -18,9 +18,9 @@ from django.core.cache import caches
 from django.db import OperationalError, connection
 from django.test import Client
 
-from credentials.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET, FakeGateway
 from credentials.models import AuditEvent, CD2Credential, SubmissionLink
-from credentials.services import submission_link_create
+from credentials.services.links import submission_link_create
+from devtools.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET, FakeGateway
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -162,7 +162,7 @@ def test_redis_and_cd2_down_still_show_the_receipt_and_the_check_is_picked_up_la
 
     from django.utils import timezone
 
-    from credentials.submission import PENDING_SWEEP_AFTER, pending_credentials_due
+    from credentials.selectors import PENDING_SWEEP_AFTER, pending_credentials_due
 
     gateway.set_mode("down")
     link = submission_link_create(institution=institution)
@@ -196,7 +196,7 @@ def manage(tmp_path, *args, **env_overrides) -> subprocess.CompletedProcess:
 
 STORE_A_KEY = """
 import datetime as dt
-from credentials.services import credential_create
+from credentials.services.keys import credential_create
 from credentials.validators import CleanKey
 from institutions.models import Institution
 i = Institution.objects.create(name="Drill U", slug="drill-u", canvas_domain="drill.instructure.com")
@@ -246,13 +246,14 @@ def test_the_right_key_reads_the_key_back(database_written_with_key_a):
 SEED_REMINDERS = """
 import datetime as dt
 from django.utils import timezone
-from credentials.services import credential_create
+from credentials.services.keys import credential_create
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
+from tests.conftest import PASSED_CHECK
 for n in range(3):
     i = Institution.objects.create(name=f"Drill {n}", slug=f"drill-{n}", canvas_domain=f"d{n}.instructure.com")
     Contact.objects.create(institution=i, name="Admin", email=f"admin{n}@drill{n}.example.edu")
-    credential_create(institution=i, source="admin", status="active", verification="ok: drill", key=CleanKey(
+    credential_create(institution=i, source="admin", status="active", check=PASSED_CHECK, key=CleanKey(
         client_id=f"us-east-1#drill-{n}-0000-0001", secret=f"DrillSecret{n}x",
         expires_on=timezone.localdate() + dt.timedelta(days=7)))
 """
@@ -261,7 +262,7 @@ for n in range(3):
 AGE_CLAIMS = """
 import datetime as dt
 from credentials.models import ReminderLog
-from credentials.reminders import CLAIM_STALE_AFTER
+from credentials.selectors import CLAIM_STALE_AFTER
 for r in ReminderLog.objects.filter(sent_at__isnull=True):
     ReminderLog.objects.filter(pk=r.pk).update(claimed_at=r.claimed_at - CLAIM_STALE_AFTER - dt.timedelta(minutes=1))
 """

@@ -17,10 +17,10 @@ from django.test import Client
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from credentials.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET, FakeGateway
 from credentials.models import AuditEvent, CD2Credential, SubmissionLink
-from credentials.services import submission_link_create
+from credentials.services.links import submission_link_create
 from credentials.validators import validate_key_input
+from devtools.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET, FakeGateway
 
 pytestmark = pytest.mark.django_db
 
@@ -123,7 +123,9 @@ def test_no_input_gives_a_server_error_or_stores_anything_it_should_not(gateway,
         credential = CD2Credential.objects.order_by("-pk").first()
         # Only valid input is stored, exactly as given.
         validate_key_input(
-            client_id=credential.client_id, secret=credential.secret, expires_on=credential.expires_on,
+            client_id=credential.client_id,
+            secret=credential.secret,
+            expires_on=credential.expires_on,
             today=credential.submitted_at.date(),
         )
         assert credential.client_id == str(only_value(data.get("client_id"))).strip()

@@ -40,10 +40,10 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from credentials.fake_gateway import FakeGateway
 from credentials.models import CD2Credential, SubmissionLink
-from credentials.services import submission_link_create
-from tests.conftest import PLANTED_SECRET
+from credentials.services.links import submission_link_create
+from devtools.fake_gateway import FakeGateway
+from tests.conftest import PASSED_CHECK, PLANTED_SECRET
 
 CLIENT_ID = "us-east-1#5ec7e7a1-0000-4000-8000-00000000babe"
 BASIC = base64.b64encode(f"{CLIENT_ID}:{PLANTED_SECRET}".encode()).decode()
@@ -78,8 +78,11 @@ class Surfaces:
         headers = "\n".join(f"{k}: {v}" for k, v in response.items())
         cookies = response.cookies.output() if response.cookies else ""
         body = b"" if getattr(response, "streaming", False) else response.content
-        self.add(f"{where} [{response.status_code}]", headers + "\n" + cookies + "\n" + body.decode("utf-8", "replace"),
-                 allowed=allowed)
+        self.add(
+            f"{where} [{response.status_code}]",
+            headers + "\n" + cookies + "\n" + body.decode("utf-8", "replace"),
+            allowed=allowed,
+        )
 
 
 class RawLogCapture(logging.Handler):
@@ -177,7 +180,7 @@ class World:
 
     def planted_key(self, *, days: int = 300) -> CD2Credential:
         """The planted key stored as the institution's active key (as if submitted earlier)."""
-        from credentials.services import credential_create
+        from credentials.services.keys import credential_create
         from credentials.validators import CleanKey
 
         return credential_create(
@@ -189,7 +192,7 @@ class World:
             ),
             source=CD2Credential.Source.ADMIN,
             status=CD2Credential.Status.ACTIVE,
-            verification="ok: planted",
+            check=PASSED_CHECK,
         )
 
 
@@ -213,8 +216,13 @@ def path_submission_accepted(leak: Surfaces, world: World) -> None:
 def path_submission_invalid(leak: Surfaces, world: World) -> None:
     client = Client(raise_request_exception=False)
     token = world.new_link()
-    for bad in ({"client_id": "no-hash-here"}, {"expires_on": "2001-01-01"}, {"secret": PLANTED_SECRET + " x"},
-                {"submitted_by_email": "nope"}, {"secret": CLIENT_ID}):
+    for bad in (
+        {"client_id": "no-hash-here"},
+        {"expires_on": "2001-01-01"},
+        {"secret": PLANTED_SECRET + " x"},
+        {"submitted_by_email": "nope"},
+        {"secret": CLIENT_ID},
+    ):
         leak.response(f"submit invalid {list(bad)}", client.post(f"/k/{token}/", world.form(**bad)))
 
 
@@ -357,8 +365,16 @@ def path_handoff(leak: Surfaces, world: World) -> None:
     world.credential = world.planted_key()
     for output_format in ("env", "json"):
         out, err = io.StringIO(), io.StringIO()
-        call_command("cd2_credentials", world.institution.slug, "--format", output_format, "--reason", "leak test",
-                     stdout=out, stderr=err)
+        call_command(
+            "cd2_credentials",
+            world.institution.slug,
+            "--format",
+            output_format,
+            "--reason",
+            "leak test",
+            stdout=out,
+            stderr=err,
+        )
         leak.add(f"hand-off stdout ({output_format})", out.getvalue(), allowed=True)
         leak.add(f"hand-off stderr ({output_format})", err.getvalue())
 
@@ -370,7 +386,7 @@ def path_handoff(leak: Surfaces, world: World) -> None:
 
 @leak_path
 def path_key_checks(leak: Surfaces, world: World) -> None:
-    from credentials.verification import credentials_verify_active
+    from credentials.services.verification import credentials_verify_active
 
     world.credential = world.planted_key()
     run = credentials_verify_active(run_now=True)
@@ -385,7 +401,7 @@ def path_key_checks(leak: Surfaces, world: World) -> None:
 
 @leak_path
 def path_reminders(leak: Surfaces, world: World) -> None:
-    from credentials.reminders import reminders_send_due
+    from credentials.services.reminders import reminders_send_due
 
     world.credential = world.planted_key(days=7)
     leak.add("reminder run", repr(reminders_send_due(queue=False)))
@@ -397,7 +413,7 @@ def path_reminders(leak: Surfaces, world: World) -> None:
 
 @leak_path
 def path_staff_digest(leak: Surfaces, world: World) -> None:
-    from credentials.digest import staff_digest_send
+    from credentials.services.digest import staff_digest_send
 
     world.settings.STAFF_DIGEST_RECIPIENTS = ["cs@registry.example"]
     world.credential = world.planted_key(days=10)
@@ -440,9 +456,10 @@ def test_the_secret_appears_nowhere_but_the_reveal_page_and_the_hand_off(
     connection.force_debug_cursor = True  # SQL and its parameters are logged at DEBUG too
     try:
         # Queued tasks are recorded, not sent: their arguments are a surface too.
-        with django_capture_on_commit_callbacks(execute=True), mock.patch(
-            "celery.app.task.Task.apply_async", autospec=True
-        ) as queued:
+        with (
+            django_capture_on_commit_callbacks(execute=True),
+            mock.patch("celery.app.task.Task.apply_async", autospec=True) as queued,
+        ):
             PATHS[name](leak, world)
     finally:
         connection.force_debug_cursor = False
@@ -469,7 +486,7 @@ def test_the_error_mail_for_a_crash_mid_submission_holds_no_secret(world, settin
     settings.ADMINS = [("Ops", "ops@registry.example")]
     settings.DEBUG = False
     client = Client(raise_request_exception=False)
-    with mock.patch("credentials.submission.credential_create", side_effect=RuntimeError("disk on fire")):
+    with mock.patch("credentials.services.submission.credential_create", side_effect=RuntimeError("disk on fire")):
         response = client.post(f"/k/{world.new_link()}/", world.form())
     assert response.status_code == 500
     assert len(mail.outbox) == 1 and "disk on fire" in mail.outbox[0].body  # the mail was really sent
@@ -505,8 +522,9 @@ def test_celery_messages_in_redis_hold_no_secret(institution, monkeypatch):
     monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:6379/5")  # Celery reads this first
     app._pool, app.amqp._producer_pool = None, None
     try:
-        with FakeGateway(keys={CLIENT_ID: PLANTED_SECRET}) as gateway, mock.patch(
-            "django.conf.settings.CD2_API_URL", gateway.url
+        with (
+            FakeGateway(keys={CLIENT_ID: PLANTED_SECRET}) as gateway,
+            mock.patch("django.conf.settings.CD2_API_URL", gateway.url),
         ):
             gateway.set_mode("down")  # stored as pending: a re-check is queued
             Client(raise_request_exception=False).post(
@@ -522,8 +540,8 @@ def test_celery_messages_in_redis_hold_no_secret(institution, monkeypatch):
             gateway.set_mode(None)
             credential = CD2Credential.objects.get(institution=institution)
             CD2Credential.objects.filter(pk=credential.pk).update(status="active")
-            from credentials.reminders import reminders_send_due
-            from credentials.verification import credentials_verify_active
+            from credentials.services.reminders import reminders_send_due
+            from credentials.services.verification import credentials_verify_active
 
             reminders_send_due(queue=True)
             credentials_verify_active(run_now=False)

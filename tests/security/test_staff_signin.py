@@ -15,7 +15,8 @@ from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from credentials.models import AuditEvent
-from edpotential.security import client_ip, demo_two_factor_enrol, totp_current_code
+from devtools.demo import demo_two_factor_enrol, totp_current_code
+from edpotential.security import client_ip
 
 LOGIN = "/admin/login/"
 PASSWORD = "correct horse battery staple 42"

@@ -19,7 +19,7 @@ import socket
 from django.core.management.base import BaseCommand, CommandError
 
 from credentials.selectors import local_today
-from credentials.staff import StaffActionRefused, credential_handoff
+from credentials.services.staff import StaffActionRefused, credential_handoff
 
 
 def _os_user() -> str:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from credentials.services import submission_link_create
-from credentials.submission import submission_link_send
+from credentials.services.links import submission_link_create, submission_link_send
 from institutions.models import Institution
 
 

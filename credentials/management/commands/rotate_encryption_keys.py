@@ -4,8 +4,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from credentials.fields import DecryptionError
 from credentials.models import AuditEvent
-from credentials.rotation import BATCH_SIZE, encryption_keys_rotate
-from credentials.services import audit_record
+from credentials.services.audit import audit_record
+from credentials.services.rotation import BATCH_SIZE, encryption_keys_rotate
 
 
 class Command(BaseCommand):

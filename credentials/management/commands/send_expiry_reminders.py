@@ -6,7 +6,7 @@ import datetime as dt
 
 from django.core.management.base import BaseCommand, CommandError
 
-from credentials.reminders import reminders_send_due
+from credentials.services.reminders import reminders_send_due
 
 
 def _date(value: str) -> dt.date:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from credentials.verification import credentials_verify_active
+from credentials.services.verification import credentials_verify_active
 from institutions.models import Institution
 
 

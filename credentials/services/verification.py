@@ -21,9 +21,12 @@ from django.utils import timezone
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
 from credentials.emails import build_email
 from credentials.models import AuditEvent, CD2Credential
-from credentials.reminders import SEND_ERRORS, admin_url, institution_today, reminder_recipients
-from credentials.services import audit_record, credential_set_status, submission_link_create
-from institutions.models import Institution
+from credentials.notifications import SEND_ERRORS, admin_url, institution_today, reminder_recipients, reply_to
+from credentials.selectors import served_active_keys
+from credentials.services import jobs
+from credentials.services.audit import audit_record
+from credentials.services.keys import credential_check_record, credential_set_status
+from credentials.services.links import submission_link_create, submission_link_mark_sent
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +59,6 @@ class VerifyRun:
     results: list[tuple[str, str, str]] = field(default_factory=list)  # (institution, hint, summary)
 
 
-def _served_active_keys(institution_slug: str | None = None):
-    keys = CD2Credential.objects.filter(
-        status=CD2Credential.Status.ACTIVE, institution__status__in=Institution.SERVED_STATUSES
-    )
-    if institution_slug:
-        keys = keys.filter(institution__slug=institution_slug)
-    return keys.order_by("pk")
-
-
 def rate_limit_wait(result: CheckResult) -> float | None:
     """Seconds to wait before checking again after a 429, or None when it was not rate limited."""
     if result.verdict is not Verdict.UNAVAILABLE or result.status_code != 429:
@@ -73,12 +67,13 @@ def rate_limit_wait(result: CheckResult) -> float | None:
     return min(max(wait, 1.0), MAX_RATE_LIMIT_WAIT)
 
 
-def credential_verify(*, credential_id: int, now: dt.datetime | None = None) -> CheckResult | None:
+def credential_verify(*, credential_id: int, now: dt.datetime | None = None, actor=None) -> CheckResult | None:
     """Check one active key now and record the result; None if the key is no longer active.
 
     401/403: the key is marked invalid, an audit event is written and the
-    account owner and contacts get a fresh link. Anything else that is not
-    OK only updates last_verification: it is not a verdict on the key.
+    account owner and contacts get a fresh link. Anything else only records
+    the check: the gateway's trouble is not a verdict on the key. `actor` is
+    the staff member who asked for the check (None: the daily run).
     """
     now = now or timezone.now()
     credential = (
@@ -89,33 +84,27 @@ def credential_verify(*, credential_id: int, now: dt.datetime | None = None) -> 
     if credential is None:
         return None
     result = check_key_with_settings(client_id=credential.client_id, secret=credential.secret)
-    stamp = f"{now:%Y-%m-%d %H:%M} UTC"
-    if result.verdict is Verdict.OK:
-        CD2Credential.objects.filter(pk=credential.pk).update(
-            last_verified_at=now, last_verification=result.summary[:200]
-        )
-    elif result.verdict is Verdict.UNAVAILABLE:
-        text = f"{result.summary} at {stamp}: not a verdict on the key; checked again next run"
-        CD2Credential.objects.filter(pk=credential.pk).update(last_verification=text[:200])
+    if result.verdict in (Verdict.OK, Verdict.UNAVAILABLE):
+        fields = credential_check_record(credential=credential, check=result, now=now)
+        CD2Credential.objects.filter(pk=credential.pk).update(**{name: getattr(credential, name) for name in fields})
     else:
-        _mark_invalid(credential=credential, result=result, now=now)
+        _mark_invalid(credential=credential, result=result, now=now, actor=actor)
     logger.info("Checked key %s (%s): %s", credential.pk, credential.institution.slug, result.verdict.value)
     return result
 
 
-def _mark_invalid(*, credential: CD2Credential, result: CheckResult, now: dt.datetime) -> None:
+def _mark_invalid(*, credential: CD2Credential, result: CheckResult, now: dt.datetime, actor=None) -> None:
     with transaction.atomic():
         # Re-read under lock: a new key may have superseded this one meanwhile.
         locked = CD2Credential.objects.select_for_update().filter(pk=credential.pk).first()
         if locked is None or locked.status != CD2Credential.Status.ACTIVE:
             return
-        locked.last_verified_at = now
-        locked.last_verification = result.summary[:200]
-        locked.save(update_fields=["last_verified_at", "last_verification"])
+        locked.save(update_fields=credential_check_record(credential=locked, check=result, now=now))
         credential_set_status(credential=locked, status=CD2Credential.Status.INVALID, reason=result.message, now=now)
         audit_record(
             kind=AuditEvent.Kind.KEY_INVALID,
-            actor_label="system (daily key check)",
+            actor=actor,
+            actor_label="" if actor is not None else "system (daily key check)",
             credential=locked,
             institution=credential.institution,
             reason=result.message,
@@ -136,33 +125,22 @@ def _tell_key_invalid(*, credential: CD2Credential, result: CheckResult, now: dt
     if not to:
         logger.warning("Key %s (%s) is invalid and nobody can be told", credential.pk, institution.slug)
         return
-    owner = institution.account_owner
     try:
         with transaction.atomic():
             new_link = submission_link_create(institution=institution, reason="key invalid", now=now)
-            new_link.link.sent_to = ", ".join([*to, *cc])
-            new_link.link.save(update_fields=["sent_to"])
+            submission_link_mark_sent(new_link=new_link, recipients=[*to, *cc])
             context = {
-                "institution": institution,
+                **new_link.context(),
                 "hint": credential.hint,
                 "expires_on": credential.expires_on,
                 "checked_on": institution_today(institution, now),
                 "reason": result.message,
                 "rejected": result.verdict is Verdict.REJECTED,
-                "link_url": new_link.url,
-                "link_expires_on": timezone.localtime(new_link.link.expires_at).date(),
-                "owner": owner if owner is not None and owner.email else None,
-                "key_name": settings.CD2_KEY_NAME,
-                "recommended_expiry": settings.CD2_RECOMMENDED_EXPIRY,
                 "admin_url": admin_url(institution),
             }
-            build_email(
-                "key-invalid",
-                to=to,
-                cc=cc,
-                reply_to=[owner.email] if owner is not None and owner.email else [],
-                context=context,
-            ).send(fail_silently=False)
+            build_email("key-invalid", to=to, cc=cc, reply_to=reply_to(institution), context=context).send(
+                fail_silently=False
+            )
     except SEND_ERRORS as exc:
         logger.error(
             "Key %s (%s) is invalid; the mail to its contacts failed: %s",
@@ -200,11 +178,9 @@ def check_spread_seconds(*, keys: int) -> float:
 
 def credentials_verify_batch(*, credential_ids: list[int], step: float) -> int:
     """Queue one check per key, `step` seconds apart from now (a batch of the daily run)."""
-    from credentials.tasks import verify_credential
-
     for index, credential_id in enumerate(credential_ids):
         # Fractional countdowns: rounding to whole seconds bunches the checks.
-        verify_credential.apply_async(args=[credential_id], countdown=index * step)
+        jobs.job_enqueue(jobs.VERIFY_CREDENTIAL, args=(credential_id,), countdown=index * step)
     return len(credential_ids)
 
 
@@ -222,7 +198,7 @@ def credentials_verify_active(
     collects the results.
     """
     run = VerifyRun()
-    ids = list(_served_active_keys(institution_slug).values_list("pk", flat=True))
+    ids = list(served_active_keys(institution_slug=institution_slug).values_list("pk", flat=True))
     if run_now:
         for credential_id in ids:
             result = credential_verify(credential_id=credential_id)
@@ -239,8 +215,6 @@ def credentials_verify_active(
             run.results.append((key.institution.name, key.hint, result.summary))
         return run
 
-    from credentials.tasks import verify_credentials_batch
-
     spread = check_spread_seconds(keys=len(ids)) if spread_seconds is None else float(spread_seconds)
     step = spread / len(ids) if ids else 0.0
     if len(ids) <= CHECK_BATCH_SIZE:
@@ -248,7 +222,7 @@ def credentials_verify_active(
     else:
         for start in range(0, len(ids), CHECK_BATCH_SIZE):
             batch = ids[start : start + CHECK_BATCH_SIZE]
-            verify_credentials_batch.apply_async(args=[batch, step], countdown=start * step)
+            jobs.job_enqueue(jobs.VERIFY_CREDENTIALS_BATCH, args=(batch, step), countdown=start * step)
             run.scheduled += len(batch)
     logger.info("Scheduled %s key checks over %.0f s (%.3f s apart)", run.scheduled, spread, step)
     return run

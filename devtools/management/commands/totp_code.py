@@ -11,7 +11,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from edpotential.security import totp_current_code
+from devtools.demo import totp_current_code
 
 
 class Command(BaseCommand):

@@ -17,13 +17,20 @@ from django.db import transaction
 from django.utils import timezone
 
 from credentials.models import AuditEvent, CD2Credential
-from credentials.selectors import local_today
-from credentials.services import audit_record, credential_set_status
+from credentials.selectors import handoff_candidate, local_today
+from credentials.services.audit import audit_record
+from credentials.services.keys import credential_set_status
 from institutions.models import Institution
 
+# What each act needs: a permission named for it (models' Meta.permissions).
 REVEAL_PERMISSION = "credentials.reveal_secret"
 HANDOFF_PERMISSION = "credentials.handoff_credential"
 EXPORT_PERMISSION = "institutions.export_institutions"
+REVOKE_PERMISSION = "credentials.revoke_key"
+CHECK_PERMISSION = "credentials.check_key"
+SEND_REMINDER_PERMISSION = "credentials.send_reminder"
+SEND_LINK_PERMISSION = "credentials.send_submission_link"
+ADD_KEY_PERMISSION = "credentials.add_cd2credential"
 # A reason is what an auditor reads later; "x" explains nothing.
 MIN_REASON_LENGTH = 5
 
@@ -109,19 +116,6 @@ def credential_reveal(*, credential_id: int, actor, reason: str, ip_address: str
             detail={"hint": credential.hint, "status": credential.status},
         )
     return RevealedKey(credential=credential, client_id=credential.client_id, secret=credential.secret)
-
-
-def handoff_candidate(*, institution: Institution) -> CD2Credential | None:
-    """The key the pipeline would get: the active one, else the newest that is not history."""
-    keys = CD2Credential.objects.filter(institution=institution).without_secrets()
-    active = keys.filter(status=CD2Credential.Status.ACTIVE).first()
-    if active is not None:
-        return active
-    return (
-        keys.filter(status__in=(CD2Credential.Status.REVOKED, CD2Credential.Status.INVALID))
-        .order_by("-submitted_at", "-pk")
-        .first()
-    )
 
 
 def credential_handoff(
@@ -217,7 +211,7 @@ def _rows(institutions: Iterable[Institution]) -> Iterable[list[str]]:
                 inst.canvas_domain,
                 inst.status,
                 (owner.get_full_name() or owner.get_username()) if owner else "",
-                getattr(inst, "display_state", inst.key_state),
+                inst.key_state,
                 inst.active_hint,
                 inst.active_region,
                 inst.active_expires_on.isoformat() if inst.active_expires_on else "",

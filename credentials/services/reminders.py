@@ -7,56 +7,57 @@ no longer scanned). Only active keys of served institutions are reminded.
 
 Exactly once: a ReminderLog row per (key, threshold) under a unique
 constraint. A run claims the row first (an INSERT that only one writer can
-win), then sends, then stamps sent_at. A claim that was never sent (the
-process died in between) goes stale after CLAIM_STALE_AFTER and the next run
-re-claims it with a conditional UPDATE, so it is sent once, not never.
+win, state "claimed"), then sends, then marks it "sent". A claim that was
+never sent (the process died in between) goes stale after
+selectors.CLAIM_STALE_AFTER and the next run re-claims it with a conditional
+UPDATE, so it is sent once, not never.
 
 Missed days: each key has one *current* step, the most urgent threshold that
-has come due. A run after a week of outage sends that one step; the steps it
-jumped over are recorded as skipped, never mailed in a burst.
+has come due (selectors.reminder_step; the scan is selectors.due_credentials).
+A run after a week of outage sends that one step; the steps it jumped over
+are recorded in state "skipped", never mailed in a burst.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import smtplib
-import zoneinfo
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-import icalendar
-from django.conf import settings
 from django.core.mail import get_connection
-from django.db import IntegrityError, models, transaction
-from django.db.models import Case, Exists, F, OuterRef, Prefetch, Q, Value, When
-from django.db.models.functions import TruncDate
-from django.urls import NoReverseMatch, reverse
+from django.db import IntegrityError, transaction
+from django.db.models import F, Prefetch
 from django.utils import timezone
 
 from credentials.emails import build_email
 from credentials.models import CD2Credential, ReminderLog, secret_fields_of
-from credentials.selectors import DaysBetween, DaysUntil
-from credentials.services import submission_link_create
-from institutions.models import Contact, Institution
+from credentials.notifications import (
+    SEND_ERRORS,
+    admin_url,
+    drop_connection,
+    expiry_calendar,
+    expiry_phrase,
+    institution_today,
+    owner_email,
+    reminder_recipients,
+    reply_to,
+)
+from credentials.selectors import (
+    due_credentials,
+    reminder_days_before,
+    reminder_step,
+    unsettled_claim,
+)
+from credentials.services import jobs
+from credentials.services.links import submission_link_create, submission_link_mark_sent
+from institutions.models import Contact
 
 logger = logging.getLogger(__name__)
 
-# A claim older than this that was never sent belongs to a run that died
-# between claiming and sending; the next run may take it over. Longer than
-# any single send (SMTP timeout 30 s) and the task's retry backoff, so a
-# send that is merely slow or retrying is never taken over.
-CLAIM_STALE_AFTER = dt.timedelta(minutes=30)
 # Keys read per query: memory stays flat however many institutions there are.
 CHUNK_SIZE = 500
 # The account owner is told directly (not only in copy) from this many days out.
 OWNER_DIRECT_FROM_DAYS = 7
-# Written to last_error of a step a catch-up run jumped over; such a row is
-# never sent and never re-claimed.
-SKIPPED_PREFIX = "Skipped:"
-# Errors worth retrying: the mail server or the network, not our templates.
-# (ConnectionError and TimeoutError are OSErrors.) The send_reminder task retries the same.
-SEND_ERRORS: tuple[type[Exception], ...] = (smtplib.SMTPException, OSError)
 
 
 @dataclass(frozen=True)
@@ -91,187 +92,13 @@ class SentReminder:
 
 
 # --------------------------------------------------------------------------
-# The schedule
+# The email
 # --------------------------------------------------------------------------
 
 
-def _days_before() -> list[int]:
-    return sorted({int(days) for days in settings.REMINDER_DAYS_BEFORE if int(days) >= 0})
-
-
-def _repeat_after() -> int:
-    return int(settings.REMINDER_REPEAT_AFTER_EXPIRY_DAYS)
-
-
-def reminder_step(*, days_left: int) -> int | None:
-    """The most urgent threshold that has come due for a key `days_left` from expiry.
-
-    None when no reminder is due yet. Must agree with _step_expression (SQL).
-    """
-    before, repeat = _days_before(), _repeat_after()
-    if days_left >= 0:
-        return next((t for t in before if t >= days_left), None)
-    if repeat > 0 and -days_left >= repeat:
-        return -repeat * (-days_left // repeat)
-    return before[0] if before else None
-
-
-def _step_expression(today: dt.date) -> Case:
-    """reminder_step in SQL, over expires_on ranges (the index on status, expires_on serves it)."""
-    before, repeat = _days_before(), _repeat_after()
-    days_left = DaysUntil("expires_on", today)
-    whens = []
-    if repeat > 0:
-        # Integer division truncates toward zero on PostgreSQL and SQLite:
-        # -9 / 7 * 7 = -7, the last weekly step reached.
-        whens.append(
-            When(
-                expires_on__lte=today - dt.timedelta(days=repeat),
-                then=models.ExpressionWrapper(
-                    days_left / Value(repeat) * Value(repeat), output_field=models.IntegerField()
-                ),
-            )
-        )
-    if before:
-        whens.append(When(expires_on__lt=today, then=Value(before[0])))
-    for threshold in before:
-        whens.append(When(expires_on__lte=today + dt.timedelta(days=threshold), then=Value(threshold)))
-    return Case(*whens, default=Value(None), output_field=models.IntegerField())
-
-
-def _unsettled_claim(now: dt.datetime) -> Q:
-    """A claim nobody is working on any more: never sent, not failed, not skipped, old."""
-    return Q(sent_at__isnull=True, failed_at__isnull=True, claimed_at__lt=now - CLAIM_STALE_AFTER) & ~Q(
-        last_error__startswith=SKIPPED_PREFIX
-    )
-
-
-def due_credentials(*, today: dt.date, now: dt.datetime):
-    """Active keys of served institutions whose current step has not been handled.
-
-    One query: the step is computed in SQL and a NOT EXISTS drops keys whose
-    step already has a sent, failed, skipped or fresh claim row. Steps that
-    came due before the key was submitted are not due.
-    """
-    before = _days_before()
-    horizon = today + dt.timedelta(days=before[-1] if before else 0)
-    handled = ReminderLog.objects.filter(credential=OuterRef("pk"), threshold=OuterRef("step")).exclude(
-        _unsettled_claim(now)
-    )
-    return (
-        CD2Credential.objects.without_secrets()
-        .filter(
-            status=CD2Credential.Status.ACTIVE,
-            institution__status__in=Institution.SERVED_STATUSES,
-            expires_on__lte=horizon,
-        )
-        .annotate(
-            step=_step_expression(today),
-            days_left_on_arrival=DaysBetween("expires_on", TruncDate("submitted_at")),
-        )
-        # A step that passed before we had the key is not sent: the customer
-        # just handed it over, so the next step is the first reminder.
-        .filter(step__isnull=False, step__lte=F("days_left_on_arrival"))
-        .filter(~Exists(handled))
-    )
-
-
-# --------------------------------------------------------------------------
-# Recipients and the email
-# --------------------------------------------------------------------------
-
-
-def _owner_email(institution: Institution) -> str:
-    owner = institution.account_owner
-    return owner.email if owner is not None and owner.is_active and owner.email else ""
-
-
-def _contacts(institution: Institution) -> list[Contact]:
-    contacts = getattr(institution, "reminder_contacts", None)
-    if contacts is None:
-        contacts = list(institution.contacts.filter(receives_reminders=True))
-    return contacts
-
-
-def reminder_recipients(*, institution: Institution) -> tuple[list[str], list[str]]:
-    """(to, cc): contacts who receive reminders, the account owner in copy.
-
-    Without such contacts the owner gets it as the addressee, so someone is
-    always told; ([], []) means nobody can be told.
-    """
-    to = [contact.email for contact in _contacts(institution)]
-    owner = _owner_email(institution)
-    if not to:
-        return ([owner], []) if owner else ([], [])
-    cc = [owner] if owner and owner.lower() not in {a.lower() for a in to} else []
-    return to, cc
-
-
-def admin_url(institution: Institution) -> str:
-    """The institution's page in the admin, or the admin index if it is not registered."""
-    try:
-        return settings.SITE_URL + reverse("admin:institutions_institution_change", args=[institution.pk])
-    except NoReverseMatch:
-        return settings.SITE_URL + "/admin/"
-
-
-def institution_today(institution: Institution, now: dt.datetime) -> dt.date:
-    """The date it is for the institution's readers: days in the email count from it."""
-    return now.astimezone(_zone(institution)).date()
-
-
-def expiry_phrase(days_left: int) -> str:
-    """ "expires in 14 days", "expires today", "expired 7 days ago" ..."""
-    if days_left > 1:
-        return f"expires in {days_left} days"
-    if days_left == 1:
-        return "expires tomorrow"
-    if days_left == 0:
-        return "expires today"
-    if days_left == -1:
-        return "expired yesterday"
-    return f"expired {-days_left} days ago"
-
-
-def expiry_calendar(*, credential: CD2Credential, now: dt.datetime) -> bytes:
-    """An .ics file with the expiry date as an all-day event and an alarm a week ahead.
-
-    The UID is stable per key, so a calendar updates the event instead of
-    adding one per reminder.
-    """
-    institution = credential.institution
-    host = urlsplit(settings.SITE_URL).hostname or "localhost"
-    calendar = icalendar.Calendar()
-    calendar.add("prodid", "-//EdPotential//CD2 key registry//EN")
-    calendar.add("version", "2.0")
-    calendar.add("method", "PUBLISH")
-    event = icalendar.Event()
-    event.add("uid", f"cd2-key-{credential.pk}@{host}")
-    event.add("dtstamp", now)
-    event.add("summary", f"Canvas Data 2 key for {institution.name} expires")
-    event.add("dtstart", credential.expires_on)
-    event.add("dtend", credential.expires_on + dt.timedelta(days=1))
-    event.add(
-        "description",
-        f"The Canvas Data 2 key {credential.hint} for {institution.name} expires on "
-        f"{credential.expires_on:%d %B %Y}. Create a new key at identity.instructure.com "
-        f"and hand it to EdPotential with the link from our reminder email before then.",
-    )
-    event.add("transp", "TRANSPARENT")
-    alarm = icalendar.Alarm()
-    alarm.add("action", "DISPLAY")
-    alarm.add("description", f"Canvas Data 2 key for {institution.name} expires in a week")
-    alarm.add("trigger", dt.timedelta(days=-7))
-    event.add_component(alarm)
-    calendar.add_component(event)
-    return calendar.to_ical()
-
-
-def _email_context(*, credential: CD2Credential, days_left: int, link_url: str, link_expires_at) -> dict:
-    institution = credential.institution
-    owner = institution.account_owner
+def _email_context(*, credential: CD2Credential, days_left: int, link_context: dict) -> dict:
     return {
-        "institution": institution,
+        **link_context,
         "credential": credential,
         "hint": credential.hint,
         "expires_on": credential.expires_on,
@@ -279,20 +106,7 @@ def _email_context(*, credential: CD2Credential, days_left: int, link_url: str, 
         "days_left_abs": abs(days_left),
         "expired": days_left < 0,
         "expiry_phrase": expiry_phrase(days_left),
-        "link_url": link_url,
-        "link_expires_at": link_expires_at,
-        "link_expires_on": timezone.localtime(link_expires_at, _zone(institution)).date(),
-        "owner": owner if owner is not None and _owner_email(institution) else None,
-        "key_name": settings.CD2_KEY_NAME,
-        "recommended_expiry": settings.CD2_RECOMMENDED_EXPIRY,
     }
-
-
-def _zone(institution: Institution) -> zoneinfo.ZoneInfo:
-    try:
-        return zoneinfo.ZoneInfo(institution.timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return zoneinfo.ZoneInfo("UTC")
 
 
 def _send_reminder_email(
@@ -316,18 +130,14 @@ def _send_reminder_email(
     new_link = submission_link_create(
         institution=institution, created_by=actor, reason="reminder" if actor is None else "reminder (manual)", now=now
     )
-    new_link.link.sent_to = ", ".join(recipients)
-    new_link.link.save(update_fields=["sent_to"])
+    submission_link_mark_sent(new_link=new_link, recipients=recipients)
     days_left = (credential.expires_on - today).days
-    context = _email_context(
-        credential=credential, days_left=days_left, link_url=new_link.url, link_expires_at=new_link.link.expires_at
-    )
-    owner = _owner_email(institution)
+    context = _email_context(credential=credential, days_left=days_left, link_context=new_link.context())
     message = build_email(
         "reminder",
         to=to,
         cc=cc,
-        reply_to=[owner] if owner else [],
+        reply_to=reply_to(institution),
         context=context,
         attachments=[
             (f"cd2-key-expiry-{institution.slug}.ics", expiry_calendar(credential=credential, now=now), "text/calendar")
@@ -346,7 +156,7 @@ def _tell_owner(*, credential: CD2Credential, to: list[str], today: dt.date, con
     in copy), so a failure here is logged, never retried into a duplicate.
     """
     institution = credential.institution
-    owner = _owner_email(institution)
+    owner = owner_email(institution)
     if not owner:
         return
     days_left = (credential.expires_on - today).days
@@ -367,24 +177,10 @@ def _tell_owner(*, credential: CD2Credential, to: list[str], today: dt.date, con
             connection.open()
         message.send(fail_silently=False)
     except SEND_ERRORS as exc:
-        _drop_connection(connection)
+        drop_connection(connection)
         logger.warning(
             "Owner note for reminder of key %s (%s) not sent: %s", credential.pk, institution.slug, type(exc).__name__
         )
-
-
-def _drop_connection(connection) -> None:
-    """Close a shared mail connection after a failed send, so the next send opens a fresh one.
-
-    A server that hung up leaves the backend holding a dead socket; without
-    this every later message of the page would fail on it too.
-    """
-    if connection is None:
-        return
-    try:
-        connection.close()
-    except SEND_ERRORS:
-        pass  # the SMTP backend forgets the socket even when QUIT fails
 
 
 # --------------------------------------------------------------------------
@@ -405,7 +201,7 @@ def _claim(*, credential: CD2Credential, threshold: int, now: dt.datetime, recip
     # WHERE re-checks that under the row lock, so of two runs one wins.
     taken = (
         ReminderLog.objects.filter(credential=credential, threshold=threshold)
-        .filter(_unsettled_claim(now))
+        .filter(unsettled_claim(now))
         .update(claimed_at=now, recipients=recipients)
     )
     if taken != 1:
@@ -427,7 +223,7 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
     existing = {log.threshold for log in (credential.reminders.all() if logs is None else logs)}
     missed = []
     for days_left in range(
-        min(days_at_arrival, max(_days_before(), default=0)), (credential.expires_on - today).days, -1
+        min(days_at_arrival, max(reminder_days_before(), default=0)), (credential.expires_on - today).days, -1
     ):
         threshold = reminder_step(days_left=days_left)
         if (
@@ -438,9 +234,14 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
             and not _came_due_before_arrival(credential, threshold)
         ):
             missed.append(threshold)
-    note = f"{SKIPPED_PREFIX} not sent on time; the run on {today:%d %B %Y} sent the {step}-day step instead."
+    note = f"Not sent on time; the run on {today:%d %B %Y} sent the {step}-day step instead."
     ReminderLog.objects.bulk_create(
-        [ReminderLog(credential=credential, threshold=t, claimed_at=now, last_error=note) for t in missed],
+        [
+            ReminderLog(
+                credential=credential, threshold=t, claimed_at=now, state=ReminderLog.State.SKIPPED, last_error=note
+            )
+            for t in missed
+        ],
         ignore_conflicts=True,
     )
     return len(missed)
@@ -450,8 +251,8 @@ def _record_failure(*, reminder_id: int, error: BaseException | str, now: dt.dat
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     changes = {"last_error": text[:500], "attempts": F("attempts") + 1, "claimed_at": now}
     if final:
-        changes["failed_at"] = now
-    ReminderLog.objects.filter(pk=reminder_id, sent_at__isnull=True).update(**changes)
+        changes.update(failed_at=now, state=ReminderLog.State.FAILED)
+    ReminderLog.objects.filter(pk=reminder_id, state=ReminderLog.State.CLAIMED).update(**changes)
 
 
 def reminder_deliver(
@@ -480,8 +281,7 @@ def reminder_deliver(
                 ReminderLog.objects.select_for_update(of=("self",))
                 .select_related("credential__institution__account_owner")
                 .defer(*secret_fields_of("credential"))
-                .filter(pk=reminder_id, sent_at__isnull=True, failed_at__isnull=True)
-                .exclude(last_error__startswith=SKIPPED_PREFIX)
+                .filter(pk=reminder_id, state=ReminderLog.State.CLAIMED)
                 .first()
             )
             if reminder is None:
@@ -490,28 +290,29 @@ def reminder_deliver(
             institution = credential.institution
             if credential.status != CD2Credential.Status.ACTIVE or not institution.is_served():
                 # A new key arrived (or the institution was paused) after the claim.
-                reminder.last_error = (
-                    f"{SKIPPED_PREFIX} the key is {credential.status}, institution {institution.status}."
-                )
-                reminder.save(update_fields=["last_error"])
+                reminder.state = ReminderLog.State.SKIPPED
+                reminder.last_error = f"Not sent: the key is {credential.status}, institution {institution.status}."
+                reminder.save(update_fields=["state", "last_error"])
                 return False
             local_today = today or institution_today(institution, now)
             if contacts is not None:
                 institution.reminder_contacts = contacts
             to, cc = reminder_recipients(institution=institution)
             if not to:
+                reminder.state = ReminderLog.State.FAILED
                 reminder.failed_at = now
                 reminder.last_error = "Nobody to send to: add a contact who receives reminders or an account owner."
-                reminder.save(update_fields=["failed_at", "last_error"])
+                reminder.save(update_fields=["state", "failed_at", "last_error"])
                 return False
             _send_reminder_email(
                 credential=credential, to=to, cc=cc, today=local_today, now=now, actor=actor, connection=connection
             )
+            reminder.state = ReminderLog.State.SENT
             reminder.sent_at = timezone.now()
             reminder.attempts += 1
             reminder.recipients = ", ".join([*to, *cc])
             reminder.last_error = ""
-            reminder.save(update_fields=["sent_at", "attempts", "recipients", "last_error"])
+            reminder.save(update_fields=["state", "sent_at", "attempts", "recipients", "last_error"])
     except SEND_ERRORS as exc:
         _record_failure(reminder_id=reminder_id, error=exc, now=now, final=False)
         logger.warning("Reminder %s not sent yet: %s", reminder_id, type(exc).__name__)
@@ -542,9 +343,7 @@ def reminder_mark_failed(*, reminder_id: int, error: BaseException | str, now: d
 
 
 def _queue_send(reminder_id: int) -> None:
-    from credentials.tasks import send_reminder
-
-    transaction.on_commit(lambda: send_reminder.delay(reminder_id))
+    jobs.job_enqueue_on_commit(jobs.SEND_REMINDER, args=(reminder_id,))
 
 
 def reminders_send_due(
@@ -596,7 +395,7 @@ def reminders_send_due(
                     credential, run=run, today=today, now=now, dry_run=dry_run, queue=queue, connection=connection
                 )
         finally:
-            _drop_connection(connection)
+            drop_connection(connection)
     logger.info(
         "Reminder run for %s%s: due=%s sent=%s queued=%s skipped=%s failed=%s",
         today,
@@ -646,17 +445,17 @@ def _handle_due(
             reminder_id=reminder.pk,
             today=today,
             now=now,
-            contacts=_contacts(institution),
+            contacts=getattr(institution, "reminder_contacts", None),
             connection=connection,
         )
     except SEND_ERRORS as exc:
-        _drop_connection(connection)
+        drop_connection(connection)
         reminder_mark_failed(reminder_id=reminder.pk, error=exc, now=now)
         run.failed += 1
         return
     if sent:
         run.sent += 1
-    elif ReminderLog.objects.filter(pk=reminder.pk, failed_at__isnull=False).exists():
+    elif ReminderLog.objects.filter(pk=reminder.pk, state=ReminderLog.State.FAILED).exists():
         run.failed += 1
 
 
@@ -685,11 +484,15 @@ def reminder_send_now(*, credential: CD2Credential, actor=None, now: dt.datetime
         reminder = _claim(credential=credential, threshold=step, now=now, recipients=recipients)
         if reminder is None:
             # Failed or fresh claims too: a person asked, so take it over.
-            ReminderLog.objects.filter(credential=credential, threshold=step, sent_at__isnull=True).update(
-                failed_at=None, last_error="", claimed_at=now, recipients=recipients
+            ReminderLog.objects.filter(credential=credential, threshold=step).exclude(
+                state=ReminderLog.State.SENT
+            ).update(
+                state=ReminderLog.State.CLAIMED, failed_at=None, last_error="", claimed_at=now, recipients=recipients
             )
             reminder = ReminderLog.objects.get(credential=credential, threshold=step)
-        if reminder.sent_at is None and reminder_deliver(reminder_id=reminder.pk, today=today, now=now, actor=actor):
+        if reminder.state == ReminderLog.State.CLAIMED and reminder_deliver(
+            reminder_id=reminder.pk, today=today, now=now, actor=actor
+        ):
             return SentReminder(recipients=tuple(to + cc), threshold=step, reminder=reminder)
     with transaction.atomic():
         _send_reminder_email(credential=credential, to=to, cc=cc, today=today, now=now, actor=actor)

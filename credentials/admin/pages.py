@@ -8,7 +8,6 @@ and never goes back into a form (password inputs do not render their value).
 from __future__ import annotations
 
 import logging
-import smtplib
 import time
 
 from django import forms
@@ -24,16 +23,26 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django.views.decorators.http import require_POST
 
 from credentials.models import AuditEvent, CD2Credential
-from credentials.selectors import local_today
-from credentials.services import audit_record
-from credentials.staff import (
+from credentials.notifications import SEND_ERRORS
+from credentials.selectors import current_key, local_today
+from credentials.services.audit import audit_record
+from credentials.services.links import submission_link_send
+from credentials.services.reminders import reminder_send_now
+from credentials.services.staff import (
+    ADD_KEY_PERMISSION,
+    CHECK_PERMISSION,
     MIN_REASON_LENGTH,
     REVEAL_PERMISSION,
+    REVOKE_PERMISSION,
+    SEND_LINK_PERMISSION,
+    SEND_REMINDER_PERMISSION,
     StaffActionRefused,
     credential_reveal,
     credential_revoke,
 )
-from edpotential.security import client_ip as trusted_client_ip
+from credentials.services.submission import Door, VerifyResult, credential_submit, credential_verify_pending
+from credentials.services.verification import credential_verify
+from edpotential.security import client_ip
 from institutions.models import Institution
 
 logger = logging.getLogger(__name__)
@@ -45,17 +54,6 @@ REAUTH_MAX_AGE_SECONDS = 5 * 60
 REAUTH_FAILURES_SESSION_KEY = "staff_reauth_failures"
 # After this many wrong passwords in a row the session is logged out.
 REAUTH_MAX_FAILURES = 5
-
-PERM_SEND_LINK = "credentials.add_submissionlink"
-PERM_SEND_REMINDER = "credentials.add_reminderlog"
-PERM_CHECK_KEY = "credentials.change_cd2credential"
-PERM_REVOKE_KEY = "credentials.change_cd2credential"
-PERM_ADD_KEY = "credentials.add_cd2credential"
-
-
-def client_ip(request: HttpRequest) -> str | None:
-    # One rule for the whole site (it knows whether a trusted proxy is in front).
-    return trusted_client_ip(request)
 
 
 def reauth_is_fresh(request: HttpRequest) -> bool:
@@ -72,11 +70,11 @@ def staff_actions(request: HttpRequest, institution: Institution | None = None) 
     """Which buttons this staff member may see: the admin hides what a role cannot do."""
     user = request.user
     return {
-        "can_send_link": user.has_perm(PERM_SEND_LINK),
-        "can_send_reminder": user.has_perm(PERM_SEND_REMINDER),
-        "can_check_key": user.has_perm(PERM_CHECK_KEY),
-        "can_revoke_key": user.has_perm(PERM_REVOKE_KEY),
-        "can_add_key": user.has_perm(PERM_ADD_KEY),
+        "can_send_link": user.has_perm(SEND_LINK_PERMISSION),
+        "can_send_reminder": user.has_perm(SEND_REMINDER_PERMISSION),
+        "can_check_key": user.has_perm(CHECK_PERMISSION),
+        "can_revoke_key": user.has_perm(REVOKE_PERMISSION),
+        "can_add_key": user.has_perm(ADD_KEY_PERMISSION),
     }
 
 
@@ -97,12 +95,7 @@ def _back(institution: Institution) -> HttpResponseRedirect:
 
 
 def _current_key(institution: Institution, *statuses: str) -> CD2Credential | None:
-    return (
-        CD2Credential.objects.without_secrets()
-        .filter(institution=institution, status__in=statuses)
-        .order_by("-submitted_at", "-pk")
-        .first()
-    )
+    return current_key(institution=institution, statuses=statuses)
 
 
 # --------------------------------------------------------------------------
@@ -112,10 +105,8 @@ def _current_key(institution: Institution, *statuses: str) -> CD2Credential | No
 
 @require_POST
 def send_link_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
-    from credentials.submission import submission_link_send
-
     institution = _institution(request, model_admin, object_id)
-    _require(request, PERM_SEND_LINK)
+    _require(request, SEND_LINK_PERMISSION)
     try:
         new_link = submission_link_send(institution=institution, created_by=request.user, ip_address=client_ip(request))
     except ValueError as exc:
@@ -131,10 +122,8 @@ def send_link_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
 
 @require_POST
 def send_reminder_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
-    from credentials.reminders import reminder_send_now
-
     institution = _institution(request, model_admin, object_id)
-    _require(request, PERM_SEND_REMINDER)
+    _require(request, SEND_REMINDER_PERMISSION)
     credential = _current_key(institution, CD2Credential.Status.ACTIVE)
     if credential is None:
         messages.error(request, "There is no active key to remind about. Send a submission link instead.")
@@ -143,7 +132,7 @@ def send_reminder_view(request: HttpRequest, model_admin, object_id) -> HttpResp
         sent = reminder_send_now(credential=credential, actor=request.user)
     except ValueError as exc:
         messages.error(request, str(exc))
-    except (smtplib.SMTPException, OSError) as exc:
+    except SEND_ERRORS as exc:
         logger.warning("Reminder for key %s not sent: %s", credential.pk, type(exc).__name__)
         messages.error(request, f"The mail server refused the reminder ({type(exc).__name__}). Try again later.")
     else:
@@ -153,14 +142,11 @@ def send_reminder_view(request: HttpRequest, model_admin, object_id) -> HttpResp
 
 @require_POST
 def check_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
-    from credentials.submission import VerifyResult, credential_verify_pending
-    from credentials.verification import credential_verify
-
     institution = _institution(request, model_admin, object_id)
-    _require(request, PERM_CHECK_KEY)
+    _require(request, CHECK_PERMISSION)
     active = _current_key(institution, CD2Credential.Status.ACTIVE)
     if active is not None:
-        result = credential_verify(credential_id=active.pk)
+        result = credential_verify(credential_id=active.pk, actor=request.user)
         if result is None:
             messages.warning(request, f"Key {active.hint} stopped being active meanwhile; nothing was checked.")
         else:
@@ -204,7 +190,7 @@ class ReasonForm(forms.Form):
 
 def revoke_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
     institution = _institution(request, model_admin, object_id)
-    _require(request, PERM_REVOKE_KEY)
+    _require(request, REVOKE_PERMISSION)
     credential = _current_key(institution, CD2Credential.Status.ACTIVE, CD2Credential.Status.PENDING_VERIFICATION)
     if credential is None:
         messages.error(request, "There is no active or pending key to revoke.")
@@ -262,19 +248,15 @@ class StaffKeyForm(forms.Form):
 
 @sensitive_post_parameters("client_id", "secret")
 def add_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
-    from credentials.submission import credential_add_by_staff
-
     institution = _institution(request, model_admin, object_id)
-    _require(request, PERM_ADD_KEY)
+    _require(request, ADD_KEY_PERMISSION)
     form = StaffKeyForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        outcome = credential_add_by_staff(
-            institution=institution,
+        outcome = credential_submit(
+            door=Door.staff(institution=institution, user=request.user, ip_address=client_ip(request)),
             client_id=form.cleaned_data["client_id"],
             secret=form.cleaned_data["secret"],
             expires_on=form.cleaned_data["expires_on"],
-            user=request.user,
-            ip_address=client_ip(request),
         )
         credential = outcome.credential
         if credential is not None:

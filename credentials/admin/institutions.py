@@ -1,3 +1,5 @@
+"""The institution list and page: the staff cockpit (key state, buttons, history, export)."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -11,21 +13,20 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 
-from credentials import admin_views
-from credentials.admin import ViewOnlyMixin
-from credentials.dashboard import DISPLAY_LABELS, failed_check_q, institutions_for_staff
+from credentials.admin import pages
+from credentials.admin.common import STAFF_CSS, ViewOnlyMixin, key_state_badge, link_state_badge
 from credentials.models import SECRET_FIELDS, CD2Credential, ReminderLog, SubmissionLink, secret_fields_of
-from credentials.selectors import KeyState
-from credentials.staff import EXPORT_PERMISSION, StaffActionRefused, institutions_export
+from credentials.notifications import expiry_phrase
+from credentials.selectors import KeyState, institutions_with_key_status
+from credentials.services.links import submission_link_send
+from credentials.services.staff import (
+    EXPORT_PERMISSION,
+    SEND_LINK_PERMISSION,
+    StaffActionRefused,
+    institutions_export,
+)
+from edpotential.security import client_ip
 from institutions.models import Contact, Institution
-
-STAFF_CSS = {"all": ("admin-extra/staff.css",)}
-
-
-def state_badge(state: str | None) -> str:
-    state = state or KeyState.MISSING
-    return format_html('<span class="key-badge key-badge--{}">{}</span>', state, DISPLAY_LABELS.get(state, state))
-
 
 # --------------------------------------------------------------------------
 # List filters
@@ -69,7 +70,7 @@ class KeyCheckFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         value = self.value()
         if value == "failing":
-            return queryset.filter(Q(key_state=KeyState.FAILING) | (Q(active_key_id__isnull=False) & failed_check_q()))
+            return queryset.filter(key_state=KeyState.FAILING)
         if value == "pending":
             return queryset.filter(key_state=KeyState.PENDING)
         if value == "never":
@@ -173,8 +174,7 @@ class SubmissionLinkInline(ReadOnlyInline):
 
     @admin.display(description="State")
     def state_badge(self, obj: SubmissionLink) -> str:
-        state = obj.state(timezone.now())
-        return format_html('<span class="link-state link-state--{}">{}</span>', state, state)
+        return link_state_badge(obj)
 
 
 # --------------------------------------------------------------------------
@@ -292,13 +292,13 @@ class InstitutionAdmin(admin.ModelAdmin):
         return super().get_queryset(request)
 
     def get_queryset(self, request):
-        return institutions_for_staff(queryset=self.plain_queryset(request))
+        return institutions_with_key_status(queryset=self.plain_queryset(request))
 
     # -- list columns -----------------------------------------------------
 
-    @admin.display(description="Key status", ordering="display_state")
+    @admin.display(description="Key status", ordering="key_state")
     def key_status(self, obj: Institution) -> str:
-        return state_badge(obj.display_state)
+        return key_state_badge(obj.key_state)
 
     @admin.display(description="Expires on", ordering="active_expires_on")
     def expires_on(self, obj: Institution):
@@ -327,18 +327,16 @@ class InstitutionAdmin(admin.ModelAdmin):
     def key_summary(self, obj: Institution) -> str:
         if obj.pk is None:
             return "—"
-        badge = state_badge(obj.display_state)
+        badge = key_state_badge(obj.key_state)
         if not obj.active_key_id:
             return badge
-        days = obj.days_left
-        left = f"{-days} days overdue" if days < 0 else ("expires today" if days == 0 else f"{days} days left")
         return format_html(
             '{} <a href="{}">{}</a> · expires {} ({}) · region {}',
             badge,
             reverse("admin:credentials_cd2credential_change", args=[obj.active_key_id]),
             obj.active_hint,
             f"{obj.active_expires_on:%d %b %Y}",
-            left,
+            expiry_phrase(obj.days_left),
             obj.active_region,
         )
 
@@ -356,19 +354,14 @@ class InstitutionAdmin(admin.ModelAdmin):
         def when(value):
             return f"{timezone.localtime(value):%d %b %Y %H:%M}" if value else "—"
 
-        def step(threshold: int) -> str:
-            if threshold > 0:
-                return f"{threshold} days before"
-            return "on the day" if threshold == 0 else f"{-threshold} days after"
-
         body = format_html_join(
             "",
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
                 (
                     r.credential.hint,
-                    step(r.threshold),
-                    when(r.sent_at) if r.sent_at else ("failed " + when(r.failed_at) if r.failed_at else "claimed"),
+                    r.step_label(),
+                    when(r.sent_at) if r.state == ReminderLog.State.SENT else r.get_state_display().lower(),
                     r.recipients or "—",
                     r.last_error or "",
                 )
@@ -392,20 +385,20 @@ class InstitutionAdmin(admin.ModelAdmin):
 
         prefix = f"{self.opts.app_label}_{self.opts.model_name}"
         return [
-            path("<path:object_id>/send-link/", wrap(admin_views.send_link_view), name=f"{prefix}_send_link"),
+            path("<path:object_id>/send-link/", wrap(pages.send_link_view), name=f"{prefix}_send_link"),
             path(
                 "<path:object_id>/send-reminder/",
-                wrap(admin_views.send_reminder_view),
+                wrap(pages.send_reminder_view),
                 name=f"{prefix}_send_reminder",
             ),
-            path("<path:object_id>/check-key/", wrap(admin_views.check_key_view), name=f"{prefix}_check_key"),
-            path("<path:object_id>/revoke-key/", wrap(admin_views.revoke_key_view), name=f"{prefix}_revoke_key"),
-            path("<path:object_id>/add-key/", wrap(admin_views.add_key_view), name=f"{prefix}_add_key"),
+            path("<path:object_id>/check-key/", wrap(pages.check_key_view), name=f"{prefix}_check_key"),
+            path("<path:object_id>/revoke-key/", wrap(pages.revoke_key_view), name=f"{prefix}_revoke_key"),
+            path("<path:object_id>/add-key/", wrap(pages.add_key_view), name=f"{prefix}_add_key"),
             *super().get_urls(),
         ]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        extra_context = {**(extra_context or {}), **admin_views.staff_actions(request)}
+        extra_context = {**(extra_context or {}), **pages.staff_actions(request)}
         return super().change_view(request, object_id, form_url, extra_context)
 
     # -- actions ----------------------------------------------------------
@@ -414,12 +407,12 @@ class InstitutionAdmin(admin.ModelAdmin):
         return request.user.has_perm(EXPORT_PERMISSION)
 
     def has_send_link_permission(self, request) -> bool:
-        return request.user.has_perm(admin_views.PERM_SEND_LINK)
+        return request.user.has_perm(SEND_LINK_PERMISSION)
 
     @admin.action(description="Export selected institutions to CSV (no secrets)", permissions=("export",))
     def export_csv(self, request, queryset):
         try:
-            body = institutions_export(queryset=queryset, actor=request.user, ip_address=admin_views.client_ip(request))
+            body = institutions_export(queryset=queryset, actor=request.user, ip_address=client_ip(request))
         except StaffActionRefused as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return None
@@ -431,14 +424,10 @@ class InstitutionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Send a submission link to the selected institutions", permissions=("send_link",))
     def send_submission_links(self, request, queryset):
-        from credentials.submission import submission_link_send
-
         sent, problems = 0, []
         for institution in queryset:
             try:
-                submission_link_send(
-                    institution=institution, created_by=request.user, ip_address=admin_views.client_ip(request)
-                )
+                submission_link_send(institution=institution, created_by=request.user, ip_address=client_ip(request))
             except ValueError as exc:
                 problems.append(f"{institution.name}: {exc}")
             else:

@@ -79,8 +79,7 @@ def staff_digest_build(*, today: dt.date | None = None) -> StaffDigest:
         "failed_reminders": _section(
             "Reminders that could not be sent",
             ReminderLog.objects.filter(
-                failed_at__isnull=False,
-                sent_at__isnull=True,
+                state=ReminderLog.State.FAILED,
                 credential__status=CD2Credential.Status.ACTIVE,
                 credential__institution__status__in=Institution.SERVED_STATUSES,
             )

@@ -11,15 +11,16 @@ import secrets
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
-from credentials.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET
+from credentials.cd2 import Verdict
 from credentials.models import CD2Credential
-from credentials.services import credential_create
+from credentials.services.keys import credential_create
 from credentials.validators import CleanKey
-from edpotential.security import demo_two_factor_enrol
+from devtools.demo import demo_two_factor_enrol
+from devtools.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET
 from institutions.models import Contact, Institution
 
 DEMO_USERNAME = "demo"
@@ -47,6 +48,9 @@ class Command(BaseCommand):
     help = "Load demo institutions, contacts and keys (idempotent), and a demo staff login."
 
     def handle(self, *args, **options) -> None:
+        if not settings.DEBUG:
+            # Demo users and keys (one of them public) have no place in production.
+            raise CommandError("load_demo_data only runs in development (DEBUG on); nothing was created.")
         owner = self._demo_staff()
         today = timezone.localdate()
         created = 0
@@ -92,13 +96,13 @@ class Command(BaseCommand):
                     key=key,
                     source=CD2Credential.Source.IMPORT,
                     status=CD2Credential.Status.ACTIVE,
-                    verification="demo data: not checked",
                     submitted_by="Demo data",
                 )
                 if key_status == "invalid":
                     credential.status = CD2Credential.Status.INVALID
+                    credential.last_verdict = Verdict.REJECTED.value
                     credential.last_verification = "rejected (401 AuthenticationError)"
-                    credential.save(update_fields=["status", "last_verification"])
+                    credential.save(update_fields=["status", "last_verdict", "last_verification"])
         self.stdout.write(
             f"Demo data: {created} institution(s) added, {len(DEMO_INSTITUTIONS) - created} already there."
         )
@@ -122,10 +126,7 @@ class Command(BaseCommand):
     def _demo_two_factor(self, user) -> None:
         # The admin asks for a one-time code too. In development the demo
         # login gets an authenticator device whose current code a
-        # DEBUG-only command prints; with DEBUG off nothing is enrolled.
-        if not settings.DEBUG:
-            self.stdout.write("Two-factor: enrol the demo login from the admin (TOTP devices).")
-            return
+        # DEBUG-only command prints.
         device = demo_two_factor_enrol(user=user)
         self.stdout.write(f"Two-factor code for the admin login: python manage.py totp_code {DEMO_USERNAME}")
         self.stdout.write(f"(or add this to an authenticator app: {device.config_url})")

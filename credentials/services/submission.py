@@ -1,7 +1,8 @@
-"""The customer submission flow: sending links, taking a key, checking it live.
+"""A key handed over: validate, check live against CD2, store; re-check later when CD2 could not answer.
 
-Every door (the public page, the admin, commands, Celery tasks) calls these
-functions. A key goes through `validate_key_input`, then the live check
+Both doors that take a key, a customer's submission link and staff entering
+a key in the admin, call `credential_submit` and differ only in the `Door`
+they pass (who hands the key over, and the link if any). A key goes through `validate_key_input`, then the live check
 against CD2 (`cd2.check_key_with_settings`), and only then is stored:
 
 - CD2 accepts it: stored as the active key, the link is used up.
@@ -9,7 +10,7 @@ against CD2 (`cd2.check_key_with_settings`), and only then is stored:
   the link still works, so the customer can correct it while the
   Instructure window is still open.
 - CD2 cannot answer (5xx, 429, timeout): stored as pending_verification and
-  checked again by `tasks.verify_pending_credential` with backoff, so a
+  checked again by the verify_pending_credential task with backoff, so a
   gateway outage never loses a key the customer will not see again.
 
 The Secret lives only in local variables here (marked sensitive for Django's
@@ -23,38 +24,40 @@ import enum
 import logging
 from dataclasses import dataclass, field
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
 from credentials.emails import send_email
 from credentials.models import AuditEvent, CD2Credential, SubmissionLink
-from credentials.selectors import local_today
-from credentials.services import (
-    NewLink,
-    audit_record,
+from credentials.notifications import (
+    contact_emails,
+    institution_today,
+    mail_owner,
+    owner_email,
+    reply_to,
+    unique_addresses,
+)
+from credentials.selectors import local_today, reminder_days_before
+from credentials.services import jobs
+from credentials.services.audit import audit_record
+from credentials.services.keys import (
     credential_activate,
+    credential_check_record,
     credential_create,
     credential_set_status,
-    submission_link_create,
-    submission_link_get,
 )
+from credentials.services.links import submission_link_create, submission_link_mark_sent
 from credentials.validators import CleanKey, validate_key_input
-from institutions.models import Contact, Institution
+from institutions.models import Institution
 
 logger = logging.getLogger(__name__)
 
 # The first re-check of a key the gateway could not check waits a minute:
 # an immediate retry would most likely meet the same outage.
 FIRST_RECHECK_SECONDS = 60
-# A pending key not checked for this long lost its re-check (broker down when
-# it was queued) or ran out of retries: the sweep queues another. Longer than
-# the longest backoff step, so a running retry chain is rarely doubled.
-PENDING_SWEEP_AFTER = dt.timedelta(hours=7)
 
 REJECTED_MESSAGE = (
     "Instructure did not accept this Client ID and Secret. Check that you copied the whole Client ID "
@@ -115,118 +118,53 @@ class SubmitOutcome:
         return self.credential is not None
 
 
-# --------------------------------------------------------------------------
-# Links
-# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Door:
+    """What a door supplies with a key: the institution, who hands it over, and the link if any.
 
-
-def institution_link_recipients(institution: Institution) -> list[str]:
-    """Addresses of the contacts who receive reminders and new links."""
-    emails = Contact.objects.filter(institution=institution, receives_reminders=True).values_list("email", flat=True)
-    return sorted({email.strip() for email in emails if email.strip()}, key=str.lower)
-
-
-def _owner_email(institution: Institution) -> str:
-    owner = institution.account_owner
-    return (owner.email or "").strip() if owner is not None else ""
-
-
-def _link_context(institution: Institution, new_link: NewLink) -> dict:
-    return {
-        "institution": institution,
-        "url": new_link.url,
-        "expires_at": new_link.link.expires_at,
-        "key_name": settings.CD2_KEY_NAME,
-        "recommended_expiry": settings.CD2_RECOMMENDED_EXPIRY,
-        "owner": institution.account_owner,
-    }
-
-
-def _mail_new_link(*, institution: Institution, new_link: NewLink, to: list[str], ip_address: str | None) -> None:
-    """Mail the link and note where it went; raises on SMTP errors (the caller's transaction rolls back)."""
-    owner = _owner_email(institution)
-    send_email("link", to=to, reply_to=[owner] if owner else [], context=_link_context(institution, new_link))
-    sent_to = ", ".join(to)
-    SubmissionLink.objects.filter(pk=new_link.link.pk).update(sent_to=sent_to)
-    new_link.link.sent_to = sent_to
-    AuditEvent.objects.filter(
-        kind=AuditEvent.Kind.LINK_CREATED, institution=institution, detail__link_id=new_link.link.pk
-    ).update(ip_address=ip_address or None)
-
-
-def submission_link_send(
-    *,
-    institution: Institution,
-    created_by=None,
-    days: int | None = None,
-    reason: str = "staff",
-    ip_address: str | None = None,
-) -> NewLink:
-    """Make a link and mail it to the institution's contacts who receive reminders.
-
-    Reply-To is the account owner, so a customer's question reaches a person.
-    Raises ValueError (with a message for staff) when there is nobody to
-    mail; the link is then not made. A mail error rolls the link back too.
+    Door.customer: the public page (the link names the institution and is
+    used up by the submission; the submitter gets a receipt). Door.staff: a
+    staff member entering a key a customer shared another way.
     """
-    recipients = institution_link_recipients(institution)
-    if not recipients:
-        raise ValueError(
-            f"{institution.name} has no contact who receives reminders, so there is nobody to send the link to. "
-            f"Add a contact (or tick “receives reminders” on one) and send again."
+
+    institution: Institution | None
+    source: str
+    link: SubmissionLink | None = None
+    user: object = None
+    submitted_by: str = ""
+    submitted_by_email: str = ""
+    ip_address: str | None = None
+
+    @classmethod
+    def customer(
+        cls, *, link: SubmissionLink | None, submitted_by: str, submitted_by_email: str, ip_address: str | None = None
+    ) -> Door:
+        return cls(
+            institution=link.institution if link is not None else None,
+            source=CD2Credential.Source.LINK,
+            link=link,
+            submitted_by=submitted_by.strip(),
+            submitted_by_email=submitted_by_email.strip(),
+            ip_address=ip_address,
         )
-    with transaction.atomic():
-        new_link = submission_link_create(institution=institution, created_by=created_by, days=days, reason=reason)
-        _mail_new_link(institution=institution, new_link=new_link, to=recipients, ip_address=ip_address)
-    logger.info(
-        "Submission link %s mailed to %d contact(s) of institution %s",
-        new_link.link.pk,
-        len(recipients),
-        institution.pk,
-    )
-    return new_link
 
-
-def submission_link_revoke(*, link: SubmissionLink, actor=None, now: dt.datetime | None = None) -> bool:
-    """Revoke a link that is not used or revoked yet; True if this call revoked it."""
-    now = now or timezone.now()
-    revoked = SubmissionLink.objects.filter(pk=link.pk, revoked_at__isnull=True, used_at__isnull=True).update(
-        revoked_at=now
-    )
-    if revoked:
-        link.revoked_at = now
-        audit_record(
-            kind=AuditEvent.Kind.LINK_REVOKED,
-            actor=actor,
-            actor_label="" if getattr(actor, "pk", None) else "system",
-            institution=link.institution,
-            detail={"link_id": link.pk},
+    @classmethod
+    def staff(cls, *, institution: Institution, user, ip_address: str | None = None) -> Door:
+        return cls(
+            institution=institution,
+            source=CD2Credential.Source.ADMIN,
+            user=user,
+            submitted_by=(user.get_full_name() or user.get_username()) if user else "",
+            submitted_by_email=(getattr(user, "email", "") or "") if user else "",
+            ip_address=ip_address,
         )
-    return bool(revoked)
 
+    @property
+    def by_link(self) -> bool:
+        return self.source == CD2Credential.Source.LINK
 
-def link_request(*, email: str, ip_address: str | None = None) -> None:
-    """ "Lost the link?": mail a fresh link to this address if it is a contact of a served institution.
-
-    Does the same, returns the same and logs the same whether or not the
-    address matched, so the page built on it reveals nothing. The link goes
-    only to the address asked for, never to the other contacts.
-    """
-    email = (email or "").strip()
-    if not email:
-        return
-    contacts = Contact.objects.select_related("institution", "institution__account_owner").filter(
-        email__iexact=email, institution__status__in=Institution.SERVED_STATUSES
-    )
-    for contact in contacts:
-        institution = contact.institution
-        with transaction.atomic():
-            new_link = submission_link_create(institution=institution, reason="request")
-            _mail_new_link(institution=institution, new_link=new_link, to=[contact.email], ip_address=ip_address)
-
-
-# --------------------------------------------------------------------------
-# Keys
-# --------------------------------------------------------------------------
+    def audit_who(self) -> dict:
+        return {"actor": self.user} if self.user is not None else {"actor_label": self.submitted_by_email}
 
 
 def _error_messages(exc: ValidationError) -> dict[str, list[str]]:
@@ -254,71 +192,56 @@ def _validate(*, client_id: str, secret: str, expires_on, today: dt.date | None)
         return SubmitOutcome(Result.INVALID, errors=_error_messages(exc))
 
 
-def _queue_recheck(credential_id: int) -> None:
-    from credentials.tasks import verify_pending_credential
+def _claim_link(link: SubmissionLink, now: dt.datetime) -> bool:
+    """Use the link up: a conditional UPDATE, so of several racing submissions exactly one wins."""
+    return (
+        SubmissionLink.objects.filter(
+            pk=link.pk, used_at__isnull=True, revoked_at__isnull=True, expires_at__gt=now
+        ).update(used_at=now)
+        == 1
+    )
 
+
+def _queue_recheck(credential_id: int) -> None:
     # robust: with the broker down the key is stored all the same and the
     # customer must see the receipt, not an error; the hourly sweep
-    # (pending_credentials_due) queues the re-check later.
-    def queue_recheck() -> None:
-        verify_pending_credential.apply_async((credential_id,), countdown=FIRST_RECHECK_SECONDS)
-
-    transaction.on_commit(queue_recheck, robust=True)
-
-
-def pending_credentials_due(*, now: dt.datetime | None = None) -> list[int]:
-    """Ids of pending keys not checked for PENDING_SWEEP_AFTER: their re-check was lost or gave up."""
-    cutoff = (now or timezone.now()) - PENDING_SWEEP_AFTER
-    return list(
-        CD2Credential.objects.filter(status=CD2Credential.Status.PENDING_VERIFICATION)
-        .filter(Q(last_verified_at__lt=cutoff) | Q(last_verified_at__isnull=True, submitted_at__lt=cutoff))
-        .order_by("pk")
-        .values_list("pk", flat=True)
+    # (selectors.pending_credentials_due) queues the re-check later.
+    jobs.job_enqueue_on_commit(
+        jobs.VERIFY_PENDING_CREDENTIAL, args=(credential_id,), countdown=FIRST_RECHECK_SECONDS, robust=True
     )
 
 
 @sensitive_variables("secret", "key", "client_id")
 def credential_submit(
-    *,
-    token: str = "",
-    link: SubmissionLink | None = None,
-    client_id: str,
-    secret: str,
-    expires_on,
-    submitted_by: str,
-    submitted_by_email: str,
-    ip_address: str | None = None,
-    today: dt.date | None = None,
+    *, door: Door, client_id: str, secret: str, expires_on, today: dt.date | None = None
 ) -> SubmitOutcome:
-    """Take a key from the public page: validate, check live, store, use up the link.
+    """Take a key through a door: validate, check live, store, use up the link (if any).
 
     The link is claimed with a conditional UPDATE (used_at IS NULL) in the
     same transaction that stores the key, so of several submissions racing
     on one link exactly one stores a key; the others get LINK_UNUSABLE.
-
-    A caller that has already looked the link up (the page) passes it as
-    `link` instead of the token; the claim re-checks it either way.
+    A refusal by CD2 stores nothing but is audited: staff can see a customer
+    struggling (or someone guessing).
     """
-    if link is None:
-        link = submission_link_get(token=token)
-    if link is None:
+    if door.institution is None:
         return SubmitOutcome(Result.LINK_UNUSABLE)
-    institution = link.institution
+    institution = door.institution
     key = _validate(client_id=client_id, secret=secret, expires_on=expires_on, today=today)
     if isinstance(key, SubmitOutcome):
         return key
 
     check = check_key_with_settings(client_id=key.client_id, secret=key.secret)
-    detail = {"link_id": link.pk, "hint": key.hint, "check": check.summary, "outcome": check.verdict.value}
+    detail = {"hint": key.hint, "check": check.summary, "outcome": check.verdict.value}
+    if door.link is not None:
+        detail["link_id"] = door.link.pk
     if check.verdict in (Verdict.REJECTED, Verdict.FORBIDDEN):
-        # Not stored, but recorded: staff can see a customer struggling (or someone guessing).
         audit_record(
             kind=AuditEvent.Kind.SUBMISSION,
-            actor_label=submitted_by_email,
             institution=institution,
-            ip_address=ip_address,
+            ip_address=door.ip_address,
             reason="Refused by Canvas Data 2; nothing stored.",
             detail=detail,
+            **door.audit_who(),
         )
         logger.info("Key submission for institution %s refused by CD2: %s", institution.pk, check.summary)
         return _refusal(check)
@@ -326,88 +249,45 @@ def credential_submit(
     status = CD2Credential.Status.ACTIVE if check.verdict is Verdict.OK else CD2Credential.Status.PENDING_VERIFICATION
     now = timezone.now()
     with transaction.atomic():
-        claimed = SubmissionLink.objects.filter(
-            pk=link.pk, used_at__isnull=True, revoked_at__isnull=True, expires_at__gt=now
-        ).update(used_at=now)
-        if claimed != 1:
+        if door.link is not None and not _claim_link(door.link, now):
             return SubmitOutcome(Result.LINK_UNUSABLE)
         credential = credential_create(
             institution=institution,
             key=key,
-            source=CD2Credential.Source.LINK,
+            source=door.source,
             status=status,
-            verification=check.summary,
-            submitted_by=submitted_by.strip(),
-            submitted_by_email=submitted_by_email.strip(),
-            submission_link=link,
+            check=check,
+            submitted_by=door.submitted_by,
+            submitted_by_email=door.submitted_by_email,
+            created_by=door.user,
+            submission_link=door.link,
             now=now,
         )
+        if status == CD2Credential.Status.ACTIVE:
+            reason = "Checked and active."
+        else:
+            reason = "CD2 unavailable; pending."
         audit_record(
             kind=AuditEvent.Kind.SUBMISSION,
-            actor_label=submitted_by_email,
             credential=credential,
-            ip_address=ip_address,
-            reason="Checked and active." if status == CD2Credential.Status.ACTIVE else "CD2 unavailable; pending.",
+            ip_address=door.ip_address,
+            reason=reason if door.by_link else f"Entered by staff. {reason}",
             detail=detail,
+            **door.audit_who(),
         )
-        audit_record(
-            kind=AuditEvent.Kind.LINK_USED,
-            actor_label=submitted_by_email,
-            credential=credential,
-            ip_address=ip_address,
-            detail={"link_id": link.pk},
-        )
-        _after_commit_send_receipt(credential.pk)
+        if door.link is not None:
+            audit_record(
+                kind=AuditEvent.Kind.LINK_USED,
+                credential=credential,
+                ip_address=door.ip_address,
+                detail={"link_id": door.link.pk},
+                **door.audit_who(),
+            )
+        if door.by_link:
+            _after_commit_send_receipt(credential.pk)
         if status == CD2Credential.Status.PENDING_VERIFICATION:
             _queue_recheck(credential.pk)
     logger.info("Key %s stored for institution %s as %s (%s)", credential.pk, institution.pk, status, check.summary)
-    return SubmitOutcome(
-        Result.ACCEPTED if status == CD2Credential.Status.ACTIVE else Result.PENDING,
-        credential=credential,
-        check=check,
-    )
-
-
-@sensitive_variables("secret", "key", "client_id")
-def credential_add_by_staff(
-    *,
-    institution: Institution,
-    client_id: str,
-    secret: str,
-    expires_on,
-    user,
-    ip_address: str | None = None,
-    today: dt.date | None = None,
-) -> SubmitOutcome:
-    """A key staff received another way: the same validation and live check, source admin."""
-    key = _validate(client_id=client_id, secret=secret, expires_on=expires_on, today=today)
-    if isinstance(key, SubmitOutcome):
-        return key
-    check = check_key_with_settings(client_id=key.client_id, secret=key.secret)
-    if check.verdict in (Verdict.REJECTED, Verdict.FORBIDDEN):
-        return _refusal(check)
-    status = CD2Credential.Status.ACTIVE if check.verdict is Verdict.OK else CD2Credential.Status.PENDING_VERIFICATION
-    with transaction.atomic():
-        credential = credential_create(
-            institution=institution,
-            key=key,
-            source=CD2Credential.Source.ADMIN,
-            status=status,
-            verification=check.summary,
-            submitted_by=(user.get_full_name() or user.get_username()) if user else "",
-            submitted_by_email=getattr(user, "email", "") or "",
-            created_by=user,
-        )
-        audit_record(
-            kind=AuditEvent.Kind.SUBMISSION,
-            actor=user,
-            credential=credential,
-            ip_address=ip_address,
-            reason="Entered by staff.",
-            detail={"hint": key.hint, "check": check.summary, "outcome": check.verdict.value},
-        )
-        if status == CD2Credential.Status.PENDING_VERIFICATION:
-            _queue_recheck(credential.pk)
     return SubmitOutcome(
         Result.ACCEPTED if status == CD2Credential.Status.ACTIVE else Result.PENDING,
         credential=credential,
@@ -449,10 +329,7 @@ def credential_verify_pending(*, credential_id: int) -> str:
         )
         if locked is None:
             return VerifyResult.SKIPPED
-        locked.verification_attempts += 1
-        locked.last_verified_at = now
-        locked.last_verification = check.summary[:200]
-        locked.save(update_fields=["verification_attempts", "last_verified_at", "last_verification"])
+        locked.save(update_fields=credential_check_record(credential=locked, check=check, now=now, count_attempt=True))
 
         # Maintenance is a 403 but passes: not a reason to throw the key away.
         if check.verdict is Verdict.UNAVAILABLE or check.error_type == "AccountUnderMaintenance":
@@ -476,7 +353,7 @@ def _activate_checked(credential: CD2Credential, check: CheckResult, now: dt.dat
             status_reason="A newer key became active before this one could be checked.",
         )
         return VerifyResult.SUPERSEDED
-    credential_activate(credential=credential, verification=check.summary, now=now)
+    credential_activate(credential=credential, now=now)
     audit_record(
         kind=AuditEvent.Kind.SUBMISSION,
         actor_label="system (re-check)",
@@ -502,9 +379,9 @@ def _invalidate_checked(credential: CD2Credential, check: CheckResult) -> str:
         reason="Refused by Canvas Data 2 when checked after an outage.",
         detail={"hint": credential.hint, "check": check.summary},
     )
-    recipients = _unique([credential.submitted_by_email, _owner_email(institution)])
+    recipients = unique_addresses([credential.submitted_by_email, owner_email(institution)])
     if not recipients:
-        recipients = institution_link_recipients(institution)
+        recipients = contact_emails(institution)
     if not recipients:
         logger.warning("Key %s refused on re-check; nobody to mail for institution %s", credential.pk, institution.pk)
         return VerifyResult.INVALID
@@ -514,30 +391,19 @@ def _invalidate_checked(credential: CD2Credential, check: CheckResult) -> str:
     else:
         reason = _FORBIDDEN_REASONS.get(check.error_type or "", "Canvas Data 2 is not enabled for your account")
         message = RECHECK_FORBIDDEN_MESSAGE.format(reason=reason)
-    owner = _owner_email(institution)
     send_email(
         "submission-rejected",
         to=recipients,
-        reply_to=[owner] if owner else [],
+        reply_to=reply_to(institution),
         context={
-            **_link_context(institution, new_link),
+            **new_link.context(),
             "credential": credential,
             "message": message,
             "rejected": check.verdict is Verdict.REJECTED,
         },
     )
-    sent_to = ", ".join(recipients)
-    SubmissionLink.objects.filter(pk=new_link.link.pk).update(sent_to=sent_to)
+    submission_link_mark_sent(new_link=new_link, recipients=recipients)
     return VerifyResult.INVALID
-
-
-def _unique(addresses: list[str]) -> list[str]:
-    seen: dict[str, str] = {}
-    for address in addresses:
-        address = (address or "").strip()
-        if address and address.lower() not in seen:
-            seen[address.lower()] = address
-    return list(seen.values())
 
 
 # --------------------------------------------------------------------------
@@ -547,7 +413,7 @@ def _unique(addresses: list[str]) -> list[str]:
 
 def reminder_dates(expires_on: dt.date, *, today: dt.date) -> list[dt.date]:
     """The dates the expiry reminders for a key will go out, soonest first (future ones only)."""
-    dates = {expires_on - dt.timedelta(days=days) for days in settings.REMINDER_DAYS_BEFORE}
+    dates = {expires_on - dt.timedelta(days=days) for days in reminder_days_before()}
     return sorted(day for day in dates if day > today)
 
 
@@ -557,8 +423,8 @@ def receipt_context(credential: CD2Credential) -> dict:
         "credential": credential,
         "institution": institution,
         "pending": credential.status == CD2Credential.Status.PENDING_VERIFICATION,
-        "reminder_dates": reminder_dates(credential.expires_on, today=local_today()),
-        "owner": institution.account_owner,
+        "reminder_dates": reminder_dates(credential.expires_on, today=institution_today(institution, timezone.now())),
+        "owner": mail_owner(institution),
     }
 
 
@@ -585,12 +451,13 @@ def receipt_send(*, credential_id: int) -> None:
     )
     if credential is None:
         return
-    owner = _owner_email(credential.institution)
-    to = _unique([credential.submitted_by_email]) or _unique([owner])
+    institution = credential.institution
+    owner = owner_email(institution)
+    to = unique_addresses([credential.submitted_by_email]) or unique_addresses([owner])
     if not to:
         return
-    cc = [address for address in _unique([owner]) if address.lower() not in {t.lower() for t in to}]
+    cc = [address for address in unique_addresses([owner]) if address.lower() not in {t.lower() for t in to}]
     try:
-        send_email("receipt", to=to, cc=cc, reply_to=[owner] if owner else [], context=receipt_context(credential))
+        send_email("receipt", to=to, cc=cc, reply_to=reply_to(institution), context=receipt_context(credential))
     except Exception as exc:  # any mail failure: the key is stored either way
         logger.warning("Receipt for key %s not sent: %s", credential_id, type(exc).__name__)

@@ -1,45 +1,21 @@
+"""Admin pages of keys, submission links, reminders and the audit log: read-only, written by services."""
+
 from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
 
-from credentials import admin_views
+from credentials.admin import pages
+from credentials.admin.common import STAFF_CSS, ViewOnlyAdmin, link_state_badge
 from credentials.models import SECRET_FIELDS, AuditEvent, CD2Credential, ReminderLog, SubmissionLink, secret_fields_of
-from credentials.staff import REVEAL_PERMISSION
-
-STAFF_CSS = {"all": ("admin-extra/staff.css",)}
-
-# Five models fit in the breadcrumbs and the index; the institution list
-# needs the width of the sidebar more than staff need the sidebar.
-admin.site.enable_nav_sidebar = False
-
-
-class ViewOnlyMixin:
-    """Rows written only by services: nobody edits or deletes them here, superusers included."""
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
-class ViewOnlyAdmin(ViewOnlyMixin, admin.ModelAdmin):
-    def get_actions(self, request):
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)
-        return actions
+from credentials.services.staff import REVEAL_PERMISSION
 
 
 @admin.register(CD2Credential)
 class CD2CredentialAdmin(ViewOnlyAdmin):
     # Only non-secret columns: the list and the page never decrypt (see get_queryset).
-    list_display = ("hint", "institution", "status", "expires_on", "source", "submitted_at", "last_verification")
+    list_display = ("hint", "institution", "status", "expires_on", "source", "submitted_at", "last_verdict")
     list_filter = ("status", "source", "region", "key_type")
     list_select_related = ("institution",)
     search_fields = ("institution__name", "institution__slug", "hint")
@@ -49,7 +25,7 @@ class CD2CredentialAdmin(ViewOnlyAdmin):
         ("Status", {"fields": ("status", "status_changed_at", "status_reason")}),
         (
             "Check against CD2",
-            {"fields": ("last_verified_at", "last_verification", "verification_attempts")},
+            {"fields": ("last_verified_at", "last_verdict", "last_verification", "verification_attempts")},
         ),
         (
             "Where it came from",
@@ -84,7 +60,7 @@ class CD2CredentialAdmin(ViewOnlyAdmin):
 
     def get_urls(self):
         def reveal(request, object_id):
-            return admin_views.reveal_view(request, self, object_id)
+            return pages.reveal_view(request, self, object_id)
 
         prefix = f"{self.opts.app_label}_{self.opts.model_name}"
         return [
@@ -109,8 +85,7 @@ class SubmissionLinkAdmin(ViewOnlyAdmin):
 
     @admin.display(description="State")
     def state_display(self, obj: SubmissionLink) -> str:
-        state = obj.state(timezone.now())
-        return format_html('<span class="link-state link-state--{}">{}</span>', state, state)
+        return link_state_badge(obj)
 
     class Media:
         css = STAFF_CSS
@@ -118,10 +93,20 @@ class SubmissionLinkAdmin(ViewOnlyAdmin):
 
 @admin.register(ReminderLog)
 class ReminderLogAdmin(ViewOnlyAdmin):
-    list_display = ("credential", "institution", "threshold", "claimed_at", "sent_at", "failed_at", "attempts")
-    list_filter = ("threshold", ("claimed_at", admin.DateFieldListFilter))
+    list_display = ("credential", "institution", "step", "state", "claimed_at", "sent_at", "failed_at", "attempts")
+    list_filter = ("state", "threshold", ("claimed_at", admin.DateFieldListFilter))
     search_fields = ("credential__institution__name", "recipients")
-    fields = ("credential", "threshold", "claimed_at", "sent_at", "failed_at", "attempts", "last_error", "recipients")
+    fields = (
+        "credential",
+        "threshold",
+        "state",
+        "claimed_at",
+        "sent_at",
+        "failed_at",
+        "attempts",
+        "last_error",
+        "recipients",
+    )
     readonly_fields = fields
 
     def get_queryset(self, request):
@@ -135,6 +120,10 @@ class ReminderLogAdmin(ViewOnlyAdmin):
     @admin.display(description="Institution", ordering="credential__institution__name")
     def institution(self, obj: ReminderLog):
         return obj.credential.institution
+
+    @admin.display(description="Step", ordering="threshold")
+    def step(self, obj: ReminderLog) -> str:
+        return obj.step_label()
 
 
 @admin.register(AuditEvent)

@@ -1,6 +1,6 @@
-"""What staff see at a glance: the institution list's state column and the admin index dashboard.
+"""The admin index dashboard: keys per state, expiries per month, latest submissions, failing checks.
 
-Everything is counted in SQL; nothing here reads an encrypted column.
+Everything is counted in SQL (selectors); nothing here reads an encrypted column.
 """
 
 from __future__ import annotations
@@ -8,51 +8,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from django.db.models import Case, CharField, Count, F, Q, Value, When
+from django.db.models import Count
 from django.db.models.functions import TruncMonth
 
 from credentials.models import CD2Credential
-from credentials.selectors import KeyState, local_today
+from credentials.selectors import KeyState, institutions_with_key_status, local_today
 from institutions.models import Institution
-
-# A check that ended with one of these says the key itself is bad; an
-# "unavailable" check says nothing about the key (the gateway was down).
-FAILED_CHECK_PREFIXES = ("rejected", "forbidden")
-
-DISPLAY_STATES = (
-    (KeyState.OK, "Active"),
-    (KeyState.EXPIRING, "Expiring"),
-    (KeyState.EXPIRED, "Expired"),
-    (KeyState.FAILING, "Failing check"),
-    (KeyState.PENDING, "Pending check"),
-    (KeyState.MISSING, "Missing"),
-)
-DISPLAY_LABELS = dict(DISPLAY_STATES)
-
-
-def failed_check_q(prefix: str = "active_last_verification") -> Q:
-    q = Q()
-    for word in FAILED_CHECK_PREFIXES:
-        q |= Q(**{f"{prefix}__startswith": word})
-    return q
-
-
-def institutions_for_staff(*, queryset=None, today: dt.date | None = None):
-    """Institutions with key status (selectors) plus display_state.
-
-    display_state is key_state, except that an active key whose last check
-    was rejected or forbidden shows as failing: the key still counts as
-    active, but staff must see that the pipeline will fail with it.
-    """
-    queryset = Institution.objects.all() if queryset is None else queryset
-    qs = queryset.with_key_status(today=today)
-    return qs.annotate(
-        display_state=Case(
-            When(Q(active_key_id__isnull=False) & failed_check_q(), then=Value(KeyState.FAILING)),
-            default=F("key_state"),
-            output_field=CharField(),
-        )
-    )
 
 
 @dataclass(frozen=True)
@@ -143,18 +104,18 @@ def dashboard_context(*, today: dt.date | None = None, latest: int = 8) -> dict:
     today = today or local_today()
     served = Institution.objects.filter(status__in=Institution.SERVED_STATUSES)
     counted = dict(
-        institutions_for_staff(queryset=served, today=today)
-        .values_list("display_state")
+        institutions_with_key_status(queryset=served, today=today)
+        .values_list("key_state")
         .annotate(n=Count("pk"))
-        .values_list("display_state", "n")
+        .values_list("key_state", "n")
         .order_by()
     )
-    counts = [{"state": state, "label": label, "count": counted.get(state, 0)} for state, label in DISPLAY_STATES]
+    counts = [{"state": state, "label": label, "count": counted.get(state, 0)} for state, label in KeyState.choices]
     keys = CD2Credential.objects.without_secrets().select_related("institution")
     latest_submissions = list(keys.order_by("-submitted_at", "-pk")[:latest])
     failing = list(
-        institutions_for_staff(queryset=served, today=today)
-        .filter(display_state=KeyState.FAILING)
+        institutions_with_key_status(queryset=served, today=today)
+        .filter(key_state=KeyState.FAILING)
         .order_by("name")[:latest]
     )
     return {

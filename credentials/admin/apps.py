@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django.contrib.admin.apps import AdminConfig
+
+
+class StaffAdminConfig(AdminConfig):
+    """django.contrib.admin with the staff site (two-factor, branding, dashboard) as the default site.
+
+    In INSTALLED_APPS instead of "django.contrib.admin".
+    """
+
+    default_site = "credentials.admin.site.StaffAdminSite"
+
+    def ready(self) -> None:
+        super().ready()  # autodiscovery: every app's admin module, on the staff site
+        from credentials.admin import institutions, keys  # noqa: F401  (see credentials/admin/__init__.py)

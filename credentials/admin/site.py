@@ -1,0 +1,120 @@
+"""The staff site: the admin with a second factor, our branding and the dashboard on its index.
+
+Set as Django's default site by `credentials.apps.StaffAdminConfig` (in
+INSTALLED_APPS instead of "django.contrib.admin"), so every `@admin.register`
+lands on it and no code patches `admin.site` at run time.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth.signals import user_login_failed
+from django.core.exceptions import PermissionDenied
+from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
+from django_otp.plugins.otp_static.models import StaticDevice
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from credentials.admin.dashboard import dashboard_context
+
+DASHBOARD_PERMISSION = "institutions.view_institution"
+
+
+class StaffLoginForm(OTPAdminAuthenticationForm):
+    """The admin login: username, password and a code from the authenticator app or a recovery code.
+
+    django-otp asks the user to pick a device first; with one authenticator
+    and one set of recovery codes per person, the code's shape says which:
+    six digits are an authenticator code, anything else a recovery code.
+    """
+
+    def _verify_token(self, user, token, device=None):
+        if device is None:
+            token = (token or "").strip()
+            if token.isdigit() and len(token) == 6:
+                device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
+            else:
+                device = StaticDevice.objects.filter(user=user, confirmed=True).first()
+        return super()._verify_token(user, token, device)
+
+    def _update_form(self, user):
+        super()._update_form(user)
+        # django-otp renders the password back into the page after a failed
+        # code so it need not be retyped; a password has no place in HTML.
+        self.fields["password"].widget.render_value = False
+        choices = list(self.fields["otp_device"].widget.choices)
+        if choices and choices[0][0] == "":
+            choices[0] = ("", "Any (six digits: authenticator app; otherwise: recovery code)")
+            self.fields["otp_device"].widget.choices = choices
+
+    def clean_otp(self, user):
+        try:
+            super().clean_otp(user)
+        except forms.ValidationError:
+            if user is not None:
+                # The password was right but the code missing or wrong: a
+                # failed sign-in all the same, audited and counted toward
+                # the axes lockout (which listens to user_login_failed).
+                user_login_failed.send(
+                    sender=__name__,
+                    credentials={"username": user.get_username()},
+                    request=self.request,
+                    reason="wrong or missing one-time code",
+                )
+            raise
+
+
+class EnrolmentOnlyMixin:
+    """For django-otp's authenticator admin: a seed (QR code) is shown only during enrolment.
+
+    Enrolment: a superuser adds a device for a colleague, unticked
+    "confirmed"; the colleague scans the QR code; the superuser ticks
+    "confirmed". From then on the seed is never shown again, so nobody with
+    admin access can copy a colleague's second factor later.
+    """
+
+    def _refuse_confirmed(self, pk) -> None:
+        if TOTPDevice.objects.filter(pk=pk, confirmed=True).exists():
+            raise PermissionDenied("This device is confirmed: its seed is no longer shown.")
+
+    def config_view(self, request, pk):
+        self._refuse_confirmed(pk)
+        return super().config_view(request, pk)
+
+    def qrcode_view(self, request, pk):
+        self._refuse_confirmed(pk)
+        return super().qrcode_view(request, pk)
+
+
+class StaffAdminSite(OTPAdminSite):
+    """Every page needs a password and a verified one-time code (OTPAdminSite); the index is the dashboard."""
+
+    site_header = "CD2 key registry"
+    site_title = "CD2 key registry"
+    index_title = "Dashboard"
+    login_form = StaffLoginForm
+    login_template = "security/admin_login.html"
+    # A handful of models fit in the breadcrumbs and the index; the institution
+    # list needs the width of the sidebar more than staff need the sidebar.
+    enable_nav_sidebar = False
+
+    def __init__(self, name: str = "admin") -> None:
+        super().__init__(name)
+
+    def register(self, model_or_iterable, admin_class=None, **options):
+        # django-otp's apps register their device admins on the default site
+        # as they load (importing django-otp's admin module here would be
+        # an import circle); the authenticator's admin gets the mixin that
+        # never shows a confirmed seed.
+        if (
+            model_or_iterable is TOTPDevice
+            and admin_class is not None
+            and not issubclass(admin_class, EnrolmentOnlyMixin)
+        ):
+            admin_class = type(f"EnrolmentOnly{admin_class.__name__}", (EnrolmentOnlyMixin, admin_class), {})
+        return super().register(model_or_iterable, admin_class, **options)
+
+    def index(self, request, extra_context=None):
+        extra_context = dict(extra_context or {})
+        if request.user.has_perm(DASHBOARD_PERMISSION):
+            extra_context.update(dashboard_context(), show_dashboard=True)
+        return super().index(request, extra_context)

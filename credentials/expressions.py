@@ -1,0 +1,61 @@
+"""SQL expressions for dates and expiry, shared by models and selectors.
+
+Kept apart so the models can annotate their own querysets without importing
+the selectors (which import the models).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Case, Q, Value, When
+
+
+class ExpiryState(models.TextChoices):
+    OK = "ok", "OK"
+    EXPIRING = "expiring", "Expiring"
+    EXPIRED = "expired", "Expired"
+    MISSING = "missing", "Missing"
+
+
+class DaysBetween(models.Func):
+    """Whole days from one date expression to another (later minus earlier), on every backend."""
+
+    output_field = models.IntegerField()
+
+    def as_postgresql(self, compiler, connection, **extra):
+        # date - date is an integer number of days in PostgreSQL.
+        return self.as_sql(compiler, connection, template="(%(expressions)s)", arg_joiner=" - ", **extra)
+
+    def as_sqlite(self, compiler, connection, **extra):
+        return self.as_sql(
+            compiler,
+            connection,
+            template="CAST(julianday(%(expressions)s) AS INTEGER)",
+            arg_joiner=") - julianday(",
+            **extra,
+        )
+
+
+class DaysUntil(DaysBetween):
+    """Whole days from `today` to a date column."""
+
+    def __init__(self, expression, today: dt.date):
+        super().__init__(expression, Value(today, output_field=models.DateField()))
+
+
+def expiry_state_case(*, field: str, today: dt.date, missing_when: Q | None = None) -> Case:
+    """ExpiryState of the date in `field`: expired before today, expiring within CD2_EXPIRING_DAYS."""
+    whens = []
+    if missing_when is not None:
+        whens.append(When(missing_when, then=Value(ExpiryState.MISSING)))
+    whens += [
+        When(**{f"{field}__lt": today}, then=Value(ExpiryState.EXPIRED)),
+        When(
+            **{f"{field}__lte": today + dt.timedelta(days=settings.CD2_EXPIRING_DAYS)},
+            then=Value(ExpiryState.EXPIRING),
+        ),
+    ]
+    return Case(*whens, default=Value(ExpiryState.OK), output_field=models.CharField())

@@ -1,0 +1,69 @@
+"""The audit log: one function appends to it, and nothing edits or deletes an event."""
+
+from __future__ import annotations
+
+from credentials.models import AuditEvent, CD2Credential
+from edpotential.security import client_ip
+from institutions.models import Institution
+
+
+def audit_record(
+    *,
+    kind: str,
+    actor=None,
+    actor_label: str = "",
+    institution: Institution | None = None,
+    credential: CD2Credential | None = None,
+    ip_address: str | None = None,
+    reason: str = "",
+    detail: dict | None = None,
+) -> AuditEvent:
+    """Append one audit event. `detail` must never hold a secret or a full Client ID."""
+    if credential is not None and institution is None:
+        institution = credential.institution
+    return AuditEvent.objects.create(
+        kind=kind,
+        actor=actor if getattr(actor, "pk", None) else None,
+        actor_label=actor_label[:254],
+        institution=institution,
+        credential=credential,
+        ip_address=ip_address or None,
+        reason=reason,
+        detail=detail or {},
+    )
+
+
+# --------------------------------------------------------------------------
+# Sign-ins (connected to Django's auth signals in CredentialsConfig.ready)
+# --------------------------------------------------------------------------
+
+
+def _is_web_request(request) -> bool:
+    # The test client's force_login() and login() build a bare HttpRequest
+    # with no method: that is not somebody signing in.
+    return request is not None and getattr(request, "method", None) is not None
+
+
+def audit_login(sender, request, user, **kwargs) -> None:
+    if not _is_web_request(request):
+        return
+    device = getattr(user, "otp_device", None)
+    audit_record(
+        kind=AuditEvent.Kind.LOGIN,
+        actor=user,
+        ip_address=client_ip(request),
+        detail={"second_factor": type(device).__name__ if device else None},
+    )
+
+
+def audit_login_failed(sender, credentials, request=None, **kwargs) -> None:
+    if not _is_web_request(request):
+        return
+    username = str((credentials or {}).get("username", ""))[:150]
+    audit_record(
+        kind=AuditEvent.Kind.LOGIN_FAILED,
+        actor_label=username,
+        ip_address=client_ip(request),
+        reason=kwargs.get("reason", "wrong username or password"),
+        detail={"locked_out": bool(getattr(request, "axes_locked_out", False))},
+    )

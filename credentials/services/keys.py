@@ -1,0 +1,142 @@
+"""Keys: store one, make it the active key, record a check against CD2, end it.
+
+A key is never edited in place: a new key supersedes the old one, which stays
+as history. `credential_check_record` is the one writer of a check's result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from credentials.cd2 import CheckResult, Verdict
+from credentials.models import CD2Credential, SubmissionLink
+from credentials.validators import CleanKey
+from institutions.models import Institution
+
+# The width of CD2Credential.last_verification.
+CHECK_TEXT_LENGTH = 200
+
+
+def credential_check_record(
+    *, credential: CD2Credential, check: CheckResult, now: dt.datetime, count_attempt: bool = False
+) -> list[str]:
+    """Write what a check found onto `credential` (verdict, words, when); returns the fields to save.
+
+    The caller saves them (in its own transaction, often with other fields).
+    Only rejected and forbidden are verdicts on the key; the caller decides
+    what they do to its status. A gateway that could not answer leaves
+    last_verified_at (the last time the gateway said anything about the key)
+    alone, except for the attempts at a pending key (count_attempt), whose
+    time the sweep for lost re-checks reads.
+    """
+    credential.last_verdict = check.verdict.value
+    fields = ["last_verdict", "last_verification"]
+    if check.verdict is Verdict.UNAVAILABLE:
+        text = f"{check.summary} at {now:%Y-%m-%d %H:%M} UTC: not a verdict on the key"
+    else:
+        text = check.summary
+    credential.last_verification = text[:CHECK_TEXT_LENGTH]
+    if check.verdict is not Verdict.UNAVAILABLE or count_attempt:
+        credential.last_verified_at = now
+        fields.append("last_verified_at")
+    if count_attempt:
+        credential.verification_attempts += 1
+        fields.append("verification_attempts")
+    return fields
+
+
+def credential_create(
+    *,
+    institution: Institution,
+    key: CleanKey,
+    source: str,
+    status: str = CD2Credential.Status.PENDING_VERIFICATION,
+    check: CheckResult | None = None,
+    submitted_by: str = "",
+    submitted_by_email: str = "",
+    created_by=None,
+    submission_link: SubmissionLink | None = None,
+    key_name: str = "",
+    key_type: str = CD2Credential.KeyType.INSTITUTIONAL,
+    now: dt.datetime | None = None,
+) -> CD2Credential:
+    """Store a validated key; as ACTIVE it supersedes the institution's current key.
+
+    `key` comes from validators.validate_key_input, so no door can store a
+    key that skipped validation. `check` is the live check made before
+    storing, if any.
+    """
+    now = now or timezone.now()
+    if status not in (CD2Credential.Status.ACTIVE, CD2Credential.Status.PENDING_VERIFICATION):
+        raise ValueError(f"A new key starts active or pending_verification, not {status}.")
+    credential = CD2Credential(
+        institution=institution,
+        client_id=key.client_id,
+        secret=key.secret,
+        region=key.region,
+        hint=key.hint,
+        key_name=key_name or settings.CD2_KEY_NAME,
+        key_type=key_type,
+        expires_on=key.expires_on,
+        status=CD2Credential.Status.PENDING_VERIFICATION,
+        source=source,
+        submitted_at=now,
+        submitted_by=submitted_by,
+        submitted_by_email=submitted_by_email,
+        created_by=created_by,
+        submission_link=submission_link,
+        status_changed_at=now,
+    )
+    if check is not None:
+        credential_check_record(credential=credential, check=check, now=now)
+    with transaction.atomic():
+        credential.save(force_insert=True)
+        if status == CD2Credential.Status.ACTIVE:
+            credential_activate(credential=credential, now=now)
+    return credential
+
+
+def credential_activate(
+    *, credential: CD2Credential, check: CheckResult | None = None, now: dt.datetime | None = None
+) -> CD2Credential:
+    """Make this key the institution's active key; the previous one becomes history.
+
+    The institution row is locked first, so two activations for one
+    institution run one after the other instead of tripping the
+    one-active-key constraint.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        Institution.objects.select_for_update().filter(pk=credential.institution_id).first()
+        CD2Credential.objects.filter(
+            institution_id=credential.institution_id, status=CD2Credential.Status.ACTIVE
+        ).exclude(pk=credential.pk).update(
+            status=CD2Credential.Status.SUPERSEDED,
+            status_changed_at=now,
+            status_reason=f"Superseded by key {credential.hint} on {now:%Y-%m-%d}",
+        )
+        credential.status = CD2Credential.Status.ACTIVE
+        credential.status_changed_at = now
+        credential.status_reason = ""
+        fields = ["status", "status_changed_at", "status_reason"]
+        if check is not None:
+            fields += credential_check_record(credential=credential, check=check, now=now)
+        credential.save(update_fields=fields)
+    return credential
+
+
+def credential_set_status(
+    *, credential: CD2Credential, status: str, reason: str = "", now: dt.datetime | None = None
+) -> CD2Credential:
+    """Move a key to revoked or invalid (never back): the row stays as history."""
+    if status not in (CD2Credential.Status.REVOKED, CD2Credential.Status.INVALID):
+        raise ValueError("Use credential_activate to make a key active.")
+    credential.status = status
+    credential.status_changed_at = now or timezone.now()
+    credential.status_reason = reason[:500]
+    credential.save(update_fields=["status", "status_changed_at", "status_reason"])
+    return credential

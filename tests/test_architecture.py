@@ -1,0 +1,155 @@
+"""The layout's rules, checked on the source: imports run one way, devtools stays out of production.
+
+See ../README.md "Layout". Production code: credentials/, institutions/ and
+edpotential/. Migrations are history and are left out.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from credentials import tasks  # noqa: F401  (registers the tasks, as the worker's autodiscovery does)
+from credentials.services import jobs
+from edpotential.celery import app
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT_PACKAGES = ("credentials", "institutions", "edpotential", "devtools")
+PRODUCTION_PACKAGES = ("credentials", "institutions", "edpotential")
+
+
+def _modules(packages=PROJECT_PACKAGES) -> dict[str, Path]:
+    found = {}
+    for package in packages:
+        for path in (ROOT / package).rglob("*.py"):
+            if "migrations" in path.parts:
+                continue
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imported(node: ast.AST, module: str) -> list[str]:
+    """Project modules an import statement brings in (a name from a package counts as its submodule if one)."""
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        names = [
+            f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES else node.module
+            for alias in node.names
+        ]
+    else:
+        return []
+    return [name for name in names if name.split(".")[0] in PROJECT_PACKAGES]
+
+
+def _module_level_imports(path: Path, module: str) -> set[str]:
+    """Imports run when the module is imported: top level, and inside top-level if/try blocks."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    pending = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If | ast.Try):
+            pending.extend(ast.iter_child_nodes(node))
+        found.update(_imported(node, module))
+    return {name for name in found if name in MODULES and name != module}
+
+
+def _all_imports(path: Path, module: str) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [(node.lineno, name) for node in ast.walk(tree) for name in _imported(node, module)]
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = [0]
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_finds_a_circle_and_passes_a_line():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_circle_between_project_modules_at_module_level():
+    graph = {module: _module_level_imports(path, module) for module, path in MODULES.items()}
+    assert _cycles(graph) == []
+
+
+def test_production_code_never_imports_devtools():
+    offenders = [
+        f"{module}:{line} imports {name}"
+        for module, path in _modules(PRODUCTION_PACKAGES).items()
+        for line, name in _all_imports(path, module)
+        if name.split(".")[0] == "devtools"
+    ]
+    assert offenders == []
+
+
+def test_institutions_depend_on_nothing_in_credentials():
+    offenders = [
+        f"{module}:{line} imports {name}"
+        for module, path in _modules(("institutions",)).items()
+        for line, name in _all_imports(path, module)
+        if name.split(".")[0] == "credentials"
+    ]
+    assert offenders == []
+
+
+# Function-level imports of our own modules hide the dependency graph; only
+# Django's hooks that must run after the apps load may have them.
+ALLOWED_FUNCTION_LEVEL = {"credentials.apps", "credentials.admin.apps", "edpotential.apps"}
+
+
+def test_function_level_imports_of_project_modules_only_in_app_configs():
+    offenders = []
+    for module, path in _modules(PRODUCTION_PACKAGES).items():
+        top = _module_level_imports(path, module)
+        for line, name in _all_imports(path, module):
+            if name not in top and name in MODULES and module not in ALLOWED_FUNCTION_LEVEL:
+                offenders.append(f"{module}:{line} imports {name} inside a function")
+    assert offenders == []
+
+
+@pytest.mark.parametrize("name", jobs.TASK_NAMES)
+def test_every_task_a_service_queues_by_name_is_a_registered_task(name):
+    assert name in app.tasks
