@@ -16,6 +16,9 @@ heuristic: a long run of token characters mixing upper case, lower case and
 digits, or any value written after a word such as secret, password or token.
 A submission link's path, /k/<token>/, is masked by its shape instead, since
 about one token in 1,500 has no digit and would pass the heuristic.
+
+gunicorn's access and error logs pass through the same filter
+(edpotential/gunicorn_logging.py, selected by gunicorn.conf.py).
 """
 
 from __future__ import annotations
