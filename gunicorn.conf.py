@@ -65,3 +65,7 @@ loglevel = settings.LOG_LEVEL.lower()
 # X-Forwarded-For the proxy passed on (%(h)s is the proxy's address behind one).
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms "%({x-forwarded-for}i)s"'
 proc_name = "cd2-registry-web"
+# The process manager sends the signals (docs/RUNBOOK.md); gunicorn's control
+# socket (one path per user, ~/.gunicorn/gunicorn.ctl) would only be shared by
+# every gunicorn that user runs.
+control_socket_disable = True
