@@ -11,7 +11,7 @@ Secret or a full Client ID. This module masks what slips through anyway:
   hides the form fields that carry a key or a password in every error report,
   whether or not a view remembered `@sensitive_post_parameters`.
 
-A CD2 Secret is opaque (CD2_API.md), so "looks like a secret" is a
+A CD2 Secret is opaque (docs/CD2.md), so "looks like a secret" is a
 heuristic: a long run of token characters mixing upper case, lower case and
 digits, or any value written after a word such as secret, password or token.
 A submission link's path, /k/<token>/, is masked by its shape instead, since
