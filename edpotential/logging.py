@@ -11,9 +11,14 @@ Secret or a full Client ID. This module masks what slips through anyway:
   hides the form fields that carry a key or a password in every error report,
   whether or not a view remembered `@sensitive_post_parameters`.
 
-A CD2 Secret is opaque (CD2_API.md), so "looks like a secret" is a
+A CD2 Secret is opaque (docs/CD2.md), so "looks like a secret" is a
 heuristic: a long run of token characters mixing upper case, lower case and
 digits, or any value written after a word such as secret, password or token.
+A submission link's path, /k/<token>/, is masked by its shape instead, since
+about one token in 1,500 has no digit and would pass the heuristic.
+
+gunicorn's access and error logs pass through the same filter
+(edpotential/gunicorn_logging.py, selected by gunicorn.conf.py).
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ MASK = "[masked]"
 SENSITIVE_NAMES = re.compile(r"secret|client_id|password|passwd|token|otp|key|auth|cookie|signature|session", re.I)
 
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    # A submission link (/k/<token>/, credentials/urls.py), in a request line,
+    # a full URL or a Referer; /k/received/ is a page, not a token.
+    (re.compile(r"/k/(?!received/)[^/\s?#\"'<>]+"), "/k/" + MASK),
     # Authorization: Basic base64(id:secret) / Bearer <JWT>, with or without the header name.
     (re.compile(r"\b(Basic|Bearer)(\s+|%20|\+)[A-Za-z0-9._~+/=%-]{6,}", re.I), r"\1 " + MASK),
     # Fernet tokens (stored ciphertext): version byte 0x80 gives the gAAAAA prefix.
