@@ -1,8 +1,8 @@
 """Project-wide protections that are not one feature's business.
 
 - staff sign-in: a password and a one-time code (django-otp) for every admin
-  page, lockouts by username and IP together (django-axes), and an audit
-  event for every sign-in and every failed one;
+  page, lockouts by username and IP together and, at a higher count, by IP
+  alone (django-axes), and an audit event for every sign-in and every failed one;
 - the client's address, read from X-Forwarded-For only behind our own proxy;
 - sessions: 30 idle minutes (settings) and at most 12 hours from sign-in;
 - a 400, not a crash, for requests no browser of ours sends;
@@ -19,7 +19,11 @@ import logging
 import time
 import types
 
+from axes.attempts import get_cool_off_threshold
 from axes.backends import AxesStandaloneBackend
+from axes.handlers.database import AxesDatabaseHandler
+from axes.helpers import get_failure_limit
+from axes.models import AccessAttempt
 from django import forms
 from django.conf import settings
 from django.contrib import auth
@@ -27,6 +31,7 @@ from django.contrib.admin.sites import AdminSite
 from django.contrib.auth.signals import user_login_failed
 from django.core.exceptions import PermissionDenied
 from django.db import InterfaceError, OperationalError
+from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.template import loader
 from django_otp.admin import OTPAdminAuthenticationForm
@@ -106,6 +111,32 @@ class WebLoginAxesBackend(AxesStandaloneBackend):
         if request is None:
             return None
         return super().authenticate(request, username=username, password=password, **kwargs)
+
+
+class AddressWideLockoutHandler(AxesDatabaseHandler):
+    """django-axes' database handler with a second, higher limit for one address across usernames.
+
+    Axes compares the largest count among its AXES_LOCKOUT_PARAMETERS groups
+    with one AXES_FAILURE_LIMIT, so adding "ip_address" there would lock a
+    whole office out after 5 failures; and its reset-on-success would let
+    one good sign-in wipe every failure from that address. This handler
+    keeps axes' (username, address) count and limit, and locks the address
+    out as well once it has LOCKOUT_IP_FAILURE_LIMIT failures within the
+    cool-off time, whichever usernames they were for.
+    """
+
+    def get_failures(self, request, credentials: dict | None = None) -> int:
+        failures = super().get_failures(request, credentials)
+        from_address = (
+            AccessAttempt.objects.filter(
+                ip_address=request.axes_ip_address, attempt_time__gte=get_cool_off_threshold(request)
+            ).aggregate(total=Sum("failures_since_start"))["total"]
+            or 0
+        )
+        if from_address >= settings.LOCKOUT_IP_FAILURE_LIMIT:
+            # Reported as the pair limit reached: that is the number axes compares.
+            return max(failures, get_failure_limit(request, credentials))
+        return failures
 
 
 # ---------------------------------------------------------------------------

@@ -379,16 +379,31 @@ CONTENT_SECURITY_POLICY = {
 
 # Staff sign-in: password plus a one-time code (edpotential/security.py puts
 # django-otp on admin.site). Lockout after AXES_FAILURE_LIMIT failures for one
-# username from one address, so nobody can lock a colleague out from elsewhere.
+# username from one address, so nobody can lock a colleague out from elsewhere;
+# and after LOCKOUT_IP_FAILURE_LIMIT failures from one address whatever the
+# usernames, so nobody tries a password against every account
+# (edpotential.security.AddressWideLockoutHandler: axes itself has one limit).
 AUTHENTICATION_BACKENDS = [
     "edpotential.security.WebLoginAxesBackend",  # must come first (django-axes)
     "django.contrib.auth.backends.ModelBackend",
 ]
+AXES_HANDLER = "edpotential.security.AddressWideLockoutHandler"
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+# Higher than AXES_FAILURE_LIMIT: colleagues behind one office address share it.
+LOCKOUT_IP_FAILURE_LIMIT = env.int("LOCKOUT_IP_FAILURE_LIMIT", default=10)
 AXES_COOLOFF_TIME = dt.timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=30))
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "edpotential.security.client_ip"
+# Staff passwords (createsuperuser, the admin's password forms): at least 12
+# characters, not a common password, not all digits, not like the username,
+# name or email address.
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
 OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="CD2 key registry")
 
 # ---------------------------------------------------------------------------
