@@ -441,5 +441,7 @@ LOGGING = {
     },
 }
 # Error reports (the 500 mail, the debug page) hide key, password and token
-# fields even where a view forgot @sensitive_post_parameters.
+# fields even where a view forgot @sensitive_post_parameters, and the password
+# in every URL among the settings and request.META (CELERY_BROKER_URL, the
+# cache LOCATION, EMAIL_URL in a runserver environment ...).
 DEFAULT_EXCEPTION_REPORTER_FILTER = "edpotential.logging.SecretSafeExceptionReporterFilter"
