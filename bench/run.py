@@ -109,6 +109,7 @@ def run_size(n: int, args, *, redis_available: bool) -> dict:
         "SECRET_KEY": secrets.token_urlsafe(50),
         "FERNET_KEYS": Fernet.generate_key().decode(),
         "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
+        "SITE_URL": "https://registry.bench.invalid",  # required with DEBUG off; only links in mails use it
         "VAR_DIR": var_dir,
         "CACHE_URL": f"rediscache://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}" if redis_available else "locmemcache://",
         "CELERY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}" if redis_available else "memory://",

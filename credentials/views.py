@@ -98,6 +98,12 @@ def _ip_key(group: str, request: HttpRequest) -> str:
     return _client_ip(request) or "unknown"
 
 
+def _per_link_rate(group: str, request: HttpRequest) -> str | None:
+    # Not counted (no cache key made) once the per-IP limit refuses the
+    # request: an address guessing tokens cannot fill the cache with them.
+    return None if getattr(request, "limited", False) else SUBMIT_RATE_PER_LINK
+
+
 def _unusable(request: HttpRequest) -> HttpResponse:
     # One page, one status for unknown, expired, revoked and used links alike.
     return render(request, "credentials/link_unusable.html", status=404)
@@ -129,14 +135,15 @@ def _submit_context(link, form: SubmissionForm) -> dict:
 @limit_body
 @ratelimit(group="credentials.submit.page", key=_ip_key, rate=PAGE_RATE_PER_IP, method=["GET", "HEAD"], block=False)
 @ratelimit(group="credentials.submit.ip", key=_ip_key, rate=SUBMIT_RATE_PER_IP, method="POST", block=False)
-@ratelimit(group="credentials.submit.link", key=_link_key, rate=SUBMIT_RATE_PER_LINK, method="POST", block=False)
+@ratelimit(group="credentials.submit.link", key=_link_key, rate=_per_link_rate, method="POST", block=False)
 def submit(request: HttpRequest, token: str) -> HttpResponse:
     """The page behind a submission link. Opening it (GET) never uses the link up."""
+    # Limits first: unknown tokens count toward them and get the same 429.
+    if getattr(request, "limited", False):
+        return _rate_limited(request)
     link = submission_link_get(token=token)
     if link is None:
         return _unusable(request)
-    if getattr(request, "limited", False):
-        return _rate_limited(request)
     today = local_today()
     if request.method != "POST":
         return render(request, "credentials/submit.html", _submit_context(link, SubmissionForm(today=today)))

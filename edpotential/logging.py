@@ -9,11 +9,15 @@ Secret or a full Client ID. This module masks what slips through anyway:
   error mail, whose traceback and request report are built outside the record.
 - `SecretSafeExceptionReporterFilter` (DEFAULT_EXCEPTION_REPORTER_FILTER)
   hides the form fields that carry a key or a password in every error report,
-  whether or not a view remembered `@sensitive_post_parameters`.
+  whether or not a view remembered `@sensitive_post_parameters`, and the
+  password of every URL among the settings and request.META it shows.
 
 A CD2 Secret is opaque (docs/CD2.md), so "looks like a secret" is a
 heuristic: a long run of token characters mixing upper case, lower case and
-digits, or any value written after a word such as secret, password or token.
+digits; the password of a URL (redis://:password@host); any value written
+after a name such as secret, client-secret, SECRET_KEY, password or token,
+with "=", ":" or "=>"; and, after such a name and a space, any word but a
+plain lower-case one ("secret Xy-12" is masked, "the secret was" is not).
 A submission link's path, /k/<token>/, is masked by its shape instead, since
 about one token in 1,500 has no digit and would pass the heuristic.
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import logging
 import re
 import traceback
+from collections.abc import Callable
 
 from django.utils.log import AdminEmailHandler
 from django.views.debug import SafeExceptionReporterFilter
@@ -35,7 +40,25 @@ MASK = "[masked]"
 # Form fields and variable names whose values are never shown in error reports.
 SENSITIVE_NAMES = re.compile(r"secret|client_id|password|passwd|token|otp|key|auth|cookie|signature|session", re.I)
 
-_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+# The password in a URL: redis://:password@host, postgres://user:password@host.
+_URL_PASSWORD = re.compile(r"\b(?P<start>[a-z][a-z0-9+.-]*://[^\s:/?#@]*:)[^\s/?#@]+@", re.I)
+# A name that says its value is secret, with whatever prefix or suffix:
+# secret, client-secret, DAP_CLIENT_SECRET, SECRET_KEY, x-api-key, access_token.
+_SENSITIVE_NAME = r"[\w-]*(?:secret|password|passwd|token|api[_-]?key|authorization)[\w-]*"
+# A value: up to the next space, quote or delimiter; never our own mask again.
+_VALUE = r"""(?!\[masked\])[^\s'",;&)}\]]+"""
+# After "name value" (no = or :), a plain lower-case word is prose, not a value.
+_PROSE_WORD = re.compile(r"[a-z]+[.,:;!?]?")
+
+
+def _mask_value_after_space(match: re.Match[str]) -> str:
+    if _PROSE_WORD.fullmatch(match.group("value")):
+        return match.group(0)
+    return match.group("key") + MASK
+
+
+_PATTERNS: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
+    (_URL_PASSWORD, r"\g<start>" + MASK + "@"),
     # A submission link (/k/<token>/, credentials/urls.py), in a request line,
     # a full URL or a Referer; /k/received/ is a page, not a token.
     (re.compile(r"/k/(?!received/)[^/\s?#\"'<>]+"), "/k/" + MASK),
@@ -43,15 +66,13 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\b(Basic|Bearer)(\s+|%20|\+)[A-Za-z0-9._~+/=%-]{6,}", re.I), r"\1 " + MASK),
     # Fernet tokens (stored ciphertext): version byte 0x80 gives the gAAAAA prefix.
     (re.compile(r"gAAAAA[A-Za-z0-9_=-]{20,}"), MASK),
-    # key=value, "key": "value", key: value where the key names a secret.
+    # key=value, "key": "value", key: value, key => value where the key names a secret.
     (
-        re.compile(
-            r"""(?P<key>(?:client_|dap_client_|cd2_)?(?:secret|password|passwd|token|api[_-]?key|authorization)"""
-            r"""['"]?\s*(?:=|:|=>)\s*['"]?)(?P<value>[^\s'",;&)}\]]+)""",
-            re.I,
-        ),
+        re.compile(rf"""(?P<key>\b{_SENSITIVE_NAME}['"]?\s*(?:=>|=|:)\s*['"]?){_VALUE}""", re.I),
         r"\g<key>" + MASK,
     ),
+    # "secret <value>": the name, a space, then anything but a plain word.
+    (re.compile(rf"(?P<key>\b{_SENSITIVE_NAME}[ \t]+)(?P<value>{_VALUE})", re.I), _mask_value_after_space),
     # A Client ID (region#id): keep the region, which is not secret, and the
     # last four characters, the same hint the admin shows.
     (re.compile(r"\b([A-Za-z0-9_-]{2,40})#[A-Za-z0-9_-]{4,}([A-Za-z0-9_-]{4})\b"), r"\1#…\2"),
@@ -105,7 +126,20 @@ class MaskingAdminEmailHandler(AdminEmailHandler):
 
 
 class SecretSafeExceptionReporterFilter(SafeExceptionReporterFilter):
-    """Hides key, password and token fields in every error report, decorated view or not."""
+    """Hides key, password and token fields in every error report, decorated view or not.
+
+    Django already hides settings named like KEY, SECRET or PASS; a URL
+    carries its password under another name (CELERY_BROKER_URL, a cache's
+    LOCATION, DATABASE_URL or EMAIL_URL in request.META under runserver), so
+    the password of every URL in a setting or META value is hidden too.
+    """
+
+    def cleanse_setting(self, key, value):
+        cleansed = super().cleanse_setting(key, value)  # recurses into dicts, lists and tuples through here
+        # Exactly str: a lazy object (django-csp's CSP_NONCE) passes isinstance but is no string to re.
+        if type(cleansed) is str:
+            return _URL_PASSWORD.sub(r"\g<start>" + self.cleansed_substitute + "@", cleansed)
+        return cleansed
 
     def get_post_parameters(self, request):
         params = super().get_post_parameters(request)

@@ -1,9 +1,12 @@
 """Project-wide protections that are not one feature's business.
 
-- the client's address, read the same way everywhere (lockouts, rate limits, audit);
-- staff sign-in lockouts by username and IP together (django-axes); the
-  second factor itself is the staff admin site's (credentials/admin/site.py);
+- the client's address, read from X-Forwarded-For only behind our own proxy,
+  the same way everywhere (lockouts, rate limits, audit);
+- staff sign-in lockouts by username and IP together and, at a higher count,
+  by IP alone (django-axes); the second factor itself is the staff admin
+  site's (credentials/admin/site.py);
 - sessions: 30 idle minutes (settings) and at most 12 hours from sign-in;
+- a 400, not a crash, for requests no browser of ours sends;
 - a clear 503 page instead of a 500 when the database is unreachable.
 
 Wired by settings (middleware, backends) and `edpotential.apps.SecurityConfig.ready`.
@@ -11,14 +14,21 @@ Wired by settings (middleware, backends) and `edpotential.apps.SecurityConfig.re
 
 from __future__ import annotations
 
+import codecs
+import ipaddress
 import logging
 import time
 
+from axes.attempts import get_cool_off_threshold
 from axes.backends import AxesStandaloneBackend
+from axes.handlers.database import AxesDatabaseHandler
+from axes.helpers import get_failure_limit
+from axes.models import AccessAttempt
 from django.conf import settings
 from django.contrib import auth
 from django.db import InterfaceError, OperationalError
-from django.http import HttpRequest, HttpResponse
+from django.db.models import Sum
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.template import loader
 
 logger = logging.getLogger(__name__)
@@ -33,21 +43,47 @@ SESSION_STARTED_KEY = "_edp_signed_in_at"
 
 
 def client_ip(request: HttpRequest | None) -> str | None:
-    """The client's IP address, trusting X-Forwarded-For only behind our own proxy.
+    """The client's IP address, trusting X-Forwarded-For only behind our own proxy; None when unknown.
 
     Behind the trusted proxy (BEHIND_TRUSTED_PROXY) the proxy appends the
     address it saw as the last X-Forwarded-For entry; anything before it was
-    written by the client and could be forged. Without a proxy the header is
-    ignored, so nobody escapes a lockout by inventing addresses.
+    written by the client and could be forged, so only that last entry is
+    read. Some proxies append "ip:port" ("203.0.113.9:5678", "[2001:db8::1]:443"):
+    the port is dropped. When the last entry is not an address at all, the
+    earlier ones are not consulted (the client wrote them); the connection's
+    own address (REMOTE_ADDR, the proxy) is used instead. Without a proxy
+    the header is ignored, so nobody escapes a lockout by inventing addresses.
+
+    Whatever the headers hold, the answer is a valid address or None, so the
+    lockout, the rate limits and the audit log can store it as it is.
     """
     if request is None:
         return None
     if getattr(settings, "BEHIND_TRUSTED_PROXY", False):
         forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-        last = forwarded.split(",")[-1].strip()
-        if last:
-            return last
-    return request.META.get("REMOTE_ADDR") or None
+        address = _ip_address(forwarded.rsplit(",", 1)[-1])
+        if address:
+            return address
+    return _ip_address(request.META.get("REMOTE_ADDR", ""))
+
+
+def _ip_address(entry: str) -> str | None:
+    """`entry` as a normalised IP address, its port dropped; None if it is not one."""
+    host, port = entry.strip(), ""
+    if host.startswith("["):  # [IPv6] or [IPv6]:port
+        host, bracket, rest = host[1:].partition("]")
+        if not bracket or rest[:1] not in ("", ":"):
+            return None
+        port = rest[1:]
+    elif host.count(":") == 1:  # IPv4:port (a bare IPv6 address has several colons)
+        host, _, port = host.partition(":")
+    if port and not port.isdigit():
+        return None
+    try:
+        # The zone of a link-local address ("%eth0") names an interface of the proxy, not the client.
+        return str(ipaddress.ip_address(host.partition("%")[0]))
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------------------
@@ -68,6 +104,32 @@ class WebLoginAxesBackend(AxesStandaloneBackend):
         if request is None:
             return None
         return super().authenticate(request, username=username, password=password, **kwargs)
+
+
+class AddressWideLockoutHandler(AxesDatabaseHandler):
+    """django-axes' database handler with a second, higher limit for one address across usernames.
+
+    Axes compares the largest count among its AXES_LOCKOUT_PARAMETERS groups
+    with one AXES_FAILURE_LIMIT, so adding "ip_address" there would lock a
+    whole office out after 5 failures; and its reset-on-success would let
+    one good sign-in wipe every failure from that address. This handler
+    keeps axes' (username, address) count and limit, and locks the address
+    out as well once it has LOCKOUT_IP_FAILURE_LIMIT failures within the
+    cool-off time, whichever usernames they were for.
+    """
+
+    def get_failures(self, request, credentials: dict | None = None) -> int:
+        failures = super().get_failures(request, credentials)
+        from_address = (
+            AccessAttempt.objects.filter(
+                ip_address=request.axes_ip_address, attempt_time__gte=get_cool_off_threshold(request)
+            ).aggregate(total=Sum("failures_since_start"))["total"]
+            or 0
+        )
+        if from_address >= settings.LOCKOUT_IP_FAILURE_LIMIT:
+            # Reported as the pair limit reached: that is the number axes compares.
+            return max(failures, get_failure_limit(request, credentials))
+        return failures
 
 
 # ---------------------------------------------------------------------------
@@ -107,6 +169,60 @@ class SessionLifetimeMiddleware:
             elif now - int(started) > settings.SESSION_ABSOLUTE_SECONDS:
                 auth.logout(request)
         return self.get_response(request)
+
+
+class MalformedRequestMiddleware:
+    """Answer 400 to requests no page of ours sends, before anything reads them.
+
+    - a body or query declared in any charset but UTF-8 (our pages are UTF-8,
+      so browsers submit UTF-8): Django would decode it with that charset,
+      or refuse it with an exception later, from inside a view;
+    - a NUL character in the query string: PostgreSQL refuses NUL in text,
+      so a search or filter holding one would end in a 500.
+
+    A process_view hook, so the 400 leaves through every middleware and
+    carries the usual security headers; it must come before
+    CsrfViewMiddleware, which reads the body in its own process_view.
+    Logged as one line, without traceback or path (the path of a link page
+    holds its token).
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        reason = _malformed(request)
+        if reason is None:
+            return None
+        view = request.resolver_match.view_name if request.resolver_match else "?"
+        logger.warning("Malformed request to %s refused (400): %s", view, reason)
+        # Rendered without the request: Django's own 400 view checks CSRF,
+        # which reads the very body we refuse.
+        return HttpResponseBadRequest(loader.get_template("400.html").render({}))
+
+
+def _malformed(request: HttpRequest) -> str | None:
+    """Why `request` is refused, or None when it is fine."""
+    charset = request.content_params.get("charset") if request.content_params else None
+    if charset is not None:
+        if not _is_utf8(charset):
+            return "a charset other than UTF-8"
+        # "utf8", "UTF8": Django itself accepts a form only as "utf-8".
+        request.encoding = "utf-8"
+    query = request.META.get("QUERY_STRING", "")
+    if "\x00" in query or "%00" in query:
+        return "a NUL character in the query string"
+    return None
+
+
+def _is_utf8(charset: str) -> bool:
+    try:
+        return codecs.lookup(charset).name == "utf-8"
+    except LookupError:
+        return False
 
 
 class DatabaseUnavailableMiddleware:

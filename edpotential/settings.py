@@ -4,7 +4,9 @@ Everything comes from the environment through django-environ (see .env.example
 for every variable). Development needs no configuration: with DEBUG on, the
 database is a SQLite file, the Celery broker is a folder, mail goes to the
 console, and the secret and encryption keys are generated once under var/.
-With DEBUG off, start-up refuses to go on without SECRET_KEY and FERNET_KEYS.
+With DEBUG off none of those fallbacks is used: start-up refuses to go on
+without every variable in PRODUCTION_REQUIRED, with a SITE_URL that is not
+https, or with "*" in ALLOWED_HOSTS, and says which.
 """
 
 from __future__ import annotations
@@ -34,15 +36,37 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
 
+# Each has a development fallback (below) that must never reach production:
+# console mail, a SQLite file, a folder broker, a file cache, generated keys.
+PRODUCTION_REQUIRED = (
+    "SECRET_KEY",
+    "FERNET_KEYS",
+    "SITE_URL",
+    "DATABASE_URL",
+    "CACHE_URL",
+    "CELERY_BROKER_URL",
+    "EMAIL_URL",
+)
 
-def _require(name: str) -> str:
-    value = env.str(name, default="")
-    if not value:
-        raise ImproperlyConfigured(
-            f"The environment variable {name} is not set. It is required when DEBUG is off; "
-            f"see .env.example for what it must hold."
-        )
-    return value
+
+def _refuse_production_fallbacks() -> None:
+    """Raise ImproperlyConfigured naming every production variable that is missing or unsafe."""
+    problems = [
+        f"{name} is not set. It is required when DEBUG is off; see .env.example for what it must hold."
+        for name in PRODUCTION_REQUIRED
+        if not env.str(name, default="")
+    ]
+    site_url = env.str("SITE_URL", default="")
+    if site_url and not site_url.startswith("https://"):
+        problems.append("SITE_URL must start with https:// when DEBUG is off (links in emails must be HTTPS).")
+    if "*" in env.list("ALLOWED_HOSTS", default=[]):
+        problems.append('ALLOWED_HOSTS must not contain "*" when DEBUG is off: list the host names this site serves.')
+    if problems:
+        raise ImproperlyConfigured(" ".join(problems))
+
+
+if not DEBUG:
+    _refuse_production_fallbacks()
 
 
 def _development_secret(filename: str, make) -> str:
@@ -72,7 +96,7 @@ if DEBUG:
         "secret_key", lambda: secrets.token_urlsafe(50)
     )
 else:
-    SECRET_KEY = _require("SECRET_KEY")
+    SECRET_KEY = env.str("SECRET_KEY")
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else [])
 SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
@@ -104,6 +128,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Before CsrfViewMiddleware, whose process_view reads the body.
+    "edpotential.security.MalformedRequestMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
@@ -156,6 +182,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # ---------------------------------------------------------------------------
 # Database and cache
 # ---------------------------------------------------------------------------
+# With DEBUG off these fallbacks are never used (PRODUCTION_REQUIRED).
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -249,7 +276,7 @@ STAFF_DIGEST_RECIPIENTS = env.list("STAFF_DIGEST_RECIPIENTS", default=[])
 if DEBUG:
     FERNET_KEYS = env.list("FERNET_KEYS", default=[]) or [_development_secret("fernet.key", _new_fernet_key)]
 else:
-    FERNET_KEYS = env.list("FERNET_KEYS", default=[]) or [_require("FERNET_KEYS")]
+    FERNET_KEYS = env.list("FERNET_KEYS")
 
 # ---------------------------------------------------------------------------
 # Canvas Data 2
@@ -355,17 +382,33 @@ CONTENT_SECURITY_POLICY = {
 }
 
 # Staff sign-in: password plus a one-time code (the staff admin site,
-# credentials/admin/site.py, is django-otp's OTPAdminSite). Lockout after AXES_FAILURE_LIMIT failures for one
-# username from one address, so nobody can lock a colleague out from elsewhere.
+# credentials/admin/site.py, is django-otp's OTPAdminSite). Lockout after
+# AXES_FAILURE_LIMIT failures for one username from one address, so nobody can
+# lock a colleague out from elsewhere; and after LOCKOUT_IP_FAILURE_LIMIT
+# failures from one address whatever the usernames, so nobody tries a password
+# against every account (edpotential.security.AddressWideLockoutHandler: axes
+# itself has one limit).
 AUTHENTICATION_BACKENDS = [
     "edpotential.security.WebLoginAxesBackend",  # must come first (django-axes)
     "django.contrib.auth.backends.ModelBackend",
 ]
+AXES_HANDLER = "edpotential.security.AddressWideLockoutHandler"
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+# Higher than AXES_FAILURE_LIMIT: colleagues behind one office address share it.
+LOCKOUT_IP_FAILURE_LIMIT = env.int("LOCKOUT_IP_FAILURE_LIMIT", default=10)
 AXES_COOLOFF_TIME = dt.timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=30))
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "edpotential.security.client_ip"
+# Staff passwords (createsuperuser, the admin's password forms): at least 12
+# characters, not a common password, not all digits, not like the username,
+# name or email address.
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
 OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="CD2 key registry")
 
 # ---------------------------------------------------------------------------
@@ -403,5 +446,7 @@ LOGGING = {
     },
 }
 # Error reports (the 500 mail, the debug page) hide key, password and token
-# fields even where a view forgot @sensitive_post_parameters.
+# fields even where a view forgot @sensitive_post_parameters, and the password
+# in every URL among the settings and request.META (CELERY_BROKER_URL, the
+# cache LOCATION, EMAIL_URL in a runserver environment ...).
 DEFAULT_EXCEPTION_REPORTER_FILTER = "edpotential.logging.SecretSafeExceptionReporterFilter"

@@ -11,11 +11,20 @@ import pytest
 from cryptography.fernet import Fernet
 
 ROOT = Path(__file__).resolve().parent.parent
+# The other variables production requires (tests/security/test_production_start.py
+# tests each one missing), so each test here is about the secret it names.
+PRODUCTION_URLS = {
+    "SITE_URL": "https://example.com",
+    "DATABASE_URL": "sqlite:///:memory:",
+    "CACHE_URL": "locmemcache://",
+    "CELERY_BROKER_URL": "memory://",
+    "EMAIL_URL": "consolemail://",
+}
 
 
 def run_check(tmp_path, **env_overrides) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "FERNET_KEYS", "DEBUG")}
-    env.update({"VAR_DIR": str(tmp_path), "ALLOWED_HOSTS": "example.com", **env_overrides})
+    env.update({"VAR_DIR": str(tmp_path), "ALLOWED_HOSTS": "example.com", **PRODUCTION_URLS, **env_overrides})
     return subprocess.run(
         [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )

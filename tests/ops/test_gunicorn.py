@@ -201,6 +201,13 @@ def test_a_real_gunicorn_masks_tokens_in_its_logs_and_ignores_a_forged_scheme(tm
         "SECRET_KEY": secrets.token_urlsafe(50),
         "FERNET_KEYS": Fernet.generate_key().decode(),
         "ALLOWED_HOSTS": "127.0.0.1",
+        # Production refuses to start on development fallbacks; nothing here
+        # sends mail, queues a task or reads a stored key.
+        "SITE_URL": "https://registry.example",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "EMAIL_URL": "smtp://127.0.0.1:2525",
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/15",
+        "CACHE_URL": "locmemcache://",
         "VAR_DIR": str(tmp_path / "var"),
         "BEHIND_TRUSTED_PROXY": "false",
         "GUNICORN_ACCESS_LOG": str(access),

@@ -186,8 +186,11 @@ def manage(tmp_path, *args, **env_overrides) -> subprocess.CompletedProcess:
         SITE_URL="https://registry.example.com",
         VAR_DIR=str(tmp_path),
         DATABASE_URL=f"sqlite:///{tmp_path / 'drill.sqlite3'}",
-        **env_overrides,
+        CACHE_URL="locmemcache://",
+        CELERY_BROKER_URL="memory://",
+        EMAIL_URL="consolemail://",
     )
+    env.update(env_overrides)
     env = {k: v for k, v in env.items() if v is not None}
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
@@ -317,7 +320,8 @@ def test_a_reminder_run_killed_mid_send_loses_no_reminder_and_sends_at_most_one_
         base.update(
             DEBUG="false", SECRET_KEY="drill-" + "s" * 50, ALLOWED_HOSTS="registry.example.com",
             SITE_URL="https://registry.example.com", VAR_DIR=str(tmp_path),
-            DATABASE_URL=f"sqlite:///{tmp_path / 'drill.sqlite3'}", **env,
+            DATABASE_URL=f"sqlite:///{tmp_path / 'drill.sqlite3'}", CACHE_URL="locmemcache://",
+            CELERY_BROKER_URL="memory://", **env,
         )  # fmt: skip
         run = subprocess.Popen([sys.executable, "manage.py", "send_expiry_reminders"], cwd=ROOT, env=base)
         assert handler.first_arrived.wait(timeout=120), "the first reminder never reached the mail server"
