@@ -62,5 +62,8 @@ def test_eight_simultaneous_posts_on_one_link_store_exactly_one_key(
     assert CD2Credential.objects.get().status == CD2Credential.Status.ACTIVE
     assert SubmissionLink.objects.get().used_at is not None
     assert AuditEvent.objects.filter(kind="link_used").count() == 1
-    # All eight really raced past the check: the claim, not luck, decided.
-    assert cd2_gateway.login_count == RACERS
+    # At least two really raced past the lookup and the live check, so the
+    # conditional claim, not luck, decided. (All eight usually do; on a busy
+    # machine a thread can finish its whole request before another looks the
+    # link up, and that one then rightly finds it used.)
+    assert cd2_gateway.login_count >= 2
