@@ -58,7 +58,8 @@ def procfile_command(name: str, **env: str) -> list[str]:
     def fill(match: re.Match) -> str:
         return env.get(match.group(1), match.group(2))
 
-    return shlex.split(re.sub(r"\$\{(\w+):-([^}]*)\}", fill, lines[name]))
+    words = shlex.split(re.sub(r"\$\{(\w+):-([^}]*)\}", fill, lines[name]))
+    return words[1:] if words[0] == "exec" else words
 
 
 @pytest.fixture
