@@ -25,8 +25,10 @@ run: $(STAMP) .env
 	@echo
 	@echo "Admin: http://127.0.0.1:8000/admin/   (Ctrl-C stops web, worker, beat and the fake CD2 gateway)"
 	@echo "A submission link: $(BIN)/python manage.py create_submission_link northfield-university"
+	@echo "Start the demo afresh: $(BIN)/python manage.py load_demo_data --reset"
 	@echo
-	@# Keys are checked against the fake CD2 gateway (Procfile.dev "cd2") unless CD2_API_URL is set.
+	@# Keys are checked against the fake CD2 gateway (Procfile.dev "cd2", which accepts exactly the
+	@# passing demo keys load_demo_data lists in var/fake-gateway-keys.txt) unless CD2_API_URL is set.
 	PATH="$(abspath $(BIN)):$$PATH" CD2_API_URL="$${CD2_API_URL:-http://127.0.0.1:8765}" $(BIN)/honcho -f Procfile.dev start
 
 test: $(STAMP) .env

@@ -28,13 +28,15 @@ With the special Client IDs any secret works; each shows one outcome:
 - ``us-east-1#rate-limited``: login gets 429 TooManyRequests with
   ``Retry-After: 30``.
 
-More accepted keys come from ``CD2_FAKE_KEYS="id:secret,id:secret"`` and from
-``--key ID:SECRET`` (repeatable); a secret containing a comma can only be given
-with ``--key``.
+More accepted keys come from ``CD2_FAKE_KEYS="id:secret,id:secret"``, from
+``--key ID:SECRET`` (repeatable; a secret containing a comma can only be given
+this way) and from ``--keys-file PATH`` (one ``ID:SECRET`` a line, ``#``
+comments; ``make run`` passes the file ``load_demo_data`` writes, so the demo
+keys that should pass do).
 
 Run it without Django::
 
-    python -m credentials.fake_gateway --host 127.0.0.1 --port 8765
+    python -m devtools.fake_gateway --host 127.0.0.1 --port 8765 --keys-file var/fake-gateway-keys.txt
 
 In tests and benchmarks, use ``FakeGateway`` in-process (port 0 picks a free
 port)::
@@ -546,9 +548,24 @@ def parse_keys(text: str) -> dict[str, str]:
     return keys
 
 
+def parse_keys_file(text: str) -> dict[str, str]:
+    """Parse a keys file: one CLIENT_ID:SECRET a line; blank lines and # comments are skipped."""
+    keys: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            keys.update(_single_key(line))
+        except ValueError:
+            # Never echo the line: it holds a secret.
+            raise ValueError(f"line {number} of the keys file is not CLIENT_ID:SECRET") from None
+    return keys
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m credentials.fake_gateway",
+        prog="python -m devtools.fake_gateway",
         description="Run a fake Canvas Data 2 gateway (see the module docstring for demo keys).",
     )
     parser.add_argument("--host", default="127.0.0.1")
@@ -560,6 +577,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="CLIENT_ID:SECRET",
         help="an extra accepted key (repeatable); CD2_FAKE_KEYS adds more",
     )
+    parser.add_argument(
+        "--keys-file",
+        metavar="PATH",
+        help="accepted keys, one CLIENT_ID:SECRET a line (load_demo_data writes var/fake-gateway-keys.txt)",
+    )
     parser.add_argument("--no-demo-keys", action="store_true", help="no demo or special keys")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each reply")
     parser.add_argument("--rate-limit", type=float, default=None, metavar="PER_SECOND")
@@ -568,8 +590,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         keys = parse_keys(os.environ.get("CD2_FAKE_KEYS", ""))
+        if args.keys_file:
+            with open(args.keys_file, encoding="utf-8") as keys_file:
+                keys.update(parse_keys_file(keys_file.read()))
         for item in args.key:
             keys.update(_single_key(item))
+    except OSError as exc:
+        parser.error(
+            f"cannot read --keys-file: {exc.strerror} ({args.keys_file}); run: python manage.py load_demo_data"
+        )
     except ValueError as exc:
         parser.error(str(exc))
 

@@ -342,6 +342,12 @@ def reminder_mark_failed(*, reminder_id: int, error: BaseException | str, now: d
 # --------------------------------------------------------------------------
 
 
+def simulated_now(day: dt.date) -> dt.datetime:
+    """`day` at the current wall-clock time in TIME_ZONE: "now", as of another day."""
+    wall_clock = timezone.localtime().time().replace(tzinfo=None)
+    return timezone.make_aware(dt.datetime.combine(day, wall_clock))
+
+
 def _queue_send(reminder_id: int) -> None:
     jobs.job_enqueue_on_commit(jobs.SEND_REMINDER, args=(reminder_id,))
 
@@ -360,8 +366,14 @@ def reminders_send_due(
     tests); queue=True hands each claimed reminder to the send_reminder
     task, which retries SMTP errors with backoff (the beat task). Safe to run
     twice or concurrently: each step is claimed once.
+
+    `today` alone runs as of that day: `now` becomes that day at the current
+    wall-clock time (TIME_ZONE), so every date the run computes (the link's
+    end, the "N days" wording, the .ics stamp, claim times) moves with it and
+    a dry run for a future day shows exactly what that day will send.
     """
-    now = now or timezone.now()
+    if now is None:
+        now = simulated_now(today) if today is not None else timezone.now()
     today = today or timezone.localdate(now)
     run = ReminderRun(today=today, dry_run=dry_run)
     base = (

@@ -472,6 +472,40 @@ def test_the_command_can_run_as_of_another_day(clock, served):
         call_command("send_expiry_reminders", "--today", "11/10/2027")
 
 
+def test_a_run_as_of_another_day_dates_the_link_the_wording_and_the_calendar_from_that_day(clock, served, settings):
+    # The real clock says 1 September 2027; the key expires 14 days after the simulated day.
+    settings.SUBMISSION_LINK_DAYS = 10
+    simulated = dt.date(2027, 12, 19)
+    key = add_key(served, days=(simulated - START.date()).days + 14)
+
+    call_command("send_expiry_reminders", "--today", simulated.isoformat(), stdout=StringIO())
+
+    (message,) = reminder_mails()
+    assert message.subject == "Canvas Data 2 key for Northfield University expires in 14 days"
+    assert "until 29 December 2027" in message.body  # the link: 19 December + 10 days, not 11 September
+    assert "11 September" not in message.body
+    link = SubmissionLink.objects.get()
+    assert timezone.localdate(link.created_at) == simulated
+    assert timezone.localdate(link.expires_at) == dt.date(2027, 12, 29)
+    assert timezone.localtime(link.created_at).time() == timezone.localtime().time()  # the wall clock, kept
+    ((_, ics, _),) = message.attachments
+    (event,) = icalendar.Calendar.from_ical(ics).walk("VEVENT")
+    assert event.decoded("dtstamp").date() == simulated
+    assert event.decoded("dtstart") == key.expires_on
+    assert ReminderLog.objects.get(state=ReminderLog.State.SENT).threshold == 14
+
+
+def test_a_dry_run_as_of_another_day_lists_what_that_day_sends(clock, served):
+    add_key(served, days=(dt.date(2027, 12, 19) - START.date()).days + 7)
+    out = StringIO()
+
+    call_command("send_expiry_reminders", "--dry-run", "--today", "2027-12-19", stdout=out)
+
+    assert "reminder 7 days before expiry" in out.getvalue()
+    assert "Dry run for 19 December 2027: 1 reminder(s) due" in out.getvalue()
+    assert mail.outbox == [] and SubmissionLink.objects.count() == 0
+
+
 def test_send_now_sends_the_current_step_and_the_daily_run_does_not_repeat_it(clock, served, owner):
     key = add_key(served, days=14)
 

@@ -21,7 +21,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="List who would get which reminder; send nothing.")
-        parser.add_argument("--today", help="Run as if today were this date (YYYY-MM-DD).")
+        parser.add_argument(
+            "--today",
+            help="Run as if today were this date (YYYY-MM-DD), at the current time of day: "
+            "link expiry, wording and the .ics are dated from it.",
+        )
 
     def handle(self, *args, dry_run: bool = False, today: str | None = None, **options) -> None:
         run = reminders_send_due(today=_date(today) if today else None, dry_run=dry_run)

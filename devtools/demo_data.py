@@ -1,0 +1,292 @@
+"""The demo `make run` loads: one institution in every state staff will meet.
+
+Every demo key is a public made-up value, derived from the institution's
+slug, so the fake CD2 gateway can be told exactly which ones pass
+(`demo_gateway_keys_write` puts them in VAR_DIR/fake-gateway-keys.txt, which
+`python -m devtools.fake_gateway --keys-file` reads; see Procfile.dev). A
+check of the demo then behaves as it would in production and leaves each
+institution in the state promised here (DemoInstitution.key_state): a
+passing key stays active, the failing one stays failing, the pending one
+waits (its gateway answers 503).
+
+Development only: every function here refuses with DEBUG off.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from credentials.cd2 import CheckResult, Verdict
+from credentials.models import AuditEvent, CD2Credential, ReminderLog
+from credentials.selectors import KeyState
+from credentials.services.keys import credential_check_record, credential_create, credential_set_status
+from credentials.validators import CleanKey
+from devtools.demo import require_debug
+from devtools.fake_gateway import (
+    DEMO_ACCEPTED_CLIENT_ID,
+    DEMO_ACCEPTED_SECRET,
+    DEMO_REJECTED_CLIENT_ID,
+    DEMO_REJECTED_SECRET,
+    GATEWAY_DOWN_CLIENT_ID,
+)
+from institutions.models import Contact, Institution
+
+KEYS_FILE_NAME = "fake-gateway-keys.txt"
+
+# How a demo key answers a check at the fake gateway.
+PASSES = "passes"  # listed in the keys file: 200
+REJECTED = "rejected"  # unknown to the gateway: 401, like a key deleted at identity.instructure.com
+GATEWAY_DOWN = "gateway_down"  # the gateway answers 503: a pending key stays pending
+
+SENT, FAILED = ReminderLog.State.SENT, ReminderLog.State.FAILED
+# What a failed delivery looks like when the customer's mail server refuses the address.
+FAILED_DELIVERY_ERROR = "SMTPRecipientsRefused: {{'{address}': (550, b'5.1.1 User unknown')}}"
+
+
+@dataclass(frozen=True)
+class DemoInstitution:
+    slug: str
+    name: str
+    domain: str
+    timezone: str
+    key_state: str  # what staff see (selectors.KeyState), before and after a check of every key
+    days: int | None = None  # the key expires this many days from today; None: no key
+    check: str = PASSES
+    # Reminder steps already handled: (threshold, state), sent on their day.
+    reminders: tuple[tuple[int, str], ...] = field(default_factory=tuple)
+
+
+DEMO_INSTITUTIONS: tuple[DemoInstitution, ...] = (
+    DemoInstitution(
+        "northfield-university",
+        "Northfield University",
+        "northfield.instructure.com",
+        "America/Chicago",
+        KeyState.OK,
+        days=320,
+    ),
+    DemoInstitution(
+        "lakeside-college",
+        "Lakeside College",
+        "canvas.lakeside.edu",
+        "America/New_York",
+        KeyState.EXPIRING,
+        days=30,
+        reminders=((60, SENT),),
+    ),
+    DemoInstitution(
+        "harbour-city-schools",
+        "Harbour City Schools",
+        "harbourcity.instructure.com",
+        "Australia/Sydney",
+        KeyState.EXPIRING,
+        days=7,
+        reminders=((60, SENT), (30, SENT), (14, SENT), (7, FAILED)),
+    ),
+    DemoInstitution(
+        "st-brendans-academy",
+        "St Brendan's Academy",
+        "stbrendans.instructure.com",
+        "Europe/Dublin",
+        KeyState.EXPIRED,
+        days=-9,
+        # The fake gateway does not know expiry dates: the expired key still
+        # passes there, so a check keeps the demo's expired state to look at.
+        reminders=((60, SENT), (30, SENT), (14, SENT), (7, SENT), (3, SENT), (1, SENT), (0, SENT), (-7, SENT)),
+    ),
+    DemoInstitution(
+        "prairie-state-tech",
+        "Prairie State Technical College",
+        "pstc.instructure.com",
+        "America/Denver",
+        KeyState.MISSING,
+    ),
+    DemoInstitution(
+        "maple-ridge-district",
+        "Maple Ridge School District",
+        "mapleridge.instructure.com",
+        "America/Vancouver",
+        KeyState.FAILING,
+        days=200,
+        check=REJECTED,
+    ),
+    DemoInstitution(
+        "riverbend-community-college",
+        "Riverbend Community College",
+        "riverbend.instructure.com",
+        "America/Los_Angeles",
+        KeyState.PENDING,
+        days=365,
+        check=GATEWAY_DOWN,
+    ),
+)
+DEMO_SLUGS = tuple(demo.slug for demo in DEMO_INSTITUTIONS)
+
+_PASSED = CheckResult(
+    verdict=Verdict.OK, status_code=200, error_type=None, message="demo", retry_after=None, table_count=20
+)
+_REJECTED = CheckResult(
+    verdict=Verdict.REJECTED,
+    status_code=401,
+    error_type="AuthenticationError",
+    message="The gateway refused the Client ID and Secret.",
+    retry_after=None,
+    table_count=None,
+)
+_UNAVAILABLE = CheckResult(
+    verdict=Verdict.UNAVAILABLE,
+    status_code=503,
+    error_type="ServiceUnavailable",
+    message="demo",
+    retry_after=None,
+    table_count=None,
+)
+
+
+def demo_key(demo: DemoInstitution) -> tuple[str, str]:
+    """The institution's demo Client ID and Secret: public made-up values, the same on every machine."""
+    if demo.slug == "northfield-university":
+        # The key the README offers for the submission page: handing off
+        # Northfield's key gives a key the fake gateway accepts.
+        return DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET
+    if demo.check == REJECTED:
+        return DEMO_REJECTED_CLIENT_ID, DEMO_REJECTED_SECRET
+    if demo.check == GATEWAY_DOWN:
+        return GATEWAY_DOWN_CLIENT_ID, f"demo-secret-{demo.slug}"
+    number = DEMO_SLUGS.index(demo.slug) + 1
+    return f"us-east-1#d3000000-0000-4000-8000-{number:012d}", f"demo-secret-{demo.slug}"
+
+
+def demo_gateway_keys() -> dict[str, str]:
+    """{client_id: secret} of the demo keys that should pass a check."""
+    return dict(demo_key(demo) for demo in DEMO_INSTITUTIONS if demo.days is not None and demo.check == PASSES)
+
+
+def demo_keys_file() -> Path:
+    return Path(settings.VAR_DIR) / KEYS_FILE_NAME
+
+
+def demo_gateway_keys_write(path: Path | None = None) -> Path:
+    """Write the passing demo keys, one CLIENT_ID:SECRET a line, for the fake gateway's --keys-file."""
+    require_debug("demo_gateway_keys_write")
+    path = path or demo_keys_file()
+    lines = ["# Written by load_demo_data: the demo keys the fake CD2 gateway accepts (public demo values)."]
+    lines += [f"{client_id}:{secret}" for client_id, secret in demo_gateway_keys().items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def demo_reset() -> int:
+    """Delete the demo institutions with their keys, links, reminders, contacts and audit events."""
+    require_debug("demo_reset")
+    institutions = Institution.objects.filter(slug__in=DEMO_SLUGS)
+    with transaction.atomic():
+        AuditEvent.objects.filter(institution__in=institutions).delete()
+        CD2Credential.objects.filter(institution__in=institutions).delete()  # reminders cascade
+        deleted = institutions.count()
+        institutions.delete()  # contacts and links cascade
+    return deleted
+
+
+def demo_load(*, owner, now: dt.datetime | None = None) -> tuple[int, list[str]]:
+    """Add the demo institutions that are not there yet.
+
+    Returns (how many were added, slugs of existing demo institutions whose
+    active key is not the demo key: loaded by an older version; `--reset`
+    replaces them).
+    """
+    require_debug("demo_load")
+    now = now or timezone.now()
+    created, stale = 0, []
+    with transaction.atomic():
+        for demo in DEMO_INSTITUTIONS:
+            institution, was_created = Institution.objects.get_or_create(
+                slug=demo.slug,
+                defaults={
+                    "name": demo.name,
+                    "canvas_domain": demo.domain,
+                    "timezone": demo.timezone,
+                    "status": Institution.Status.ACTIVE,
+                    "account_owner": owner,
+                },
+            )
+            if was_created:
+                created += 1
+                _add_contact_and_key(institution=institution, demo=demo, now=now)
+            elif not _has_demo_key(institution=institution, demo=demo):
+                stale.append(demo.slug)
+    return created, stale
+
+
+def _has_demo_key(*, institution: Institution, demo: DemoInstitution) -> bool:
+    if demo.days is None or demo.check != PASSES:
+        return True
+    active = CD2Credential.objects.filter(institution=institution, status=CD2Credential.Status.ACTIVE).first()
+    return active is None or active.client_id == demo_key(demo)[0]
+
+
+def _add_contact_and_key(*, institution: Institution, demo: DemoInstitution, now: dt.datetime) -> None:
+    contact = Contact.objects.create(
+        institution=institution,
+        name="Canvas Admin",
+        email=f"canvas-admin@{demo.slug}.example.edu",
+        role=Contact.Role.CANVAS_ADMIN,
+    )
+    if demo.days is None:
+        return
+    today = timezone.localdate(now)
+    client_id, secret = demo_key(demo)
+    # validate_key_input would refuse a past date; the demo needs an expired key.
+    key = CleanKey(client_id=client_id, secret=secret, expires_on=today + dt.timedelta(days=demo.days))
+    if demo.check == GATEWAY_DOWN:
+        # Handed in an hour ago while CD2 was down: stored, waiting for its re-check.
+        credential_create(
+            institution=institution,
+            key=key,
+            source=CD2Credential.Source.LINK,
+            status=CD2Credential.Status.PENDING_VERIFICATION,
+            check=_UNAVAILABLE,
+            submitted_by="Canvas Admin",
+            submitted_by_email=f"canvas-admin@{demo.slug}.example.edu",
+            now=now - dt.timedelta(hours=1),
+        )
+        return
+    # A one-year key, imported the day it was made and checked daily since.
+    submitted = now - dt.timedelta(days=max(1, 365 - demo.days))
+    credential = credential_create(
+        institution=institution,
+        key=key,
+        source=CD2Credential.Source.IMPORT,
+        status=CD2Credential.Status.ACTIVE,
+        check=_PASSED,
+        submitted_by="Demo data",
+        now=submitted,
+    )
+    if demo.check == REJECTED:
+        # As the daily check left it: the key was deleted at identity.instructure.com.
+        checked = now - dt.timedelta(days=2)
+        credential.save(update_fields=credential_check_record(credential=credential, check=_REJECTED, now=checked))
+        credential_set_status(
+            credential=credential, status=CD2Credential.Status.INVALID, reason=_REJECTED.message, now=checked
+        )
+    for threshold, state in demo.reminders:
+        on_day = timezone.make_aware(
+            dt.datetime.combine(credential.expires_on - dt.timedelta(days=threshold), dt.time(6, 0))
+        )
+        ReminderLog.objects.create(
+            credential=credential,
+            threshold=threshold,
+            state=state,
+            claimed_at=on_day,
+            sent_at=on_day if state == SENT else None,
+            failed_at=on_day if state == FAILED else None,
+            attempts=1 if state == SENT else 3,
+            last_error=FAILED_DELIVERY_ERROR.format(address=contact.email) if state == FAILED else "",
+            recipients=contact.email,
+        )
