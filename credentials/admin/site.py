@@ -19,13 +19,38 @@ from credentials.admin.dashboard import dashboard_context
 DASHBOARD_PERMISSION = "institutions.view_institution"
 
 
+# The one answer to every failed sign-in: which part was wrong (the user, the
+# password, the code) is what an attacker guessing passwords wants to know.
+SIGN_IN_FAILED = "Sign-in failed. Check your username, password and one-time code, then try again."
+
+
+class CodeInput(forms.TextInput):
+    """A one-time code is never rendered back: a used code is worth nothing and differs from one failure to the next."""
+
+    def format_value(self, value):
+        return None
+
+
 class StaffLoginForm(OTPAdminAuthenticationForm):
     """The admin login: username, password and a code from the authenticator app or a recovery code.
 
     django-otp asks the user to pick a device first; with one authenticator
     and one set of recovery codes per person, the code's shape says which:
-    six digits are an authenticator code, anything else a recovery code.
+    six digits are an authenticator code, anything else a recovery code. So
+    the page never lists a user's devices, and every failure, whichever part
+    failed, gets the same answer.
     """
+
+    otp_token = forms.CharField(required=False, widget=CodeInput(attrs={"autocomplete": "one-time-code"}))
+
+    def clean(self):
+        try:
+            return super().clean()
+        except forms.ValidationError:
+            # Forget the user a right password found: the template and
+            # django-otp read it to offer that user's devices.
+            self.user_cache = None
+            raise forms.ValidationError(SIGN_IN_FAILED, code="sign_in_failed") from None
 
     def _verify_token(self, user, token, device=None):
         if device is None:
@@ -34,17 +59,14 @@ class StaffLoginForm(OTPAdminAuthenticationForm):
                 device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
             else:
                 device = StaticDevice.objects.filter(user=user, confirmed=True).first()
+            if device is None:
+                raise forms.ValidationError(SIGN_IN_FAILED, code="sign_in_failed")
         return super()._verify_token(user, token, device)
 
     def _update_form(self, user):
-        super()._update_form(user)
-        # django-otp renders the password back into the page after a failed
-        # code so it need not be retyped; a password has no place in HTML.
+        # django-otp fills the device choice with the user's device names and
+        # renders the password back; neither belongs in the page.
         self.fields["password"].widget.render_value = False
-        choices = list(self.fields["otp_device"].widget.choices)
-        if choices and choices[0][0] == "":
-            choices[0] = ("", "Any (six digits: authenticator app; otherwise: recovery code)")
-            self.fields["otp_device"].widget.choices = choices
 
     def clean_otp(self, user):
         try:
