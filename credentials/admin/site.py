@@ -7,16 +7,20 @@ lands on it and no code patches `admin.site` at run time.
 
 from __future__ import annotations
 
+from functools import partial
+
 from django import forms
 from django.contrib.auth.signals import user_login_failed
-from django.core.exceptions import PermissionDenied
+from django.urls import path
 from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from credentials.admin import devices
 from credentials.admin.dashboard import dashboard_context
 
 DASHBOARD_PERMISSION = "institutions.view_institution"
+REPLACEMENT_ADMINS = {TOTPDevice: devices.TOTPDeviceAdmin, StaticDevice: devices.StaticDeviceAdmin}
 
 
 # The one answer to every failed sign-in: which part was wrong (the user, the
@@ -85,28 +89,6 @@ class StaffLoginForm(OTPAdminAuthenticationForm):
             raise
 
 
-class EnrolmentOnlyMixin:
-    """For django-otp's authenticator admin: a seed (QR code) is shown only during enrolment.
-
-    Enrolment: a superuser adds a device for a colleague, unticked
-    "confirmed"; the colleague scans the QR code; the superuser ticks
-    "confirmed". From then on the seed is never shown again, so nobody with
-    admin access can copy a colleague's second factor later.
-    """
-
-    def _refuse_confirmed(self, pk) -> None:
-        if TOTPDevice.objects.filter(pk=pk, confirmed=True).exists():
-            raise PermissionDenied("This device is confirmed: its seed is no longer shown.")
-
-    def config_view(self, request, pk):
-        self._refuse_confirmed(pk)
-        return super().config_view(request, pk)
-
-    def qrcode_view(self, request, pk):
-        self._refuse_confirmed(pk)
-        return super().qrcode_view(request, pk)
-
-
 class StaffAdminSite(OTPAdminSite):
     """Every page needs a password and a verified one-time code (OTPAdminSite); the index is the dashboard."""
 
@@ -124,16 +106,16 @@ class StaffAdminSite(OTPAdminSite):
 
     def register(self, model_or_iterable, admin_class=None, **options):
         # django-otp's apps register their device admins on the default site
-        # as they load (importing django-otp's admin module here would be
-        # an import circle); the authenticator's admin gets the mixin that
-        # never shows a confirmed seed.
-        if (
-            model_or_iterable is TOTPDevice
-            and admin_class is not None
-            and not issubclass(admin_class, EnrolmentOnlyMixin)
-        ):
-            admin_class = type(f"EnrolmentOnly{admin_class.__name__}", (EnrolmentOnlyMixin, admin_class), {})
+        # as they load (importing django-otp's admin modules here would be an
+        # import circle). Theirs show a seed and recovery codes; ours take
+        # their place.
+        if isinstance(model_or_iterable, type):
+            admin_class = REPLACEMENT_ADMINS.get(model_or_iterable, admin_class)
         return super().register(model_or_iterable, admin_class, **options)
+
+    def get_urls(self):
+        reset = self.admin_view(partial(devices.authenticator_reset_view, admin_site=self))
+        return [path("my-authenticator/", reset, name="authenticator_reset"), *super().get_urls()]
 
     def index(self, request, extra_context=None):
         extra_context = dict(extra_context or {})
