@@ -69,7 +69,7 @@ def test_a_superuser_sees_who_has_which_device_but_never_a_seed_or_recovery_code
 
 
 def test_nobody_adds_edits_or_reads_the_qr_code_of_a_device_in_the_admin(client, verified_login, superuser, colleague):
-    _, totp, static = colleague
+    _, totp, _ = colleague
     verified_login(client, superuser)
     assert client.get("/admin/otp_totp/totpdevice/add/").status_code == 403
     assert client.get("/admin/otp_static/staticdevice/add/").status_code == 403
