@@ -20,7 +20,11 @@ from credentials.admin import devices
 from credentials.admin.dashboard import dashboard_context
 
 DASHBOARD_PERMISSION = "institutions.view_institution"
-REPLACEMENT_ADMINS = {TOTPDevice: devices.TOTPDeviceAdmin, StaticDevice: devices.StaticDeviceAdmin}
+# The admins that take the place of the ones other apps register (see StaffAdminSite.register).
+REPLACEMENT_ADMINS = {
+    TOTPDevice: devices.TOTPDeviceAdmin,
+    StaticDevice: devices.StaticDeviceAdmin,
+}
 
 
 # The one answer to every failed sign-in: which part was wrong (the user, the
@@ -108,7 +112,7 @@ class StaffAdminSite(OTPAdminSite):
         # django-otp's apps register their device admins on the default site
         # as they load (importing django-otp's admin modules here would be an
         # import circle). Theirs show a seed and recovery codes; ours take
-        # their place.
+        # their place. (The user admin is replaced in users.py: see there.)
         if isinstance(model_or_iterable, type):
             admin_class = REPLACEMENT_ADMINS.get(model_or_iterable, admin_class)
         return super().register(model_or_iterable, admin_class, **options)
