@@ -72,3 +72,12 @@ def test_a_deactivated_users_events_still_name_them_in_the_audit_log(client, ver
     verified_login(client, superuser)
     page = client.get("/admin/credentials/auditevent/").content.decode()
     assert "ada-the-engineer" in page
+
+
+def test_the_audit_list_names_the_actor_from_the_event_itself(client, verified_login, superuser):
+    # A row whose account link is gone (deleted before migration 0005) still has its username.
+    AuditEvent.objects.create(kind=AuditEvent.Kind.REVEAL, actor=None, actor_username="long-gone-engineer")
+    verified_login(client, superuser)
+    page = client.get("/admin/credentials/auditevent/").content.decode()
+    assert "long-gone-engineer" in page
+    assert client.get("/admin/credentials/auditevent/", {"q": "long-gone"}).context["cl"].result_count == 1
