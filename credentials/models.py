@@ -260,11 +260,20 @@ class AuditEvent(models.Model):
         KEY_ROTATION = "key_rotation", "Encryption keys rotated"
         LOGIN_FAILED = "login_failed", "Admin login failed"
         LOGIN = "login", "Admin login"
+        HANDOFF_REFUSED = "handoff_refused", "Hand-off refused"
+        TWO_FACTOR_RESET = "2fa_reset", "Authenticator reset started"
+        TWO_FACTOR_ENROLLED = "2fa_enrolled", "Authenticator enrolled"
+        TWO_FACTOR_DELETED = "2fa_deleted", "Two-factor device deleted"
 
     kind = models.CharField(max_length=20, choices=Kind.choices)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # PROTECT: a staff user with audit history is deactivated, never deleted
+    # (the user admin explains); actor_username keeps the name whatever happens.
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    actor_username = models.CharField(
+        max_length=150, blank=True, help_text="The staff user's username at the time, kept for ever."
     )
     actor_label = models.CharField(
         max_length=254, blank=True, help_text="Who, when not a staff user (a customer's email, a command)."
@@ -282,5 +291,5 @@ class AuditEvent(models.Model):
         indexes = [models.Index(fields=("kind", "created_at"), name="audit_kind_created")]
 
     def __str__(self) -> str:
-        who = self.actor or self.actor_label or "system"
+        who = self.actor_username or self.actor_label or "system"
         return f"{self.get_kind_display()} by {who} at {self.created_at:%Y-%m-%d %H:%M}"

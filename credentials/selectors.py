@@ -16,7 +16,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from credentials.expressions import DaysBetween, DaysUntil, ExpiryState, expiry_state_case
-from credentials.models import FAILED_VERDICTS, CD2Credential, ReminderLog
+from credentials.models import FAILED_VERDICTS, AuditEvent, CD2Credential, ReminderLog
 from institutions.models import Institution
 
 __all__ = ["ExpiryState", "KeyState"]
@@ -216,3 +216,8 @@ def due_credentials(*, today: dt.date, now: dt.datetime):
         .filter(step__isnull=False, step__lte=F("days_left_on_arrival"))
         .filter(~Exists(handled))
     )
+
+
+def audit_events_by(*, user) -> int:
+    """How many audit events name `user` as the actor (a user with any is kept for ever, deactivated not deleted)."""
+    return AuditEvent.objects.filter(actor=user).count()

@@ -87,9 +87,13 @@ class RegionFilter(admin.SimpleListFilter):
         return [(region, region) for region in regions]
 
     def queryset(self, request, queryset):
-        if self.value():
-            return queryset.filter(active_region=self.value())
-        return queryset
+        value = self.value()
+        if not value:
+            return queryset
+        if "\x00" in value:
+            # No region has one, and PostgreSQL refuses a NUL in a query.
+            return queryset.none()
+        return queryset.filter(active_region=value)
 
 
 class AccountOwnerFilter(admin.RelatedFieldListFilter):
@@ -217,6 +221,13 @@ class InstitutionChangeList(ChangeList):
             return self.get_queryset(request).order_by()
         finally:
             self.root_queryset = annotated
+
+    def get_ordering(self, request, queryset):
+        # The count's plain queryset has none of the key annotations that the
+        # columns sort by (?o=3 is "key_state"), and a count needs no order.
+        if "key_state" not in queryset.query.annotations:
+            return []
+        return super().get_ordering(request, queryset)
 
     def get_results(self, request):
         count_queryset = self.count_queryset(request)

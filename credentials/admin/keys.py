@@ -137,12 +137,13 @@ class AuditEventAdmin(ViewOnlyAdmin):
         ("institution", admin.RelatedOnlyFieldListFilter),
         ("created_at", admin.DateFieldListFilter),
     )
-    search_fields = ("actor__username", "actor_label", "institution__name", "reason")
+    search_fields = ("actor_username", "actor_label", "institution__name", "reason")
     date_hierarchy = "created_at"
     fields = (
         "created_at",
         "kind",
         "actor",
+        "actor_username",
         "actor_label",
         "institution",
         "credential",
@@ -160,11 +161,10 @@ class AuditEventAdmin(ViewOnlyAdmin):
             .defer(*secret_fields_of("credential"))
         )
 
-    @admin.display(description="Who", ordering="actor__username")
+    @admin.display(description="Who", ordering="actor_username")
     def who(self, obj: AuditEvent) -> str:
-        if obj.actor:
-            return obj.actor.get_username()
-        return obj.actor_label or "system"
+        # The username stored on the event: it outlives a renamed account.
+        return obj.actor_username or obj.actor_label or "system"
 
     @admin.display(description="Key")
     def credential_hint(self, obj: AuditEvent) -> str:

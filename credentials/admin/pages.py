@@ -14,7 +14,7 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth import logout
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -83,8 +83,17 @@ def _require(request: HttpRequest, perm: str) -> None:
         raise PermissionDenied
 
 
+def _object_or_404(queryset, object_id):
+    """The row, or 404 for a missing row and for an id that is not one (`/not-a-number/` is not a 500)."""
+    try:
+        object_id = queryset.model._meta.pk.to_python(object_id)
+    except ValidationError:
+        raise Http404 from None
+    return get_object_or_404(queryset, pk=object_id)
+
+
 def _institution(request: HttpRequest, model_admin, object_id) -> Institution:
-    institution = get_object_or_404(Institution, pk=object_id)
+    institution = _object_or_404(Institution.objects.all(), object_id)
     if not model_admin.has_view_permission(request, institution):
         raise PermissionDenied
     return institution
@@ -320,7 +329,7 @@ class RevealForm(ReasonForm):
 def reveal_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
     if not (request.user.has_perm(REVEAL_PERMISSION) and request.user.has_perm("credentials.view_cd2credential")):
         raise PermissionDenied
-    credential = get_object_or_404(CD2Credential.objects.without_secrets(), pk=object_id)
+    credential = _object_or_404(CD2Credential.objects.without_secrets(), object_id)
     form = RevealForm(request.POST or None, request=request)
     context = {
         **model_admin.admin_site.each_context(request),

@@ -7,16 +7,37 @@ lands on it and no code patches `admin.site` at run time.
 
 from __future__ import annotations
 
+from functools import partial, wraps
+
 from django import forms
 from django.contrib.auth.signals import user_login_failed
-from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseBadRequest
+from django.urls import path
 from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from credentials.admin import devices
 from credentials.admin.dashboard import dashboard_context
 
 DASHBOARD_PERMISSION = "institutions.view_institution"
+# The admins that take the place of the ones other apps register (see StaffAdminSite.register).
+REPLACEMENT_ADMINS = {
+    TOTPDevice: devices.TOTPDeviceAdmin,
+    StaticDevice: devices.StaticDeviceAdmin,
+}
+
+
+# The one answer to every failed sign-in: which part was wrong (the user, the
+# password, the code) is what an attacker guessing passwords wants to know.
+SIGN_IN_FAILED = "Sign-in failed. Check your username, password and one-time code, then try again."
+
+
+class CodeInput(forms.TextInput):
+    """A one-time code is never rendered back: a used code is worth nothing and differs from one failure to the next."""
+
+    def format_value(self, value):
+        return None
 
 
 class StaffLoginForm(OTPAdminAuthenticationForm):
@@ -24,8 +45,21 @@ class StaffLoginForm(OTPAdminAuthenticationForm):
 
     django-otp asks the user to pick a device first; with one authenticator
     and one set of recovery codes per person, the code's shape says which:
-    six digits are an authenticator code, anything else a recovery code.
+    six digits are an authenticator code, anything else a recovery code. So
+    the page never lists a user's devices, and every failure, whichever part
+    failed, gets the same answer.
     """
+
+    otp_token = forms.CharField(required=False, widget=CodeInput(attrs={"autocomplete": "one-time-code"}))
+
+    def clean(self):
+        try:
+            return super().clean()
+        except forms.ValidationError:
+            # Forget the user a right password found: the template and
+            # django-otp read it to offer that user's devices.
+            self.user_cache = None
+            raise forms.ValidationError(SIGN_IN_FAILED, code="sign_in_failed") from None
 
     def _verify_token(self, user, token, device=None):
         if device is None:
@@ -34,17 +68,14 @@ class StaffLoginForm(OTPAdminAuthenticationForm):
                 device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
             else:
                 device = StaticDevice.objects.filter(user=user, confirmed=True).first()
+            if device is None:
+                raise forms.ValidationError(SIGN_IN_FAILED, code="sign_in_failed")
         return super()._verify_token(user, token, device)
 
     def _update_form(self, user):
-        super()._update_form(user)
-        # django-otp renders the password back into the page after a failed
-        # code so it need not be retyped; a password has no place in HTML.
+        # django-otp fills the device choice with the user's device names and
+        # renders the password back; neither belongs in the page.
         self.fields["password"].widget.render_value = False
-        choices = list(self.fields["otp_device"].widget.choices)
-        if choices and choices[0][0] == "":
-            choices[0] = ("", "Any (six digits: authenticator app; otherwise: recovery code)")
-            self.fields["otp_device"].widget.choices = choices
 
     def clean_otp(self, user):
         try:
@@ -61,28 +92,6 @@ class StaffLoginForm(OTPAdminAuthenticationForm):
                     reason="wrong or missing one-time code",
                 )
             raise
-
-
-class EnrolmentOnlyMixin:
-    """For django-otp's authenticator admin: a seed (QR code) is shown only during enrolment.
-
-    Enrolment: a superuser adds a device for a colleague, unticked
-    "confirmed"; the colleague scans the QR code; the superuser ticks
-    "confirmed". From then on the seed is never shown again, so nobody with
-    admin access can copy a colleague's second factor later.
-    """
-
-    def _refuse_confirmed(self, pk) -> None:
-        if TOTPDevice.objects.filter(pk=pk, confirmed=True).exists():
-            raise PermissionDenied("This device is confirmed: its seed is no longer shown.")
-
-    def config_view(self, request, pk):
-        self._refuse_confirmed(pk)
-        return super().config_view(request, pk)
-
-    def qrcode_view(self, request, pk):
-        self._refuse_confirmed(pk)
-        return super().qrcode_view(request, pk)
 
 
 class StaffAdminSite(OTPAdminSite):
@@ -102,16 +111,29 @@ class StaffAdminSite(OTPAdminSite):
 
     def register(self, model_or_iterable, admin_class=None, **options):
         # django-otp's apps register their device admins on the default site
-        # as they load (importing django-otp's admin module here would be
-        # an import circle); the authenticator's admin gets the mixin that
-        # never shows a confirmed seed.
-        if (
-            model_or_iterable is TOTPDevice
-            and admin_class is not None
-            and not issubclass(admin_class, EnrolmentOnlyMixin)
-        ):
-            admin_class = type(f"EnrolmentOnly{admin_class.__name__}", (EnrolmentOnlyMixin, admin_class), {})
+        # as they load (importing django-otp's admin modules here would be an
+        # import circle). Theirs show a seed and recovery codes; ours take
+        # their place. (The user admin is replaced in users.py: see there.)
+        if isinstance(model_or_iterable, type):
+            admin_class = REPLACEMENT_ADMINS.get(model_or_iterable, admin_class)
         return super().register(model_or_iterable, admin_class, **options)
+
+    def admin_view(self, view, cacheable=False):
+        inner = super().admin_view(view, cacheable)
+
+        @wraps(view)
+        def refuse_nul(request, *args, **kwargs):
+            # No filter, search or sort value has a NUL, and PostgreSQL
+            # refuses one in a query (a 500): a bad request, on every page.
+            if any("\x00" in key or "\x00" in value for key, values in request.GET.lists() for value in values):
+                return HttpResponseBadRequest("A NUL character is not allowed in the address.")
+            return inner(request, *args, **kwargs)
+
+        return refuse_nul
+
+    def get_urls(self):
+        reset = self.admin_view(partial(devices.authenticator_reset_view, admin_site=self))
+        return [path("my-authenticator/", reset, name="authenticator_reset"), *super().get_urls()]
 
     def index(self, request, extra_context=None):
         extra_context = dict(extra_context or {})

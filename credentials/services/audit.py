@@ -21,9 +21,11 @@ def audit_record(
     """Append one audit event. `detail` must never hold a secret or a full Client ID."""
     if credential is not None and institution is None:
         institution = credential.institution
+    actor = actor if getattr(actor, "pk", None) else None
     return AuditEvent.objects.create(
         kind=kind,
-        actor=actor if getattr(actor, "pk", None) else None,
+        actor=actor,
+        actor_username=actor.get_username() if actor else "",
         actor_label=actor_label[:254],
         institution=institution,
         credential=credential,

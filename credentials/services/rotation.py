@@ -6,13 +6,18 @@ inside cryptography for the instant of re-encryption, and no model code runs.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from cryptography.fernet import InvalidToken
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from credentials.checks import encrypted_columns
 from credentials.fields import DecryptionError, get_multifernet, primary_fernet
+from credentials.models import AuditEvent
+from credentials.services.audit import audit_record
+
+logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 # Keyset pagination starts below every possible (big)integer primary key.
@@ -21,6 +26,8 @@ LOWEST_PK = -(2**63)
 
 @dataclass
 class RotationReport:
+    """Rows whose batch was committed: a failed run's report says how far it got."""
+
     rotated: int = 0
     unchanged: int = 0
     tables: dict[str, int] = field(default_factory=dict)
@@ -34,15 +41,53 @@ def _is_under_primary(token: bytes) -> bool:
     return True
 
 
-def encryption_keys_rotate(*, batch_size: int = BATCH_SIZE, progress=None) -> RotationReport:
-    """Rotate in batches of `batch_size` rows, one transaction per batch.
+def encryption_keys_rotate(
+    *, batch_size: int = BATCH_SIZE, progress=None, actor_label: str = "encryption_keys_rotate"
+) -> RotationReport:
+    """Rotate in batches of `batch_size` rows, one transaction per batch; every run is audited.
 
     Safe to re-run after a crash: a value already under the newest key is left
     alone, so a second run reports everything unchanged. A value that no
     configured key decrypts stops the run with DecryptionError before its
-    batch is written.
+    batch is written. The audit event (also for a failed or interrupted run)
+    holds the outcome and the counts of committed rows, per table.
     """
     report = RotationReport()
+    outcome, error = "failed", ""
+    try:
+        _rotate(report, batch_size=batch_size, progress=progress)
+        outcome = "complete"
+        return report
+    except DecryptionError as exc:
+        error = str(exc)  # names a table, column and row id; never a value
+        raise
+    except BaseException as exc:
+        error = type(exc).__name__
+        raise
+    finally:
+        if outcome != "complete" and report.rotated:
+            outcome = "partial"
+        try:
+            audit_record(
+                kind=AuditEvent.Kind.KEY_ROTATION,
+                actor_label=actor_label,
+                detail={
+                    "outcome": outcome,
+                    "rotated": report.rotated,
+                    "unchanged": report.unchanged,
+                    "tables": report.tables,
+                    "error": error,
+                },
+            )
+        except DatabaseError:
+            # The database that stopped the run cannot take its record either;
+            # the run's own error is the one to see, so it is not masked.
+            if outcome == "complete":
+                raise
+            logger.exception("Could not audit the failed encryption-key rotation")
+
+
+def _rotate(report: RotationReport, *, batch_size: int, progress) -> None:
     multi = get_multifernet()
     quote = connection.ops.quote_name
     for model, enc_fields in _models_with_encrypted_fields():
@@ -55,8 +100,9 @@ def encryption_keys_rotate(*, batch_size: int = BATCH_SIZE, progress=None) -> Ro
         )
         update_one_sql = f"UPDATE {table} SET {', '.join(f'{c} = %s' for c in columns)} WHERE {pk} = %s"  # noqa: S608  # nosec B608
         last_pk = LOWEST_PK
-        rotated_here = 0
+        report.tables[model._meta.db_table] = 0
         while True:
+            batch_rotated = batch_unchanged = 0
             with transaction.atomic():
                 with connection.cursor() as cursor:
                     cursor.execute(select_sql, [last_pk, batch_size])
@@ -81,19 +127,20 @@ def encryption_keys_rotate(*, batch_size: int = BATCH_SIZE, progress=None) -> Ro
                             changed = True
                         if changed:
                             updates.append([*new_tokens, pk_value])
-                            report.rotated += 1
+                            batch_rotated += 1
                         else:
-                            report.unchanged += 1
+                            batch_unchanged += 1
                     if updates:
                         _write_batch(
                             cursor, table=table, pk=pk, columns=columns, rows=updates, update_one_sql=update_one_sql
                         )
-                        rotated_here += len(updates)
                     last_pk = rows[-1][0]
+            # Counted once the batch is committed.
+            report.rotated += batch_rotated
+            report.unchanged += batch_unchanged
+            report.tables[model._meta.db_table] += batch_rotated
             if progress:
                 progress(model._meta.db_table, report)
-        report.tables[model._meta.db_table] = rotated_here
-    return report
 
 
 def _write_batch(cursor, *, table: str, pk: str, columns: list[str], rows: list[list], update_one_sql: str) -> None:

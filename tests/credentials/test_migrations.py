@@ -13,9 +13,11 @@ BEFORE = [("credentials", "0002_roles"), ("institutions", "0001_initial")]
 AFTER = [("credentials", "0004_fill_state_columns_and_move_roles")]
 
 
-def _migrate(targets):
+def _migrate(targets=None):
+    """Migrate to `targets`; None: every app to its newest migration (leave the schema as the next test expects)."""
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
+    targets = targets or executor.loader.graph.leaf_nodes()
     executor.migrate(targets)
     return executor.loader.project_state(targets).apps
 
@@ -81,4 +83,20 @@ def test_state_moves_from_text_into_columns_and_back():
     assert ReminderLog.objects.get(pk=logs["claimed"].pk).last_error == "Skipped: key replaced"
     assert ReminderLog.objects.get(pk=logs["skipped"].pk).last_error == "Skipped: not sent on time"
     assert Group.objects.get(name="Customer success").permissions.filter(codename="change_cd2credential").exists()
-    _migrate([*AFTER, ("institutions", "0002_export_permission")])
+    _migrate()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_existing_audit_events_get_their_actors_username():
+    old = _migrate([("credentials", "0004_fill_state_columns_and_move_roles")])
+    User = old.get_model("auth", "User")
+    AuditEvent = old.get_model("credentials", "AuditEvent")
+    ada = User.objects.create(username="ada", is_staff=True)
+    by_ada = AuditEvent.objects.create(kind="reveal", actor=ada)
+    by_command = AuditEvent.objects.create(kind="key_rotation", actor_label="manage.py rotate_encryption_keys")
+
+    new = _migrate([("credentials", "0005_audit_actor_username")])
+    AuditEvent = new.get_model("credentials", "AuditEvent")
+    assert AuditEvent.objects.get(pk=by_ada.pk).actor_username == "ada"
+    assert AuditEvent.objects.get(pk=by_command.pk).actor_username == ""
+    _migrate()

@@ -86,7 +86,14 @@ def test_rotation_round_trip_with_three_keys_and_a_thousand_rows(institution, ca
     assert len(secrets) == ROWS
     assert all(secrets[f"us-east-1 …{n:04d}"] == f"secret-{n}" for n in range(ROWS))
     assert client_ids == {f"us-east-1#id-{n}" for n in range(ROWS)}
-    assert AuditEvent.objects.filter(kind=AuditEvent.Kind.KEY_ROTATION).count() == 2
+    first, second = AuditEvent.objects.filter(kind=AuditEvent.Kind.KEY_ROTATION).order_by("pk")
+    assert (first.actor_label, first.detail["outcome"], first.detail["rotated"], first.detail["unchanged"]) == (
+        "manage.py rotate_encryption_keys",
+        "complete",
+        ROWS,
+        0,
+    )
+    assert (second.detail["outcome"], second.detail["rotated"], second.detail["unchanged"]) == ("complete", 0, ROWS)
 
 
 def test_rotation_interrupted_after_a_batch_finishes_on_a_second_run(institution):
@@ -105,6 +112,15 @@ def test_rotation_interrupted_after_a_batch_finishes_on_a_second_run(institution
         report = encryption_keys_rotate(batch_size=20)
     # The first batch was committed before the crash; the second run did the rest.
     assert (report.rotated, report.unchanged) == (30, 20)
+    crashed, finished = AuditEvent.objects.filter(kind=AuditEvent.Kind.KEY_ROTATION).order_by("pk")
+    assert crashed.detail == {
+        "outcome": "partial",
+        "rotated": 20,
+        "unchanged": 0,
+        "tables": {"credentials_cd2credential": 20},
+        "error": "Crash",
+    }
+    assert (finished.detail["outcome"], finished.detail["rotated"]) == ("complete", 30)
     with override_settings(FERNET_KEYS=[new]):
         assert sorted(c.secret for c in CD2Credential.objects.all()) == sorted(f"secret-{n}" for n in range(50))
 
@@ -119,3 +135,10 @@ def test_rotation_stops_without_writing_when_a_value_has_no_key(institution):
         with pytest.raises(CommandError, match="FERNET_KEYS"):
             call_command("rotate_encryption_keys")
     assert stored_tokens() == before
+    events = AuditEvent.objects.filter(kind=AuditEvent.Kind.KEY_ROTATION).order_by("pk")
+    assert [(e.actor_label, e.detail["outcome"], e.detail["rotated"]) for e in events] == [
+        ("encryption_keys_rotate", "failed", 0),
+        ("manage.py rotate_encryption_keys", "failed", 0),
+    ]
+    assert all("Cannot rotate credentials_cd2credential." in e.detail["error"] for e in events)
+    assert not any("secret-" in str(e.detail) for e in events)

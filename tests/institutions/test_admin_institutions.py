@@ -13,7 +13,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from credentials import fields
+from credentials.admin.institutions import RegionFilter
 from credentials.models import AuditEvent, CD2Credential, SubmissionLink
+from credentials.selectors import institutions_with_key_status
 from credentials.services.keys import credential_set_status
 from credentials.validators import CleanKey
 from devtools.fake_gateway import FakeGateway
@@ -475,3 +477,23 @@ def test_with_a_key_filter_the_count_still_matches_the_rows(
 
     cl = response.context["cl"]
     assert cl.result_count == len(cl.result_list) == expected
+
+
+@pytest.mark.parametrize("column", range(8))
+def test_every_column_of_the_institution_list_sorts_both_ways_and_counts_the_same(
+    column, admin_client, institution, make_credential, make_institution
+):
+    make_credential(institution)
+    make_institution()
+    for order in (str(column), f"-{column}"):
+        response = admin_client.get(CHANGELIST, {"o": order})
+        assert response.status_code == 200, order
+        assert response.context["cl"].result_count == 2, order
+
+
+def test_a_nul_in_the_region_filter_matches_nothing_and_the_admin_refuses_it(admin_client, institution):
+    queryset = institutions_with_key_status(queryset=Institution.objects.all())
+    spec = RegionFilter(None, {"region": ["us-east-1\x00"]}, Institution, None)
+    assert list(spec.queryset(None, queryset)) == []  # evaluated: PostgreSQL would refuse the NUL here
+    assert admin_client.get(CHANGELIST, {"region": "\x00"}).status_code == 400
+    assert admin_client.get(CHANGELIST, {"q": "north\x00"}).status_code == 400

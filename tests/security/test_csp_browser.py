@@ -69,7 +69,8 @@ def check_admin(browser, live_server, cookie, institution, credential) -> None:
         "/admin/credentials/cd2credential/",
         f"/admin/credentials/cd2credential/{credential.pk}/change/",
         "/admin/credentials/auditevent/",
-        "/admin/otp_totp/totpdevice/add/",
+        "/admin/otp_totp/totpdevice/",
+        "/admin/my-authenticator/",
         "/admin/auth/user/",
     ]
     for url in urls:

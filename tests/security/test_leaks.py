@@ -363,6 +363,7 @@ def path_reveal(leak: Surfaces, world: World) -> None:
 @leak_path
 def path_handoff(leak: Surfaces, world: World) -> None:
     world.credential = world.planted_key()
+    engineer = world.make_staff("Data engineer")
     for output_format in ("env", "json"):
         out, err = io.StringIO(), io.StringIO()
         call_command(
@@ -370,6 +371,8 @@ def path_handoff(leak: Surfaces, world: World) -> None:
             world.institution.slug,
             "--format",
             output_format,
+            "--as",
+            engineer.get_username(),
             "--reason",
             "leak test",
             stdout=out,

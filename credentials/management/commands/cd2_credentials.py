@@ -1,12 +1,15 @@
 """Hand an institution's CD2 key to the data pipeline, audited.
 
-    eval "$(python manage.py cd2_credentials northfield --format env --reason 'nightly load')"
-    python manage.py cd2_credentials northfield --format json > /run/secrets/cd2.json
+    eval "$(python manage.py cd2_credentials northfield --as ada --reason 'nightly load' --format env)"
+    python manage.py cd2_credentials northfield --as ada --reason 'nightly load' --format json > /run/secrets/cd2.json
 
 The env format sets DAP_CLIENT_ID and DAP_CLIENT_SECRET, the variables the
 official instructure-dap-client reads; values are shell-quoted so `eval` and
-`set -a; source FILE` both work. Every run that prints a key writes one
-AuditEvent (kind handoff) naming the OS user.
+`set -a; source FILE` both work. --as names the staff member handing the key
+out (an active user with the hand-off permission, a Data engineer) and
+--reason why; both are required. Every run that prints a key writes one
+AuditEvent (kind handoff) naming that staff member and the OS user; every
+refused run writes one too (kind handoff_refused).
 """
 
 from __future__ import annotations
@@ -40,13 +43,30 @@ class Command(BaseCommand):
             action="store_true",
             help="Hand out the key even if it is expired, revoked or invalid (for backfills).",
         )
-        parser.add_argument("--reason", default="", help="Why the key is handed out; kept in the audit log.")
+        parser.add_argument(
+            "--as",
+            required=True,
+            dest="as_username",
+            metavar="USERNAME",
+            help="Your staff username: an active user allowed to hand off keys (a Data engineer).",
+        )
+        parser.add_argument("--reason", required=True, help="Why the key is handed out; kept in the audit log.")
 
-    def handle(self, *args, institution_slug: str, output_format: str, allow_expired: bool, reason: str, **options):
+    def handle(
+        self,
+        *args,
+        institution_slug: str,
+        output_format: str,
+        allow_expired: bool,
+        as_username: str,
+        reason: str,
+        **options,
+    ):
         label = f"{_os_user()}@{socket.gethostname()} via manage.py cd2_credentials"
         try:
             key = credential_handoff(
                 institution_slug=institution_slug,
+                actor_username=as_username,
                 actor_label=label,
                 allow_expired=allow_expired,
                 reason=reason,

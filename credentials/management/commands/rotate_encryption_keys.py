@@ -3,8 +3,6 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from credentials.fields import DecryptionError
-from credentials.models import AuditEvent
-from credentials.services.audit import audit_record
 from credentials.services.rotation import BATCH_SIZE, encryption_keys_rotate
 
 
@@ -20,6 +18,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, batch_size: int, **options) -> None:
+        # Every run, failed ones included, is audited by the service with its counts.
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
 
@@ -28,7 +27,9 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {table}: {report.rotated} rotated, {report.unchanged} unchanged so far")
 
         try:
-            report = encryption_keys_rotate(batch_size=batch_size, progress=progress)
+            report = encryption_keys_rotate(
+                batch_size=batch_size, progress=progress, actor_label="manage.py rotate_encryption_keys"
+            )
         except DecryptionError as exc:
             raise CommandError(str(exc)) from None
         for table, count in report.tables.items():
@@ -37,9 +38,4 @@ class Command(BaseCommand):
             self.style.SUCCESS(
                 f"Done: {report.rotated} rows re-encrypted under the newest key, {report.unchanged} already were."
             )
-        )
-        audit_record(
-            kind=AuditEvent.Kind.KEY_ROTATION,
-            actor_label="manage.py rotate_encryption_keys",
-            detail={"rotated": report.rotated, "unchanged": report.unchanged},
         )

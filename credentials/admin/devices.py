@@ -1,0 +1,170 @@
+"""Staff second factors in the admin: nobody reads a seed or a recovery code back, superusers included.
+
+django-otp's own device admins show a confirmed authenticator's seed in an
+editable field and list recovery codes. StaffAdminSite.register puts these
+admins in their place: a device page shows who owns it and when it was used,
+nothing else; nobody adds or edits a device here; deleting one (superusers)
+is audited. A staff member replaces their own authenticator on "Reset my
+authenticator" (password first, the new QR code shown once, confirmed by a
+code from it).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.cache import add_never_cache_headers, patch_cache_control
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+from django_otp import login as otp_login
+from django_otp.qr import write_qrcode_image
+
+from credentials.models import AuditEvent
+from credentials.services.audit import audit_record
+from credentials.services.two_factor import (
+    authenticator_reset_confirm,
+    authenticator_reset_start,
+    two_factor_device_delete,
+)
+from edpotential.security import client_ip
+
+# --------------------------------------------------------------------------
+# Device admins (TOTP authenticators and recovery codes)
+# --------------------------------------------------------------------------
+
+DEVICE_FIELDS = ("user", "name", "confirmed", "created_at", "last_used_at")
+
+
+class DeviceAdmin(admin.ModelAdmin):
+    """Who has which second factor and when it was last used; delete is the only change, and it is audited."""
+
+    list_display = DEVICE_FIELDS
+    list_filter = ("confirmed",)
+    list_select_related = ("user",)
+    search_fields = ("user__username", "user__email", "name")
+    search_help_text = "Search by username, email or device name."
+    # Explicit, so the read-only page can never grow the seed (`key`) or the codes.
+    fields = DEVICE_FIELDS
+    readonly_fields = DEVICE_FIELDS
+
+    def has_add_permission(self, request) -> bool:
+        # Enrolment is the staff member's own act: "Reset my authenticator".
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def delete_model(self, request, obj) -> None:
+        two_factor_device_delete(device=obj, actor=request.user, ip_address=client_ip(request))
+
+    def delete_queryset(self, request, queryset) -> None:
+        for device in queryset.select_related("user"):
+            two_factor_device_delete(device=device, actor=request.user, ip_address=client_ip(request))
+
+
+class TOTPDeviceAdmin(DeviceAdmin):
+    pass
+
+
+class StaticDeviceAdmin(DeviceAdmin):
+    # No token inline: recovery codes are shown once, to their owner, when made.
+    pass
+
+
+# --------------------------------------------------------------------------
+# Reset my authenticator
+# --------------------------------------------------------------------------
+
+# The unconfirmed device this session is enrolling (its id, never its seed).
+PENDING_DEVICE_SESSION_KEY = "authenticator_reset_device"
+
+
+class PasswordForm(forms.Form):
+    password = forms.CharField(
+        label="Your password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
+
+    def __init__(self, *args, user, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def clean_password(self) -> str:
+        if not self.user.check_password(self.cleaned_data["password"]):
+            raise ValidationError("That is not your password.", code="wrong_password")
+        return ""
+
+
+class CodeForm(forms.Form):
+    otp_token = forms.CharField(
+        label="Code from the app",
+        max_length=16,
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}),
+    )
+
+
+def _qr_data_uri(config_url: str) -> str:
+    out = io.BytesIO()
+    write_qrcode_image(config_url, out)
+    return "data:image/svg+xml;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+
+
+def _private(response: HttpResponse) -> HttpResponse:
+    add_never_cache_headers(response)
+    patch_cache_control(response, no_store=True, private=True)
+    return response
+
+
+@sensitive_post_parameters("password", "otp_token")
+@sensitive_variables("device", "context")
+def authenticator_reset_view(request: HttpRequest, *, admin_site) -> HttpResponse:
+    """Password, then the new QR code (this response only), then a code from it: the new device replaces the old."""
+    user = request.user
+    ip_address = client_ip(request)
+    context = {**admin_site.each_context(request), "title": "Reset my authenticator"}
+    pending_id = request.session.get(PENDING_DEVICE_SESSION_KEY)
+    password_form = PasswordForm(user=user)
+    code_form = None
+
+    if request.method == "POST" and "otp_token" in request.POST and pending_id:
+        code_form = CodeForm(request.POST)
+        if code_form.is_valid():
+            device = authenticator_reset_confirm(
+                user=user, device_id=pending_id, token=code_form.cleaned_data["otp_token"], ip_address=ip_address
+            )
+            if device is not None:
+                del request.session[PENDING_DEVICE_SESSION_KEY]
+                # This session was verified by the device just replaced.
+                otp_login(request, device)
+                messages.success(request, "Your new authenticator is set up; the old one no longer works.")
+                return HttpResponseRedirect(reverse("admin:index"))
+            code_form.add_error(
+                "otp_token",
+                "That code does not match. Check the app's clock, or start again for a new QR code.",
+            )
+    elif request.method == "POST":
+        password_form = PasswordForm(request.POST, user=user)
+        if password_form.is_valid():
+            device = authenticator_reset_start(user=user, ip_address=ip_address)
+            request.session[PENDING_DEVICE_SESSION_KEY] = device.pk
+            context.update(
+                qr_code=_qr_data_uri(device.config_url),
+                secret_b32=base64.b32encode(device.bin_key).decode("ascii"),
+            )
+            code_form = CodeForm()
+        elif password_form.has_error("password", "wrong_password"):
+            audit_record(
+                kind=AuditEvent.Kind.LOGIN_FAILED,
+                actor=user,
+                ip_address=ip_address,
+                detail={"where": "authenticator reset password check"},
+            )
+    context.update(password_form=password_form, code_form=code_form)
+    return _private(TemplateResponse(request, "admin/credentials/authenticator_reset.html", context))

@@ -1,0 +1,216 @@
+"""Crawl the whole staff admin as each role: no 5xx and no secret on any page.
+
+Every URL the admin registers (walked from the URL resolver, object ids
+filled from the rows made here), every sortable column both ways, every
+filter choice plus hostile values (NUL, 5,000 characters, unicode) for
+every filter parameter, the search box, the date drill-down, and every
+action's confirmation page. Searched in every body: the planted Secret, the
+full planted Client ID, a TOTP seed (hex and base32) and recovery codes.
+The figures are printed with -s and recorded in SECURITY.md.
+"""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import urlencode
+
+import pytest
+from axes.models import AccessFailureLog, AccessLog
+from django.contrib import admin
+from django.contrib.contenttypes.models import ContentType
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
+from django_otp.plugins.otp_static.models import StaticDevice
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from credentials.models import AuditEvent, ReminderLog
+from credentials.services.audit import audit_record
+from credentials.services.links import submission_link_create
+from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
+
+ROLES = ("Viewer", "Customer success", "Data engineer", None)  # None: a superuser
+HOSTILE_VALUES = ("\x00", "a\x00b", "x" * 5000, "ü\u202e😀€\u0000", "-1", "' OR 1=1 --")
+RECOVERY_CODES = ("crawlrec01", "crawlrec02")
+
+
+# ---------------------------------------------------------------------------
+# Walking the resolver
+# ---------------------------------------------------------------------------
+
+
+def _route(pattern) -> str:
+    return str(pattern.pattern)
+
+
+def admin_url_names() -> list[tuple[str, str, type | None, list[str]]]:
+    """(url name, route, model, its arguments) for every named admin URL; model: whose admin it belongs to."""
+    models_by_prefix = {f"{m._meta.app_label}/{m._meta.model_name}/": m for m in admin.site._registry}
+    (admin_resolver,) = [
+        p for p in get_resolver().url_patterns if isinstance(p, URLResolver) and p.namespace == admin.site.name
+    ]
+    found = []
+
+    def walk(patterns, prefix: str, model):
+        for pattern in patterns:
+            route = prefix + _route(pattern)
+            if isinstance(pattern, URLResolver):
+                walk(pattern.url_patterns, route, models_by_prefix.get(_route(pattern), model))
+            elif isinstance(pattern, URLPattern) and pattern.name:
+                found.append((pattern.name, route, model, list(pattern.pattern.regex.groupindex)))
+
+    walk(admin_resolver.url_patterns, "", None)
+    return found
+
+
+def urls_to_visit(world) -> list[str]:
+    """Every named admin URL reversed with real arguments (each app label, each model's own row)."""
+    app_labels = sorted({m._meta.app_label for m in admin.site._registry})
+    urls = []
+    for name, route, model, arguments in admin_url_names():
+        full = f"{admin.site.name}:{name}"
+        if not arguments:
+            urls.append(reverse(full))
+        elif arguments == ["app_label"]:
+            urls.extend(reverse(full, kwargs={"app_label": label}) for label in app_labels)
+        elif "content_type_id" in arguments:
+            inst = world["institution"]
+            ct = ContentType.objects.get_for_model(inst)
+            urls.append(reverse(full, kwargs={"content_type_id": ct.pk, "object_id": inst.pk}))
+        elif model is not None and len(arguments) == 1:
+            pk = model._default_manager.order_by("pk").values_list("pk", flat=True).first()
+            assert pk is not None, f"no {model._meta.label} row to crawl {name} with"
+            (argument,) = arguments
+            urls.append(reverse(full, kwargs={argument: pk}))
+            if "<int:" not in route:
+                urls.append(reverse(full, kwargs={argument: "999999999"}))  # a missing row
+                urls.append(reverse(full, kwargs={argument: "not-a-number"}))
+        else:
+            raise AssertionError(f"do not know how to fill {route!r} ({name})")
+    urls.append("/admin/no-such-page/")
+    return urls
+
+
+# ---------------------------------------------------------------------------
+# The world: one row of everything, each with its secret planted
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def world(institution, make_credential, make_staff):
+    owner = make_staff("Customer success", username="owner-of-northfield")
+    institution.account_owner = owner
+    institution.save()
+    key = make_credential(institution, client_id=PLANTED_CLIENT_ID, secret=PLANTED_SECRET)
+    submission_link_create(institution=institution, created_by=owner, reason="staff")
+    ReminderLog.objects.create(credential=key, threshold=30, state=ReminderLog.State.SENT, sent_at=timezone.now())
+    audit_record(kind=AuditEvent.Kind.REVEAL, actor=owner, credential=key, reason="crawl")
+    totp = TOTPDevice.objects.create(user=owner, name="owner phone", confirmed=True)
+    static = StaticDevice.objects.create(user=owner, name="owner codes", confirmed=True)
+    for token in RECOVERY_CODES:
+        static.token_set.create(token=token)
+    # A failed sign-in, and the rows axes keeps for its admin pages.
+    Client().post("/admin/login/", {"username": owner.username, "password": "wrong"}, REMOTE_ADDR="10.66.0.1")
+    axes_row = {"username": owner.username, "ip_address": "10.66.0.1", "user_agent": "crawl", "path_info": "/admin/"}
+    AccessLog.objects.create(**axes_row, http_accept="*/*", attempt_time=timezone.now())
+    AccessFailureLog.objects.create(**axes_row, http_accept="*/*", attempt_time=timezone.now(), locked_out=False)
+    seed_b32 = base64.b32encode(totp.bin_key).decode()
+    secrets = [
+        PLANTED_SECRET,
+        PLANTED_CLIENT_ID,
+        totp.key,
+        totp.key.upper(),
+        seed_b32,
+        seed_b32.rstrip("="),
+        *RECOVERY_CODES,
+    ]
+    return {"institution": institution, "secrets": secrets}
+
+
+class Crawl:
+    def __init__(self, client, secrets) -> None:
+        self.client = client
+        self.secrets = [s.encode() for s in secrets]
+        self.problems: list[str] = []
+        self.counts: dict[str, int] = {}
+        self.statuses: dict[str, int] = {}
+
+    def check(self, what: str, url: str, response) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+        self.statuses[url] = response.status_code
+        if response.status_code >= 500:
+            self.problems.append(f"{response.status_code} {what}: {url[:200]}")
+        body = b"".join(response.streaming_content) if response.streaming else response.content
+        for secret in self.secrets:
+            if secret in body:
+                self.problems.append(f"secret {secret[:6]!r}… in {what}: {url[:200]}")
+
+    def get(self, what: str, url: str, params: dict | None = None):
+        full = url + ("?" + urlencode(params) if params else "")
+        response = self.client.get(full)
+        self.check(what, full, response)
+        return response
+
+    def post(self, what: str, url: str, data: dict):
+        response = self.client.post(url, data)
+        self.check(what, url + " " + str(data)[:100], response)
+        return response
+
+
+def crawl_changelist(crawl: Crawl, url: str) -> None:
+    response = crawl.get("changelist", url)
+    if response.status_code != 200 or response.context is None or "cl" not in response.context:
+        return
+    cl = response.context["cl"]
+    for index in range(len(cl.list_display)):
+        crawl.get("sort", url, {"o": str(index)})
+        crawl.get("sort", url, {"o": f"-{index}"})
+    for value in ("99", "1.2.x", "\x00"):
+        crawl.get("sort", url, {"o": value})
+    for spec in cl.filter_specs:
+        for choice in spec.choices(cl):
+            crawl.get("filter choice", url + choice["query_string"])
+        for parameter in spec.expected_parameters():
+            for value in HOSTILE_VALUES:
+                crawl.get("filter hostile", url, {parameter: value})
+    if cl.search_fields:
+        for value in HOSTILE_VALUES:
+            crawl.get("search hostile", url, {"q": value})
+    if cl.date_hierarchy:
+        for part in ("year", "month", "day"):
+            for value in ("2026", *HOSTILE_VALUES):
+                crawl.get("date hierarchy", url, {f"{cl.date_hierarchy}__{part}": value})
+    model_admin = cl.model_admin
+    pk = cl.model._default_manager.order_by("pk").values_list("pk", flat=True).first()
+    for name in model_admin.get_actions(response.wsgi_request):
+        # No "post": the confirmation page where an action has one.
+        crawl.post("action", url, {"action": name, "_selected_action": [pk], "index": 0})
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda role: role or "superuser")
+def test_every_admin_page_as_every_role_answers_without_a_server_error_or_a_secret(
+    role, world, make_staff, verified_login, capsys
+):
+    staff = make_staff(role, is_superuser=role is None)
+    client = verified_login(Client(raise_request_exception=False), staff)
+    crawl = Crawl(client, world["secrets"])
+    urls = urls_to_visit(world)
+    changelists = {reverse(f"admin:{m._meta.app_label}_{m._meta.model_name}_changelist") for m in admin.site._registry}
+    for url in urls:
+        if url in changelists:
+            crawl_changelist(crawl, url)
+        else:
+            crawl.get("page", url)
+
+    assert crawl.problems == [], "\n".join(crawl.problems)
+    # The crawl reached the pages: a session that lost its sign-in would pass vacuously.
+    assert crawl.statuses[reverse("admin:index")] == 200
+    reachable = [url for url in changelists if crawl.statuses[url] == 200]
+    if role is None:
+        assert len(reachable) == len(changelists)
+    else:
+        assert reverse("admin:institutions_institution_changelist") in reachable
+    with capsys.disabled():
+        print(
+            f"\n[crawl {role or 'superuser'}] {len(urls)} URLs, {crawl.counts}, {sum(crawl.counts.values())} requests"
+        )
