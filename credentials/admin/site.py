@@ -12,7 +12,7 @@ from functools import partial, wraps
 from django import forms
 from django.contrib.auth.signals import user_login_failed
 from django.http import HttpResponseBadRequest
-from django.urls import path
+from django.urls import path, reverse
 from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -134,6 +134,11 @@ class StaffAdminSite(OTPAdminSite):
     def get_urls(self):
         reset = self.admin_view(partial(devices.authenticator_reset_view, admin_site=self))
         return [path("my-authenticator/", reset, name="authenticator_reset"), *super().get_urls()]
+
+    def each_context(self, request):
+        # The "Reset my authenticator" link in base_site.html; other admin
+        # sites rendering the same templates (the bench's stock floor) have no such page.
+        return {**super().each_context(request), "authenticator_reset_url": reverse(f"{self.name}:authenticator_reset")}
 
     def index(self, request, extra_context=None):
         extra_context = dict(extra_context or {})
