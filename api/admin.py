@@ -140,7 +140,8 @@ class ApiTokenAdmin(SuperuserOnly, admin.ModelAdmin):
 
     def response_add(self, request, obj, post_url_continue=None):
         issued = request._issued_token
-        response = TemplateResponse(
+        # The admin's views are never_cache already (Cache-Control: no-store ...).
+        return TemplateResponse(
             request,
             "admin/api/token_created.html",
             {
@@ -151,8 +152,6 @@ class ApiTokenAdmin(SuperuserOnly, admin.ModelAdmin):
                 "plaintext": issued.plaintext,
             },
         )
-        response["Cache-Control"] = "no-store"
-        return response
 
     @admin.action(description="Revoke selected tokens")
     def revoke_tokens(self, request, queryset) -> None:
