@@ -80,7 +80,7 @@ def test_the_official_dap_client_lists_tables_with_the_key_from_the_api(
 def test_the_reference_client_hands_the_key_to_dap_only_through_its_environment(
     live_server, cd2_gateway, pipeline, institution, tmp_path
 ):
-    token, key = pipeline
+    token, _ = pipeline
     stand_in = tmp_path / "dap"
     stand_in.write_text(
         "#!/bin/sh\n"
