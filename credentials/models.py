@@ -108,6 +108,11 @@ class CD2Credential(models.Model):
     verification_attempts = models.PositiveIntegerField(default=0)
     status_changed_at = models.DateTimeField(default=timezone.now)
     status_reason = models.CharField(max_length=500, blank=True)
+    last_pulled_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the data pipeline last reported a successful pull with this key (API sync report).",
+    )
 
     objects = CredentialQuerySet.as_manager()
 

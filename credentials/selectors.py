@@ -57,7 +57,7 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
 
     Adds: active_key_id, active_expires_on, active_hint, active_region,
     active_last_verified_at, active_last_verdict, active_last_verification,
-    days_left (NULL without an active key), expiry_state (ok, expiring,
+    active_last_pulled_at, days_left (NULL without an active key), expiry_state (ok, expiring,
     expired, missing), latest_key_status and key_state: failing when the
     active key's last check said the key does not work, else its expiry
     state; without an active key, failing or pending when the newest key
@@ -82,6 +82,7 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
         active_last_verified_at=F("active_key__last_verified_at"),
         active_last_verdict=F("active_key__last_verdict"),
         active_last_verification=F("active_key__last_verification"),
+        active_last_pulled_at=F("active_key__last_pulled_at"),
         days_left=DaysUntil("active_key__expires_on", today),
         expiry_state=expiry_state_case(field="active_key__expires_on", today=today, missing_when=no_active),
         latest_key_status=Subquery(newest_key_status),

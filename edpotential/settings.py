@@ -111,6 +111,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "institutions.apps.InstitutionsConfig",
     "credentials.apps.CredentialsConfig",
+    # The data pipeline's API (api/__init__.py says why DRF and drf-spectacular).
+    "rest_framework",
+    "drf_spectacular",
+    "api.apps.ApiConfig",
     # Security (see the Security section and edpotential/security.py).
     "django_otp",
     "django_otp.plugins.otp_totp",
@@ -304,6 +308,24 @@ SUBMISSION_LINK_DAYS = env.int("SUBMISSION_LINK_DAYS", default=14)
 REMINDER_DAYS_BEFORE = env.list("REMINDER_DAYS_BEFORE", cast=int, default=[60, 30, 14, 7, 3, 1, 0])
 # After expiry, remind again every this many days until a new key is active.
 REMINDER_REPEAT_AFTER_EXPIRY_DAYS = env.int("REMINDER_REPEAT_AFTER_EXPIRY_DAYS", default=7)
+
+# ---------------------------------------------------------------------------
+# Pipeline API (api/): each view sets its own authentication, scope,
+# throttles and error format; these defaults only keep any other DRF view
+# closed and give the schema its title.
+# ---------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["api.authentication.ApiTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "api.problems.problem_exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "CD2 credential registry: pipeline API",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
 
 # ---------------------------------------------------------------------------
 # Security

@@ -58,7 +58,9 @@ class Institution(models.Model):
     )
     notes = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    # Also moved by the key services whenever the institution's key changes
+    # (new, activated, revoked, invalid): the API's changed_at, so indexed.
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
 
     class Meta:
         ordering = ("name",)

@@ -1,6 +1,6 @@
 """The layout's rules, checked on the source: imports run one way, devtools stays out of production.
 
-See ../README.md "Layout". Production code: credentials/, institutions/ and
+See ../README.md "Layout". Production code: api/, credentials/, institutions/ and
 edpotential/. Migrations are history and are left out.
 """
 
@@ -16,8 +16,8 @@ from credentials.services import jobs
 from edpotential.celery import app
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_PACKAGES = ("credentials", "institutions", "edpotential", "devtools")
-PRODUCTION_PACKAGES = ("credentials", "institutions", "edpotential")
+PROJECT_PACKAGES = ("api", "credentials", "institutions", "edpotential", "devtools")
+PRODUCTION_PACKAGES = ("api", "credentials", "institutions", "edpotential")
 
 
 def _modules(packages=PROJECT_PACKAGES) -> dict[str, Path]:

@@ -253,6 +253,7 @@ class InstitutionAdmin(admin.ModelAdmin):
         "expires_on",
         "days_left_display",
         "last_checked",
+        "last_pulled",
         "account_owner",
     )
     list_select_related = ("account_owner",)
@@ -332,6 +333,13 @@ class InstitutionAdmin(admin.ModelAdmin):
         when = timezone.localtime(obj.active_last_verified_at)
         return format_html('<span title="{}">{}</span>', obj.active_last_verification, f"{when:%d %b %Y}")
 
+    @admin.display(description="Last data pulled", ordering=F("active_last_pulled_at").desc(nulls_last=True))
+    def last_pulled(self, obj: Institution) -> str:
+        # Reported by the data pipeline through the API (a sync report of ok).
+        if not obj.active_last_pulled_at:
+            return "never" if obj.active_key_id else "—"
+        return f"{timezone.localtime(obj.active_last_pulled_at):%d %b %Y %H:%M}"
+
     # -- change page ------------------------------------------------------
 
     @admin.display(description="Status")
@@ -342,13 +350,14 @@ class InstitutionAdmin(admin.ModelAdmin):
         if not obj.active_key_id:
             return badge
         return format_html(
-            '{} <a href="{}">{}</a> · expires {} ({}) · region {}',
+            '{} <a href="{}">{}</a> · expires {} ({}) · region {} · last data pulled {}',
             badge,
             reverse("admin:credentials_cd2credential_change", args=[obj.active_key_id]),
             obj.active_hint,
             f"{obj.active_expires_on:%d %b %Y}",
             expiry_phrase(obj.days_left),
             obj.active_region,
+            self.last_pulled(obj),
         )
 
     @admin.display(description="Reminder log")

@@ -2,6 +2,9 @@
 
 A key is never edited in place: a new key supersedes the old one, which stays
 as history. `credential_check_record` is the one writer of a check's result.
+Every change of which key an institution has, or of its status, moves the
+institution's `updated_at` (`institution_mark_key_changed`): the API's
+`changed_at`, which a pipeline polls with `?changed_since=`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,17 @@ from institutions.models import Institution
 
 # The width of CD2Credential.last_verification.
 CHECK_TEXT_LENGTH = 200
+
+
+def institution_mark_key_changed(*, institution_id: int, now: dt.datetime) -> None:
+    """Move the institution's updated_at: its key changed (a queryset update: auto_now only runs on save())."""
+    Institution.objects.filter(pk=institution_id).update(updated_at=now)
+
+
+def credential_mark_pulled(*, credential: CD2Credential, now: dt.datetime) -> None:
+    """The pipeline pulled data with this key (an API sync report of ok): shown to staff as "last data pulled"."""
+    credential.last_pulled_at = now
+    CD2Credential.objects.filter(pk=credential.pk).update(last_pulled_at=now)
 
 
 def credential_check_record(
@@ -97,6 +111,8 @@ def credential_create(
         credential.save(force_insert=True)
         if status == CD2Credential.Status.ACTIVE:
             credential_activate(credential=credential, now=now)
+        else:
+            institution_mark_key_changed(institution_id=institution.pk, now=now)
     return credential
 
 
@@ -126,6 +142,7 @@ def credential_activate(
         if check is not None:
             fields += credential_check_record(credential=credential, check=check, now=now)
         credential.save(update_fields=fields)
+        institution_mark_key_changed(institution_id=credential.institution_id, now=now)
     return credential
 
 
@@ -138,5 +155,7 @@ def credential_set_status(
     credential.status = status
     credential.status_changed_at = now or timezone.now()
     credential.status_reason = reason[:500]
-    credential.save(update_fields=["status", "status_changed_at", "status_reason"])
+    with transaction.atomic():
+        credential.save(update_fields=["status", "status_changed_at", "status_reason"])
+        institution_mark_key_changed(institution_id=credential.institution_id, now=credential.status_changed_at)
     return credential

@@ -205,22 +205,44 @@ def _handoff(
             f"{institution.name} has no usable CD2 key: {problem}. Ask them for a new key, or pass "
             f"--allow-expired to hand it out anyway."
         )
+    return credential_handoff_record(
+        credential_id=candidate.pk,
+        actor=actor,
+        actor_label=actor_label,
+        reason=reason,
+        detail={"allow_expired": allow_expired, "format": output_format, "problem": problem},
+    )
+
+
+def credential_handoff_record(
+    *,
+    credential_id: int,
+    actor_label: str,
+    actor=None,
+    reason: str = "",
+    ip_address: str | None = None,
+    detail: dict | None = None,
+) -> RevealedKey:
+    """Decrypt one key for the data pipeline and write its hand-off audit event, in one transaction.
+
+    Every hand-off door (the command, the API) ends here, once it has decided
+    the key may go. `detail` adds the door's own non-secret facts.
+    """
     with transaction.atomic():
-        credential = CD2Credential.objects.select_related("institution").get(pk=candidate.pk)
+        credential = CD2Credential.objects.select_related("institution").get(pk=credential_id)
         audit_record(
             kind=AuditEvent.Kind.HANDOFF,
             actor=actor,
             actor_label=actor_label,
             credential=credential,
-            institution=institution,
+            institution=credential.institution,
+            ip_address=ip_address,
             reason=reason,
             detail={
                 "hint": credential.hint,
                 "status": credential.status,
                 "expires_on": credential.expires_on.isoformat(),
-                "allow_expired": allow_expired,
-                "format": output_format,
-                "problem": problem,
+                **(detail or {}),
             },
         )
     return RevealedKey(credential=credential, client_id=credential.client_id, secret=credential.secret)
