@@ -24,6 +24,8 @@ from django.utils import timezone
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from api.models import ServiceAccount
+from api.services import api_sync_report, api_token_issue
 from credentials.models import AuditEvent, ReminderLog
 from credentials.services.audit import audit_record
 from credentials.services.links import submission_link_create
@@ -114,8 +116,13 @@ def world(institution, make_credential, make_staff):
     axes_row = {"username": owner.username, "ip_address": "10.66.0.1", "user_agent": "crawl", "path_info": "/admin/"}
     AccessLog.objects.create(**axes_row, http_accept="*/*", attempt_time=timezone.now())
     AccessFailureLog.objects.create(**axes_row, http_accept="*/*", attempt_time=timezone.now(), locked_out=False)
+    # The data pipeline's account, a token and one sync report (api/).
+    account = ServiceAccount.objects.create(name="crawl-pipeline", all_institutions=True)
+    issued = api_token_issue(account=account, scopes=["keys:read", "syncs:write"], created_by=owner)
+    api_sync_report(token=issued.token, institution_slug=institution.slug, key_id=key.pk, outcome="ok")
     seed_b32 = base64.b32encode(totp.bin_key).decode()
     secrets = [
+        issued.plaintext,
         PLANTED_SECRET,
         PLANTED_CLIENT_ID,
         totp.key,
