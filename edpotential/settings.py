@@ -251,6 +251,19 @@ if DEBUG:
 else:
     FERNET_KEYS = env.list("FERNET_KEYS", default=[]) or [_require("FERNET_KEYS")]
 
+# The key of the Client ID's blind index (HMAC-SHA256, credentials.fields.client_id_index):
+# it lets the database refuse one Client ID for two institutions without
+# storing the Client ID in the clear. Its own secret, never a Fernet key, so
+# rotating FERNET_KEYS leaves every index as it is; changing this key
+# invalidates every stored index (a new one needs `manage.py migrate` of a
+# refill, see SECURITY.md).
+if DEBUG:
+    CLIENT_ID_INDEX_KEY = env.str("CLIENT_ID_INDEX_KEY", default="") or _development_secret(
+        "client_id_index.key", lambda: secrets.token_urlsafe(32)
+    )
+else:
+    CLIENT_ID_INDEX_KEY = _require("CLIENT_ID_INDEX_KEY")
+
 # ---------------------------------------------------------------------------
 # Canvas Data 2
 # ---------------------------------------------------------------------------

@@ -244,6 +244,11 @@ class StaffKeyForm(forms.Form):
         widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
         help_text="The expiry date the customer chose at identity.instructure.com.",
     )
+    confirm_short_expiry = forms.BooleanField(
+        label="The customer chose an expiry under 6 months on purpose",
+        required=False,
+        help_text="Needed for a key that expires within 6 months; the key then shows “short expiry”.",
+    )
 
 
 @sensitive_post_parameters("client_id", "secret")
@@ -257,9 +262,10 @@ def add_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
             client_id=form.cleaned_data["client_id"],
             secret=form.cleaned_data["secret"],
             expires_on=form.cleaned_data["expires_on"],
+            short_expiry_confirmed=form.cleaned_data["confirm_short_expiry"],
         )
         credential = outcome.credential
-        if credential is not None:
+        if outcome.stored:
             if credential.status == CD2Credential.Status.ACTIVE:
                 messages.success(request, f"Key {credential.hint} passed the CD2 check and is now the active key.")
             else:
