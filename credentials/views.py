@@ -24,7 +24,7 @@ from credentials.selectors import local_today
 from credentials.services.links import link_request_queue, submission_link_get
 from credentials.services.submission import Door, Result, credential_submit, receipt_context
 from credentials.validators import SHORT_EXPIRY_MONTHS, add_months
-from edpotential.security import client_ip
+from edpotential.security import client_ip, declared_length, too_large
 from institutions.models import email_key
 
 # A customer retyping a Client ID a few times stays far below these; a script
@@ -66,16 +66,17 @@ def private_page(view=None, *, referrer_policy: str = "no-referrer"):
 
 
 def limit_body(view):
-    """Answer 413 to a body larger than MAX_BODY_BYTES before anything reads it."""
+    """Answer 413 to a body larger than MAX_BODY_BYTES before anything reads it.
+
+    Bodies over DATA_UPLOAD_MAX_MEMORY_SIZE never get here: the middleware
+    edpotential.security.BodySizeLimitMiddleware answers them with the same page.
+    """
 
     @functools.wraps(view)
     def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = MAX_BODY_BYTES + 1
-        if length > MAX_BODY_BYTES:
-            return render(request, "credentials/too_large.html", status=413)
+        length = declared_length(request)
+        if length is None or length > MAX_BODY_BYTES:
+            return too_large(request)
         return view(request, *args, **kwargs)
 
     return wrapped

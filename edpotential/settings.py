@@ -111,6 +111,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
+    # A body over DATA_UPLOAD_MAX_MEMORY_SIZE gets the 413 page before the
+    # CSRF check reads it (that happens in process_view, after every __call__).
+    "edpotential.security.BodySizeLimitMiddleware",
     "edpotential.security.DatabaseUnavailableMiddleware",
     # Last, as django-axes requires: turns a lockout into a 429 page.
     "axes.middleware.AxesMiddleware",
