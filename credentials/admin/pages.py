@@ -145,7 +145,10 @@ def check_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
     institution = _institution(request, model_admin, object_id)
     _require(request, CHECK_PERMISSION)
     active = _current_key(institution, CD2Credential.Status.ACTIVE)
-    if active is not None:
+    pending = _current_key(institution, CD2Credential.Status.PENDING_VERIFICATION)
+    # A newer key waiting for its check is what staff want checked: it is
+    # the institution's state ("Pending check") until it is settled.
+    if active is not None and (pending is None or pending.submitted_at < active.submitted_at):
         result = credential_verify(credential_id=active.pk, actor=request.user)
         if result is None:
             messages.warning(request, f"Key {active.hint} stopped being active meanwhile; nothing was checked.")
@@ -153,7 +156,6 @@ def check_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
             level = messages.SUCCESS if result.verdict == "ok" else messages.WARNING
             messages.add_message(request, level, f"Key {active.hint}: {result.message}")
         return _back(institution)
-    pending = _current_key(institution, CD2Credential.Status.PENDING_VERIFICATION)
     if pending is None:
         messages.error(request, "There is no active or pending key to check. Send a submission link instead.")
         return _back(institution)
@@ -169,6 +171,10 @@ def check_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
             "could not be checked: the CD2 gateway is unavailable. Try later.",
         ),
         VerifyResult.SUPERSEDED: (messages.INFO, "was superseded by a newer key meanwhile."),
+        VerifyResult.WAITING: (
+            messages.WARNING,
+            "is still refused as “Canvas Data 2 not enabled”: it stays pending and is checked again daily.",
+        ),
     }.get(outcome, (messages.INFO, "was already handled."))
     messages.add_message(request, text[0], f"Pending key {pending.hint} {text[1]}")
     return _back(institution)
