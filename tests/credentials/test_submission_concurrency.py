@@ -57,7 +57,10 @@ def test_eight_simultaneous_posts_on_one_link_store_exactly_one_key(
         thread.join(timeout=120)
 
     assert errors == []
-    assert sorted(statuses) == [302] + [404] * (RACERS - 1)
+    # One stores the key; each other finds the link used up (404) or, when
+    # the winner committed before its lookup, the key already on file (200).
+    assert statuses.count(302) == 1
+    assert set(statuses) <= {302, 404, 200} and len(statuses) == RACERS
     assert CD2Credential.objects.count() == 1
     assert CD2Credential.objects.get().status == CD2Credential.Status.ACTIVE
     assert SubmissionLink.objects.get().used_at is not None
