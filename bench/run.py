@@ -108,6 +108,7 @@ def run_size(n: int, args, *, redis_available: bool) -> dict:
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db}",
         "SECRET_KEY": secrets.token_urlsafe(50),
         "FERNET_KEYS": Fernet.generate_key().decode(),
+        "CLIENT_ID_INDEX_KEY": secrets.token_urlsafe(32),
         "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
         "SITE_URL": "https://registry.bench.invalid",  # required with DEBUG off; only links in mails use it
         "VAR_DIR": var_dir,

@@ -7,6 +7,7 @@ from django.apps import apps
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, connection, transaction
+from django.db.models import Count
 
 from credentials.fields import EncryptedTextField, build_fernets, get_multifernet
 
@@ -77,3 +78,44 @@ def check_stored_values_decrypt(app_configs=None, **kwargs):
                 )
             )
     return warnings
+
+
+# Not tagged "database" either: a Client ID on file for two institutions
+# must show at every start-up until staff have sorted it out.
+@checks.register("encryption")
+def check_client_id_shared_between_institutions(app_configs=None, **kwargs):
+    """Warn about Client IDs stored for more than one institution (found when migration 0005 indexed old rows).
+
+    New rows cannot do this (the constraint one_row_per_client_id); rows
+    from before it are kept, flagged, and listed here. The message names the
+    institutions and the keys' hints, never the Client ID or its index.
+    """
+    model = apps.get_model("credentials", "CD2Credential")
+    try:
+        with transaction.atomic():
+            shared = list(
+                model.objects.filter(client_id_index__isnull=False)
+                .values("client_id_index")
+                .annotate(institutions=Count("institution", distinct=True))
+                .filter(institutions__gt=1)
+                .values_list("client_id_index", flat=True)
+            )
+            rows = list(
+                model.objects.filter(client_id_index__in=shared)
+                .order_by("client_id_index", "pk")
+                .values_list("client_id_index", "institution__slug", "hint")
+            )
+    except DatabaseError:
+        return []  # not migrated yet
+    groups: dict[str, list[str]] = {}
+    for index, slug, hint in rows:
+        groups.setdefault(index, []).append(f"{slug} ({hint})")
+    return [
+        checks.Warning(
+            "One Client ID is on file for several institutions: " + ", ".join(sorted(set(names))) + ".",
+            hint="A key belongs to one institution. Ask which institution made it, revoke the other "
+            "institutions' copies in the admin and send them a submission link for a key of their own.",
+            id="credentials.W002",
+        )
+        for names in groups.values()
+    ]

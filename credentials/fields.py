@@ -11,6 +11,8 @@ decrypt) on cryptography's MultiFernet, and fails loudly instead.
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
@@ -64,6 +66,21 @@ def primary_fernet() -> Fernet:
 def _reset_keys(*, setting: str, **kwargs) -> None:
     if setting == "FERNET_KEYS":
         get_fernets.cache_clear()
+
+
+def client_id_index(client_id: str) -> str:
+    """The blind index of a Client ID: HMAC-SHA256 under CLIENT_ID_INDEX_KEY, hex.
+
+    Equal Client IDs give equal indexes, so the database can enforce "one
+    Client ID, one institution" on an encrypted column. The key is its own
+    secret (not a Fernet key), so rotating FERNET_KEYS changes no index.
+    Not secret-equivalent (it cannot be turned back into the Client ID
+    without the key) but never logged or shown either.
+    """
+    key = str(settings.CLIENT_ID_INDEX_KEY or "")
+    if not key:
+        raise ImproperlyConfigured("CLIENT_ID_INDEX_KEY is empty: configure the key of the Client ID's blind index.")
+    return hmac.new(key.encode(), client_id.strip().encode(), hashlib.sha256).hexdigest()
 
 
 def encrypt_str(value: str) -> str:

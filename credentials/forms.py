@@ -75,6 +75,10 @@ class SubmissionForm(forms.Form):
         error_messages={"invalid": "Enter the expiry date as year-month-day, for example 2027-11-26."},
         widget=forms.DateInput(format="%Y-%m-%d", attrs={"type": "date"}),
     )
+    confirm_short_expiry = forms.BooleanField(
+        label=f"I chose an expiry under {validators.SHORT_EXPIRY_MONTHS} months on purpose",
+        required=False,
+    )
     submitted_by = forms.CharField(
         label="Your name",
         max_length=200,
@@ -116,6 +120,12 @@ class SubmissionForm(forms.Form):
             data["expires_on"] = validators.clean_expires_on(data.get("expires_on"), today=self.today)
         except ValidationError as exc:
             self.add_error("expires_on", exc)
+            return data
+        if validators.is_short_expiry(data["expires_on"], today=self.today) and not data.get("confirm_short_expiry"):
+            self.add_error(
+                "confirm_short_expiry",
+                validators.SHORT_EXPIRY_MESSAGE.format(months=validators.SHORT_EXPIRY_MONTHS),
+            )
         return data
 
     def key_input(self) -> dict:
@@ -124,6 +134,7 @@ class SubmissionForm(forms.Form):
             "client_id": self.cleaned_data.get("client_id", ""),
             "secret": self.cleaned_data.get("secret", ""),
             "expires_on": self.cleaned_data.get("expires_on"),
+            "short_expiry_confirmed": bool(self.cleaned_data.get("confirm_short_expiry")),
             "submitted_by": self.cleaned_data.get("submitted_by", ""),
             "submitted_by_email": self.cleaned_data.get("submitted_by_email", ""),
         }
@@ -140,10 +151,15 @@ class SubmissionForm(forms.Form):
         """
         if not (self.is_bound and self.errors):
             return
-        if "client_id" in self.errors:
+        if "client_id" in self.errors and self.data.get("client_id", "").strip():
             data = self.data.copy()
             data["client_id"] = ""
             self.data = data
+            self.add_error(
+                "client_id",
+                "We cleared what you entered here: it is not a Client ID, and it may be the Secret pasted into the "
+                "wrong box, which we never show back. Paste the Client ID again.",
+            )
         if "secret" not in self.errors:
             self.add_error("secret", "Paste the Secret again: for your safety it is never shown back to you.")
 

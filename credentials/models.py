@@ -11,6 +11,7 @@ from django.utils import timezone
 from credentials.cd2 import Verdict
 from credentials.expressions import DaysUntil, expiry_state_case
 from credentials.fields import EncryptedTextField
+from credentials.validators import is_short_expiry
 
 # The encrypted columns: rows read for display, mail or scans leave them out,
 # so a Secret is decrypted only by the code that uses it.
@@ -48,6 +49,18 @@ VERDICT_CHOICES = [
 FAILED_VERDICTS = (Verdict.REJECTED.value, Verdict.FORBIDDEN.value)
 
 
+class PendingReason(models.TextChoices):
+    """Why a key is stored pending_verification instead of checked: none of these is a verdict on the key."""
+
+    # 403 AccountNotOnboarded, AccountDisabled, RequestTypeForbidden: the key
+    # is real, CD2 is not enabled; the customer asks Instructure, no new key.
+    NOT_ENABLED = "not_enabled", "Canvas Data 2 not enabled (403)"
+    # 403 AccountUnderMaintenance: Instructure's side, it passes.
+    MAINTENANCE = "maintenance", "Account under maintenance at Instructure (403)"
+    # 5xx, 429, timeouts, connection errors.
+    UNAVAILABLE = "unavailable", "Gateway unavailable"
+
+
 class CD2Credential(models.Model):
     """One Canvas Data 2 key as the customer created it at identity.instructure.com.
 
@@ -74,6 +87,14 @@ class CD2Credential(models.Model):
     institution = models.ForeignKey("institutions.Institution", on_delete=models.PROTECT, related_name="credentials")
     client_id = EncryptedTextField()
     secret = EncryptedTextField()
+    # HMAC of the Client ID (fields.client_id_index): what the uniqueness
+    # constraint below compares. NULL only on rows older than migration 0005
+    # that no configured key could decrypt.
+    client_id_index = models.CharField(max_length=64, null=True, blank=True, editable=False)  # noqa: DJ001 (NULL: no index, never a conflict)
+    # True only on rows that migration 0005 found sharing a Client ID with an
+    # older row: kept as they were, exempt from the constraint, and reported
+    # by the system check credentials.W002 when the institutions differ.
+    client_id_index_duplicate = models.BooleanField(default=False, db_default=False, editable=False)
     region = models.CharField(max_length=40, help_text="Parsed from the Client ID, e.g. us-east-1.")
     hint = models.CharField(max_length=60, help_text="Region and the last 4 characters of the Client ID: safe to show.")
     key_name = models.CharField(max_length=100, blank=True)
@@ -113,6 +134,15 @@ class CD2Credential(models.Model):
         blank=True,
         help_text="When the data pipeline last reported a successful pull with this key (API sync report).",
     )
+    pending_reason = models.CharField(
+        max_length=12,
+        choices=PendingReason.choices,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Why a pending key waits for its check; decides when it is checked again and what we "
+        "tell the customer.",
+    )
 
     objects = CredentialQuerySet.as_manager()
 
@@ -126,6 +156,14 @@ class CD2Credential(models.Model):
                 fields=("institution",),
                 condition=Q(status="active"),
                 name="one_active_key_per_institution",
+            ),
+            # One Client ID, one institution, ever: a key is stored once, so a
+            # second row with the same index (another institution's, or the
+            # same key again) is refused, superseded and revoked rows included.
+            models.UniqueConstraint(
+                fields=("client_id_index",),
+                condition=Q(client_id_index_duplicate=False),
+                name="one_row_per_client_id",
             ),
         ]
         indexes = [models.Index(fields=("status", "expires_on"), name="credential_status_expiry")]
@@ -148,6 +186,10 @@ class CD2Credential(models.Model):
 
     def is_usable(self, today: dt.date) -> bool:
         return self.status == self.Status.ACTIVE and self.expires_on >= today
+
+    def is_short_expiry(self) -> bool:
+        """The key was made to last less than validators.SHORT_EXPIRY_MONTHS from when we received it."""
+        return is_short_expiry(self.expires_on, today=timezone.localtime(self.submitted_at).date())
 
     def check_failed(self) -> bool:
         """The last check said the key itself does not work (401 or 403), whatever its status."""

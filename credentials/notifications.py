@@ -20,7 +20,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from credentials.models import CD2Credential
-from institutions.models import Contact, Institution
+from institutions.models import Contact, Institution, email_key
 
 # Errors worth retrying: the mail server or the network, not our templates.
 # (ConnectionError and TimeoutError are OSErrors.)
@@ -33,13 +33,19 @@ SEND_ERRORS: tuple[type[Exception], ...] = (smtplib.SMTPException, OSError)
 
 
 def unique_addresses(addresses: Iterable[str]) -> list[str]:
-    """Addresses stripped, blanks dropped, each once (case-insensitively), in the order given."""
+    """Addresses stripped, blanks dropped, each once (by institutions.models.email_key), in the order given."""
     seen: dict[str, str] = {}
     for address in addresses:
         address = (address or "").strip()
-        if address and address.lower() not in seen:
-            seen[address.lower()] = address
+        if address and email_key(address) not in seen:
+            seen[email_key(address)] = address
     return list(seen.values())
+
+
+def without(addresses: Iterable[str], *, excluded: Iterable[str]) -> list[str]:
+    """`addresses` minus those (by email_key) in `excluded`."""
+    drop = {email_key(address) for address in excluded}
+    return [address for address in unique_addresses(addresses) if email_key(address) not in drop]
 
 
 def owner_email(institution: Institution) -> str:
@@ -69,6 +75,32 @@ def contact_emails(institution: Institution) -> list[str]:
     return unique_addresses(contact.email for contact in contacts)
 
 
+def link_recipients(*, institution: Institution) -> list[str]:
+    """Who may receive a new submission link: the contacts on file who receive reminders, and the account owner.
+
+    The one rule for every mail that carries a link. Never an address typed
+    into a form: a link is a key to the institution's page, so it goes only
+    to people staff put on file.
+    """
+    return unique_addresses([*contact_emails(institution), owner_email(institution)])
+
+
+def is_on_file(*, institution: Institution, address: str) -> bool:
+    """The address is one link_recipients would mail."""
+    key = email_key(address)
+    return bool(key) and key in {email_key(a) for a in link_recipients(institution=institution)}
+
+
+def key_conflict_recipients(*, institutions: Iterable[Institution]) -> list[str]:
+    """Who hears of one key handed over for two institutions: each institution's account owner.
+
+    Without an owner to mail, the staff digest's recipients, so a possible
+    mix-up never goes unnoticed.
+    """
+    owners = unique_addresses(owner_email(institution) for institution in institutions)
+    return owners or unique_addresses(settings.STAFF_DIGEST_RECIPIENTS)
+
+
 def reminder_recipients(*, institution: Institution) -> tuple[list[str], list[str]]:
     """(to, cc): contacts who receive reminders, the account owner in copy.
 
@@ -79,7 +111,7 @@ def reminder_recipients(*, institution: Institution) -> tuple[list[str], list[st
     owner = owner_email(institution)
     if not to:
         return ([owner], []) if owner else ([], [])
-    cc = [owner] if owner and owner.lower() not in {a.lower() for a in to} else []
+    cc = without([owner], excluded=to) if owner else []
     return to, cc
 
 

@@ -16,7 +16,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from credentials.expressions import DaysBetween, DaysUntil, ExpiryState, expiry_state_case
-from credentials.models import FAILED_VERDICTS, AuditEvent, CD2Credential, ReminderLog
+from credentials.models import FAILED_VERDICTS, AuditEvent, CD2Credential, PendingReason, ReminderLog
 from institutions.models import Institution
 
 __all__ = ["ExpiryState", "KeyState"]
@@ -30,6 +30,11 @@ CLAIM_STALE_AFTER = dt.timedelta(minutes=30)
 # it was queued) or ran out of retries: the sweep queues another. Longer than
 # the longest backoff step, so a running retry chain is rarely doubled.
 PENDING_SWEEP_AFTER = dt.timedelta(hours=7)
+# A key Instructure answered "not enabled" (403) for is checked again about
+# daily (the hourly sweep, a little under a day so it does not drift an hour
+# later each day) for PENDING_NOT_ENABLED_FOR; after that staff decide.
+PENDING_NOT_ENABLED_EVERY = dt.timedelta(hours=23)
+PENDING_NOT_ENABLED_FOR = dt.timedelta(days=30)
 
 
 class KeyState(models.TextChoices):
@@ -58,10 +63,13 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
     Adds: active_key_id, active_expires_on, active_hint, active_region,
     active_last_verified_at, active_last_verdict, active_last_verification,
     active_last_pulled_at, days_left (NULL without an active key), expiry_state (ok, expiring,
-    expired, missing), latest_key_status and key_state: failing when the
-    active key's last check said the key does not work, else its expiry
-    state; without an active key, failing or pending when the newest key
-    failed or awaits its check, else missing.
+    expired, missing), latest_key_status, the newest key when it is pending
+    (pending_key_id, pending_hint, pending_expires_on, pending_reason) and
+    key_state: pending when the newest key that is not history awaits its
+    check (it wins over the old active key's expiry: a new key is on its
+    way); else failing when the active key's last check said the key does
+    not work, else its expiry state; without an active key, failing when the
+    newest key failed, else missing.
     """
     today = today or local_today()
     queryset = Institution.objects.all() if queryset is None else queryset
@@ -71,29 +79,51 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
         .order_by("-submitted_at", "-pk")
         .values("status")[:1]
     )
+    newest_pending = (
+        CD2Credential.objects.filter(institution=OuterRef("pk"))
+        .exclude(status=CD2Credential.Status.SUPERSEDED)
+        .order_by("-submitted_at", "-pk")
+    )
     no_active = Q(active_key__id__isnull=True)
-    return queryset.annotate(
-        active_key=FilteredRelation("credentials", condition=Q(credentials__status=CD2Credential.Status.ACTIVE)),
-    ).annotate(
-        active_key_id=F("active_key__id"),
-        active_expires_on=F("active_key__expires_on"),
-        active_hint=F("active_key__hint"),
-        active_region=F("active_key__region"),
-        active_last_verified_at=F("active_key__last_verified_at"),
-        active_last_verdict=F("active_key__last_verdict"),
-        active_last_verification=F("active_key__last_verification"),
-        active_last_pulled_at=F("active_key__last_pulled_at"),
-        days_left=DaysUntil("active_key__expires_on", today),
-        expiry_state=expiry_state_case(field="active_key__expires_on", today=today, missing_when=no_active),
-        latest_key_status=Subquery(newest_key_status),
-        key_state=Case(
-            When(~no_active & Q(active_key__last_verdict__in=FAILED_VERDICTS), then=Value(KeyState.FAILING)),
-            When(~no_active, then=F("expiry_state")),
-            When(latest_key_status=CD2Credential.Status.INVALID, then=Value(KeyState.FAILING)),
-            When(latest_key_status=CD2Credential.Status.PENDING_VERIFICATION, then=Value(KeyState.PENDING)),
-            default=Value(KeyState.MISSING),
-            output_field=models.CharField(),
-        ),
+    pending = Q(latest_key_status=CD2Credential.Status.PENDING_VERIFICATION)
+
+    def newest(field: str):
+        return Case(
+            When(pending, then=Subquery(newest_pending.values(field)[:1])),
+            default=Value(None),
+        )
+
+    return (
+        queryset.annotate(
+            active_key=FilteredRelation("credentials", condition=Q(credentials__status=CD2Credential.Status.ACTIVE)),
+        )
+        .annotate(
+            active_key_id=F("active_key__id"),
+            active_expires_on=F("active_key__expires_on"),
+            active_hint=F("active_key__hint"),
+            active_region=F("active_key__region"),
+            active_last_verified_at=F("active_key__last_verified_at"),
+            active_last_verdict=F("active_key__last_verdict"),
+            active_last_verification=F("active_key__last_verification"),
+            active_last_pulled_at=F("active_key__last_pulled_at"),
+            days_left=DaysUntil("active_key__expires_on", today),
+            expiry_state=expiry_state_case(field="active_key__expires_on", today=today, missing_when=no_active),
+            latest_key_status=Subquery(newest_key_status),
+        )
+        .annotate(
+            pending_key_id=newest("pk"),
+            pending_hint=newest("hint"),
+            pending_expires_on=newest("expires_on"),
+            pending_reason=newest("pending_reason"),
+            key_state=Case(
+                When(pending, then=Value(KeyState.PENDING)),
+                When(~no_active & Q(active_key__last_verdict__in=FAILED_VERDICTS), then=Value(KeyState.FAILING)),
+                When(~no_active, then=F("expiry_state")),
+                When(latest_key_status=CD2Credential.Status.INVALID, then=Value(KeyState.FAILING)),
+                default=Value(KeyState.MISSING),
+                output_field=models.CharField(),
+            ),
+        )
     )
 
 
@@ -125,13 +155,51 @@ def served_active_keys(*, institution_slug: str | None = None):
 
 
 def pending_credentials_due(*, now: dt.datetime | None = None) -> list[int]:
-    """Ids of pending keys not checked for PENDING_SWEEP_AFTER: their re-check was lost or gave up."""
-    cutoff = (now or timezone.now()) - PENDING_SWEEP_AFTER
+    """Ids of pending keys due for another check by the hourly sweep.
+
+    A key waiting for Instructure to enable CD2 (403): not checked for
+    PENDING_NOT_ENABLED_EVERY, while younger than PENDING_NOT_ENABLED_FOR
+    (then staff decide: it stays pending, shown as such). Any other: not
+    checked for PENDING_SWEEP_AFTER, because its own re-check was lost
+    (broker down) or ran out of retries.
+    """
+    now = now or timezone.now()
+
+    def not_checked_since(cutoff: dt.datetime) -> Q:
+        return Q(last_verified_at__lt=cutoff) | Q(last_verified_at__isnull=True, submitted_at__lt=cutoff)
+
+    not_enabled = Q(pending_reason=PendingReason.NOT_ENABLED)
     return list(
         CD2Credential.objects.filter(status=CD2Credential.Status.PENDING_VERIFICATION)
-        .filter(Q(last_verified_at__lt=cutoff) | Q(last_verified_at__isnull=True, submitted_at__lt=cutoff))
+        .filter(
+            (
+                not_enabled
+                & not_checked_since(now - PENDING_NOT_ENABLED_EVERY)
+                & Q(submitted_at__gte=now - PENDING_NOT_ENABLED_FOR)
+            )
+            | (~not_enabled & not_checked_since(now - PENDING_SWEEP_AFTER))
+        )
         .order_by("pk")
         .values_list("pk", flat=True)
+    )
+
+
+def newer_key_pending(key: str = "") -> Exists:
+    """The institution of the (outer) key has a newer key waiting for its check.
+
+    `key` is the path to the key from the outer query ("" for a key query,
+    "credential__" for a reminder query). While the newer key waits, the
+    old key's expiry reminders pause: the customer has already made the new
+    key. They resume by themselves when the check ends (the new key becomes
+    active and supersedes the old one, or it is found invalid and the
+    customer is told at once).
+    """
+    return Exists(
+        CD2Credential.objects.filter(
+            institution_id=OuterRef(f"{key}institution_id"),
+            status=CD2Credential.Status.PENDING_VERIFICATION,
+            submitted_at__gt=OuterRef(f"{key}submitted_at"),
+        )
     )
 
 
@@ -216,6 +284,7 @@ def due_credentials(*, today: dt.date, now: dt.datetime):
         # just handed it over, so the next step is the first reminder.
         .filter(step__isnull=False, step__lte=F("days_left_on_arrival"))
         .filter(~Exists(handled))
+        .filter(~newer_key_pending())
     )
 
 

@@ -7,11 +7,14 @@ what to do next.
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import re
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
+
+from credentials.fields import client_id_index
 
 # The official client reads the region with ([\w-]+)#([\w-]+); we require the
 # whole value to match (ASCII only) instead of falling back to "Unknown".
@@ -23,6 +26,15 @@ MAX_SECRET_LENGTH = 1000
 # Instructure offers keys of up to 3 years; a few days of slack covers time
 # zones and a key created a day or two before it was handed to us.
 MAX_KEY_LIFETIME = dt.timedelta(days=3 * 365 + 7)
+# The page asks for a key of at least a year; one ending sooner than this is
+# accepted only when the submitter confirms it was meant (Instructure also
+# offers 1 day, 1 week, 1 month), and staff see "short expiry" on it.
+SHORT_EXPIRY_MONTHS = 6
+SHORT_EXPIRY_MESSAGE = (
+    "This key expires in less than {months} months, so you would need to make another one soon. "
+    "Instructure offers 1 year or longer under Expiry; a longer key means fewer interruptions. "
+    "If you chose the short expiry on purpose, tick the box to confirm and submit again."
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,11 @@ class CleanKey:
     def hint(self) -> str:
         return client_id_hint(self.client_id)
 
+    @property
+    def index(self) -> str:
+        """The Client ID's blind index (fields.client_id_index)."""
+        return client_id_index(self.client_id)
+
     def __repr__(self) -> str:
         # The default dataclass repr would print the secret in tracebacks.
         return f"CleanKey(hint={self.hint!r}, expires_on={self.expires_on!r})"
@@ -51,6 +68,17 @@ def client_id_region(client_id: str) -> str:
 def client_id_hint(client_id: str) -> str:
     """Region and the last 4 characters of the Client ID: enough to tell keys apart."""
     return f"{client_id_region(client_id)} …{client_id[-4:]}"
+
+
+def add_months(start: dt.date, months: int) -> dt.date:
+    """start plus whole calendar months; 31 Aug + 6 months is the last day of February."""
+    month_index = start.month - 1 + months
+    year, month = start.year + month_index // 12, month_index % 12 + 1
+    return dt.date(year, month, min(start.day, calendar.monthrange(year, month)[1]))
+
+
+def is_short_expiry(expires_on: dt.date, *, today: dt.date) -> bool:
+    return expires_on < add_months(today, SHORT_EXPIRY_MONTHS)
 
 
 def clean_client_id(value: object) -> str:
@@ -122,8 +150,14 @@ def clean_expires_on(value: object, *, today: dt.date) -> dt.date:
     return value
 
 
-def validate_key_input(*, client_id: object, secret: object, expires_on: object, today: dt.date) -> CleanKey:
-    """Clean all three values; raise one ValidationError keyed by field with every problem."""
+def validate_key_input(
+    *, client_id: object, secret: object, expires_on: object, today: dt.date, short_expiry_confirmed: bool = True
+) -> CleanKey:
+    """Clean all three values; raise one ValidationError keyed by field with every problem.
+
+    A valid expiry under SHORT_EXPIRY_MONTHS needs short_expiry_confirmed
+    (error code "short_expiry" on the field confirm_short_expiry).
+    """
     errors: dict[str, list[ValidationError]] = {}
     cleaned: dict[str, object] = {}
     for field, clean in (
@@ -142,6 +176,10 @@ def validate_key_input(*, client_id: object, secret: object, expires_on: object,
                 "“Reveal OAuth Credentials” window.",
                 code="secret_is_client_id",
             )
+        ]
+    if "expires_on" in cleaned and not short_expiry_confirmed and is_short_expiry(cleaned["expires_on"], today=today):
+        errors["confirm_short_expiry"] = [
+            ValidationError(SHORT_EXPIRY_MESSAGE.format(months=SHORT_EXPIRY_MONTHS), code="short_expiry")
         ]
     if errors:
         raise ValidationError(errors)

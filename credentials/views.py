@@ -23,7 +23,9 @@ from credentials.models import CD2Credential, hash_token
 from credentials.selectors import local_today
 from credentials.services.links import link_request_queue, submission_link_get
 from credentials.services.submission import Door, Result, credential_submit, receipt_context
-from edpotential.security import client_ip
+from credentials.validators import SHORT_EXPIRY_MONTHS, add_months
+from edpotential.security import client_ip, declared_length, too_large
+from institutions.models import email_key
 
 # A customer retyping a Client ID a few times stays far below these; a script
 # trying keys or addresses does not.
@@ -64,16 +66,17 @@ def private_page(view=None, *, referrer_policy: str = "no-referrer"):
 
 
 def limit_body(view):
-    """Answer 413 to a body larger than MAX_BODY_BYTES before anything reads it."""
+    """Answer 413 to a body larger than MAX_BODY_BYTES before anything reads it.
+
+    Bodies over DATA_UPLOAD_MAX_MEMORY_SIZE never get here: the middleware
+    edpotential.security.BodySizeLimitMiddleware answers them with the same page.
+    """
 
     @functools.wraps(view)
     def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = MAX_BODY_BYTES + 1
-        if length > MAX_BODY_BYTES:
-            return render(request, "credentials/too_large.html", status=413)
+        length = declared_length(request)
+        if length is None or length > MAX_BODY_BYTES:
+            return too_large(request)
         return view(request, *args, **kwargs)
 
     return wrapped
@@ -85,8 +88,9 @@ def _link_key(group: str, request: HttpRequest) -> str:
 
 
 def _email_key(group: str, request: HttpRequest) -> str:
-    email = request.POST.get("email", "").strip().lower()
-    return hashlib.sha256(email.encode()).hexdigest()
+    # The same key the lookup compares (email_key): every spelling that could
+    # reach one contact counts against one limit.
+    return hashlib.sha256(email_key(request.POST.get("email", "")).encode()).hexdigest()
 
 
 def _client_ip(request: HttpRequest) -> str | None:
@@ -115,9 +119,12 @@ def _rate_limited(request: HttpRequest) -> HttpResponse:
     return response
 
 
-def _submit_context(link, form: SubmissionForm) -> dict:
+def _submit_context(link, form: SubmissionForm, *, error_cause: str = "") -> dict:
     today = form.today
     return {
+        "error_cause": error_cause,
+        "short_expiry_before": add_months(today, SHORT_EXPIRY_MONTHS),
+        "short_expiry_months": SHORT_EXPIRY_MONTHS,
         "form": form,
         "institution": link.institution,
         "link": link,
@@ -149,6 +156,7 @@ def submit(request: HttpRequest, token: str) -> HttpResponse:
         return render(request, "credentials/submit.html", _submit_context(link, SubmissionForm(today=today)))
 
     form = SubmissionForm(request.POST, today=today)
+    error_cause = ""
     if form.is_valid():
         key_input = form.key_input()
         door = Door.customer(
@@ -164,8 +172,9 @@ def submit(request: HttpRequest, token: str) -> HttpResponse:
             request.session[SESSION_KEY] = outcome.credential.pk
             return redirect("credentials:received")
         form.add_service_errors(outcome.errors)
+        error_cause = outcome.cause
     form.prepare_to_show_again()
-    return render(request, "credentials/submit.html", _submit_context(link, form))
+    return render(request, "credentials/submit.html", _submit_context(link, form, error_cause=error_cause))
 
 
 @require_http_methods(["GET", "HEAD"])

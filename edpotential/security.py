@@ -29,6 +29,7 @@ from django.contrib import auth
 from django.db import InterfaceError, OperationalError
 from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.shortcuts import render
 from django.template import loader
 
 logger = logging.getLogger(__name__)
@@ -223,6 +224,43 @@ def _is_utf8(charset: str) -> bool:
         return codecs.lookup(charset).name == "utf-8"
     except LookupError:
         return False
+
+
+def too_large(request: HttpRequest) -> HttpResponse:
+    """The one 413 page for a body over a limit, whichever guard caught it."""
+    return render(request, "credentials/too_large.html", status=413)
+
+
+def declared_length(request: HttpRequest) -> int | None:
+    """The request's Content-Length, or None when it is missing or not a number."""
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None
+
+
+class BodySizeLimitMiddleware:
+    """Answer 413 to a body over DATA_UPLOAD_MAX_MEMORY_SIZE before anything reads it.
+
+    Without it, CsrfViewMiddleware reads request.POST for its token and
+    Django raises RequestDataTooBig: a bare 400 and a warning, instead of the
+    page bodies just over a view's own limit get (the public views answer
+    413 above 16 KB, credentials.views.limit_body). It checks in __call__,
+    which runs before any middleware's process_view (where the CSRF check
+    reads the body), so it can sit after CSPMiddleware and the 413 page
+    still carries the security headers. The body is never read: Django's
+    WSGI stream is bounded by Content-Length and left unconsumed.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        length = declared_length(request)
+        if limit is not None and (length is None or length > limit):
+            return too_large(request)
+        return self.get_response(request)
 
 
 class DatabaseUnavailableMiddleware:

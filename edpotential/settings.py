@@ -41,6 +41,7 @@ DEBUG = env.bool("DEBUG", default=False)
 PRODUCTION_REQUIRED = (
     "SECRET_KEY",
     "FERNET_KEYS",
+    "CLIENT_ID_INDEX_KEY",
     "SITE_URL",
     "DATABASE_URL",
     "CACHE_URL",
@@ -141,6 +142,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
+    # A body over DATA_UPLOAD_MAX_MEMORY_SIZE gets the 413 page before the
+    # CSRF check reads it (that happens in process_view, after every __call__).
+    "edpotential.security.BodySizeLimitMiddleware",
     "edpotential.security.DatabaseUnavailableMiddleware",
     # Last, as django-axes requires: turns a lockout into a 429 page.
     "axes.middleware.AxesMiddleware",
@@ -281,6 +285,19 @@ if DEBUG:
     FERNET_KEYS = env.list("FERNET_KEYS", default=[]) or [_development_secret("fernet.key", _new_fernet_key)]
 else:
     FERNET_KEYS = env.list("FERNET_KEYS")
+
+# The key of the Client ID's blind index (HMAC-SHA256, credentials.fields.client_id_index):
+# it lets the database refuse one Client ID for two institutions without
+# storing the Client ID in the clear. Its own secret, never a Fernet key, so
+# rotating FERNET_KEYS leaves every index as it is; changing this key
+# invalidates every stored index (a new one needs `manage.py migrate` of a
+# refill, see SECURITY.md).
+if DEBUG:
+    CLIENT_ID_INDEX_KEY = env.str("CLIENT_ID_INDEX_KEY", default="") or _development_secret(
+        "client_id_index.key", lambda: secrets.token_urlsafe(32)
+    )
+else:
+    CLIENT_ID_INDEX_KEY = env.str("CLIENT_ID_INDEX_KEY")  # present: _refuse_production_fallbacks checked
 
 # ---------------------------------------------------------------------------
 # Canvas Data 2

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import unicodedata
 import zoneinfo
 
 from django.conf import settings
@@ -14,6 +15,28 @@ canvas_domain_validator = RegexValidator(
     regex=r"\A(?=.{4,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\Z",
     message=("Enter the Canvas host name only, for example school.instructure.com (no https://, no path)."),
 )
+
+
+def email_key(address: str) -> str:
+    """The one comparison form of an email address: Unicode NFKC, then case folding, trimmed.
+
+    Used wherever two addresses are compared: the "lost the link?" rate
+    limit, the contact lookup, "is this address on file?" and de-duplicating
+    recipients. NFKC turns compatibility look-alikes into their plain letter
+    (the Kelvin sign K into K, fullwidth letters into ASCII) and casefold()
+    is full Unicode case folding (ſ into s), so every spelling that reaches
+    the same contact shares one key. Letters that only *look* alike but are
+    different letters (dotless ı) keep different keys, and a lookup by key
+    never matches them to a contact, unlike the database's UPPER(), which
+    turns ı into I. Addresses are stored as typed (NFKC only, stripped):
+    the key is for comparing, never for sending.
+    """
+    return unicodedata.normalize("NFKC", address or "").casefold().strip()
+
+
+def email_for_storage(address: str) -> str:
+    """An address as we keep it: NFKC and stripped, case as typed (a mailbox's local part may be case-sensitive)."""
+    return unicodedata.normalize("NFKC", address or "").strip()
 
 
 def validate_timezone(value: str) -> None:
@@ -101,3 +124,6 @@ class Contact(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} <{self.email}>"
+
+    def clean(self) -> None:
+        self.email = email_for_storage(self.email)

@@ -23,7 +23,9 @@ PRODUCTION_URLS = {
 
 
 def run_check(tmp_path, **env_overrides) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "FERNET_KEYS", "DEBUG")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "FERNET_KEYS", "CLIENT_ID_INDEX_KEY", "DEBUG")
+    }
     env.update({"VAR_DIR": str(tmp_path), "ALLOWED_HOSTS": "example.com", **PRODUCTION_URLS, **env_overrides})
     return subprocess.run(
         [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
@@ -31,19 +33,29 @@ def run_check(tmp_path, **env_overrides) -> subprocess.CompletedProcess:
 
 
 def test_production_refuses_to_start_without_secret_key(tmp_path):
-    result = run_check(tmp_path, DEBUG="false", FERNET_KEYS=Fernet.generate_key().decode())
+    result = run_check(
+        tmp_path, DEBUG="false", FERNET_KEYS=Fernet.generate_key().decode(), CLIENT_ID_INDEX_KEY="i" * 43
+    )
     assert result.returncode != 0
     assert "SECRET_KEY is not set" in result.stderr
 
 
 def test_production_refuses_to_start_without_fernet_keys(tmp_path):
-    result = run_check(tmp_path, DEBUG="false", SECRET_KEY="x" * 50)
+    result = run_check(tmp_path, DEBUG="false", SECRET_KEY="x" * 50, CLIENT_ID_INDEX_KEY="i" * 43)
     assert result.returncode != 0
     assert "FERNET_KEYS is not set" in result.stderr
 
 
+def test_production_refuses_to_start_without_the_client_id_index_key(tmp_path):
+    result = run_check(tmp_path, DEBUG="false", SECRET_KEY="x" * 50, FERNET_KEYS=Fernet.generate_key().decode())
+    assert result.returncode != 0
+    assert "CLIENT_ID_INDEX_KEY is not set" in result.stderr
+
+
 def test_a_malformed_fernet_key_stops_start_up_with_a_clear_message(tmp_path):
-    result = run_check(tmp_path, DEBUG="false", SECRET_KEY="x" * 50, FERNET_KEYS="too-short")
+    result = run_check(
+        tmp_path, DEBUG="false", SECRET_KEY="x" * 50, FERNET_KEYS="too-short", CLIENT_ID_INDEX_KEY="i" * 43
+    )
     assert result.returncode != 0
     assert "FERNET_KEYS entry 1 is not a valid Fernet key" in result.stderr
 
@@ -59,3 +71,6 @@ def test_development_generates_its_own_keys_once_and_not_from_secret_key(tmp_pat
     assert oct((tmp_path / "fernet.key").stat().st_mode)[-3:] == "600"
     assert run_check(tmp_path, DEBUG=debug).returncode == 0
     assert (tmp_path / "fernet.key").read_text().strip() == fernet_key
+    index_key = (tmp_path / "client_id_index.key").read_text().strip()
+    assert len(index_key) >= 32 and index_key not in (fernet_key, secret_key)
+    assert oct((tmp_path / "client_id_index.key").stat().st_mode)[-3:] == "600"

@@ -15,7 +15,14 @@ from django.utils.html import format_html, format_html_join
 
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ViewOnlyMixin, key_state_badge, link_state_badge
-from credentials.models import SECRET_FIELDS, CD2Credential, ReminderLog, SubmissionLink, secret_fields_of
+from credentials.models import (
+    SECRET_FIELDS,
+    CD2Credential,
+    PendingReason,
+    ReminderLog,
+    SubmissionLink,
+    secret_fields_of,
+)
 from credentials.notifications import expiry_phrase
 from credentials.selectors import KeyState, institutions_with_key_status
 from credentials.services.links import submission_link_send
@@ -347,18 +354,32 @@ class InstitutionAdmin(admin.ModelAdmin):
         if obj.pk is None:
             return "—"
         badge = key_state_badge(obj.key_state)
-        if not obj.active_key_id:
-            return badge
-        return format_html(
-            '{} <a href="{}">{}</a> · expires {} ({}) · region {} · last data pulled {}',
-            badge,
-            reverse("admin:credentials_cd2credential_change", args=[obj.active_key_id]),
-            obj.active_hint,
-            f"{obj.active_expires_on:%d %b %Y}",
-            expiry_phrase(obj.days_left),
-            obj.active_region,
-            self.last_pulled(obj),
-        )
+        parts = [badge]
+        if obj.pending_key_id:
+            parts.append(
+                format_html(
+                    'New key <a href="{}">{}</a> (expires {}) waits for its check: {}. Reminders about the '
+                    "current key are paused until the check ends.",
+                    reverse("admin:credentials_cd2credential_change", args=[obj.pending_key_id]),
+                    obj.pending_hint,
+                    f"{obj.pending_expires_on:%d %b %Y}",
+                    PendingReason(obj.pending_reason).label if obj.pending_reason else "not checked yet",
+                )
+            )
+        if obj.active_key_id:
+            parts.append(
+                format_html(
+                    '{}<a href="{}">{}</a> · expires {} ({}) · region {} · last data pulled {}',
+                    "Current key " if obj.pending_key_id else "",
+                    reverse("admin:credentials_cd2credential_change", args=[obj.active_key_id]),
+                    obj.active_hint,
+                    f"{obj.active_expires_on:%d %b %Y}",
+                    expiry_phrase(obj.days_left),
+                    obj.active_region,
+                    self.last_pulled(obj),
+                )
+            )
+        return format_html_join(format_html("<br>"), "{}", ((part,) for part in parts))
 
     @admin.display(description="Reminder log")
     def reminder_log(self, obj: Institution) -> str:

@@ -15,14 +15,23 @@ from credentials.services.staff import REVEAL_PERMISSION
 @admin.register(CD2Credential)
 class CD2CredentialAdmin(ViewOnlyAdmin):
     # Only non-secret columns: the list and the page never decrypt (see get_queryset).
-    list_display = ("hint", "institution", "status", "expires_on", "source", "submitted_at", "last_verdict")
+    list_display = (
+        "hint",
+        "institution",
+        "status",
+        "expires_on",
+        "short_expiry",
+        "source",
+        "submitted_at",
+        "last_verdict",
+    )
     list_filter = ("status", "source", "region", "key_type")
     list_select_related = ("institution",)
     search_fields = ("institution__name", "institution__slug", "hint")
     date_hierarchy = "expires_on"
     fieldsets = (
-        ("Key", {"fields": ("institution", "hint", "region", "key_name", "key_type", "expires_on")}),
-        ("Status", {"fields": ("status", "status_changed_at", "status_reason")}),
+        ("Key", {"fields": ("institution", "hint", "region", "key_name", "key_type", "expires_on", "short_expiry")}),
+        ("Status", {"fields": ("status", "status_changed_at", "status_reason", "pending_reason")}),
         (
             "Check against CD2",
             {"fields": ("last_verified_at", "last_verdict", "last_verification", "verification_attempts")},
@@ -43,6 +52,12 @@ class CD2CredentialAdmin(ViewOnlyAdmin):
     )
     # Every field shown is read-only: a key is never edited, only superseded.
     readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
+
+    @admin.display(description="Expiry chosen")
+    def short_expiry(self, obj: CD2Credential) -> str:
+        # The customer confirmed an expiry under validators.SHORT_EXPIRY_MONTHS.
+        return "short expiry" if obj.is_short_expiry() else "—"
+
     change_form_template = "admin/credentials/cd2credential/change_form.html"
 
     class Media:

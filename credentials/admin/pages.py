@@ -154,7 +154,10 @@ def check_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
     institution = _institution(request, model_admin, object_id)
     _require(request, CHECK_PERMISSION)
     active = _current_key(institution, CD2Credential.Status.ACTIVE)
-    if active is not None:
+    pending = _current_key(institution, CD2Credential.Status.PENDING_VERIFICATION)
+    # A newer key waiting for its check is what staff want checked: it is
+    # the institution's state ("Pending check") until it is settled.
+    if active is not None and (pending is None or pending.submitted_at < active.submitted_at):
         result = credential_verify(credential_id=active.pk, actor=request.user)
         if result is None:
             messages.warning(request, f"Key {active.hint} stopped being active meanwhile; nothing was checked.")
@@ -162,7 +165,6 @@ def check_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
             level = messages.SUCCESS if result.verdict == "ok" else messages.WARNING
             messages.add_message(request, level, f"Key {active.hint}: {result.message}")
         return _back(institution)
-    pending = _current_key(institution, CD2Credential.Status.PENDING_VERIFICATION)
     if pending is None:
         messages.error(request, "There is no active or pending key to check. Send a submission link instead.")
         return _back(institution)
@@ -178,6 +180,10 @@ def check_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
             "could not be checked: the CD2 gateway is unavailable. Try later.",
         ),
         VerifyResult.SUPERSEDED: (messages.INFO, "was superseded by a newer key meanwhile."),
+        VerifyResult.WAITING: (
+            messages.WARNING,
+            "is still refused as “Canvas Data 2 not enabled”: it stays pending and is checked again daily.",
+        ),
     }.get(outcome, (messages.INFO, "was already handled."))
     messages.add_message(request, text[0], f"Pending key {pending.hint} {text[1]}")
     return _back(institution)
@@ -253,6 +259,11 @@ class StaffKeyForm(forms.Form):
         widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
         help_text="The expiry date the customer chose at identity.instructure.com.",
     )
+    confirm_short_expiry = forms.BooleanField(
+        label="The customer chose an expiry under 6 months on purpose",
+        required=False,
+        help_text="Needed for a key that expires within 6 months; the key then shows “short expiry”.",
+    )
 
 
 @sensitive_post_parameters("client_id", "secret")
@@ -266,9 +277,10 @@ def add_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
             client_id=form.cleaned_data["client_id"],
             secret=form.cleaned_data["secret"],
             expires_on=form.cleaned_data["expires_on"],
+            short_expiry_confirmed=form.cleaned_data["confirm_short_expiry"],
         )
         credential = outcome.credential
-        if credential is not None:
+        if outcome.stored:
             if credential.status == CD2Credential.Status.ACTIVE:
                 messages.success(request, f"Key {credential.hint} passed the CD2 check and is now the active key.")
             else:

@@ -76,6 +76,7 @@ def credential_create(
     submission_link: SubmissionLink | None = None,
     key_name: str = "",
     key_type: str = CD2Credential.KeyType.INSTITUTIONAL,
+    pending_reason: str = "",
     now: dt.datetime | None = None,
 ) -> CD2Credential:
     """Store a validated key; as ACTIVE it supersedes the institution's current key.
@@ -90,6 +91,7 @@ def credential_create(
     credential = CD2Credential(
         institution=institution,
         client_id=key.client_id,
+        client_id_index=key.index,
         secret=key.secret,
         region=key.region,
         hint=key.hint,
@@ -104,6 +106,7 @@ def credential_create(
         created_by=created_by,
         submission_link=submission_link,
         status_changed_at=now,
+        pending_reason=pending_reason if status == CD2Credential.Status.PENDING_VERIFICATION else "",
     )
     if check is not None:
         credential_check_record(credential=credential, check=check, now=now)
@@ -138,7 +141,8 @@ def credential_activate(
         credential.status = CD2Credential.Status.ACTIVE
         credential.status_changed_at = now
         credential.status_reason = ""
-        fields = ["status", "status_changed_at", "status_reason"]
+        credential.pending_reason = ""
+        fields = ["status", "status_changed_at", "status_reason", "pending_reason"]
         if check is not None:
             fields += credential_check_record(credential=credential, check=check, now=now)
         credential.save(update_fields=fields)

@@ -21,7 +21,7 @@ from credentials.models import AuditEvent, SubmissionLink, hash_token
 from credentials.notifications import contact_emails, link_context, reply_to
 from credentials.services import jobs
 from credentials.services.audit import audit_record
-from institutions.models import Contact, Institution
+from institutions.models import Contact, Institution, email_key
 
 logger = logging.getLogger(__name__)
 
@@ -171,12 +171,20 @@ def link_request(*, email: str, ip_address: str | None = None) -> None:
     address matched, so the page built on it reveals nothing. The link goes
     only to the address asked for, never to the other contacts.
     """
-    email = (email or "").strip()
-    if not email:
+    key = email_key(email)
+    if not key:
         return
-    contacts = Contact.objects.select_related("institution", "institution__account_owner").filter(
-        email__iexact=email, institution__status__in=Institution.SERVED_STATUSES
-    )
+    # The database's case-insensitive match by the key only narrows the rows
+    # down (PostgreSQL's UPPER() also matches look-alikes such as a dotless
+    # ı); the decision is email_key's, the same key the page's rate limit
+    # counts by, so no spelling reaches a contact outside that limit.
+    contacts = [
+        contact
+        for contact in Contact.objects.select_related("institution", "institution__account_owner").filter(
+            institution__status__in=Institution.SERVED_STATUSES, email__iexact=key
+        )
+        if email_key(contact.email) == key
+    ]
     for contact in contacts:
         institution = contact.institution
         with transaction.atomic():

@@ -3,7 +3,9 @@
 Policy (settings): a reminder REMINDER_DAYS_BEFORE days before a key's
 expires_on (0 is the day itself), then every REMINDER_REPEAT_AFTER_EXPIRY_DAYS
 days after it, until a new key is active (the old one is then superseded and
-no longer scanned). Only active keys of served institutions are reminded.
+no longer scanned). Only active keys of served institutions are reminded,
+and not while a newer key of the institution waits for its check
+(selectors.newer_key_pending): they resume as soon as that check ends.
 
 Exactly once: a ReminderLog row per (key, threshold) under a unique
 constraint. A run claims the row first (an INSERT that only one writer can
@@ -44,6 +46,7 @@ from credentials.notifications import (
 )
 from credentials.selectors import (
     due_credentials,
+    newer_key_pending,
     reminder_days_before,
     reminder_step,
     unsettled_claim,
@@ -281,6 +284,7 @@ def reminder_deliver(
                 ReminderLog.objects.select_for_update(of=("self",))
                 .select_related("credential__institution__account_owner")
                 .defer(*secret_fields_of("credential"))
+                .annotate(paused=newer_key_pending("credential__"))
                 .filter(pk=reminder_id, state=ReminderLog.State.CLAIMED)
                 .first()
             )
@@ -293,6 +297,12 @@ def reminder_deliver(
                 reminder.state = ReminderLog.State.SKIPPED
                 reminder.last_error = f"Not sent: the key is {credential.status}, institution {institution.status}."
                 reminder.save(update_fields=["state", "last_error"])
+                return False
+            if reminder.paused:
+                # A newer key arrived and waits for its check after the claim:
+                # the step is released, not spent, so it is sent if the check
+                # ends invalid (due_credentials finds it again).
+                reminder.delete()
                 return False
             local_today = today or institution_today(institution, now)
             if contacts is not None:

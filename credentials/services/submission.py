@@ -1,17 +1,25 @@
-"""A key handed over: validate, check live against CD2, store; re-check later when CD2 could not answer.
+"""A key handed over: validate, check live against CD2, store; re-check later when CD2 could not say yes.
 
 Both doors that take a key, a customer's submission link and staff entering
 a key in the admin, call `credential_submit` and differ only in the `Door`
-they pass (who hands the key over, and the link if any). A key goes through `validate_key_input`, then the live check
-against CD2 (`cd2.check_key_with_settings`), and only then is stored:
+they pass (who hands the key over, and the link if any). A key goes through
+`validate_key_input`, then the blind-index lookup (a key belongs to one
+institution), then the live check against CD2 (`cd2.check_key_with_settings`),
+and only then is stored:
 
+- On file for another institution: refused, nothing stored, the link still
+  works, both institutions' account owners told at once (possible mix-up).
+  On file for this institution: "we already have this key", nothing changes.
+  The constraint one_row_per_client_id settles a race between two doors.
 - CD2 accepts it: stored as the active key, the link is used up.
-- CD2 rejects it (401) or refuses the account (403): nothing is stored and
-  the link still works, so the customer can correct it while the
-  Instructure window is still open.
-- CD2 cannot answer (5xx, 429, timeout): stored as pending_verification and
-  checked again by the verify_pending_credential task with backoff, so a
-  gateway outage never loses a key the customer will not see again.
+- CD2 rejects it (401): nothing is stored and the link still works, so the
+  customer can correct it while the Instructure window is still open.
+- Anything else that is not about the key (403 "not enabled", maintenance,
+  5xx, 429, timeouts): stored as pending_verification with its
+  PendingReason and checked again (verify_pending_credential with backoff;
+  a 403 "not enabled" daily for PENDING_NOT_ENABLED_DAYS by the hourly
+  sweep), so nothing a customer typed is lost to a refusal they cannot fix
+  by typing. Reminders about the old key pause while the new one waits.
 
 The Secret lives only in local variables here (marked sensitive for Django's
 error reports); only ids go to Celery, only hints to logs, audit and mail.
@@ -24,21 +32,25 @@ import enum
 import logging
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
 from credentials.emails import send_email
-from credentials.models import AuditEvent, CD2Credential, SubmissionLink
+from credentials.models import AuditEvent, CD2Credential, PendingReason, SubmissionLink
 from credentials.notifications import (
-    contact_emails,
+    admin_url,
     institution_today,
+    key_conflict_recipients,
+    link_recipients,
     mail_owner,
     owner_email,
     reply_to,
     unique_addresses,
+    without,
 )
 from credentials.selectors import local_today, reminder_days_before
 from credentials.services import jobs
@@ -51,7 +63,7 @@ from credentials.services.keys import (
 )
 from credentials.services.links import submission_link_create, submission_link_mark_sent
 from credentials.validators import CleanKey, validate_key_input
-from institutions.models import Institution
+from institutions.models import Institution, email_for_storage
 
 logger = logging.getLogger(__name__)
 
@@ -69,35 +81,72 @@ _FORBIDDEN_REASONS = {
     "AccountDisabled": "Canvas Data 2 access is turned off for your institution's Canvas account",
     "RequestTypeForbidden": "Canvas Data 2 does not allow this kind of access for your institution's account",
 }
-FORBIDDEN_MESSAGE = (
-    "Instructure recognised this key, but {reason}. Your Instructure Customer Success Manager can enable "
-    "Canvas Data 2 for your account. Nothing was saved; once it is enabled, submit the same key again with "
-    "this link."
+TAKEN_MESSAGE = (
+    "This key is already on file with us for another institution, so we cannot accept it for {institution}: "
+    "a Canvas Data 2 key belongs to one institution. Nothing was saved, and this link still works. "
+    "Please create a new key at identity.instructure.com, signed in to {institution}'s Canvas ({domain}), "
+    "name it “{key_name} – {institution}”, and submit that one here. We have told your EdPotential "
+    "account team, in case keys were mixed up."
 )
-MAINTENANCE_MESSAGE = (
-    "Instructure recognised this key, but says your institution's account is under maintenance, so the key "
-    "cannot be checked now. Nothing was saved. Try again with this link in a few hours; if it persists, "
-    "your Instructure Customer Success Manager can tell you more."
+ALREADY_HAVE_MESSAGES = {
+    CD2Credential.Status.ACTIVE: (
+        "We already have this key for {institution} (key {hint}), and it is the key we use. Nothing changed, "
+        "and there is nothing more to do. If you meant to send a new key, create one at "
+        "identity.instructure.com and submit that one with this link."
+    ),
+    CD2Credential.Status.PENDING_VERIFICATION: (
+        "We already have this key for {institution} (key {hint}); it is waiting for its check with "
+        "Instructure. Nothing changed, and you need not send it again: we email you when the check is done."
+    ),
+}
+ALREADY_HAD_MESSAGE = (
+    "We had this key for {institution} before (key {hint}) and no longer use it: it is {status}. Nothing "
+    "changed. Please create a new key at identity.instructure.com and submit that one with this link."
 )
+# What happens next to a key stored pending, by PendingReason: shown on the
+# page and in the receipt. Only "not enabled" asks the customer to act, and
+# never for a new key: Instructure shows a Secret only once.
+PENDING_NEXT_STEPS = {
+    PendingReason.NOT_ENABLED: (
+        "Instructure recognised the key, but {reason}. What to do: ask your Instructure Customer Success "
+        "Manager (or Instructure support) to enable Canvas Data 2 for {domain}. You do not need a new key: "
+        "we have stored this one and check it again every day for {days} days, and email you as soon as it works."
+    ),
+    PendingReason.MAINTENANCE: (
+        "Instructure recognised the key, but your institution's account is under maintenance at Instructure, "
+        "so it cannot be checked yet. There is nothing you need to do and no new key is needed: we have stored "
+        "this one, check it again automatically, and email you if it does not work."
+    ),
+    PendingReason.UNAVAILABLE: (
+        "Instructure's service did not answer just now, so we could not check the key yet. There is nothing "
+        "you need to do and no new key is needed: we have stored it, check it again automatically over the "
+        "next hours, and email you if it does not work."
+    ),
+}
+# How long a key Instructure answers "not enabled" (403) for is re-checked
+# daily before staff decide (selectors.pending_credentials_due).
+PENDING_NOT_ENABLED_DAYS = 30
 
 # For the mail after a re-check: the customer is no longer on the page.
 RECHECK_REJECTED_MESSAGE = (
     "Instructure did not accept this Client ID and Secret. Most likely part of one was not copied, "
     "or the key has been deleted since."
 )
-RECHECK_FORBIDDEN_MESSAGE = (
-    "Instructure recognised the key, but {reason}. Your Instructure Customer Success Manager can enable "
-    "Canvas Data 2 for your account."
-)
 
 
 class Result(enum.StrEnum):
     ACCEPTED = "accepted"  # checked and active
-    PENDING = "pending"  # stored, CD2 could not be reached; re-checked later
+    PENDING = "pending"  # stored; CD2 could not say yes yet (PendingReason); re-checked later
     INVALID = "invalid"  # failed our validation; nothing stored
     REJECTED = "rejected"  # CD2 said 401; nothing stored
-    FORBIDDEN = "forbidden"  # CD2 said 403; nothing stored
+    TAKEN = "taken"  # the key is on file for another institution; nothing stored
+    ALREADY_HAVE = "already_have"  # the key is on file for this institution; nothing changed
     LINK_UNUSABLE = "link_unusable"  # unknown, expired, revoked or (just) used link
+
+
+# What a refusal is about, for the page's error box title.
+REFUSED_BY_INSTRUCTURE = "instructure"
+KEY_ON_FILE = "on_file"
 
 
 @dataclass(frozen=True)
@@ -115,7 +164,16 @@ class SubmitOutcome:
 
     @property
     def stored(self) -> bool:
-        return self.credential is not None
+        return self.credential is not None and self.result in (Result.ACCEPTED, Result.PENDING)
+
+    @property
+    def cause(self) -> str:
+        """What the refusal is about: Instructure refused the key, the key is on file, or "" (a field to fix)."""
+        if self.result is Result.REJECTED:
+            return REFUSED_BY_INSTRUCTURE
+        if self.result in (Result.TAKEN, Result.ALREADY_HAVE):
+            return KEY_ON_FILE
+        return ""
 
 
 @dataclass(frozen=True)
@@ -144,7 +202,7 @@ class Door:
             source=CD2Credential.Source.LINK,
             link=link,
             submitted_by=submitted_by.strip(),
-            submitted_by_email=submitted_by_email.strip(),
+            submitted_by_email=email_for_storage(submitted_by_email),
             ip_address=ip_address,
         )
 
@@ -171,25 +229,116 @@ def _error_messages(exc: ValidationError) -> dict[str, list[str]]:
     return {name: list(messages) for name, messages in exc.message_dict.items()}
 
 
-def _refusal(check: CheckResult) -> SubmitOutcome:
-    if check.verdict is Verdict.REJECTED:
-        return SubmitOutcome(Result.REJECTED, errors={"__all__": [REJECTED_MESSAGE]}, check=check)
-    if check.error_type == "AccountUnderMaintenance":
-        message = MAINTENANCE_MESSAGE
-    else:
-        reason = _FORBIDDEN_REASONS.get(check.error_type or "", "Canvas Data 2 is not enabled for your account")
-        message = FORBIDDEN_MESSAGE.format(reason=reason)
-    return SubmitOutcome(Result.FORBIDDEN, errors={"__all__": [message]}, check=check)
+def pending_reason_of(check: CheckResult) -> str:
+    """Why a key this check did not accept or reject is stored pending (a PendingReason value)."""
+    if check.verdict is Verdict.FORBIDDEN:
+        if check.error_type == "AccountUnderMaintenance":
+            return PendingReason.MAINTENANCE
+        return PendingReason.NOT_ENABLED
+    return PendingReason.UNAVAILABLE
+
+
+def forbidden_reason(error_type: str | None) -> str:
+    return _FORBIDDEN_REASONS.get(error_type or "", "Canvas Data 2 is not enabled for your account")
+
+
+def pending_next_steps(credential: CD2Credential, *, error_type: str | None = None) -> str:
+    """What happens next to a pending key, and what (if anything) the customer must do, in words."""
+    reason = credential.pending_reason or PendingReason.UNAVAILABLE
+    return PENDING_NEXT_STEPS[reason].format(
+        reason=forbidden_reason(error_type),
+        domain=credential.institution.canvas_domain or "your Canvas account",
+        days=PENDING_NOT_ENABLED_DAYS,
+    )
 
 
 @sensitive_variables("secret", "key", "client_id")
-def _validate(*, client_id: str, secret: str, expires_on, today: dt.date | None) -> CleanKey | SubmitOutcome:
+def _validate(
+    *, client_id: str, secret: str, expires_on, today: dt.date | None, short_expiry_confirmed: bool
+) -> CleanKey | SubmitOutcome:
     try:
         return validate_key_input(
-            client_id=client_id, secret=secret, expires_on=expires_on, today=today or local_today()
+            client_id=client_id,
+            secret=secret,
+            expires_on=expires_on,
+            today=today or local_today(),
+            short_expiry_confirmed=short_expiry_confirmed,
         )
     except ValidationError as exc:
         return SubmitOutcome(Result.INVALID, errors=_error_messages(exc))
+
+
+def _on_file(*, door: Door, key: CleanKey, check: CheckResult | None = None) -> SubmitOutcome | None:
+    """The answer when this key's Client ID is already on file (any status, any institution), else None.
+
+    Another institution's: refused, audited, both account owners told once
+    the refusal's transaction commits. This institution's: "we already have
+    it", nothing changes.
+    """
+    existing = (
+        CD2Credential.objects.without_secrets()
+        .select_related("institution")
+        .filter(client_id_index=key.index)
+        .order_by("pk")
+        .first()
+    )
+    if existing is None:
+        return None
+    institution = door.institution
+    words = {"institution": institution.name, "hint": existing.hint}
+    if existing.institution_id == institution.pk:
+        template = ALREADY_HAVE_MESSAGES.get(existing.status, ALREADY_HAD_MESSAGE)
+        message = template.format(**words, status=existing.get_status_display().lower())
+        return SubmitOutcome(Result.ALREADY_HAVE, credential=existing, errors={"__all__": [message]}, check=check)
+    detail = {"hint": key.hint, "outcome": Result.TAKEN.value, "on_file_for": existing.institution_id}
+    if door.link is not None:
+        detail["link_id"] = door.link.pk
+    audit_record(
+        kind=AuditEvent.Kind.SUBMISSION,
+        institution=institution,
+        credential=existing,
+        ip_address=door.ip_address,
+        reason=f"Refused: this Client ID is on file for {existing.institution.name}; nothing stored.",
+        detail=detail,
+        **door.audit_who(),
+    )
+    logger.warning(
+        "Key submission for institution %s refused: the Client ID is on file for institution %s",
+        institution.pk,
+        existing.institution_id,
+    )
+    _after_commit_tell_owners_of_conflict(door=door, hint=key.hint, on_file=existing)
+    message = TAKEN_MESSAGE.format(
+        institution=institution.name,
+        domain=institution.canvas_domain or "your Canvas",
+        key_name=settings.CD2_KEY_NAME,
+    )
+    return SubmitOutcome(Result.TAKEN, errors={"__all__": [message]}, check=check)
+
+
+def _after_commit_tell_owners_of_conflict(*, door: Door, hint: str, on_file: CD2Credential) -> None:
+    """Mail both institutions' account owners that one key was handed over for both (possible mix-up)."""
+    institutions = [on_file.institution, door.institution]
+    recipients = key_conflict_recipients(institutions=institutions)
+    context = {
+        "hint": hint,
+        "submitted": door.institution,
+        "submitted_url": admin_url(door.institution),
+        "on_file": on_file.institution,
+        "on_file_url": admin_url(on_file.institution),
+        "on_file_status": on_file.get_status_display().lower(),
+        "by_link": door.by_link,
+        "submitted_by": door.submitted_by,
+        "submitted_by_email": door.submitted_by_email,
+    }
+
+    def send_conflict_notice() -> None:  # a named function: Django logs a robust callback's __qualname__
+        if not recipients:
+            logger.warning("A key was refused as on file for another institution; nobody to tell")
+            return
+        send_email("key-conflict", to=recipients, context=context)
+
+    transaction.on_commit(send_conflict_notice, robust=True)
 
 
 def _claim_link(link: SubmissionLink, now: dt.datetime) -> bool:
@@ -213,28 +362,45 @@ def _queue_recheck(credential_id: int) -> None:
 
 @sensitive_variables("secret", "key", "client_id")
 def credential_submit(
-    *, door: Door, client_id: str, secret: str, expires_on, today: dt.date | None = None
+    *,
+    door: Door,
+    client_id: str,
+    secret: str,
+    expires_on,
+    today: dt.date | None = None,
+    short_expiry_confirmed: bool = False,
 ) -> SubmitOutcome:
-    """Take a key through a door: validate, check live, store, use up the link (if any).
+    """Take a key through a door: validate, look it up, check live, store, use up the link (if any).
 
     The link is claimed with a conditional UPDATE (used_at IS NULL) in the
     same transaction that stores the key, so of several submissions racing
-    on one link exactly one stores a key; the others get LINK_UNUSABLE.
-    A refusal by CD2 stores nothing but is audited: staff can see a customer
-    struggling (or someone guessing).
+    on one link exactly one stores a key; the others get LINK_UNUSABLE. Two
+    doors racing with one key for two institutions meet at the constraint
+    one_row_per_client_id: the loser's transaction (its link claim too) is
+    rolled back and it gets the on-file answer. A refusal stores nothing but
+    is audited: staff can see a customer struggling (or someone guessing).
     """
     if door.institution is None:
         return SubmitOutcome(Result.LINK_UNUSABLE)
     institution = door.institution
-    key = _validate(client_id=client_id, secret=secret, expires_on=expires_on, today=today)
+    key = _validate(
+        client_id=client_id,
+        secret=secret,
+        expires_on=expires_on,
+        today=today,
+        short_expiry_confirmed=short_expiry_confirmed,
+    )
     if isinstance(key, SubmitOutcome):
         return key
+    on_file = _on_file(door=door, key=key)
+    if on_file is not None:
+        return on_file
 
     check = check_key_with_settings(client_id=key.client_id, secret=key.secret)
     detail = {"hint": key.hint, "check": check.summary, "outcome": check.verdict.value}
     if door.link is not None:
         detail["link_id"] = door.link.pk
-    if check.verdict in (Verdict.REJECTED, Verdict.FORBIDDEN):
+    if check.verdict is Verdict.REJECTED:
         audit_record(
             kind=AuditEvent.Kind.SUBMISSION,
             institution=institution,
@@ -244,9 +410,27 @@ def credential_submit(
             **door.audit_who(),
         )
         logger.info("Key submission for institution %s refused by CD2: %s", institution.pk, check.summary)
-        return _refusal(check)
+        return SubmitOutcome(Result.REJECTED, errors={"__all__": [REJECTED_MESSAGE]}, check=check)
 
-    status = CD2Credential.Status.ACTIVE if check.verdict is Verdict.OK else CD2Credential.Status.PENDING_VERIFICATION
+    try:
+        return _store(door=door, key=key, check=check, detail=detail)
+    except IntegrityError:
+        # Another door stored this Client ID after our lookup: everything of
+        # ours rolled back (the link is not used up); answer as if we had
+        # found it on file in the first place.
+        on_file = _on_file(door=door, key=key, check=check)
+        if on_file is None:
+            raise
+        return on_file
+
+
+@sensitive_variables("key")
+def _store(*, door: Door, key: CleanKey, check: CheckResult, detail: dict) -> SubmitOutcome:
+    institution = door.institution
+    if check.verdict is Verdict.OK:
+        status, pending_reason = CD2Credential.Status.ACTIVE, ""
+    else:
+        status, pending_reason = CD2Credential.Status.PENDING_VERIFICATION, pending_reason_of(check)
     now = timezone.now()
     with transaction.atomic():
         if door.link is not None and not _claim_link(door.link, now):
@@ -261,12 +445,13 @@ def credential_submit(
             submitted_by_email=door.submitted_by_email,
             created_by=door.user,
             submission_link=door.link,
+            pending_reason=pending_reason,
             now=now,
         )
         if status == CD2Credential.Status.ACTIVE:
             reason = "Checked and active."
         else:
-            reason = "CD2 unavailable; pending."
+            reason = f"Stored pending: {PendingReason(pending_reason).label}."
         audit_record(
             kind=AuditEvent.Kind.SUBMISSION,
             credential=credential,
@@ -284,8 +469,10 @@ def credential_submit(
                 **door.audit_who(),
             )
         if door.by_link:
-            _after_commit_send_receipt(credential.pk)
-        if status == CD2Credential.Status.PENDING_VERIFICATION:
+            _after_commit_send_receipt(credential.pk, error_type=check.error_type)
+        if status == CD2Credential.Status.PENDING_VERIFICATION and pending_reason != PendingReason.NOT_ENABLED:
+            # "Not enabled" waits for Instructure, not for an outage: the
+            # hourly sweep checks it again daily (pending_credentials_due).
             _queue_recheck(credential.pk)
     logger.info("Key %s stored for institution %s as %s (%s)", credential.pk, institution.pk, status, check.summary)
     return SubmitOutcome(
@@ -299,6 +486,7 @@ class VerifyResult(enum.StrEnum):
     ACTIVE = "active"
     INVALID = "invalid"
     UNAVAILABLE = "unavailable"  # try again later
+    WAITING = "waiting"  # CD2 not enabled (403): still pending, checked again daily by the sweep
     SUPERSEDED = "superseded"  # a newer key became active while this one waited
     SKIPPED = "skipped"  # gone, or no longer pending (already handled)
 
@@ -307,11 +495,13 @@ class VerifyResult(enum.StrEnum):
 def credential_verify_pending(*, credential_id: int) -> str:
     """Check a pending_verification key again; returns a VerifyResult value.
 
-    OK: the key becomes active and the submitter gets a receipt. Rejected or
-    forbidden: the key becomes invalid and the submitter and the account
-    owner get a fresh link (in the same transaction: if the mail fails,
-    nothing changes and the task retries). Unavailable: only the attempt is
-    counted; the Celery task retries with backoff.
+    OK: the key becomes active and the submitter gets a receipt. Rejected
+    (401): the key becomes invalid, the people on file get a fresh link and
+    a submitter not on file a notice without one (in the same transaction:
+    if the mail fails, nothing changes and the task retries); the old key's
+    reminders resume. 403 "not enabled": still pending (WAITING), checked
+    again daily by the sweep. Maintenance or unavailable: only the attempt
+    is counted; the Celery task retries with backoff.
     """
     credential = CD2Credential.objects.filter(pk=credential_id).first()
     if credential is None or credential.status != CD2Credential.Status.PENDING_VERIFICATION:
@@ -329,14 +519,20 @@ def credential_verify_pending(*, credential_id: int) -> str:
         )
         if locked is None:
             return VerifyResult.SKIPPED
-        locked.save(update_fields=credential_check_record(credential=locked, check=check, now=now, count_attempt=True))
+        fields = credential_check_record(credential=locked, check=check, now=now, count_attempt=True)
+        if check.verdict is Verdict.FORBIDDEN:
+            locked.pending_reason = pending_reason_of(check)
+            fields.append("pending_reason")
+        locked.save(update_fields=fields)
 
-        # Maintenance is a 403 but passes: not a reason to throw the key away.
-        if check.verdict is Verdict.UNAVAILABLE or check.error_type == "AccountUnderMaintenance":
-            return VerifyResult.UNAVAILABLE
         if check.verdict is Verdict.OK:
             return _activate_checked(locked, check, now)
-        return _invalidate_checked(locked, check)
+        if check.verdict is Verdict.REJECTED:
+            return _invalidate_checked(locked, check)
+        if locked.pending_reason == PendingReason.NOT_ENABLED and check.verdict is Verdict.FORBIDDEN:
+            return VerifyResult.WAITING
+        # Maintenance is a 403 but passes; outages pass too.
+        return VerifyResult.UNAVAILABLE
 
 
 def _activate_checked(credential: CD2Credential, check: CheckResult, now: dt.datetime) -> str:
@@ -379,30 +575,30 @@ def _invalidate_checked(credential: CD2Credential, check: CheckResult) -> str:
         reason="Refused by Canvas Data 2 when checked after an outage.",
         detail={"hint": credential.hint, "check": check.summary},
     )
-    recipients = unique_addresses([credential.submitted_by_email, owner_email(institution)])
-    if not recipients:
-        recipients = contact_emails(institution)
-    if not recipients:
-        logger.warning("Key %s refused on re-check; nobody to mail for institution %s", credential.pk, institution.pk)
-        return VerifyResult.INVALID
-    new_link = submission_link_create(institution=institution, reason="rejected")
-    if check.verdict is Verdict.REJECTED:
-        message = RECHECK_REJECTED_MESSAGE
+    # A new link goes only to people on file (notifications.link_recipients);
+    # whoever typed an address into the form hears the outcome without one.
+    recipients = link_recipients(institution=institution)
+    submitter = without([credential.submitted_by_email], excluded=recipients)
+    message = RECHECK_REJECTED_MESSAGE
+    base = {"credential": credential, "message": message, "rejected": True, "institution": institution}
+    if recipients:
+        new_link = submission_link_create(institution=institution, reason="rejected")
+        send_email(
+            "submission-rejected",
+            to=recipients,
+            reply_to=reply_to(institution),
+            context={**new_link.context(), **base},
+        )
+        submission_link_mark_sent(new_link=new_link, recipients=recipients)
     else:
-        reason = _FORBIDDEN_REASONS.get(check.error_type or "", "Canvas Data 2 is not enabled for your account")
-        message = RECHECK_FORBIDDEN_MESSAGE.format(reason=reason)
-    send_email(
-        "submission-rejected",
-        to=recipients,
-        reply_to=reply_to(institution),
-        context={
-            **new_link.context(),
-            "credential": credential,
-            "message": message,
-            "rejected": check.verdict is Verdict.REJECTED,
-        },
-    )
-    submission_link_mark_sent(new_link=new_link, recipients=recipients)
+        logger.warning("Key %s refused on re-check; nobody on file for institution %s", credential.pk, institution.pk)
+    if submitter:
+        send_email(
+            "submission-rejected",
+            to=submitter,
+            reply_to=reply_to(institution),
+            context={**base, "owner": mail_owner(institution), "link_sent_to_contacts": bool(recipients)},
+        )
     return VerifyResult.INVALID
 
 
@@ -417,27 +613,30 @@ def reminder_dates(expires_on: dt.date, *, today: dt.date) -> list[dt.date]:
     return sorted(day for day in dates if day > today)
 
 
-def receipt_context(credential: CD2Credential) -> dict:
+def receipt_context(credential: CD2Credential, *, error_type: str | None = None) -> dict:
     institution = credential.institution
+    pending = credential.status == CD2Credential.Status.PENDING_VERIFICATION
     return {
         "credential": credential,
         "institution": institution,
-        "pending": credential.status == CD2Credential.Status.PENDING_VERIFICATION,
+        "pending": pending,
+        "pending_reason": credential.pending_reason if pending else "",
+        "next_steps": pending_next_steps(credential, error_type=error_type) if pending else "",
         "reminder_dates": reminder_dates(credential.expires_on, today=institution_today(institution, timezone.now())),
         "owner": mail_owner(institution),
     }
 
 
-def _after_commit_send_receipt(credential_id: int) -> None:
+def _after_commit_send_receipt(credential_id: int, *, error_type: str | None = None) -> None:
     """Mail the receipt once the key is committed; a mail error never undoes the key."""
 
     def send_receipt() -> None:  # a named function: Django logs a robust callback's __qualname__
-        receipt_send(credential_id=credential_id)
+        receipt_send(credential_id=credential_id, error_type=error_type)
 
     transaction.on_commit(send_receipt, robust=True)
 
 
-def receipt_send(*, credential_id: int) -> None:
+def receipt_send(*, credential_id: int, error_type: str | None = None) -> None:
     """Mail the receipt (no secret, no Client ID beyond its hint) after the key is stored.
 
     Runs after commit: the key is safe whatever happens here, so a mail
@@ -456,8 +655,9 @@ def receipt_send(*, credential_id: int) -> None:
     to = unique_addresses([credential.submitted_by_email]) or unique_addresses([owner])
     if not to:
         return
-    cc = [address for address in unique_addresses([owner]) if address.lower() not in {t.lower() for t in to}]
+    cc = without([owner], excluded=to)
+    context = receipt_context(credential, error_type=error_type)
     try:
-        send_email("receipt", to=to, cc=cc, reply_to=reply_to(institution), context=receipt_context(credential))
+        send_email("receipt", to=to, cc=cc, reply_to=reply_to(institution), context=context)
     except Exception as exc:  # any mail failure: the key is stored either way
         logger.warning("Receipt for key %s not sent: %s", credential_id, type(exc).__name__)

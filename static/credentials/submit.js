@@ -39,6 +39,24 @@
     });
   }
 
+  // An expiry under the short-expiry threshold shows the warning and its
+  // checkbox; without JavaScript both are always shown.
+  function shortExpiry() {
+    var date = document.getElementById("id_expires_on");
+    var box = document.getElementById("short-expiry");
+    var confirm = document.getElementById("id_confirm_short_expiry");
+    if (!date || !box || !confirm) return;
+    var before = box.getAttribute("data-short-before");
+    function update() {
+      var isShort = date.value !== "" && date.value < before;
+      box.hidden = !isShort && !confirm.checked && !box.classList.contains("invalid");
+    }
+    date.addEventListener("input", update);
+    date.addEventListener("change", update);
+    document.getElementById("id_expiry_period").addEventListener("change", update);
+    update();
+  }
+
   function oneSubmit() {
     var form = document.getElementById("key-form");
     if (!form) return;
@@ -60,6 +78,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     secretToggle();
     periodPicker();
+    shortExpiry();
     oneSubmit();
     focusProblems();
   });

@@ -146,3 +146,69 @@ def test_the_form_reads_at_phone_width_and_works_without_javascript(browser, liv
     assert CD2Credential.objects.get().status == CD2Credential.Status.ACTIVE
     context.close()
     assert seen == {"errors": [], "outside": []}
+
+
+def test_one_key_for_two_institutions_is_refused_for_the_second_and_already_on_file_for_the_first(
+    browser, live_server, institution, make_institution, cd2_gateway, isolated_cache, django_user_model
+):
+    from django.core import mail
+
+    institution.account_owner = django_user_model.objects.create_user(username="nora", email="nora@registry.example")
+    institution.save()
+    prairie = make_institution(
+        name="Prairie State Tech",
+        slug="prairie-state-tech",
+        account_owner=django_user_model.objects.create_user(username="paul", email="paul@registry.example"),
+    )
+
+    def open_link(inst):
+        new_link = submission_link_create(institution=inst)
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        seen = watch(page, live_server)
+        page.goto(live_server.url + reverse("credentials:submit", kwargs={"token": new_link.token}))
+        return page, seen, new_link.link
+
+    def send(page) -> None:
+        page.get_by_label("Expiry you chose").select_option(label="1 year")
+        fill_form(page, client_id=fake_gateway.DEMO_ACCEPTED_CLIENT_ID, secret=fake_gateway.DEMO_ACCEPTED_SECRET)
+        page.get_by_role("button", name="Check and send the key").click()
+        page.wait_for_load_state()
+
+    # A short expiry shows its warning and checkbox only when chosen.
+    page, seen, _ = open_link(institution)
+    short = page.locator("#short-expiry")
+    page.get_by_label("Expiry you chose").select_option(label="1 week")
+    assert short.is_visible() and "under 6 months" in short.inner_text()
+    page.get_by_label("Expiry you chose").select_option(label="1 year")
+    assert not short.is_visible()
+    send(page)
+    page.wait_for_url("**/k/received/")
+    kept = CD2Credential.objects.get()
+    assert kept.institution == institution
+    assert seen == {"errors": [], "outside": []}
+    mail.outbox.clear()
+
+    page, seen, prairie_link = open_link(prairie)
+    send(page)
+    alert = page.get_by_role("alert")
+    assert "This key is already on file with us" in alert.locator("h2").inner_text()
+    assert "already on file with us for another institution" in alert.inner_text()
+    assert "create a new key" in alert.inner_text()
+    page.screenshot(path=SHOTS / "10-key-on-file-for-another.png", full_page=True)
+    assert not CD2Credential.objects.filter(institution=prairie).exists()
+    prairie_link.refresh_from_db()
+    assert prairie_link.used_at is None
+    (notice,) = [m for m in mail.outbox if "mix-up" in m.subject]
+    assert sorted(notice.to) == ["nora@registry.example", "paul@registry.example"]
+    assert list(CD2Credential.objects.all()) == [kept]
+    kept.refresh_from_db()
+    assert kept.status == CD2Credential.Status.ACTIVE
+    assert seen == {"errors": [], "outside": []}
+
+    page, seen, again_link = open_link(institution)
+    send(page)
+    assert f"We already have this key for {institution.name}" in page.get_by_role("alert").inner_text()
+    again_link.refresh_from_db()
+    assert again_link.used_at is None
+    assert CD2Credential.objects.count() == 1
+    assert seen == {"errors": [], "outside": []}

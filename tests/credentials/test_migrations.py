@@ -100,3 +100,60 @@ def test_existing_audit_events_get_their_actors_username():
     assert AuditEvent.objects.get(pk=by_ada.pk).actor_username == "ada"
     assert AuditEvent.objects.get(pk=by_command.pk).actor_username == ""
     _migrate()
+
+
+INDEX_BEFORE = [("credentials", "0006_last_pulled"), ("institutions", "0002_export_permission")]
+INDEX_AFTER = [("credentials", "0007_client_id_index")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_0005_indexes_old_rows_flags_later_duplicates_and_the_check_reports_shared_keys():
+    from credentials.checks import check_client_id_shared_between_institutions
+    from credentials.fields import client_id_index, encrypt_str
+
+    old = _migrate(INDEX_BEFORE)
+    Institution = old.get_model("institutions", "Institution")
+    Credential = old.get_model("credentials", "CD2Credential")
+    north = Institution.objects.create(name="North", slug="north", canvas_domain="north.instructure.com")
+    prairie = Institution.objects.create(name="Prairie", slug="prairie", canvas_domain="prairie.instructure.com")
+
+    def add(institution, client_id, status="superseded"):
+        return Credential.objects.create(
+            institution=institution,
+            client_id=client_id,
+            secret="s",
+            region="us-east-1",
+            hint=f"h-{client_id[-4:]}",
+            expires_on=dt.date(2030, 1, 1),
+            status=status,
+            source="admin",
+        )
+
+    shared_first = add(north, "us-east-1#shared-0001", status="active")
+    shared_again = add(prairie, "us-east-1#shared-0001", status="pending_verification")
+    own = add(north, "us-east-1#own-0002")
+    # A row written under a key that is no longer configured: left unindexed, not a crash.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE credentials_cd2credential SET client_id = %s WHERE id = %s",
+            [encrypt_str("x").replace("gAAAA", "gAAAB"), own.pk],
+        )
+
+    new = _migrate(INDEX_AFTER)
+    Credential = new.get_model("credentials", "CD2Credential")
+    rows = {
+        row.pk: row
+        for row in Credential.objects.only("pk", "client_id_index", "client_id_index_duplicate", "pending_reason")
+    }
+    assert rows[shared_first.pk].client_id_index == client_id_index("us-east-1#shared-0001")
+    assert rows[shared_first.pk].client_id_index_duplicate is False
+    assert rows[shared_again.pk].client_id_index == rows[shared_first.pk].client_id_index
+    assert rows[shared_again.pk].client_id_index_duplicate is True  # kept, flagged, not merged
+    assert rows[shared_again.pk].pending_reason == "unavailable"
+    assert rows[own.pk].client_id_index is None
+    _migrate()
+
+    (warning,) = check_client_id_shared_between_institutions()
+    assert warning.id == "credentials.W002"
+    assert "north (h-0001)" in warning.msg and "prairie (h-0001)" in warning.msg
+    assert rows[shared_first.pk].client_id_index not in warning.msg

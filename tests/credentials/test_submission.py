@@ -22,7 +22,7 @@ from django.utils import timezone
 from django.views.debug import SafeExceptionReporterFilter
 
 from credentials.forms import SubmissionForm, add_period, period_end
-from credentials.models import AuditEvent, CD2Credential, SubmissionLink
+from credentials.models import AuditEvent, CD2Credential, PendingReason, SubmissionLink
 from credentials.selectors import PENDING_SWEEP_AFTER, pending_credentials_due
 from credentials.services import jobs
 from credentials.services.links import submission_link_create, submission_link_get
@@ -216,18 +216,39 @@ def test_a_rejected_key_stores_nothing_keeps_the_client_id_clears_the_secret_and
         (fake_gateway.FORBIDDEN_DISABLED_CLIENT_ID, "access is turned off"),
     ],
 )
-def test_a_forbidden_account_stores_nothing_and_points_to_the_customer_success_manager(
-    cd2_gateway, post, link, client_id, words
+def test_a_forbidden_account_keeps_the_key_pending_and_asks_for_cd2_to_be_enabled_not_for_a_new_key(
+    cd2_gateway, post, web, link, celery_messages, client_id, words
 ):
     response = post(client_id=client_id)
 
-    text = page_text(response)
-    assert "Instructure recognised this key" in text
-    assert words in text
-    assert "Customer Success Manager" in text
-    assert not CD2Credential.objects.exists()
+    assert response.status_code == 302
+    credential = CD2Credential.objects.get()
+    assert credential.status == CD2Credential.Status.PENDING_VERIFICATION
+    assert credential.pending_reason == PendingReason.NOT_ENABLED
+    assert credential.last_verdict == "forbidden"
     link.link.refresh_from_db()
-    assert link.link.is_usable()
+    assert link.link.used_at is not None
+    # No backoff chain: the hourly sweep checks it again daily.
+    assert list(celery_messages) == []
+    page = page_text(web.get(reverse("credentials:received")))
+    assert "Canvas Data 2 needs enabling" in page
+    assert f"enable Canvas Data 2 for {link.link.institution.canvas_domain}" in page
+    assert "You do not need a new key" in page
+    assert "every day for 30 days" in page
+    (receipt,) = mail.outbox
+    assert words in receipt.body
+    assert "You do not need a new key" in receipt.body
+
+
+def test_maintenance_keeps_the_key_pending_asks_nothing_and_queues_a_recheck(cd2_gateway, post, web, celery_messages):
+    assert post(client_id=fake_gateway.FORBIDDEN_MAINTENANCE_CLIENT_ID).status_code == 302
+
+    credential = CD2Credential.objects.get()
+    assert credential.pending_reason == PendingReason.MAINTENANCE
+    assert [task["task"] for task in celery_messages] == [jobs.VERIFY_PENDING_CREDENTIAL]
+    page = page_text(web.get(reverse("credentials:received")))
+    assert "under maintenance" in page
+    assert "nothing you need to do and no new key is needed" in page
 
 
 @pytest.mark.parametrize("mode", ["down", "rate_limited", "hang"])
@@ -278,7 +299,7 @@ def test_a_secret_equal_to_the_client_id_is_refused_by_the_shared_validators(cd2
 
 def test_the_expiry_period_fills_in_the_date_when_none_is_typed():
     today = dt.date(2026, 1, 31)
-    form = SubmissionForm(data=form_data(expires_on="", expiry_period="1m"), today=today)
+    form = SubmissionForm(data=form_data(expires_on="", expiry_period="1m", confirm_short_expiry="on"), today=today)
 
     assert form.is_valid(), form.errors
     assert form.cleaned_data["expires_on"] == dt.date(2026, 2, 28)
@@ -547,15 +568,18 @@ def test_the_page_looks_its_link_up_once_per_submission(cd2_gateway, post, insti
 
 
 def test_a_link_passed_to_the_service_is_claimed_only_once(cd2_gateway, link, today):
-    def submit():
+    def submit(client_id, secret):
         return credential_submit(
             door=Door.customer(link=link.link, submitted_by="Ada", submitted_by_email="ada@northfield.example.edu"),
-            client_id=PLANTED_CLIENT_ID,
-            secret=PLANTED_SECRET,
+            client_id=client_id,
+            secret=secret,
             expires_on=today + dt.timedelta(days=30),
+            short_expiry_confirmed=True,
         )
 
-    assert submit().result is Result.ACCEPTED
-    # The same (now stale) link object again: the conditional claim refuses it.
-    assert submit().result is Result.LINK_UNUSABLE
+    assert submit(PLANTED_CLIENT_ID, PLANTED_SECRET).result is Result.ACCEPTED
+    # The same (now stale) link object again, with another good key: the conditional claim refuses it.
+    assert (
+        submit(fake_gateway.DEMO_ACCEPTED_CLIENT_ID, fake_gateway.DEMO_ACCEPTED_SECRET).result is Result.LINK_UNUSABLE
+    )
     assert CD2Credential.objects.count() == 1

@@ -47,11 +47,22 @@ def test_a_failed_check_and_a_pending_key_are_told_apart_from_missing(institutio
     assert status_of(institution, today).key_state == KeyState.PENDING
 
 
-def test_an_active_key_wins_over_a_newer_pending_one(institution, make_credential, today):
+def test_a_newer_pending_key_wins_over_the_active_ones_expiry_which_staff_still_see(
+    institution, make_credential, today
+):
     make_credential(institution, days=10)
-    make_credential(institution, status=CD2Credential.Status.PENDING_VERIFICATION)
+    pending = make_credential(institution, status=CD2Credential.Status.PENDING_VERIFICATION)
     row = status_of(institution, today)
-    assert (row.key_state, row.days_left) == (KeyState.EXPIRING, 10)
+    assert (row.key_state, row.days_left) == (KeyState.PENDING, 10)
+    assert (row.pending_key_id, row.pending_hint) == (pending.pk, pending.hint)
+
+
+def test_an_older_pending_key_does_not_hide_a_newer_active_one(institution, make_credential, today):
+    pending = make_credential(institution, status=CD2Credential.Status.PENDING_VERIFICATION)
+    make_credential(institution, days=10)
+    CD2Credential.objects.filter(pk=pending.pk).update(submitted_at=pending.submitted_at - dt.timedelta(days=1))
+    row = status_of(institution, today)
+    assert (row.key_state, row.pending_key_id) == (KeyState.EXPIRING, None)
 
 
 def test_credential_annotations_match_the_model_method(institution, make_credential, today):

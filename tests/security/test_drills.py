@@ -182,6 +182,7 @@ def manage(tmp_path, *args, **env_overrides) -> subprocess.CompletedProcess:
     env.update(
         DEBUG="false",
         SECRET_KEY="drill-" + "s" * 50,
+        CLIENT_ID_INDEX_KEY="drill-index-" + "i" * 32,
         ALLOWED_HOSTS="registry.example.com",
         SITE_URL="https://registry.example.com",
         VAR_DIR=str(tmp_path),
@@ -318,7 +319,8 @@ def test_a_reminder_run_killed_mid_send_loses_no_reminder_and_sends_at_most_one_
 
         base = {k: v for k, v in os.environ.items() if k not in ("FERNET_KEYS", "CI")}
         base.update(
-            DEBUG="false", SECRET_KEY="drill-" + "s" * 50, ALLOWED_HOSTS="registry.example.com",
+            DEBUG="false", SECRET_KEY="drill-" + "s" * 50, CLIENT_ID_INDEX_KEY="drill-index-" + "i" * 32,
+            ALLOWED_HOSTS="registry.example.com",
             SITE_URL="https://registry.example.com", VAR_DIR=str(tmp_path),
             DATABASE_URL=f"sqlite:///{tmp_path / 'drill.sqlite3'}", CACHE_URL="locmemcache://",
             CELERY_BROKER_URL="memory://", **env,

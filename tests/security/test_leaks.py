@@ -536,6 +536,7 @@ def test_celery_messages_in_redis_hold_no_secret(institution, monkeypatch):
                     "client_id": CLIENT_ID,
                     "secret": PLANTED_SECRET,
                     "expires_on": (timezone.localdate() + dt.timedelta(days=7)).isoformat(),
+                    "confirm_short_expiry": "on",
                     "submitted_by": "Ada",
                     "submitted_by_email": "ada@northfield.example.edu",
                 },

@@ -38,6 +38,7 @@ def production_env(tmp_path, **overrides) -> dict[str, str]:
         DEBUG="false",
         SECRET_KEY="k" * 10 + Fernet.generate_key().decode(),
         FERNET_KEYS=Fernet.generate_key().decode(),
+        CLIENT_ID_INDEX_KEY="i" * 43,
         ALLOWED_HOSTS="registry.example.com",
         SITE_URL="https://registry.example.com",
         VAR_DIR=str(tmp_path),
