@@ -379,7 +379,7 @@ class InstitutionAdmin(admin.ModelAdmin):
                     self.last_pulled(obj),
                 )
             )
-        return format_html_join(format_html("<br>"), "{}", ((part,) for part in parts))
+        return format_html("<br>".join(["{}"] * len(parts)), *parts)
 
     @admin.display(description="Reminder log")
     def reminder_log(self, obj: Institution) -> str:

@@ -200,6 +200,7 @@ def test_a_real_gunicorn_masks_tokens_in_its_logs_and_ignores_a_forged_scheme(tm
         "DEBUG": "false",
         "SECRET_KEY": secrets.token_urlsafe(50),
         "FERNET_KEYS": Fernet.generate_key().decode(),
+        "CLIENT_ID_INDEX_KEY": secrets.token_urlsafe(32),
         "ALLOWED_HOSTS": "127.0.0.1",
         # Production refuses to start on development fallbacks; nothing here
         # sends mail, queues a task or reads a stored key.
