@@ -44,6 +44,8 @@ VERDICT_CHOICES = [
     (Verdict.FORBIDDEN.value, "Forbidden (no Canvas Data 2 access)"),
     (Verdict.UNAVAILABLE.value, "Gateway unavailable (not a verdict on the key)"),
 ]
+# The short words for a column ("Rejected"); the choice label explains.
+VERDICT_LABELS = {value: label.split(" (")[0] for value, label in VERDICT_CHOICES}
 # Verdicts that say the key itself does not work.
 FAILED_VERDICTS = (Verdict.REJECTED.value, Verdict.FORBIDDEN.value)
 

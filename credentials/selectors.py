@@ -8,15 +8,16 @@ loops over rows in Python.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Case, Exists, F, FilteredRelation, OuterRef, Q, Subquery, Value, When
+from django.db.models import Case, Exists, F, FilteredRelation, Min, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from credentials.expressions import DaysBetween, DaysUntil, ExpiryState, expiry_state_case
-from credentials.models import FAILED_VERDICTS, AuditEvent, CD2Credential, ReminderLog
+from credentials.models import FAILED_VERDICTS, AuditEvent, CD2Credential, ReminderLog, step_label
 from institutions.models import Institution
 
 __all__ = ["ExpiryState", "KeyState"]
@@ -57,7 +58,10 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
 
     Adds: active_key_id, active_expires_on, active_hint, active_region,
     active_last_verified_at, active_last_verdict, active_last_verification,
-    days_left (NULL without an active key), expiry_state (ok, expiring,
+    active_submitted_at, last_reminder_step and last_reminder_at (the
+    newest reminder sent for the active key), last_handled_step (the most
+    urgent step of the active key sent, failed or skipped: steps only go
+    down), days_left (NULL without an active key), expiry_state (ok, expiring,
     expired, missing), latest_key_status and key_state: failing when the
     active key's last check said the key does not work, else its expiry
     state; without an active key, failing or pending when the newest key
@@ -72,28 +76,65 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
         .values("status")[:1]
     )
     no_active = Q(active_key__id__isnull=True)
-    return queryset.annotate(
-        active_key=FilteredRelation("credentials", condition=Q(credentials__status=CD2Credential.Status.ACTIVE)),
-    ).annotate(
-        active_key_id=F("active_key__id"),
-        active_expires_on=F("active_key__expires_on"),
-        active_hint=F("active_key__hint"),
-        active_region=F("active_key__region"),
-        active_last_verified_at=F("active_key__last_verified_at"),
-        active_last_verdict=F("active_key__last_verdict"),
-        active_last_verification=F("active_key__last_verification"),
-        days_left=DaysUntil("active_key__expires_on", today),
-        expiry_state=expiry_state_case(field="active_key__expires_on", today=today, missing_when=no_active),
-        latest_key_status=Subquery(newest_key_status),
-        key_state=Case(
-            When(~no_active & Q(active_key__last_verdict__in=FAILED_VERDICTS), then=Value(KeyState.FAILING)),
-            When(~no_active, then=F("expiry_state")),
-            When(latest_key_status=CD2Credential.Status.INVALID, then=Value(KeyState.FAILING)),
-            When(latest_key_status=CD2Credential.Status.PENDING_VERIFICATION, then=Value(KeyState.PENDING)),
-            default=Value(KeyState.MISSING),
-            output_field=models.CharField(),
-        ),
+    # Subqueries in the select list only: PostgreSQL evaluates them for the
+    # page's rows after the sort and LIMIT, unless a column sorts by them.
+    sent = ReminderLog.objects.filter(credential=OuterRef("active_key_id"), state=ReminderLog.State.SENT).order_by(
+        "-sent_at", "-pk"
     )
+    handled = (
+        ReminderLog.objects.filter(credential=OuterRef("active_key_id"))
+        .exclude(state=ReminderLog.State.CLAIMED)
+        .values("credential")
+        .annotate(step=Min("threshold"))
+        .values("step")
+    )
+    return (
+        queryset.annotate(
+            active_key=FilteredRelation("credentials", condition=Q(credentials__status=CD2Credential.Status.ACTIVE)),
+        )
+        .annotate(
+            active_key_id=F("active_key__id"),
+            active_expires_on=F("active_key__expires_on"),
+            active_hint=F("active_key__hint"),
+            active_region=F("active_key__region"),
+            active_last_verified_at=F("active_key__last_verified_at"),
+            active_last_verdict=F("active_key__last_verdict"),
+            active_last_verification=F("active_key__last_verification"),
+            active_submitted_at=F("active_key__submitted_at"),
+            days_left=DaysUntil("active_key__expires_on", today),
+            expiry_state=expiry_state_case(field="active_key__expires_on", today=today, missing_when=no_active),
+            latest_key_status=Subquery(newest_key_status),
+            key_state=Case(
+                When(~no_active & Q(active_key__last_verdict__in=FAILED_VERDICTS), then=Value(KeyState.FAILING)),
+                When(~no_active, then=F("expiry_state")),
+                When(latest_key_status=CD2Credential.Status.INVALID, then=Value(KeyState.FAILING)),
+                When(latest_key_status=CD2Credential.Status.PENDING_VERIFICATION, then=Value(KeyState.PENDING)),
+                default=Value(KeyState.MISSING),
+                output_field=models.CharField(),
+            ),
+        )
+        .annotate(
+            last_reminder_step=Subquery(sent.values("threshold")[:1]),
+            last_reminder_at=Subquery(sent.values("sent_at")[:1]),
+            last_handled_step=Subquery(handled[:1]),
+        )
+    )
+
+
+def reminded_without_answer() -> Q:
+    """Institutions whose active key was reminded about and who have handed in no key since the first reminder.
+
+    For .filter() on Institution; no join to the key (EXISTS on the indexed foreign keys).
+    """
+    answer = CD2Credential.objects.filter(
+        institution=OuterRef(OuterRef("pk")), submitted_at__gt=OuterRef("sent_at")
+    ).exclude(pk=OuterRef("credential"))
+    reminded = ReminderLog.objects.filter(
+        credential__institution=OuterRef("pk"),
+        credential__status=CD2Credential.Status.ACTIVE,
+        state=ReminderLog.State.SENT,
+    ).filter(~Exists(answer))
+    return Q(Exists(reminded))
 
 
 def current_key(*, institution: Institution, statuses: tuple[str, ...]) -> CD2Credential | None:
@@ -158,6 +199,66 @@ def reminder_step(*, days_left: int) -> int | None:
     if repeat > 0 and -days_left >= repeat:
         return -repeat * (-days_left // repeat)
     return before[0] if before else None
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """A reminder step and the day it is (or was) due."""
+
+    threshold: int
+    on: dt.date
+
+    def label(self) -> str:
+        return step_label(self.threshold)
+
+
+def next_reminder(
+    *,
+    expires_on: dt.date | None,
+    today: dt.date,
+    handled_step: int | None,
+    submitted_on: dt.date | None = None,
+    served: bool = True,
+) -> PlannedStep | None:
+    """The next reminder the daily run will send for a key, from the schedule (REMINDER_* settings).
+
+    The step due now when it has not been handled yet (and did not come due
+    before the key arrived: those are never sent), else the next threshold to
+    come. None without a key or for an institution we do not serve.
+    """
+    if expires_on is None or not served:
+        return None
+    days_left = (expires_on - today).days
+    current = reminder_step(days_left=days_left)
+    arrived_days_left = (expires_on - submitted_on).days if submitted_on else None
+    if (
+        current is not None
+        and (handled_step is None or current < handled_step)
+        and (arrived_days_left is None or current <= arrived_days_left)
+    ):
+        return PlannedStep(threshold=current, on=today)
+    before = [t for t in reminder_days_before() if t < days_left]
+    if before:
+        threshold = before[-1]
+        return PlannedStep(threshold=threshold, on=expires_on - dt.timedelta(days=threshold))
+    repeat = reminder_repeat_after()
+    if repeat <= 0:
+        return None
+    overdue = max(-days_left, 0)
+    after = (overdue // repeat + 1) * repeat
+    return PlannedStep(threshold=-after, on=expires_on + dt.timedelta(days=after))
+
+
+def institution_next_reminder(institution: Institution, *, today: dt.date) -> PlannedStep | None:
+    """next_reminder of an institution read through institutions_with_key_status."""
+    submitted = institution.active_submitted_at
+    return next_reminder(
+        expires_on=institution.active_expires_on,
+        today=today,
+        handled_step=institution.last_handled_step,
+        submitted_on=timezone.localdate(submitted) if submitted else None,
+        served=institution.is_served(),
+    )
 
 
 def _step_expression(today: dt.date) -> Case:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ORDER_VAR, ChangeList
@@ -15,9 +17,24 @@ from django.utils.html import format_html, format_html_join
 
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ViewOnlyMixin, key_state_badge, link_state_badge
-from credentials.models import SECRET_FIELDS, CD2Credential, ReminderLog, SubmissionLink, secret_fields_of
+from credentials.formatting import format_day
+from credentials.models import (
+    SECRET_FIELDS,
+    VERDICT_LABELS,
+    CD2Credential,
+    ReminderLog,
+    SubmissionLink,
+    secret_fields_of,
+    step_label,
+)
 from credentials.notifications import expiry_phrase
-from credentials.selectors import KeyState, institutions_with_key_status
+from credentials.selectors import (
+    KeyState,
+    institution_next_reminder,
+    institutions_with_key_status,
+    local_today,
+    reminded_without_answer,
+)
 from credentials.services.links import submission_link_send
 from credentials.services.staff import (
     EXPORT_PERMISSION,
@@ -33,9 +50,19 @@ from institutions.models import Contact, Institution
 # --------------------------------------------------------------------------
 
 
+def month_bounds(today: dt.date, months_ahead: int) -> tuple[dt.date, dt.date]:
+    """The first day of the calendar month `months_ahead` after today's, and the first day of the one after."""
+    year, month = divmod(today.month - 1 + months_ahead, 12)
+    start = dt.date(today.year + year, month + 1, 1)
+    year, month = divmod(start.month, 12)
+    return start, dt.date(start.year + year, month + 1, 1)
+
+
 class ExpiryFilter(admin.SimpleListFilter):
     title = "expiry"
     parameter_name = "expiry"
+    # A month as YYYY-MM (the dashboard's bars link to these).
+    MONTH_FORMAT = "%Y-%m"
 
     def lookups(self, request, model_admin):
         return (
@@ -43,12 +70,41 @@ class ExpiryFilter(admin.SimpleListFilter):
             ("7", "7 days or less"),
             ("30", "30 days or less"),
             ("90", "90 days or less"),
+            ("this-month", "This month"),
+            ("next-month", "Next month"),
             ("ok", f"OK (more than {settings.CD2_EXPIRING_DAYS} days)"),
             ("none", "No active key"),
         )
 
+    def month(self) -> tuple[dt.date, dt.date] | None:
+        """The calendar month asked for (this-month, next-month or YYYY-MM), or None."""
+        value, today = self.value(), local_today()
+        if value == "this-month":
+            return month_bounds(today, 0)
+        if value == "next-month":
+            return month_bounds(today, 1)
+        try:
+            start = dt.datetime.strptime(value or "", self.MONTH_FORMAT).date()
+        except ValueError:
+            return None
+        return month_bounds(start, 0)
+
+    def choices(self, changelist):
+        yield from super().choices(changelist)
+        month = self.month()
+        if month and self.value() not in ("this-month", "next-month"):
+            # A month picked from the dashboard's chart: show it as the selected choice.
+            yield {
+                "selected": True,
+                "query_string": changelist.get_query_string(),
+                "display": f"{month[0]:%b %Y}",
+            }
+
     def queryset(self, request, queryset):
         value = self.value()
+        month = self.month()
+        if month:
+            return queryset.filter(active_expires_on__gte=month[0], active_expires_on__lt=month[1])
         if value == "expired":
             return queryset.filter(days_left__lt=0)
         if value in ("7", "30", "90"):
@@ -108,6 +164,32 @@ class AccountOwnerFilter(admin.RelatedFieldListFilter):
         owns = Institution.objects.filter(account_owner=OuterRef("pk"))
         ordering = self.field_admin_ordering(field, request, model_admin)
         return field.get_choices(include_blank=False, limit_choices_to=Q(Exists(owns)), ordering=ordering)
+
+
+class MineFilter(admin.SimpleListFilter):
+    title = "my institutions"
+    parameter_name = "mine"
+
+    def lookups(self, request, model_admin):
+        return (("1", "Where I am the account owner"),)
+
+    def queryset(self, request, queryset):
+        if self.value() == "1":
+            return queryset.filter(account_owner=request.user)
+        return queryset
+
+
+class ReminderFilter(admin.SimpleListFilter):
+    title = "reminders"
+    parameter_name = "reminded"
+
+    def lookups(self, request, model_admin):
+        return (("no-answer", "Reminded, no new key yet"),)
+
+    def queryset(self, request, queryset):
+        if self.value() == "no-answer":
+            return queryset.filter(reminded_without_answer())
+        return queryset
 
 
 # Filters that read the key annotations; without them the list counts plain institutions.
@@ -246,19 +328,25 @@ class InstitutionChangeList(ChangeList):
 
 @admin.register(Institution)
 class InstitutionAdmin(admin.ModelAdmin):
+    # The first three columns answer "whose key, in what state, when"; they
+    # fit a phone's width (staff.css hides the rest there).
     list_display = (
         "name",
-        "canvas_domain",
         "key_status",
         "expires_on",
         "days_left_display",
-        "last_checked",
+        "last_reminder",
+        "next_reminder_display",
+        "last_check",
+        "canvas_domain",
         "account_owner",
     )
     list_select_related = ("account_owner",)
     list_filter = (
         ExpiryFilter,
         KeyCheckFilter,
+        ReminderFilter,
+        MineFilter,
         "status",
         RegionFilter,
         ("account_owner", AccountOwnerFilter),
@@ -323,14 +411,34 @@ class InstitutionAdmin(admin.ModelAdmin):
             return f"{-obj.days_left} overdue"
         return str(obj.days_left)
 
-    @admin.display(description="Last checked", ordering=F("active_last_verified_at").desc(nulls_last=True))
-    def last_checked(self, obj: Institution) -> str:
-        # The date only, to keep the list narrow; the result is in the tooltip
-        # and a failed check already shows in the badge.
-        if not obj.active_last_verified_at:
-            return "never" if obj.active_key_id else "—"
-        when = timezone.localtime(obj.active_last_verified_at)
-        return format_html('<span title="{}">{}</span>', obj.active_last_verification, f"{when:%d %b %Y}")
+    @admin.display(description="Last reminder", ordering=F("last_reminder_at").desc(nulls_last=True))
+    def last_reminder(self, obj: Institution) -> str:
+        if obj.last_reminder_at is None:
+            return "—"
+        return format_html(
+            "{}<br><small>{}</small>", step_label(obj.last_reminder_step), format_day(obj.last_reminder_at)
+        )
+
+    @admin.display(description="Next reminder", ordering=F("active_expires_on").asc(nulls_last=True))
+    def next_reminder_display(self, obj: Institution) -> str:
+        step = institution_next_reminder(obj, today=local_today())
+        if step is None:
+            return "—"
+        return format_html("{}<br><small>{}</small>", step.label(), format_day(step.on))
+
+    @admin.display(description="Last check", ordering=F("active_last_verified_at").desc(nulls_last=True))
+    def last_check(self, obj: Institution) -> str:
+        if not obj.active_key_id:
+            return "—"
+        if not obj.active_last_verdict:
+            return "never"
+        when = format_day(obj.active_last_verified_at) if obj.active_last_verified_at else ""
+        return format_html(
+            '<span title="{}">{}</span><br><small>{}</small>',
+            obj.active_last_verification,
+            VERDICT_LABELS.get(obj.active_last_verdict, obj.active_last_verdict),
+            when,
+        )
 
     # -- change page ------------------------------------------------------
 

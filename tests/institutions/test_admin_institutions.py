@@ -479,7 +479,7 @@ def test_with_a_key_filter_the_count_still_matches_the_rows(
     assert cl.result_count == len(cl.result_list) == expected
 
 
-@pytest.mark.parametrize("column", range(8))
+@pytest.mark.parametrize("column", range(9))
 def test_every_column_of_the_institution_list_sorts_both_ways_and_counts_the_same(
     column, admin_client, institution, make_credential, make_institution
 ):
