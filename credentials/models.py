@@ -146,6 +146,17 @@ class CD2Credential(models.Model):
     def is_usable(self, today: dt.date) -> bool:
         return self.status == self.Status.ACTIVE and self.expires_on >= today
 
+    def state_label(self, today: dt.date) -> str:
+        """What staff call the key: "Expired" once its date has passed, whatever the row's status, else the status.
+
+        A history status is kept in brackets ("Expired (superseded)"): both are true.
+        """
+        if self.expires_on < today:
+            if self.status == self.Status.ACTIVE:
+                return "Expired"
+            return f"Expired ({self.get_status_display().lower()})"
+        return self.get_status_display()
+
     def check_failed(self) -> bool:
         """The last check said the key itself does not work (401 or 403), whatever its status."""
         return self.last_verdict in FAILED_VERDICTS
@@ -237,6 +248,15 @@ class ReminderLog(models.Model):
     def step_label(self) -> str:
         return step_label(self.threshold)
 
+    def delivery(self) -> str:
+        """The delivery state in words, for staff: "Sent", "Failed: 550 ...", "Skipped: ...", "Being sent"."""
+        if self.state == self.State.CLAIMED:
+            return "Being sent"
+        if self.state == self.State.SENT:
+            return "Sent"
+        label = self.get_state_display()
+        return f"{label}: {self.last_error}" if self.last_error else label
+
 
 def step_label(threshold: int) -> str:
     """A reminder step in words: "14 days before", "on the day", "7 days after", "1 day before"."""
@@ -258,10 +278,14 @@ class AuditEvent(models.Model):
         LINK_USED = "link_used", "Submission link used"
         LINK_REVOKED = "link_revoked", "Submission link revoked"
         KEY_REVOKED = "key_revoked", "Key revoked"
-        KEY_INVALID = "key_invalid", "Key found invalid"
+        KEY_INVALID = "key_invalid", "Key refused by CD2, marked invalid"
+        KEY_CHECKED = "key_checked", "Key checked by staff"
         KEY_ROTATION = "key_rotation", "Encryption keys rotated"
-        LOGIN_FAILED = "login_failed", "Admin login failed"
-        LOGIN = "login", "Admin login"
+        LOGIN_FAILED = "login_failed", "Admin sign-in failed"
+        # A signed-in staff member typed a wrong password where an act asks for it again.
+        REAUTH_FAILED = "reauth_failed", "Wrong password on re-entry (reveal or authenticator reset)"
+        IMPORT = "import", "Institutions imported"
+        LOGIN = "login", "Admin sign-in"
         HANDOFF_REFUSED = "handoff_refused", "Hand-off refused"
         TWO_FACTOR_RESET = "2fa_reset", "Authenticator reset started"
         TWO_FACTOR_ENROLLED = "2fa_enrolled", "Authenticator enrolled"
