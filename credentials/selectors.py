@@ -17,7 +17,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from credentials.expressions import DaysBetween, DaysUntil, ExpiryState, expiry_state_case
-from credentials.models import FAILED_VERDICTS, AuditEvent, CD2Credential, ReminderLog, step_label
+from credentials.models import FAILED_VERDICTS, AuditEvent, CD2Credential, ReminderLog, secret_fields_of, step_label
 from institutions.models import Institution
 
 __all__ = ["ExpiryState", "KeyState"]
@@ -322,3 +322,102 @@ def due_credentials(*, today: dt.date, now: dt.datetime):
 def audit_events_by(*, user) -> int:
     """How many audit events name `user` as the actor (a user with any is kept for ever, deactivated not deleted)."""
     return AuditEvent.objects.filter(actor=user).count()
+
+
+# --------------------------------------------------------------------------
+# An institution's timeline
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One thing that happened to an institution, for its page: when, what, by or to whom, and the detail."""
+
+    at: dt.datetime
+    kind: str  # link, submission, check, reminder, staff, audit
+    title: str
+    who: str = ""
+    detail: str = ""
+    key_id: int | None = None
+
+
+# Audit kinds already shown by the row they describe (the link, the key).
+_AUDIT_SHOWN_ELSEWHERE = (AuditEvent.Kind.LINK_CREATED, AuditEvent.Kind.SUBMISSION)
+
+
+def institution_timeline(*, institution: Institution, limit: int = 200) -> list[TimelineEntry]:
+    """Links sent, keys handed in, checks, reminders and audit events of one institution, newest first.
+
+    Five queries, each capped at `limit`, none reading an encrypted column.
+    """
+    entries: list[TimelineEntry] = []
+    for link in institution.submission_links.select_related("created_by").order_by("-created_at")[:limit]:
+        who = link.created_by.get_username() if link.created_by else f"system ({link.reason})"
+        sent_to = f"to {link.sent_to}" if link.sent_to else "not mailed"
+        entries.append(
+            TimelineEntry(link.created_at, "link", "Submission link made", who, f"{sent_to}; {link.state()}")
+        )
+    keys = (
+        CD2Credential.objects.without_secrets()
+        .select_related("created_by")
+        .filter(institution=institution)
+        .order_by("-submitted_at")[:limit]
+    )
+    for key in keys:
+        who = key.submitted_by_email or key.submitted_by or (key.created_by.get_username() if key.created_by else "")
+        entries.append(
+            TimelineEntry(
+                key.submitted_at,
+                "submission",
+                f"Key {key.hint} handed in ({key.get_source_display().lower()})",
+                who,
+                f"expires {key.expires_on:%Y-%m-%d}; now {key.get_status_display().lower()}",
+                key.pk,
+            )
+        )
+        if key.last_verified_at and key.last_verdict:
+            entries.append(
+                TimelineEntry(
+                    key.last_verified_at,
+                    "check",
+                    f"Key {key.hint} checked: {key.get_last_verdict_display()}",
+                    "",
+                    key.last_verification,
+                    key.pk,
+                )
+            )
+    reminders = (
+        ReminderLog.objects.filter(credential__institution=institution)
+        .select_related("credential")
+        .defer(*secret_fields_of("credential"))
+        .order_by("-claimed_at")[:limit]
+    )
+    for log in reminders:
+        entries.append(
+            TimelineEntry(
+                log.sent_at or log.failed_at or log.claimed_at,
+                "reminder",
+                f"Reminder {log.step_label()} for key {log.credential.hint}: {log.delivery()}",
+                "",
+                f"to {log.recipients}" if log.recipients else "no recipients",
+                log.credential_id,
+            )
+        )
+    events = (
+        AuditEvent.objects.filter(institution=institution)
+        .exclude(kind__in=_AUDIT_SHOWN_ELSEWHERE)
+        .order_by("-created_at")[:limit]
+    )
+    for event in events:
+        entries.append(
+            TimelineEntry(
+                event.created_at,
+                "staff" if event.actor_username else "audit",
+                event.get_kind_display(),
+                event.actor_username or event.actor_label or "system",
+                event.reason,
+                event.credential_id,
+            )
+        )
+    entries.sort(key=lambda entry: entry.at, reverse=True)
+    return entries[:limit]

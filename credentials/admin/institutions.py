@@ -17,20 +17,19 @@ from django.utils.html import format_html, format_html_join
 
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ViewOnlyMixin, key_state_badge, link_state_badge
-from credentials.formatting import format_day
+from credentials.formatting import format_day, format_moment
 from credentials.models import (
     SECRET_FIELDS,
     VERDICT_LABELS,
     CD2Credential,
-    ReminderLog,
     SubmissionLink,
-    secret_fields_of,
     step_label,
 )
 from credentials.notifications import expiry_phrase
 from credentials.selectors import (
     KeyState,
     institution_next_reminder,
+    institution_timeline,
     institutions_with_key_status,
     local_today,
     reminded_without_answer,
@@ -191,6 +190,15 @@ class ReminderFilter(admin.SimpleListFilter):
             return queryset.filter(reminded_without_answer())
         return queryset
 
+
+TIMELINE_KINDS = {
+    "link": "Link",
+    "submission": "Key",
+    "check": "Check",
+    "reminder": "Reminder",
+    "staff": "Staff",
+    "audit": "Audit",
+}
 
 # Filters that read the key annotations; without them the list counts plain institutions.
 KEY_FILTERS = (ExpiryFilter, KeyCheckFilter, RegionFilter)
@@ -360,11 +368,11 @@ class InstitutionAdmin(admin.ModelAdmin):
     empty_value_display = "—"
     prepopulated_fields = {"slug": ("name",)}
     inlines = (ContactInline, KeyHistoryInline, SubmissionLinkInline)
-    readonly_fields = ("key_summary", "reminder_log", "created_at", "updated_at")
+    readonly_fields = ("key_summary", "timeline", "created_at", "updated_at")
     fieldsets = (
         ("Current key", {"fields": ("key_summary",)}),
         (None, {"fields": ("name", "slug", "canvas_domain", "status", "timezone", "account_owner", "notes")}),
-        ("Reminders sent", {"fields": ("reminder_log",)}),
+        ("Timeline: links, keys, checks, reminders and staff actions", {"fields": ("timeline",)}),
         ("Record", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )
     actions = ("send_submission_links", "export_csv")
@@ -459,41 +467,31 @@ class InstitutionAdmin(admin.ModelAdmin):
             obj.active_region,
         )
 
-    @admin.display(description="Reminder log")
-    def reminder_log(self, obj: Institution) -> str:
+    @admin.display(description="Newest first")
+    def timeline(self, obj: Institution) -> str:
         if obj.pk is None:
             return "—"
-        rows = (
-            ReminderLog.objects.filter(credential__institution=obj)
-            .select_related("credential")
-            .defer(*secret_fields_of("credential"))
-            .order_by("-claimed_at")[:30]
-        )
-
-        def when(value):
-            return f"{timezone.localtime(value):%d %b %Y %H:%M}" if value else "—"
-
-        body = format_html_join(
+        entries = institution_timeline(institution=obj)
+        if not entries:
+            return "Nothing has happened yet."
+        rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            '<li class="timeline__entry timeline__entry--{}"><time datetime="{}">{}</time> '
+            '<span class="timeline__kind">{}</span> <strong>{}</strong>{}{}</li>',
             (
                 (
-                    r.credential.hint,
-                    r.step_label(),
-                    when(r.sent_at) if r.state == ReminderLog.State.SENT else r.get_state_display().lower(),
-                    r.recipients or "—",
-                    r.last_error or "",
+                    e.kind,
+                    e.at.isoformat(),
+                    format_moment(e.at),
+                    TIMELINE_KINDS[e.kind],
+                    e.title,
+                    format_html(" · by {}", e.who) if e.who else "",
+                    format_html('<br><span class="timeline__detail">{}</span>', e.detail) if e.detail else "",
                 )
-                for r in rows
+                for e in entries
             ),
         )
-        if not body:
-            return "No reminders sent yet."
-        return format_html(
-            '<table class="reminder-log"><thead><tr><th>Key</th><th>Step</th><th>Sent</th><th>To</th>'
-            "<th>Error</th></tr></thead><tbody>{}</tbody></table>",
-            body,
-        )
+        return format_html('<ol class="timeline">{}</ol>', rows)
 
     def get_urls(self):
         def wrap(view):
