@@ -14,6 +14,8 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
+from import_export.admin import ImportMixin
+from import_export.forms import ImportForm
 
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ViewOnlyMixin, key_state_badge, link_state_badge
@@ -35,6 +37,7 @@ from credentials.selectors import (
     reminded_without_answer,
 )
 from credentials.services.links import submission_link_send
+from credentials.services.onboarding import InstitutionResource
 from credentials.services.staff import (
     EXPORT_PERMISSION,
     SEND_LINK_PERMISSION,
@@ -335,7 +338,10 @@ class InstitutionChangeList(ChangeList):
 
 
 @admin.register(Institution)
-class InstitutionAdmin(admin.ModelAdmin):
+class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
+    # Bulk onboarding (credentials/services/onboarding.py): upload, preview every row, confirm.
+    resource_classes = (InstitutionResource,)
+    import_form_class = ImportForm
     # The first three columns answer "whose key, in what state, when"; they
     # fit a phone's width (staff.css hides the rest there).
     list_display = (
