@@ -319,3 +319,43 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         who = self.actor_username or self.actor_label or "system"
         return f"{self.get_kind_display()} by {who} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class LinkBatch(models.Model):
+    """One "send submission links" to many institutions: queued, mailed at a steady rate, each once."""
+
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ("-created_at",)
+        verbose_name = "bulk link send"
+
+    def __str__(self) -> str:
+        return f"Links sent {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class LinkBatchItem(models.Model):
+    """One institution of a LinkBatch: its state is the fact that makes the mail go out once."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        SENDING = "sending", "Being sent"
+        SENT = "sent", "Sent"
+        SKIPPED = "skipped", "Skipped (nobody to mail)"
+        FAILED = "failed", "Failed"
+
+    batch = models.ForeignKey(LinkBatch, on_delete=models.CASCADE, related_name="items")
+    institution = models.ForeignKey("institutions.Institution", on_delete=models.CASCADE, related_name="+")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    link = models.ForeignKey(SubmissionLink, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=("batch", "institution"), name="one_link_per_batch_institution")]
+
+    def __str__(self) -> str:
+        return f"Link for institution {self.institution_id} ({self.get_state_display()})"

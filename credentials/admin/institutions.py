@@ -7,9 +7,12 @@ import datetime as dt
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ORDER_VAR, ChangeList
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Exists, F, OuterRef, Q
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
@@ -24,6 +27,8 @@ from credentials.models import (
     SECRET_FIELDS,
     VERDICT_LABELS,
     CD2Credential,
+    LinkBatch,
+    LinkBatchItem,
     SubmissionLink,
     step_label,
 )
@@ -36,7 +41,7 @@ from credentials.selectors import (
     local_today,
     reminded_without_answer,
 )
-from credentials.services.links import submission_link_send
+from credentials.services.links import link_batch_create, link_batch_progress
 from credentials.services.onboarding import InstitutionResource
 from credentials.services.staff import (
     EXPORT_PERMISSION,
@@ -508,6 +513,11 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
 
         prefix = f"{self.opts.app_label}_{self.opts.model_name}"
         return [
+            path(
+                "link-batch/<int:batch_id>/",
+                self.admin_site.admin_view(self.link_batch_view),
+                name=f"{prefix}_link_batch",
+            ),
             path("<path:object_id>/send-link/", wrap(pages.send_link_view), name=f"{prefix}_send_link"),
             path(
                 "<path:object_id>/send-reminder/",
@@ -547,15 +557,31 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
 
     @admin.action(description="Send a submission link to the selected institutions", permissions=("send_link",))
     def send_submission_links(self, request, queryset):
-        sent, problems = 0, []
-        for institution in queryset:
-            try:
-                submission_link_send(institution=institution, created_by=request.user, ip_address=client_ip(request))
-            except ValueError as exc:
-                problems.append(f"{institution.name}: {exc}")
-            else:
-                sent += 1
-        if sent:
-            self.message_user(request, f"Sent a submission link to {sent} institution(s).", messages.SUCCESS)
-        for problem in problems:
-            self.message_user(request, problem, messages.ERROR)
+        # Queued and mailed at LINK_BULK_PER_SECOND, each institution once; the progress page follows it.
+        ids = list(queryset.order_by().values_list("pk", flat=True))
+        batch = link_batch_create(institution_ids=ids, created_by=request.user)
+        self.message_user(request, f"Queued a submission link for {len(ids)} institution(s).", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:institutions_institution_link_batch", args=[batch.pk]))
+
+    def link_batch_view(self, request, batch_id: int):
+        if not self.has_send_link_permission(request):
+            raise PermissionDenied
+        batch = get_object_or_404(LinkBatch.objects.select_related("created_by"), pk=batch_id)
+        progress = link_batch_progress(batch=batch)
+        problems = (
+            batch.items.filter(state__in=(LinkBatchItem.State.SKIPPED, LinkBatchItem.State.FAILED))
+            .select_related("institution")
+            .order_by("institution__name")[:200]
+        )
+        total = sum(progress.values())
+        done = total - progress["queued"] - progress["sending"]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Submission links: {done} of {total} done",
+            "batch": batch,
+            "progress": [(LinkBatchItem.State(state).label, n) for state, n in progress.items()],
+            "problems": problems,
+            "running": done < total,
+        }
+        return TemplateResponse(request, "admin/institutions/institution/link_batch.html", context)
