@@ -36,9 +36,10 @@ def test_customer_success_reaches_this_months_expiries_and_a_reminders_recipient
     cookie = client.cookies[django_settings.SESSION_COOKIE_NAME].value
 
     with chromium() as browser:
-        page, problems = open_watched(browser, live_server, cookie)
+        page, _console = open_watched(browser, live_server, cookie)
         page.goto(live_server.url + "/admin/")
-        page.click("text=Expiring this month")
+        with page.expect_navigation():
+            page.click("text=Expiring this month")
 
         assert "expiry=this-month" in page.url
         row = page.locator("#result_list tbody tr", has_text="Northfield University")
@@ -49,7 +50,8 @@ def test_customer_success_reaches_this_months_expiries_and_a_reminders_recipient
         assert page.locator("th", has_text="Last reminder").is_visible()
         assert page.locator("th", has_text="Next reminder").is_visible()
 
-        row.locator("th a").click()
+        with page.expect_navigation():
+            row.locator("th a").click()
         timeline = page.locator("ol.timeline")
         reminder = timeline.locator("li.timeline__entry--reminder").first
         assert "ada@northfield.example.edu, cara@registry.example" in reminder.inner_text()
