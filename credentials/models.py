@@ -45,6 +45,8 @@ VERDICT_CHOICES = [
     (Verdict.FORBIDDEN.value, "Forbidden (no Canvas Data 2 access)"),
     (Verdict.UNAVAILABLE.value, "Gateway unavailable (not a verdict on the key)"),
 ]
+# The short words for a column ("Rejected"); the choice label explains.
+VERDICT_LABELS = {value: label.split(" (")[0] for value, label in VERDICT_CHOICES}
 # Verdicts that say the key itself does not work.
 FAILED_VERDICTS = (Verdict.REJECTED.value, Verdict.FORBIDDEN.value)
 
@@ -191,6 +193,17 @@ class CD2Credential(models.Model):
         """The key was made to last less than validators.SHORT_EXPIRY_MONTHS from when we received it."""
         return is_short_expiry(self.expires_on, today=timezone.localtime(self.submitted_at).date())
 
+    def state_label(self, today: dt.date) -> str:
+        """What staff call the key: "Expired" once its date has passed, whatever the row's status, else the status.
+
+        A history status is kept in brackets ("Expired (superseded)"): both are true.
+        """
+        if self.expires_on < today:
+            if self.status == self.Status.ACTIVE:
+                return "Expired"
+            return f"Expired ({self.get_status_display().lower()})"
+        return self.get_status_display()
+
     def check_failed(self) -> bool:
         """The last check said the key itself does not work (401 or 403), whatever its status."""
         return self.last_verdict in FAILED_VERDICTS
@@ -282,6 +295,15 @@ class ReminderLog(models.Model):
     def step_label(self) -> str:
         return step_label(self.threshold)
 
+    def delivery(self) -> str:
+        """The delivery state in words, for staff: "Sent", "Failed: 550 ...", "Skipped: ...", "Being sent"."""
+        if self.state == self.State.CLAIMED:
+            return "Being sent"
+        if self.state == self.State.SENT:
+            return "Sent"
+        label = self.get_state_display()
+        return f"{label}: {self.last_error}" if self.last_error else label
+
 
 def step_label(threshold: int) -> str:
     """A reminder step in words: "14 days before", "on the day", "7 days after", "1 day before"."""
@@ -303,10 +325,14 @@ class AuditEvent(models.Model):
         LINK_USED = "link_used", "Submission link used"
         LINK_REVOKED = "link_revoked", "Submission link revoked"
         KEY_REVOKED = "key_revoked", "Key revoked"
-        KEY_INVALID = "key_invalid", "Key found invalid"
+        KEY_INVALID = "key_invalid", "Key refused by CD2, marked invalid"
+        KEY_CHECKED = "key_checked", "Key checked by staff"
         KEY_ROTATION = "key_rotation", "Encryption keys rotated"
-        LOGIN_FAILED = "login_failed", "Admin login failed"
-        LOGIN = "login", "Admin login"
+        LOGIN_FAILED = "login_failed", "Admin sign-in failed"
+        # A signed-in staff member typed a wrong password where an act asks for it again.
+        REAUTH_FAILED = "reauth_failed", "Wrong password on re-entry (reveal or authenticator reset)"
+        IMPORT = "import", "Institutions imported"
+        LOGIN = "login", "Admin sign-in"
         HANDOFF_REFUSED = "handoff_refused", "Hand-off refused"
         TWO_FACTOR_RESET = "2fa_reset", "Authenticator reset started"
         TWO_FACTOR_ENROLLED = "2fa_enrolled", "Authenticator enrolled"
@@ -340,3 +366,43 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         who = self.actor_username or self.actor_label or "system"
         return f"{self.get_kind_display()} by {who} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class LinkBatch(models.Model):
+    """One "send submission links" to many institutions: queued, mailed at a steady rate, each once."""
+
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ("-created_at",)
+        verbose_name = "bulk link send"
+
+    def __str__(self) -> str:
+        return f"Links sent {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class LinkBatchItem(models.Model):
+    """One institution of a LinkBatch: its state is the fact that makes the mail go out once."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        SENDING = "sending", "Being sent"
+        SENT = "sent", "Sent"
+        SKIPPED = "skipped", "Skipped (nobody to mail)"
+        FAILED = "failed", "Failed"
+
+    batch = models.ForeignKey(LinkBatch, on_delete=models.CASCADE, related_name="items")
+    institution = models.ForeignKey("institutions.Institution", on_delete=models.CASCADE, related_name="+")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    link = models.ForeignKey(SubmissionLink, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    finished_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=("batch", "institution"), name="one_link_per_batch_institution")]
+
+    def __str__(self) -> str:
+        return f"Link for institution {self.institution_id} ({self.get_state_display()})"

@@ -8,15 +8,24 @@ loops over rows in Python.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Case, Exists, F, FilteredRelation, OuterRef, Q, Subquery, Value, When
+from django.db.models import Case, Exists, F, FilteredRelation, Min, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from credentials.expressions import DaysBetween, DaysUntil, ExpiryState, expiry_state_case
-from credentials.models import FAILED_VERDICTS, AuditEvent, CD2Credential, PendingReason, ReminderLog
+from credentials.models import (
+    FAILED_VERDICTS,
+    AuditEvent,
+    CD2Credential,
+    PendingReason,
+    ReminderLog,
+    secret_fields_of,
+    step_label,
+)
 from institutions.models import Institution
 
 __all__ = ["ExpiryState", "KeyState"]
@@ -62,7 +71,10 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
 
     Adds: active_key_id, active_expires_on, active_hint, active_region,
     active_last_verified_at, active_last_verdict, active_last_verification,
-    active_last_pulled_at, days_left (NULL without an active key), expiry_state (ok, expiring,
+    active_last_pulled_at, active_submitted_at, last_reminder_step and
+    last_reminder_at (the newest reminder sent for the active key),
+    last_handled_step (the most urgent step of the active key sent, failed
+    or skipped: steps only go down), days_left (NULL without an active key), expiry_state (ok, expiring,
     expired, missing), latest_key_status, the newest key when it is pending
     (pending_key_id, pending_hint, pending_expires_on, pending_reason) and
     key_state: pending when the newest key that is not history awaits its
@@ -85,6 +97,18 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
         .order_by("-submitted_at", "-pk")
     )
     no_active = Q(active_key__id__isnull=True)
+    # Subqueries in the select list only: PostgreSQL evaluates them for the
+    # page's rows after the sort and LIMIT, unless a column sorts by them.
+    sent = ReminderLog.objects.filter(credential=OuterRef("active_key_id"), state=ReminderLog.State.SENT).order_by(
+        "-sent_at", "-pk"
+    )
+    handled = (
+        ReminderLog.objects.filter(credential=OuterRef("active_key_id"))
+        .exclude(state=ReminderLog.State.CLAIMED)
+        .values("credential")
+        .annotate(step=Min("threshold"))
+        .values("step")
+    )
     pending = Q(latest_key_status=CD2Credential.Status.PENDING_VERIFICATION)
 
     def newest(field: str):
@@ -106,6 +130,7 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
             active_last_verdict=F("active_key__last_verdict"),
             active_last_verification=F("active_key__last_verification"),
             active_last_pulled_at=F("active_key__last_pulled_at"),
+            active_submitted_at=F("active_key__submitted_at"),
             days_left=DaysUntil("active_key__expires_on", today),
             expiry_state=expiry_state_case(field="active_key__expires_on", today=today, missing_when=no_active),
             latest_key_status=Subquery(newest_key_status),
@@ -124,7 +149,28 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
                 output_field=models.CharField(),
             ),
         )
+        .annotate(
+            last_reminder_step=Subquery(sent.values("threshold")[:1]),
+            last_reminder_at=Subquery(sent.values("sent_at")[:1]),
+            last_handled_step=Subquery(handled[:1]),
+        )
     )
+
+
+def reminded_without_answer() -> Q:
+    """Institutions whose active key was reminded about and who have handed in no key since the first reminder.
+
+    For .filter() on Institution; no join to the key (EXISTS on the indexed foreign keys).
+    """
+    answer = CD2Credential.objects.filter(
+        institution=OuterRef(OuterRef("pk")), submitted_at__gt=OuterRef("sent_at")
+    ).exclude(pk=OuterRef("credential"))
+    reminded = ReminderLog.objects.filter(
+        credential__institution=OuterRef("pk"),
+        credential__status=CD2Credential.Status.ACTIVE,
+        state=ReminderLog.State.SENT,
+    ).filter(~Exists(answer))
+    return Q(Exists(reminded))
 
 
 def current_key(*, institution: Institution, statuses: tuple[str, ...]) -> CD2Credential | None:
@@ -229,6 +275,66 @@ def reminder_step(*, days_left: int) -> int | None:
     return before[0] if before else None
 
 
+@dataclass(frozen=True)
+class PlannedStep:
+    """A reminder step and the day it is (or was) due."""
+
+    threshold: int
+    on: dt.date
+
+    def label(self) -> str:
+        return step_label(self.threshold)
+
+
+def next_reminder(
+    *,
+    expires_on: dt.date | None,
+    today: dt.date,
+    handled_step: int | None,
+    submitted_on: dt.date | None = None,
+    served: bool = True,
+) -> PlannedStep | None:
+    """The next reminder the daily run will send for a key, from the schedule (REMINDER_* settings).
+
+    The step due now when it has not been handled yet (and did not come due
+    before the key arrived: those are never sent), else the next threshold to
+    come. None without a key or for an institution we do not serve.
+    """
+    if expires_on is None or not served:
+        return None
+    days_left = (expires_on - today).days
+    current = reminder_step(days_left=days_left)
+    arrived_days_left = (expires_on - submitted_on).days if submitted_on else None
+    if (
+        current is not None
+        and (handled_step is None or current < handled_step)
+        and (arrived_days_left is None or current <= arrived_days_left)
+    ):
+        return PlannedStep(threshold=current, on=today)
+    before = [t for t in reminder_days_before() if t < days_left]
+    if before:
+        threshold = before[-1]
+        return PlannedStep(threshold=threshold, on=expires_on - dt.timedelta(days=threshold))
+    repeat = reminder_repeat_after()
+    if repeat <= 0:
+        return None
+    overdue = max(-days_left, 0)
+    after = (overdue // repeat + 1) * repeat
+    return PlannedStep(threshold=-after, on=expires_on + dt.timedelta(days=after))
+
+
+def institution_next_reminder(institution: Institution, *, today: dt.date) -> PlannedStep | None:
+    """next_reminder of an institution read through institutions_with_key_status."""
+    submitted = institution.active_submitted_at
+    return next_reminder(
+        expires_on=institution.active_expires_on,
+        today=today,
+        handled_step=institution.last_handled_step,
+        submitted_on=timezone.localdate(submitted) if submitted else None,
+        served=institution.is_served(),
+    )
+
+
 def _step_expression(today: dt.date) -> Case:
     """reminder_step in SQL, over expires_on ranges (the index on status, expires_on serves it)."""
     before, repeat = reminder_days_before(), reminder_repeat_after()
@@ -291,3 +397,102 @@ def due_credentials(*, today: dt.date, now: dt.datetime):
 def audit_events_by(*, user) -> int:
     """How many audit events name `user` as the actor (a user with any is kept for ever, deactivated not deleted)."""
     return AuditEvent.objects.filter(actor=user).count()
+
+
+# --------------------------------------------------------------------------
+# An institution's timeline
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    """One thing that happened to an institution, for its page: when, what, by or to whom, and the detail."""
+
+    at: dt.datetime
+    kind: str  # link, submission, check, reminder, staff, audit
+    title: str
+    who: str = ""
+    detail: str = ""
+    key_id: int | None = None
+
+
+# Audit kinds already shown by the row they describe (the link, the key).
+_AUDIT_SHOWN_ELSEWHERE = (AuditEvent.Kind.LINK_CREATED, AuditEvent.Kind.SUBMISSION)
+
+
+def institution_timeline(*, institution: Institution, limit: int = 200) -> list[TimelineEntry]:
+    """Links sent, keys handed in, checks, reminders and audit events of one institution, newest first.
+
+    Five queries, each capped at `limit`, none reading an encrypted column.
+    """
+    entries: list[TimelineEntry] = []
+    for link in institution.submission_links.select_related("created_by").order_by("-created_at")[:limit]:
+        who = link.created_by.get_username() if link.created_by else f"system ({link.reason})"
+        sent_to = f"to {link.sent_to}" if link.sent_to else "not mailed"
+        entries.append(
+            TimelineEntry(link.created_at, "link", "Submission link made", who, f"{sent_to}; {link.state()}")
+        )
+    keys = (
+        CD2Credential.objects.without_secrets()
+        .select_related("created_by")
+        .filter(institution=institution)
+        .order_by("-submitted_at")[:limit]
+    )
+    for key in keys:
+        who = key.submitted_by_email or key.submitted_by or (key.created_by.get_username() if key.created_by else "")
+        entries.append(
+            TimelineEntry(
+                key.submitted_at,
+                "submission",
+                f"Key {key.hint} handed in ({key.get_source_display().lower()})",
+                who,
+                f"expires {key.expires_on:%Y-%m-%d}; now {key.get_status_display().lower()}",
+                key.pk,
+            )
+        )
+        if key.last_verified_at and key.last_verdict:
+            entries.append(
+                TimelineEntry(
+                    key.last_verified_at,
+                    "check",
+                    f"Key {key.hint} checked: {key.get_last_verdict_display()}",
+                    "",
+                    key.last_verification,
+                    key.pk,
+                )
+            )
+    reminders = (
+        ReminderLog.objects.filter(credential__institution=institution)
+        .select_related("credential")
+        .defer(*secret_fields_of("credential"))
+        .order_by("-claimed_at")[:limit]
+    )
+    for log in reminders:
+        entries.append(
+            TimelineEntry(
+                log.sent_at or log.failed_at or log.claimed_at,
+                "reminder",
+                f"Reminder {log.step_label()} for key {log.credential.hint}: {log.delivery()}",
+                "",
+                f"to {log.recipients}" if log.recipients else "no recipients",
+                log.credential_id,
+            )
+        )
+    events = (
+        AuditEvent.objects.filter(institution=institution)
+        .exclude(kind__in=_AUDIT_SHOWN_ELSEWHERE)
+        .order_by("-created_at")[:limit]
+    )
+    for event in events:
+        entries.append(
+            TimelineEntry(
+                event.created_at,
+                "staff" if event.actor_username else "audit",
+                event.get_kind_display(),
+                event.actor_username or event.actor_label or "system",
+                event.reason,
+                event.credential_id,
+            )
+        )
+    entries.sort(key=lambda entry: entry.at, reverse=True)
+    return entries[:limit]

@@ -61,6 +61,12 @@ def request_submission_link(email: str, ip_address: str | None = None) -> None:
     links.link_request(email=email, ip_address=ip_address)
 
 
+@shared_task(name=jobs.SEND_BATCH_LINK)
+def send_batch_link(item_id: int) -> str:
+    """One institution of a bulk "send submission links"; sends at most once (links.link_batch_item_send)."""
+    return links.link_batch_item_send(item_id=item_id)
+
+
 # --------------------------------------------------------------------------
 # Expiry reminders, key checks and the staff digest
 # --------------------------------------------------------------------------

@@ -116,6 +116,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "api.apps.ApiConfig",
+    # Bulk onboarding from CSV/XLSX in the admin (credentials/services/onboarding.py).
+    "import_export",
     # Security (see the Security section and edpotential/security.py).
     "django_otp",
     "django_otp.plugins.otp_totp",
@@ -320,6 +322,14 @@ CD2_CHECK_SPREAD_SECONDS = env.int("CD2_CHECK_SPREAD_SECONDS", default=2 * 3600)
 # broker's visibility timeout (a warning says when even that is too short).
 CD2_GATEWAY_REQUESTS_PER_SECOND = env.float("CD2_GATEWAY_REQUESTS_PER_SECOND", default=5.0)
 SUBMISSION_LINK_DAYS = env.int("SUBMISSION_LINK_DAYS", default=14)
+# "Send submission links" to many institutions at once mails at most this many
+# per second (queued, spaced by countdown), to stay inside the mail provider's rate.
+LINK_BULK_PER_SECOND = env.float("LINK_BULK_PER_SECOND", default=5.0)
+
+# Bulk onboarding (django-import-export): importing needs the "add institution"
+# permission; each confirmed import is one transaction.
+IMPORT_EXPORT_IMPORT_PERMISSION_CODE = "add"
+IMPORT_EXPORT_USE_TRANSACTIONS = True
 
 # Days before expires_on at which contacts are reminded; 0 is the day itself.
 REMINDER_DAYS_BEFORE = env.list("REMINDER_DAYS_BEFORE", cast=int, default=[60, 30, 14, 7, 3, 1, 0])

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from django.db.models import Count
 from django.db.models.functions import TruncMonth
 
-from credentials.models import CD2Credential
+from credentials.formatting import format_month
+from credentials.models import VERDICT_LABELS, CD2Credential
 from credentials.selectors import KeyState, institutions_with_key_status, local_today
 from institutions.models import Institution
 
@@ -26,6 +27,23 @@ class Bar:
     height: int
     label_x: int
     month: dt.date
+
+    @property
+    def filter_value(self) -> str:
+        """The institution list's expiry filter for this month (ExpiryFilter.MONTH_FORMAT)."""
+        return f"{self.month:%Y-%m}"
+
+
+@dataclass(frozen=True)
+class FailingCheck:
+    """A failing institution and the check that failed: which key, the verdict, its reason and when."""
+
+    institution: Institution
+    key: CD2Credential | None
+
+    @property
+    def verdict(self) -> str:
+        return VERDICT_LABELS.get(self.key.last_verdict, "") if self.key else ""
 
 
 @dataclass(frozen=True)
@@ -79,7 +97,7 @@ def expiry_chart(*, today: dt.date | None = None, months: int = 12) -> Chart:
         x = _SIDE + i * slot + (slot - bar_width) // 2
         bars.append(
             Bar(
-                label=month.strftime("%b %y"),
+                label=format_month(month),
                 count=count,
                 x=x,
                 y=_TOP + plot_height - height,
@@ -97,6 +115,22 @@ def expiry_chart(*, today: dt.date | None = None, months: int = 12) -> Chart:
         max_count=max_count,
         total=sum(b.count for b in bars),
     )
+
+
+def _failed_keys(institutions: list[Institution]) -> list[CD2Credential | None]:
+    """The key whose check failed, per institution: the active key, else the newest that is not history."""
+    keys = (
+        CD2Credential.objects.without_secrets()
+        .filter(institution__in=[inst.pk for inst in institutions])
+        .exclude(status=CD2Credential.Status.SUPERSEDED)
+        .order_by("-submitted_at", "-pk")
+    )
+    chosen: dict[int, CD2Credential] = {}
+    for key in keys:
+        current = chosen.get(key.institution_id)
+        if current is None or (key.status == CD2Credential.Status.ACTIVE != current.status):
+            chosen[key.institution_id] = key
+    return [chosen.get(inst.pk) for inst in institutions]
 
 
 def dashboard_context(*, today: dt.date | None = None, latest: int = 8) -> dict:
@@ -118,6 +152,8 @@ def dashboard_context(*, today: dt.date | None = None, latest: int = 8) -> dict:
         .filter(key_state=KeyState.FAILING)
         .order_by("name")[:latest]
     )
+    keys = _failed_keys(failing)
+    failing = [FailingCheck(institution=inst, key=key) for inst, key in zip(failing, keys, strict=True)]
     return {
         "today": today,
         "counts": counts,

@@ -161,7 +161,7 @@ def authenticator_reset_view(request: HttpRequest, *, admin_site) -> HttpRespons
             code_form = CodeForm()
         elif password_form.has_error("password", "wrong_password"):
             audit_record(
-                kind=AuditEvent.Kind.LOGIN_FAILED,
+                kind=AuditEvent.Kind.REAUTH_FAILED,
                 actor=user,
                 ip_address=ip_address,
                 detail={"where": "authenticator reset password check"},

@@ -2,30 +2,48 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ORDER_VAR, ChangeList
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Exists, F, OuterRef, Q
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
+from import_export.admin import ImportMixin
+from import_export.forms import ImportForm
 
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ViewOnlyMixin, key_state_badge, link_state_badge
+from credentials.formatting import format_day, format_moment
 from credentials.models import (
     SECRET_FIELDS,
+    VERDICT_LABELS,
     CD2Credential,
+    LinkBatch,
+    LinkBatchItem,
     PendingReason,
-    ReminderLog,
     SubmissionLink,
-    secret_fields_of,
+    step_label,
 )
 from credentials.notifications import expiry_phrase
-from credentials.selectors import KeyState, institutions_with_key_status
-from credentials.services.links import submission_link_send
+from credentials.selectors import (
+    KeyState,
+    institution_next_reminder,
+    institution_timeline,
+    institutions_with_key_status,
+    local_today,
+    reminded_without_answer,
+)
+from credentials.services.links import link_batch_create, link_batch_progress
+from credentials.services.onboarding import InstitutionResource
 from credentials.services.staff import (
     EXPORT_PERMISSION,
     SEND_LINK_PERMISSION,
@@ -40,9 +58,19 @@ from institutions.models import Contact, Institution
 # --------------------------------------------------------------------------
 
 
+def month_bounds(today: dt.date, months_ahead: int) -> tuple[dt.date, dt.date]:
+    """The first day of the calendar month `months_ahead` after today's, and the first day of the one after."""
+    year, month = divmod(today.month - 1 + months_ahead, 12)
+    start = dt.date(today.year + year, month + 1, 1)
+    year, month = divmod(start.month, 12)
+    return start, dt.date(start.year + year, month + 1, 1)
+
+
 class ExpiryFilter(admin.SimpleListFilter):
     title = "expiry"
     parameter_name = "expiry"
+    # A month as YYYY-MM (the dashboard's bars link to these).
+    MONTH_FORMAT = "%Y-%m"
 
     def lookups(self, request, model_admin):
         return (
@@ -50,12 +78,41 @@ class ExpiryFilter(admin.SimpleListFilter):
             ("7", "7 days or less"),
             ("30", "30 days or less"),
             ("90", "90 days or less"),
+            ("this-month", "This month"),
+            ("next-month", "Next month"),
             ("ok", f"OK (more than {settings.CD2_EXPIRING_DAYS} days)"),
             ("none", "No active key"),
         )
 
+    def month(self) -> tuple[dt.date, dt.date] | None:
+        """The calendar month asked for (this-month, next-month or YYYY-MM), or None."""
+        value, today = self.value(), local_today()
+        if value == "this-month":
+            return month_bounds(today, 0)
+        if value == "next-month":
+            return month_bounds(today, 1)
+        try:
+            start = dt.datetime.strptime(value or "", self.MONTH_FORMAT).date()
+        except ValueError:
+            return None
+        return month_bounds(start, 0)
+
+    def choices(self, changelist):
+        yield from super().choices(changelist)
+        month = self.month()
+        if month and self.value() not in ("this-month", "next-month"):
+            # A month picked from the dashboard's chart: show it as the selected choice.
+            yield {
+                "selected": True,
+                "query_string": changelist.get_query_string(),
+                "display": f"{month[0]:%b %Y}",
+            }
+
     def queryset(self, request, queryset):
         value = self.value()
+        month = self.month()
+        if month:
+            return queryset.filter(active_expires_on__gte=month[0], active_expires_on__lt=month[1])
         if value == "expired":
             return queryset.filter(days_left__lt=0)
         if value in ("7", "30", "90"):
@@ -116,6 +173,41 @@ class AccountOwnerFilter(admin.RelatedFieldListFilter):
         ordering = self.field_admin_ordering(field, request, model_admin)
         return field.get_choices(include_blank=False, limit_choices_to=Q(Exists(owns)), ordering=ordering)
 
+
+class MineFilter(admin.SimpleListFilter):
+    title = "my institutions"
+    parameter_name = "mine"
+
+    def lookups(self, request, model_admin):
+        return (("1", "Where I am the account owner"),)
+
+    def queryset(self, request, queryset):
+        if self.value() == "1":
+            return queryset.filter(account_owner=request.user)
+        return queryset
+
+
+class ReminderFilter(admin.SimpleListFilter):
+    title = "reminders"
+    parameter_name = "reminded"
+
+    def lookups(self, request, model_admin):
+        return (("no-answer", "Reminded, no new key yet"),)
+
+    def queryset(self, request, queryset):
+        if self.value() == "no-answer":
+            return queryset.filter(reminded_without_answer())
+        return queryset
+
+
+TIMELINE_KINDS = {
+    "link": "Link",
+    "submission": "Key",
+    "check": "Check",
+    "reminder": "Reminder",
+    "staff": "Staff",
+    "audit": "Audit",
+}
 
 # Filters that read the key annotations; without them the list counts plain institutions.
 KEY_FILTERS = (ExpiryFilter, KeyCheckFilter, RegionFilter)
@@ -252,21 +344,30 @@ class InstitutionChangeList(ChangeList):
 
 
 @admin.register(Institution)
-class InstitutionAdmin(admin.ModelAdmin):
+class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
+    # Bulk onboarding (credentials/services/onboarding.py): upload, preview every row, confirm.
+    resource_classes = (InstitutionResource,)
+    import_form_class = ImportForm
+    # The first three columns answer "whose key, in what state, when"; they
+    # fit a phone's width (staff.css hides the rest there).
     list_display = (
         "name",
-        "canvas_domain",
         "key_status",
         "expires_on",
         "days_left_display",
-        "last_checked",
+        "last_reminder",
+        "next_reminder_display",
+        "last_check",
         "last_pulled",
+        "canvas_domain",
         "account_owner",
     )
     list_select_related = ("account_owner",)
     list_filter = (
         ExpiryFilter,
         KeyCheckFilter,
+        ReminderFilter,
+        MineFilter,
         "status",
         RegionFilter,
         ("account_owner", AccountOwnerFilter),
@@ -280,11 +381,11 @@ class InstitutionAdmin(admin.ModelAdmin):
     empty_value_display = "—"
     prepopulated_fields = {"slug": ("name",)}
     inlines = (ContactInline, KeyHistoryInline, SubmissionLinkInline)
-    readonly_fields = ("key_summary", "reminder_log", "created_at", "updated_at")
+    readonly_fields = ("key_summary", "timeline", "created_at", "updated_at")
     fieldsets = (
         ("Current key", {"fields": ("key_summary",)}),
         (None, {"fields": ("name", "slug", "canvas_domain", "status", "timezone", "account_owner", "notes")}),
-        ("Reminders sent", {"fields": ("reminder_log",)}),
+        ("Timeline: links, keys, checks, reminders and staff actions", {"fields": ("timeline",)}),
         ("Record", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )
     actions = ("send_submission_links", "export_csv")
@@ -331,14 +432,34 @@ class InstitutionAdmin(admin.ModelAdmin):
             return f"{-obj.days_left} overdue"
         return str(obj.days_left)
 
-    @admin.display(description="Last checked", ordering=F("active_last_verified_at").desc(nulls_last=True))
-    def last_checked(self, obj: Institution) -> str:
-        # The date only, to keep the list narrow; the result is in the tooltip
-        # and a failed check already shows in the badge.
-        if not obj.active_last_verified_at:
-            return "never" if obj.active_key_id else "—"
-        when = timezone.localtime(obj.active_last_verified_at)
-        return format_html('<span title="{}">{}</span>', obj.active_last_verification, f"{when:%d %b %Y}")
+    @admin.display(description="Last reminder", ordering=F("last_reminder_at").desc(nulls_last=True))
+    def last_reminder(self, obj: Institution) -> str:
+        if obj.last_reminder_at is None:
+            return "—"
+        return format_html(
+            "{}<br><small>{}</small>", step_label(obj.last_reminder_step), format_day(obj.last_reminder_at)
+        )
+
+    @admin.display(description="Next reminder", ordering=F("active_expires_on").asc(nulls_last=True))
+    def next_reminder_display(self, obj: Institution) -> str:
+        step = institution_next_reminder(obj, today=local_today())
+        if step is None:
+            return "—"
+        return format_html("{}<br><small>{}</small>", step.label(), format_day(step.on))
+
+    @admin.display(description="Last check", ordering=F("active_last_verified_at").desc(nulls_last=True))
+    def last_check(self, obj: Institution) -> str:
+        if not obj.active_key_id:
+            return "—"
+        if not obj.active_last_verdict:
+            return "never"
+        when = format_day(obj.active_last_verified_at) if obj.active_last_verified_at else ""
+        return format_html(
+            '<span title="{}">{}</span><br><small>{}</small>',
+            obj.active_last_verification,
+            VERDICT_LABELS.get(obj.active_last_verdict, obj.active_last_verdict),
+            when,
+        )
 
     @admin.display(description="Last data pulled", ordering=F("active_last_pulled_at").desc(nulls_last=True))
     def last_pulled(self, obj: Institution) -> str:
@@ -381,41 +502,31 @@ class InstitutionAdmin(admin.ModelAdmin):
             )
         return format_html("<br>".join(["{}"] * len(parts)), *parts)
 
-    @admin.display(description="Reminder log")
-    def reminder_log(self, obj: Institution) -> str:
+    @admin.display(description="Newest first")
+    def timeline(self, obj: Institution) -> str:
         if obj.pk is None:
             return "—"
-        rows = (
-            ReminderLog.objects.filter(credential__institution=obj)
-            .select_related("credential")
-            .defer(*secret_fields_of("credential"))
-            .order_by("-claimed_at")[:30]
-        )
-
-        def when(value):
-            return f"{timezone.localtime(value):%d %b %Y %H:%M}" if value else "—"
-
-        body = format_html_join(
+        entries = institution_timeline(institution=obj)
+        if not entries:
+            return "Nothing has happened yet."
+        rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            '<li class="timeline__entry timeline__entry--{}"><time datetime="{}">{}</time> '
+            '<span class="timeline__kind">{}</span> <strong>{}</strong>{}{}</li>',
             (
                 (
-                    r.credential.hint,
-                    r.step_label(),
-                    when(r.sent_at) if r.state == ReminderLog.State.SENT else r.get_state_display().lower(),
-                    r.recipients or "—",
-                    r.last_error or "",
+                    e.kind,
+                    e.at.isoformat(),
+                    format_moment(e.at),
+                    TIMELINE_KINDS[e.kind],
+                    e.title,
+                    format_html(" · by {}", e.who) if e.who else "",
+                    format_html('<br><span class="timeline__detail">{}</span>', e.detail) if e.detail else "",
                 )
-                for r in rows
+                for e in entries
             ),
         )
-        if not body:
-            return "No reminders sent yet."
-        return format_html(
-            '<table class="reminder-log"><thead><tr><th>Key</th><th>Step</th><th>Sent</th><th>To</th>'
-            "<th>Error</th></tr></thead><tbody>{}</tbody></table>",
-            body,
-        )
+        return format_html('<ol class="timeline">{}</ol>', rows)
 
     def get_urls(self):
         def wrap(view):
@@ -426,6 +537,11 @@ class InstitutionAdmin(admin.ModelAdmin):
 
         prefix = f"{self.opts.app_label}_{self.opts.model_name}"
         return [
+            path(
+                "link-batch/<int:batch_id>/",
+                self.admin_site.admin_view(self.link_batch_view),
+                name=f"{prefix}_link_batch",
+            ),
             path("<path:object_id>/send-link/", wrap(pages.send_link_view), name=f"{prefix}_send_link"),
             path(
                 "<path:object_id>/send-reminder/",
@@ -465,15 +581,31 @@ class InstitutionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Send a submission link to the selected institutions", permissions=("send_link",))
     def send_submission_links(self, request, queryset):
-        sent, problems = 0, []
-        for institution in queryset:
-            try:
-                submission_link_send(institution=institution, created_by=request.user, ip_address=client_ip(request))
-            except ValueError as exc:
-                problems.append(f"{institution.name}: {exc}")
-            else:
-                sent += 1
-        if sent:
-            self.message_user(request, f"Sent a submission link to {sent} institution(s).", messages.SUCCESS)
-        for problem in problems:
-            self.message_user(request, problem, messages.ERROR)
+        # Queued and mailed at LINK_BULK_PER_SECOND, each institution once; the progress page follows it.
+        ids = list(queryset.order_by().values_list("pk", flat=True))
+        batch = link_batch_create(institution_ids=ids, created_by=request.user)
+        self.message_user(request, f"Queued a submission link for {len(ids)} institution(s).", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:institutions_institution_link_batch", args=[batch.pk]))
+
+    def link_batch_view(self, request, batch_id: int):
+        if not self.has_send_link_permission(request):
+            raise PermissionDenied
+        batch = get_object_or_404(LinkBatch.objects.select_related("created_by"), pk=batch_id)
+        progress = link_batch_progress(batch=batch)
+        problems = (
+            batch.items.filter(state__in=(LinkBatchItem.State.SKIPPED, LinkBatchItem.State.FAILED))
+            .select_related("institution")
+            .order_by("institution__name")[:200]
+        )
+        total = sum(progress.values())
+        done = total - progress["queued"] - progress["sending"]
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Submission links: {done} of {total} done",
+            "batch": batch,
+            "progress": [(LinkBatchItem.State(state).label, n) for state, n in progress.items()],
+            "problems": problems,
+            "running": done < total,
+        }
+        return TemplateResponse(request, "admin/institutions/institution/link_batch.html", context)

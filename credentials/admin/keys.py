@@ -8,7 +8,9 @@ from django.utils.html import format_html
 
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ViewOnlyAdmin, link_state_badge
+from credentials.formatting import format_moment
 from credentials.models import SECRET_FIELDS, AuditEvent, CD2Credential, ReminderLog, SubmissionLink, secret_fields_of
+from credentials.selectors import local_today
 from credentials.services.staff import REVEAL_PERMISSION
 
 
@@ -18,7 +20,7 @@ class CD2CredentialAdmin(ViewOnlyAdmin):
     list_display = (
         "hint",
         "institution",
-        "status",
+        "state",
         "expires_on",
         "short_expiry",
         "source",
@@ -73,6 +75,10 @@ class CD2CredentialAdmin(ViewOnlyAdmin):
             .select_related("institution", "created_by", "submission_link__institution")
         )
 
+    @admin.display(description="State", ordering="status")
+    def state(self, obj: CD2Credential) -> str:
+        return obj.state_label(local_today())
+
     def get_urls(self):
         def reveal(request, object_id):
             return pages.reveal_view(request, self, object_id)
@@ -108,7 +114,7 @@ class SubmissionLinkAdmin(ViewOnlyAdmin):
 
 @admin.register(ReminderLog)
 class ReminderLogAdmin(ViewOnlyAdmin):
-    list_display = ("credential", "institution", "step", "state", "claimed_at", "sent_at", "failed_at", "attempts")
+    list_display = ("institution", "credential", "step", "delivery", "when", "recipients_display", "attempts")
     list_filter = ("state", "threshold", ("claimed_at", admin.DateFieldListFilter))
     search_fields = ("credential__institution__name", "recipients")
     fields = (
@@ -139,6 +145,18 @@ class ReminderLogAdmin(ViewOnlyAdmin):
     @admin.display(description="Step", ordering="threshold")
     def step(self, obj: ReminderLog) -> str:
         return obj.step_label()
+
+    @admin.display(description="Delivery", ordering="state")
+    def delivery(self, obj: ReminderLog) -> str:
+        return obj.delivery()
+
+    @admin.display(description="When", ordering="claimed_at")
+    def when(self, obj: ReminderLog) -> str:
+        return format_moment(obj.sent_at or obj.failed_at or obj.claimed_at)
+
+    @admin.display(description="Recipients")
+    def recipients_display(self, obj: ReminderLog) -> str:
+        return obj.recipients or "—"
 
 
 @admin.register(AuditEvent)

@@ -168,7 +168,7 @@ def check_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
     if pending is None:
         messages.error(request, "There is no active or pending key to check. Send a submission link instead.")
         return _back(institution)
-    outcome = credential_verify_pending(credential_id=pending.pk)
+    outcome = credential_verify_pending(credential_id=pending.pk, actor=request.user)
     text = {
         VerifyResult.ACTIVE: (messages.SUCCESS, "passed the check and is now the active key."),
         VerifyResult.INVALID: (
@@ -368,7 +368,7 @@ def reveal_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
         if form.has_error("password", "wrong_password"):
             failures = request.session.get(REAUTH_FAILURES_SESSION_KEY, 0) + 1
             audit_record(
-                kind=AuditEvent.Kind.LOGIN_FAILED,
+                kind=AuditEvent.Kind.REAUTH_FAILED,
                 actor=request.user,
                 credential=credential,
                 ip_address=client_ip(request),

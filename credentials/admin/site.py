@@ -7,6 +7,7 @@ lands on it and no code patches `admin.site` at run time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial, wraps
 
 from django import forms
@@ -21,6 +22,31 @@ from credentials.admin import devices
 from credentials.admin.dashboard import dashboard_context
 
 DASHBOARD_PERMISSION = "institutions.view_institution"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One heading of the index: the models staff use together, by "app_label.model_name"."""
+
+    key: str
+    name: str
+    models: tuple[str, ...]
+    superusers_only: bool = False
+
+    def holds(self, app_label: str, model_name: str) -> bool:
+        return f"{app_label}.{model_name}" in self.models or f"{app_label}.*" in self.models
+
+
+# The index in the order staff work: customers, their keys, what we told them,
+# who did what; security housekeeping last and for superusers only.
+SECTIONS = (
+    Section("cockpit", "Institutions", ("institutions.institution", "institutions.contact")),
+    Section("keys", "Keys", ("credentials.cd2credential", "credentials.submissionlink")),
+    Section("notices", "Notices and reminders", ("credentials.reminderlog", "credentials.notice")),
+    Section("audit", "Audit", ("credentials.auditevent",)),
+    Section("security", "Security", ("auth.*", "axes.*", "otp_totp.*", "otp_static.*"), superusers_only=True),
+)
+OTHER_SECTION = Section("other", "Other", ())
 # The admins that take the place of the ones other apps register (see StaffAdminSite.register).
 REPLACEMENT_ADMINS = {
     TOTPDevice: devices.TOTPDeviceAdmin,
@@ -139,6 +165,30 @@ class StaffAdminSite(OTPAdminSite):
         # The "Reset my authenticator" link in base_site.html; other admin
         # sites rendering the same templates (the bench's stock floor) have no such page.
         return {**super().each_context(request), "authenticator_reset_url": reverse(f"{self.name}:authenticator_reset")}
+
+    def get_app_list(self, request, app_label=None):
+        """The index grouped by what staff do (SECTIONS), not by Django app; an app's own page is unchanged."""
+        if app_label is not None:
+            return super().get_app_list(request, app_label)
+        grouped: dict[Section, list[dict]] = {}
+        for app in super().get_app_list(request):
+            for model in app["models"]:
+                name = model["object_name"].lower()
+                section = next((s for s in SECTIONS if s.holds(app["app_label"], name)), OTHER_SECTION)
+                if section.superusers_only and not request.user.is_superuser:
+                    continue
+                grouped.setdefault(section, []).append(model)
+        return [
+            {
+                "name": section.name,
+                "app_label": section.key,
+                "app_url": models[0]["admin_url"] or "",
+                "has_module_perms": True,
+                "models": sorted(models, key=lambda m: m["name"]),
+            }
+            for section in (*SECTIONS, OTHER_SECTION)
+            if (models := grouped.get(section))
+        ]
 
     def index(self, request, extra_context=None):
         extra_context = dict(extra_context or {})

@@ -22,6 +22,7 @@ VERIFY_CREDENTIAL = "credentials.tasks.verify_credential"
 VERIFY_CREDENTIALS_BATCH = "credentials.tasks.verify_credentials_batch"
 SEND_REMINDER = "credentials.tasks.send_reminder"
 REQUEST_SUBMISSION_LINK = "credentials.tasks.request_submission_link"
+SEND_BATCH_LINK = "credentials.tasks.send_batch_link"
 
 TASK_NAMES = (
     VERIFY_PENDING_CREDENTIAL,
@@ -29,6 +30,7 @@ TASK_NAMES = (
     VERIFY_CREDENTIALS_BATCH,
     SEND_REMINDER,
     REQUEST_SUBMISSION_LINK,
+    SEND_BATCH_LINK,
 )
 
 

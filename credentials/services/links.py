@@ -12,13 +12,13 @@ import secrets
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
+from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
 from credentials.emails import send_email
-from credentials.models import AuditEvent, SubmissionLink, hash_token
-from credentials.notifications import contact_emails, link_context, reply_to
+from credentials.models import AuditEvent, LinkBatch, LinkBatchItem, SubmissionLink, hash_token
+from credentials.notifications import SEND_ERRORS, contact_emails, link_context, reply_to
 from credentials.services import jobs
 from credentials.services.audit import audit_record
 from institutions.models import Contact, Institution, email_key
@@ -190,3 +190,55 @@ def link_request(*, email: str, ip_address: str | None = None) -> None:
         with transaction.atomic():
             new_link = submission_link_create(institution=institution, reason="request", ip_address=ip_address)
             _mail_new_link(new_link=new_link, to=[contact.email])
+
+
+# --------------------------------------------------------------------------
+# Many at once (after a bulk import)
+# --------------------------------------------------------------------------
+
+
+def link_batch_create(*, institution_ids: list[int], created_by=None) -> LinkBatch:
+    """Queue a submission link for each institution, LINK_BULK_PER_SECOND apart; the tasks run after commit.
+
+    Each institution is one LinkBatchItem, mailed by link_batch_item_send
+    exactly once however often its task is delivered.
+    """
+    rate = max(float(settings.LINK_BULK_PER_SECOND), 0.1)
+    with transaction.atomic():
+        batch = LinkBatch.objects.create(created_by=created_by)
+        items = LinkBatchItem.objects.bulk_create(
+            LinkBatchItem(batch=batch, institution_id=pk) for pk in sorted(set(institution_ids))
+        )
+        for position, item in enumerate(items):
+            jobs.job_enqueue_on_commit(jobs.SEND_BATCH_LINK, args=(item.pk,), countdown=position / rate)
+    return batch
+
+
+def link_batch_item_send(*, item_id: int) -> str:
+    """Send one queued item of a batch; returns its final state.
+
+    Claimed first with a conditional UPDATE (queued -> sending): a task
+    delivered twice finds nothing to claim and sends nothing.
+    """
+    if not LinkBatchItem.objects.filter(pk=item_id, state=LinkBatchItem.State.QUEUED).update(
+        state=LinkBatchItem.State.SENDING
+    ):
+        return "already handled"
+    item = LinkBatchItem.objects.select_related("batch__created_by", "institution__account_owner").get(pk=item_id)
+    state, error, link = LinkBatchItem.State.SENT, "", None
+    try:
+        link = submission_link_send(institution=item.institution, created_by=item.batch.created_by, reason="bulk").link
+    except ValueError as exc:  # nobody to mail
+        state, error = LinkBatchItem.State.SKIPPED, str(exc)
+    except SEND_ERRORS as exc:
+        state, error = LinkBatchItem.State.FAILED, f"{type(exc).__name__}: {exc}"
+    LinkBatchItem.objects.filter(pk=item_id).update(
+        state=state, error=error[:500], link=link, finished_at=timezone.now()
+    )
+    return state
+
+
+def link_batch_progress(*, batch: LinkBatch) -> dict[str, int]:
+    """How many items of the batch are in each state (every state present, 0 when none)."""
+    counts = dict(batch.items.order_by().values_list("state").annotate(n=models.Count("pk")).values_list("state", "n"))
+    return {state: counts.get(state, 0) for state in LinkBatchItem.State.values}

@@ -17,8 +17,8 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from credentials.models import AuditEvent, CD2Credential
-from credentials.selectors import handoff_candidate, local_today
+from credentials.models import VERDICT_LABELS, AuditEvent, CD2Credential, step_label
+from credentials.selectors import handoff_candidate, institution_next_reminder, local_today
 from credentials.services.audit import audit_record
 from credentials.services.keys import credential_set_status
 from institutions.models import Institution
@@ -264,7 +264,12 @@ EXPORT_COLUMNS = (
     "expires_on",
     "days_left",
     "last_checked_at",
+    "last_check_verdict",
     "last_check",
+    "last_reminder",
+    "last_reminder_sent_at",
+    "next_reminder",
+    "next_reminder_on",
 )
 # A spreadsheet runs a cell starting with one of these as a formula.
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -275,9 +280,10 @@ def _cell(value) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def _rows(institutions: Iterable[Institution]) -> Iterable[list[str]]:
+def _rows(institutions: Iterable[Institution], *, today: dt.date) -> Iterable[list[str]]:
     for inst in institutions:
         owner = inst.account_owner
+        upcoming = institution_next_reminder(inst, today=today)
         yield [
             _cell(v)
             for v in (
@@ -292,7 +298,12 @@ def _rows(institutions: Iterable[Institution]) -> Iterable[list[str]]:
                 inst.active_expires_on.isoformat() if inst.active_expires_on else "",
                 inst.days_left,
                 inst.active_last_verified_at.isoformat() if inst.active_last_verified_at else "",
+                VERDICT_LABELS.get(inst.active_last_verdict or "", ""),
                 inst.active_last_verification,
+                step_label(inst.last_reminder_step) if inst.last_reminder_at else "",
+                inst.last_reminder_at.isoformat() if inst.last_reminder_at else "",
+                upcoming.label() if upcoming else "",
+                upcoming.on.isoformat() if upcoming else "",
             )
         ]
 
@@ -309,7 +320,7 @@ def institutions_export(*, queryset, actor, ip_address: str | None = None) -> st
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(EXPORT_COLUMNS)
-    writer.writerows(_rows(institutions))
+    writer.writerows(_rows(institutions, today=local_today()))
     audit_record(
         kind=AuditEvent.Kind.EXPORT,
         actor=actor,

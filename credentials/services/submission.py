@@ -492,7 +492,7 @@ class VerifyResult(enum.StrEnum):
 
 
 @sensitive_variables()
-def credential_verify_pending(*, credential_id: int) -> str:
+def credential_verify_pending(*, credential_id: int, actor=None) -> str:
     """Check a pending_verification key again; returns a VerifyResult value.
 
     OK: the key becomes active and the submitter gets a receipt. Rejected
@@ -502,6 +502,8 @@ def credential_verify_pending(*, credential_id: int) -> str:
     reminders resume. 403 "not enabled": still pending (WAITING), checked
     again daily by the sweep. Maintenance or unavailable: only the attempt
     is counted; the Celery task retries with backoff.
+    `actor` is the staff member who pressed "Check key now" (None: the
+    re-check task).
     """
     credential = CD2Credential.objects.filter(pk=credential_id).first()
     if credential is None or credential.status != CD2Credential.Status.PENDING_VERIFICATION:
@@ -526,16 +528,29 @@ def credential_verify_pending(*, credential_id: int) -> str:
         locked.save(update_fields=fields)
 
         if check.verdict is Verdict.OK:
-            return _activate_checked(locked, check, now)
+            return _activate_checked(locked, check, now, actor=actor)
         if check.verdict is Verdict.REJECTED:
-            return _invalidate_checked(locked, check)
+            return _invalidate_checked(locked, check, actor=actor)
+        if actor is not None:
+            audit_record(
+                kind=AuditEvent.Kind.KEY_CHECKED,
+                actor=actor,
+                credential=locked,
+                reason=check.summary,
+                detail={"hint": locked.hint, "outcome": check.verdict.value},
+            )
         if locked.pending_reason == PendingReason.NOT_ENABLED and check.verdict is Verdict.FORBIDDEN:
             return VerifyResult.WAITING
         # Maintenance is a 403 but passes; outages pass too.
         return VerifyResult.UNAVAILABLE
 
 
-def _activate_checked(credential: CD2Credential, check: CheckResult, now: dt.datetime) -> str:
+def _who(actor) -> dict:
+    """Audit arguments naming the staff member who asked for the check, or the re-check task."""
+    return {"actor": actor} if actor is not None else {"actor_label": "system (re-check after CD2 was down)"}
+
+
+def _activate_checked(credential: CD2Credential, check: CheckResult, now: dt.datetime, *, actor=None) -> str:
     newer_active = CD2Credential.objects.filter(
         institution_id=credential.institution_id,
         status=CD2Credential.Status.ACTIVE,
@@ -552,7 +567,7 @@ def _activate_checked(credential: CD2Credential, check: CheckResult, now: dt.dat
     credential_activate(credential=credential, now=now)
     audit_record(
         kind=AuditEvent.Kind.SUBMISSION,
-        actor_label="system (re-check)",
+        **_who(actor),
         credential=credential,
         reason="Checked after CD2 was unavailable; now active.",
         detail={"hint": credential.hint, "check": check.summary, "outcome": check.verdict.value},
@@ -561,7 +576,7 @@ def _activate_checked(credential: CD2Credential, check: CheckResult, now: dt.dat
     return VerifyResult.ACTIVE
 
 
-def _invalidate_checked(credential: CD2Credential, check: CheckResult) -> str:
+def _invalidate_checked(credential: CD2Credential, check: CheckResult, *, actor=None) -> str:
     institution = credential.institution
     credential_set_status(
         credential=credential,
@@ -570,7 +585,7 @@ def _invalidate_checked(credential: CD2Credential, check: CheckResult) -> str:
     )
     audit_record(
         kind=AuditEvent.Kind.KEY_INVALID,
-        actor_label="system (re-check)",
+        **_who(actor),
         credential=credential,
         reason="Refused by Canvas Data 2 when checked after an outage.",
         detail={"hint": credential.hint, "check": check.summary},

@@ -87,6 +87,16 @@ def credential_verify(*, credential_id: int, now: dt.datetime | None = None, act
     if result.verdict in (Verdict.OK, Verdict.UNAVAILABLE):
         fields = credential_check_record(credential=credential, check=result, now=now)
         CD2Credential.objects.filter(pk=credential.pk).update(**{name: getattr(credential, name) for name in fields})
+        if actor is not None:
+            # The daily run's passing checks are in the key's columns; a staff member's is an act.
+            audit_record(
+                kind=AuditEvent.Kind.KEY_CHECKED,
+                actor=actor,
+                credential=credential,
+                institution=credential.institution,
+                reason=result.summary,
+                detail={"verdict": result.verdict.value, "status_code": result.status_code, "hint": credential.hint},
+            )
     else:
         _mark_invalid(credential=credential, result=result, now=now, actor=actor)
     logger.info("Checked key %s (%s): %s", credential.pk, credential.institution.slug, result.verdict.value)

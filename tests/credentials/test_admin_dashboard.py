@@ -35,7 +35,7 @@ def test_the_chart_counts_active_keys_per_month_for_the_next_twelve_months(make_
 
     chart = expiry_chart(today=TODAY)
 
-    assert [b.label for b in chart.bars][:2] == ["Jan 27", "Feb 27"]
+    assert [b.label for b in chart.bars][:2] == ["Jan 2027", "Feb 2027"]
     assert len(chart.bars) == 12
     assert [b.count for b in chart.bars] == [2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
     tallest = chart.bars[0]
@@ -58,7 +58,7 @@ def test_the_dashboard_counts_served_institutions_per_key_state(make_institution
 
     counts = {c["state"]: c["count"] for c in context["counts"]}
     assert counts == {"ok": 1, "expiring": 1, "expired": 1, "failing": 1, "pending": 0, "missing": 1}
-    assert [i.name for i in context["failing"]] == ["Failing U"]
+    assert [row.institution.name for row in context["failing"]] == ["Failing U"]
     assert len(context["latest_submissions"]) == 5  # every key, served or not
 
 
@@ -80,3 +80,37 @@ def test_staff_without_view_permission_see_no_dashboard(client, make_staff, veri
     verified_login(client, make_staff(None))
     body = client.get(reverse("admin:index")).content.decode()
     assert "staff-dashboard" not in body
+
+
+def test_the_failing_panel_names_the_failed_key_its_verdict_reason_and_time(
+    client, make_staff, verified_login, make_institution
+):
+    inst = make_institution(name="Maple Ridge")
+    key = _key(inst, 100, status="pending_verification")
+    checked = dt.datetime(2027, 1, 14, 5, 25, tzinfo=dt.UTC)
+    CD2Credential.objects.filter(pk=key.pk).update(
+        status="invalid",
+        last_verdict="rejected",
+        last_verification="401 from CD2: invalid_client",
+        last_verified_at=checked,
+    )
+    verified_login(client, make_staff("Viewer"))
+
+    body = client.get(reverse("admin:index")).content.decode()
+
+    panel = body[body.index("dash-failing-title") : body.index("dash-latest-title")]
+    assert key.hint in panel and "invalid" in panel
+    assert "<td>Rejected</td>" in panel
+    assert "401 from CD2: invalid_client" in panel
+    assert "14 Jan 2027, 05:25" in panel
+    assert "newest key invalid" not in panel
+
+
+def test_each_month_of_the_chart_links_to_the_list_filtered_to_that_month(
+    client, make_staff, verified_login, make_institution, today
+):
+    verified_login(client, make_staff("Viewer"))
+    body = client.get(reverse("admin:index")).content.decode()
+    changelist = reverse("admin:institutions_institution_changelist")
+    assert f'href="{changelist}?expiry={today:%Y-%m}"' in body
+    assert f">{today:%b %Y}</text>" in body

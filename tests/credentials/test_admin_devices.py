@@ -118,7 +118,7 @@ def test_a_staff_member_resets_their_own_authenticator_with_password_and_a_code(
 
     assert client.post(RESET, {"password": "not mine"}).status_code == 200
     assert not TOTPDevice.objects.filter(user=user, confirmed=False).exists()
-    assert AuditEvent.objects.filter(kind=AuditEvent.Kind.LOGIN_FAILED, actor=user).count() == 1
+    assert AuditEvent.objects.filter(kind=AuditEvent.Kind.REAUTH_FAILED, actor=user).count() == 1
 
     shown = client.post(RESET, {"password": STAFF_PASSWORD}, REMOTE_ADDR="10.7.7.7")
     new = TOTPDevice.objects.get(user=user, confirmed=False)
@@ -141,7 +141,7 @@ def test_a_staff_member_resets_their_own_authenticator_with_password_and_a_code(
     assert client.get("/admin/").status_code == 200  # still signed in, now by the new device
     kinds = list(AuditEvent.objects.filter(actor=user).order_by("pk").values_list("kind", "ip_address"))
     assert kinds == [
-        (AuditEvent.Kind.LOGIN_FAILED, "127.0.0.1"),
+        (AuditEvent.Kind.REAUTH_FAILED, "127.0.0.1"),
         (AuditEvent.Kind.TWO_FACTOR_RESET, "10.7.7.7"),
         (AuditEvent.Kind.TWO_FACTOR_ENROLLED, "127.0.0.1"),
     ]

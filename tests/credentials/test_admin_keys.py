@@ -185,7 +185,7 @@ def test_a_wrong_password_is_audited_and_five_in_a_row_sign_the_user_out(staff_c
         assert client.post(reveal_url(planted), {"reason": "guessing", "password": "nope"}).status_code == 200
     response = client.post(reveal_url(planted), {"reason": "guessing", "password": "nope"})
     assert response.status_code == 302
-    assert AuditEvent.objects.filter(kind=AuditEvent.Kind.LOGIN_FAILED).count() == 5
+    assert AuditEvent.objects.filter(kind=AuditEvent.Kind.REAUTH_FAILED).count() == 5
     # Signed out: the admin sends the next request to the login page.
     assert client.get(reveal_url(planted)).status_code == 302
 

@@ -16,7 +16,9 @@ from credentials import fields
 from credentials.admin.institutions import RegionFilter
 from credentials.models import AuditEvent, CD2Credential, SubmissionLink
 from credentials.selectors import institutions_with_key_status
+from credentials.services import jobs
 from credentials.services.keys import credential_set_status
+from credentials.tasks import send_batch_link
 from credentials.validators import CleanKey
 from devtools.fake_gateway import FakeGateway
 from institutions.models import Contact, Institution
@@ -304,16 +306,24 @@ def test_a_viewer_cannot_use_the_buttons(staff_client, institution, make_credent
     assert not SubmissionLink.objects.exists()
 
 
-def test_the_bulk_action_sends_links_and_names_those_without_a_contact(staff_client, institution, make_institution):
+def test_the_bulk_action_sends_links_and_names_those_without_a_contact(
+    staff_client, institution, make_institution, monkeypatch, django_capture_on_commit_callbacks
+):
+    queued = []
+    monkeypatch.setattr(jobs, "job_enqueue", lambda name, *, args=(), countdown=None: queued.append(args[0]))
     lonely = make_institution(name="Lonely College")
-    response = staff_client("Customer success").post(
-        CHANGELIST,
-        {"action": "send_submission_links", "_selected_action": [institution.pk, lonely.pk]},
-        follow=True,
-    )
-    body = response.content.decode()
-    assert "Sent a submission link to 1 institution(s)." in body
-    assert "Lonely College: Lonely College has no contact" in body
+    client = staff_client("Customer success")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            CHANGELIST, {"action": "send_submission_links", "_selected_action": [institution.pk, lonely.pk]}
+        )
+    assert len(queued) == 2 and mail.outbox == []
+    for item_id in queued:
+        send_batch_link(item_id)
+
+    body = client.get(response["Location"]).content.decode()
+    assert "Submission links: 2 of 2 done" in body
+    assert "Lonely College</a>: Skipped (nobody to mail): Lonely College has no contact" in body
     assert [m.to for m in mail.outbox] == [["ada@northfield.example.edu"]]
 
 
@@ -479,7 +489,7 @@ def test_with_a_key_filter_the_count_still_matches_the_rows(
     assert cl.result_count == len(cl.result_list) == expected
 
 
-@pytest.mark.parametrize("column", range(8))
+@pytest.mark.parametrize("column", range(9))
 def test_every_column_of_the_institution_list_sorts_both_ways_and_counts_the_same(
     column, admin_client, institution, make_credential, make_institution
 ):
