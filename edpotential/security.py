@@ -31,6 +31,7 @@ from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import render
 from django.template import loader
+from django.urls import reverse
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +258,11 @@ class BodySizeLimitMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if request.content_type == "multipart/form-data" and request.path.startswith(reverse("admin:index")):
+            # A file upload in the staff admin (the bulk import): Django keeps
+            # file parts out of DATA_UPLOAD_MAX_MEMORY_SIZE, so the whole body
+            # gets its own cap. Public pages take no files: their cap stays.
+            limit = settings.UPLOAD_MAX_BODY_SIZE
         length = declared_length(request)
         if limit is not None and (length is None or length > limit):
             return too_large(request)

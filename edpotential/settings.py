@@ -358,6 +358,9 @@ SPECTACULAR_SETTINGS = {
 # Security
 # ---------------------------------------------------------------------------
 DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024  # our forms are a few short fields
+# A multipart body (a file: the admin's bulk import of institutions) may be
+# larger; edpotential.security.BodySizeLimitMiddleware answers 413 above this.
+UPLOAD_MAX_BODY_SIZE = 10 * 1024 * 1024
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_REFERRER_POLICY = "same-origin"

@@ -44,6 +44,7 @@ SECTIONS = (
     Section("keys", "Keys", ("credentials.cd2credential", "credentials.submissionlink")),
     Section("notices", "Notices and reminders", ("credentials.reminderlog", "credentials.notice")),
     Section("audit", "Audit", ("credentials.auditevent",)),
+    Section("api", "Data pipeline API", ("api.*",), superusers_only=True),
     Section("security", "Security", ("auth.*", "axes.*", "otp_totp.*", "otp_static.*"), superusers_only=True),
 )
 OTHER_SECTION = Section("other", "Other", ())

@@ -19,7 +19,7 @@ def test_a_superuser_sees_the_work_first_and_security_last(client, make_staff, v
 
     found = sections(client)
 
-    assert list(found) == ["Institutions", "Keys", "Notices and reminders", "Audit", "Security"]
+    assert list(found) == ["Institutions", "Keys", "Notices and reminders", "Audit", "Data pipeline API", "Security"]
     assert found["Keys"] == ["CD2 keys", "Submission links"]
     assert set(found["Security"]) >= {"Access attempts", "Groups", "Users", "TOTP devices", "Static devices"}
     body = client.get(reverse("admin:index")).content.decode()
