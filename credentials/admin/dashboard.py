@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from django.db.models import Count
 from django.db.models.functions import TruncMonth
 
-from credentials.models import CD2Credential
+from credentials.models import CD2Credential, Notice
 from credentials.selectors import KeyState, institutions_with_key_status, local_today
+from credentials.services.health import jobs_status
 from institutions.models import Institution
 
 
@@ -100,7 +101,7 @@ def expiry_chart(*, today: dt.date | None = None, months: int = 12) -> Chart:
 
 
 def dashboard_context(*, today: dt.date | None = None, latest: int = 8) -> dict:
-    """Counts per key state, the expiry chart, the latest submissions and the failing checks."""
+    """Scheduled jobs, notices that failed for good, counts per key state, the chart, submissions, failing checks."""
     today = today or local_today()
     served = Institution.objects.filter(status__in=Institution.SERVED_STATUSES)
     counted = dict(
@@ -118,7 +119,11 @@ def dashboard_context(*, today: dt.date | None = None, latest: int = 8) -> dict:
         .filter(key_state=KeyState.FAILING)
         .order_by("name")[:latest]
     )
+    failed_notices = Notice.objects.filter(state=Notice.State.FAILED).select_related("institution")
     return {
+        "jobs": jobs_status(),
+        "failed_notices": list(failed_notices.order_by("-closed_at", "-pk")[:latest]),
+        "failed_notices_total": failed_notices.count(),
         "today": today,
         "counts": counts,
         "served_total": sum(c["count"] for c in counts),

@@ -20,14 +20,14 @@ from edpotential.celery import app
 VERIFY_PENDING_CREDENTIAL = "credentials.tasks.verify_pending_credential"
 VERIFY_CREDENTIAL = "credentials.tasks.verify_credential"
 VERIFY_CREDENTIALS_BATCH = "credentials.tasks.verify_credentials_batch"
-SEND_REMINDER = "credentials.tasks.send_reminder"
+DELIVER_NOTICE = "credentials.tasks.deliver_notice"
 REQUEST_SUBMISSION_LINK = "credentials.tasks.request_submission_link"
 
 TASK_NAMES = (
     VERIFY_PENDING_CREDENTIAL,
     VERIFY_CREDENTIAL,
     VERIFY_CREDENTIALS_BATCH,
-    SEND_REMINDER,
+    DELIVER_NOTICE,
     REQUEST_SUBMISSION_LINK,
 )
 

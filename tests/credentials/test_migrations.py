@@ -81,4 +81,5 @@ def test_state_moves_from_text_into_columns_and_back():
     assert ReminderLog.objects.get(pk=logs["claimed"].pk).last_error == "Skipped: key replaced"
     assert ReminderLog.objects.get(pk=logs["skipped"].pk).last_error == "Skipped: not sent on time"
     assert Group.objects.get(name="Customer success").permissions.filter(codename="change_cd2credential").exists()
-    _migrate([*AFTER, ("institutions", "0002_export_permission")])
+    # Leave the database as the rest of the suite expects it: every migration applied.
+    _migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
