@@ -353,7 +353,7 @@ class Notice(models.Model):
         return f"{self.get_kind_display()} of {self.day:%Y-%m-%d} ({self.get_state_display().lower()})"
 
 
-class JobRun(models.Model):
+class ScheduledJob(models.Model):
     """The last successful run of one scheduled job: what /healthz and the dashboard read."""
 
     name = models.CharField(max_length=60, unique=True)

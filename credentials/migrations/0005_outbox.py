@@ -9,9 +9,9 @@ from django.db import migrations, models
 
 # Staff see the outbox and the schedule; those who send reminders may resend a notice.
 ROLE_ADDITIONS = {
-    "Viewer": ["view_notice", "view_jobrun"],
-    "Customer success": ["view_notice", "view_jobrun", "resend_notice"],
-    "Data engineer": ["view_notice", "view_jobrun", "resend_notice"],
+    "Viewer": ["view_notice", "view_scheduledjob"],
+    "Customer success": ["view_notice", "view_scheduledjob", "resend_notice"],
+    "Data engineer": ["view_notice", "view_scheduledjob", "resend_notice"],
 }
 
 
@@ -60,7 +60,7 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='JobRun',
+            name='ScheduledJob',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('name', models.CharField(max_length=60, unique=True)),

@@ -1,7 +1,7 @@
 """A scheduler that cannot fail silently: each scheduled job's last run, and what /healthz reports.
 
 Every beat job records its last successful run (start, end, counts) under
-its beat entry name (a JobRun row). A job is overdue when that run is older
+its beat entry name (a ScheduledJob row). A job is overdue when that run is older
 than SCHEDULED_JOBS_OVERDUE_AFTER[name] (a daily job after 26 hours); a job
 that never ran is overdue once the scheduler has been running (its first
 recorded job) for that long. /healthz answers 503 when the database or the
@@ -21,7 +21,7 @@ from django.db import DatabaseError, connection
 from django.db.models import Min
 from django.utils import timezone
 
-from credentials.models import JobRun
+from credentials.models import ScheduledJob
 from edpotential.celery import app
 
 logger = logging.getLogger(__name__)
@@ -40,15 +40,17 @@ BROKER_TIMEOUT_SECONDS = 3
 class JobStatus:
     name: str
     overdue_after: dt.timedelta
-    last: JobRun | None
+    last: ScheduledJob | None
     overdue: bool
 
 
 def job_record(*, name: str, started_at: dt.datetime, finished_at: dt.datetime, counts: dict) -> None:
     """Record a successful run of a scheduled job (one row per job, the last run)."""
-    updated = JobRun.objects.filter(name=name).update(started_at=started_at, finished_at=finished_at, counts=counts)
+    updated = ScheduledJob.objects.filter(name=name).update(
+        started_at=started_at, finished_at=finished_at, counts=counts
+    )
     if not updated:
-        JobRun.objects.get_or_create(
+        ScheduledJob.objects.get_or_create(
             name=name,
             defaults={
                 "started_at": started_at,
@@ -70,8 +72,8 @@ def job_run(name: str):
 
 def jobs_status(*, now: dt.datetime | None = None) -> list[JobStatus]:
     now = now or timezone.now()
-    runs = {run.name: run for run in JobRun.objects.all()}
-    scheduler_since = JobRun.objects.aggregate(first=Min("first_run_at"))["first"]
+    runs = {run.name: run for run in ScheduledJob.objects.all()}
+    scheduler_since = ScheduledJob.objects.aggregate(first=Min("first_run_at"))["first"]
     statuses = []
     for name, overdue_after in settings.SCHEDULED_JOBS_OVERDUE_AFTER.items():
         last = runs.get(name)

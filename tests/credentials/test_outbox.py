@@ -24,7 +24,7 @@ from django.db import OperationalError, connection
 from django.utils import timezone
 
 from credentials import tasks
-from credentials.models import CD2Credential, JobRun, Notice, ReminderLog
+from credentials.models import CD2Credential, Notice, ReminderLog, ScheduledJob
 from credentials.services import health, jobs, outbox
 from credentials.services.keys import credential_create
 from credentials.validators import CleanKey
@@ -313,5 +313,5 @@ def test_a_reminder_run_records_itself_and_pings_the_configured_url(clock, setti
         outbox.reminders_send_due()
 
     get.assert_called_once_with("https://hc-ping.example/abc", timeout=health.PING_TIMEOUT_SECONDS)
-    run = JobRun.objects.get(name="send-expiry-reminders")
+    run = ScheduledJob.objects.get(name="send-expiry-reminders")
     assert run.finished_at == timezone.now() and run.counts["due"] == 0

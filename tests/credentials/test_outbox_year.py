@@ -111,7 +111,11 @@ def test_a_simulated_year_loses_no_notice_and_duplicates_none(settings):
     assert max(per_step.values()) == 1
     # Every lapse was preceded by the reminder series (each step sent, or skipped on a day with no run).
     end = (START + dt.timedelta(days=365)).date()
-    lapsed = CD2Credential.objects.filter(expires_on__lt=end, pk__lte=INSTITUTIONS)  # first keys that ran out
+    lapsed = [  # first keys that ran out: their institution did not renew in time (plans 1 to 3)
+        key
+        for key in CD2Credential.objects.filter(expires_on__lt=end, pk__lte=INSTITUTIONS).select_related("institution")
+        if int(key.institution.slug[1:]) % 4 != 0
+    ]
     assert len(lapsed) > 50
     for key in lapsed:
         steps = dict(key.reminders.values_list("threshold", "state"))
