@@ -124,6 +124,9 @@ JOIN institutions_institution i ON i.id = c.institution_id
 LEFT JOIN auth_user u ON u.id = i.account_owner_id
 CROSS JOIN LATERAL (
     SELECT CASE
+        WHEN %(today)s - c.expires_on >= %(weekly)s + %(monthly)s
+            THEN -(%(weekly)s + ((%(today)s - c.expires_on - %(weekly)s) / %(monthly)s) * %(monthly)s)
+        WHEN %(today)s - c.expires_on >= %(weekly)s THEN -%(weekly)s
         WHEN c.expires_on - %(today)s <= -%(repeat)s THEN ((c.expires_on - %(today)s) / %(repeat)s) * %(repeat)s
         WHEN c.expires_on < %(today)s THEN %(first)s
         ELSE (SELECT min(t) FROM unnest(%(thresholds)s::int[]) AS t WHERE t >= c.expires_on - %(today)s)
@@ -138,11 +141,15 @@ WHERE c.status = 'active' AND i.status IN ('active', 'onboarding') AND c.expires
   AND NOT EXISTS (
       SELECT 1 FROM credentials_reminderlog r
       WHERE r.credential_id = c.id AND r.threshold = s.step
-        AND (r.state <> 'claimed' OR r.claimed_at >= %(stale)s)
   )
 """
 
-REMINDER_TABLES = ("credentials_reminderlog", "credentials_submissionlink", "credentials_auditevent")
+REMINDER_TABLES = (
+    "credentials_notice",
+    "credentials_reminderlog",
+    "credentials_submissionlink",
+    "credentials_auditevent",
+)
 
 
 def _reminder_floor(*, today: dt.date, now: dt.datetime, repeats: int) -> tuple[float, int]:
@@ -150,16 +157,19 @@ def _reminder_floor(*, today: dt.date, now: dt.datetime, repeats: int) -> tuple[
     from django.conf import settings
     from django.db import connection
 
-    from credentials.selectors import CLAIM_STALE_AFTER
+    from credentials.selectors import reminder_cadence_after_expiry
 
     thresholds = sorted({int(d) for d in settings.REMINDER_DAYS_BEFORE if int(d) >= 0})
+    repeat, weekly, monthly = reminder_cadence_after_expiry()
+    repeat, weekly = repeat or 1, weekly or 10**6
     params = {
         "today": today,
-        "repeat": int(settings.REMINDER_REPEAT_AFTER_EXPIRY_DAYS) or 1,
+        "repeat": repeat,
+        "weekly": weekly,
+        "monthly": monthly or 10**6,
         "first": thresholds[0],
         "thresholds": thresholds,
         "horizon": today + dt.timedelta(days=thresholds[-1]),
-        "stale": now - CLAIM_STALE_AFTER,
     }
     times, rows = [], 0
     with connection.cursor() as cursor:
@@ -195,7 +205,7 @@ def _send_floor(*, messages: int, size: int) -> float:
 def measure_reminders(ctx: Context) -> dict:
     from django.utils import timezone
 
-    from credentials.services.reminders import reminders_send_due
+    from credentials.services.outbox import reminders_send_due
 
     today, now = ctx.today, timezone.now()
     floor_s, floor_rows = _reminder_floor(today=today, now=now, repeats=ctx.repeats)

@@ -406,3 +406,86 @@ class LinkBatchItem(models.Model):
 
     def __str__(self) -> str:
         return f"Link for institution {self.institution_id} ({self.get_state_display()})"
+
+
+class Notice(models.Model):
+    """One outgoing notice: written in the transaction that decides to send it, delivered by a task.
+
+    The outbox (credentials.services.outbox). A row is the fact "this must be
+    said"; its state says how far delivery got. `dedupe_key` is unique, so a
+    decision taken twice (two runs, a retried task) writes one notice.
+    Kinds for the submission side (receipts, links, "key stopped working",
+    rejected keys) and webhooks are to be added here as they move over.
+    """
+
+    class Kind(models.TextChoices):
+        REMINDER = "reminder", "Expiry reminder"
+        OWNER_SUMMARY = "owner_summary", "Owner's daily summary"
+        STAFF_DIGEST = "staff_digest", "Staff digest"
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed (gave up)"
+        # Never sent, on purpose: the key it speaks of was replaced or revoked,
+        # the institution paused, or a more urgent step of the same key came due.
+        SUPERSEDED = "superseded", "Superseded"
+        CANCELLED = "cancelled", "Cancelled"
+
+    # States a sweep or a run may still deliver.
+    OPEN_STATES = (State.PENDING, State.SENDING)
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING)
+    dedupe_key = models.CharField(max_length=120, unique=True)
+    institution = models.ForeignKey(
+        "institutions.Institution", null=True, blank=True, on_delete=models.CASCADE, related_name="notices"
+    )
+    credential = models.ForeignKey(
+        CD2Credential, null=True, blank=True, on_delete=models.CASCADE, related_name="notices"
+    )
+    reminder = models.OneToOneField(ReminderLog, null=True, blank=True, on_delete=models.CASCADE, related_name="notice")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="notices"
+    )
+    # The day the decision was taken for (a run "as of" another day renders as of it).
+    day = models.DateField()
+    as_of = models.DateTimeField()
+    recipients = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    # Retries stop here (NOTICE_GIVE_UP_AFTER after writing; a resend moves it).
+    retry_until = models.DateTimeField()
+    lease_until = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-pk")
+        indexes = [
+            models.Index(fields=("state", "next_attempt_at"), name="notice_state_next_attempt"),
+            models.Index(fields=("kind", "day"), name="notice_kind_day"),
+        ]
+        permissions = [("resend_notice", "Can resend a notice that failed for good")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of {self.day:%Y-%m-%d} ({self.get_state_display().lower()})"
+
+
+class ScheduledJob(models.Model):
+    """The last successful run of one scheduled job: what /healthz and the dashboard read."""
+
+    name = models.CharField(max_length=60, unique=True)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    counts = models.JSONField(default=dict, blank=True)
+    first_run_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return f"{self.name} last ran {self.finished_at:%Y-%m-%d %H:%M}"

@@ -101,11 +101,26 @@ def key_conflict_recipients(*, institutions: Iterable[Institution]) -> list[str]
     return owners or unique_addresses(settings.STAFF_DIGEST_RECIPIENTS)
 
 
-def reminder_recipients(*, institution: Institution) -> tuple[list[str], list[str]]:
-    """(to, cc): contacts who receive reminders, the account owner in copy.
+def reminder_addressees(*, institution: Institution) -> list[str]:
+    """Who an expiry reminder goes to: the contacts who receive reminders, or the owner when there are none.
 
-    Without such contacts the owner gets it as the addressee, so someone is
-    always told; ([], []) means nobody can be told.
+    The owner is not copied: they hear of their institutions once a day in
+    their summary (services/owners.py) and get the replies (Reply-To).
+    [] means nobody can be told.
+    """
+    to = contact_emails(institution)
+    if to:
+        return to
+    owner = owner_email(institution)
+    return [owner] if owner else []
+
+
+def reminder_recipients(*, institution: Institution) -> tuple[list[str], list[str]]:
+    """(to, cc) of a mail that carries a new link outside the reminder series ("key stopped working").
+
+    Contacts who receive reminders with the account owner in copy; without
+    such contacts the owner is the addressee, so someone is always told;
+    ([], []) means nobody can be told.
     """
     to = contact_emails(institution)
     owner = owner_email(institution)

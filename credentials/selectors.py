@@ -30,11 +30,6 @@ from institutions.models import Institution
 
 __all__ = ["ExpiryState", "KeyState"]
 
-# A claim older than this that was never sent belongs to a run that died
-# between claiming and sending; the next run may take it over. Longer than
-# any single send (SMTP timeout 30 s) and the task's retry backoff, so a
-# send that is merely slow or retrying is never taken over.
-CLAIM_STALE_AFTER = dt.timedelta(minutes=30)
 # A pending key not checked for this long lost its re-check (broker down when
 # it was queued) or ran out of retries: the sweep queues another. Longer than
 # the longest backoff step, so a running retry chain is rarely doubled.
@@ -262,16 +257,34 @@ def reminder_repeat_after() -> int:
     return int(settings.REMINDER_REPEAT_AFTER_EXPIRY_DAYS)
 
 
+def reminder_cadence_after_expiry() -> tuple[int, int, int]:
+    """(repeat, weekly_until, monthly): every `repeat` days until `weekly_until` after expiry, then every `monthly`.
+
+    weekly_until is a whole number of repeats; 0 repeat means no reminder after the day-of one.
+    """
+    repeat = reminder_repeat_after()
+    if repeat <= 0:
+        return 0, 0, 0
+    weekly_until = max(int(settings.REMINDER_WEEKLY_AFTER_EXPIRY_FOR_DAYS) // repeat, 1) * repeat
+    return repeat, weekly_until, max(int(settings.REMINDER_MONTHLY_REPEAT_DAYS), 0)
+
+
 def reminder_step(*, days_left: int) -> int | None:
     """The most urgent threshold that has come due for a key `days_left` from expiry.
 
-    None when no reminder is due yet. Must agree with _step_expression (SQL).
+    None when no reminder is due yet. After expiry: weekly (-7, -14 ... -42),
+    then monthly (-72, -102 ...). Must agree with _step_expression (SQL).
     """
-    before, repeat = reminder_days_before(), reminder_repeat_after()
+    before = reminder_days_before()
+    repeat, weekly_until, monthly = reminder_cadence_after_expiry()
     if days_left >= 0:
         return next((t for t in before if t >= days_left), None)
-    if repeat > 0 and -days_left >= repeat:
-        return -repeat * (-days_left // repeat)
+    since = -days_left
+    if repeat and since >= weekly_until:
+        months = (since - weekly_until) // monthly if monthly else 0
+        return -(weekly_until + months * monthly)
+    if repeat and since >= repeat:
+        return -repeat * (since // repeat)
     return before[0] if before else None
 
 
@@ -337,18 +350,30 @@ def institution_next_reminder(institution: Institution, *, today: dt.date) -> Pl
 
 def _step_expression(today: dt.date) -> Case:
     """reminder_step in SQL, over expires_on ranges (the index on status, expires_on serves it)."""
-    before, repeat = reminder_days_before(), reminder_repeat_after()
-    days_left = DaysUntil("expires_on", today)
+    before = reminder_days_before()
+    repeat, weekly_until, monthly = reminder_cadence_after_expiry()
+    days_since = DaysBetween(Value(today), "expires_on")  # days since expiry, positive after it
     whens = []
-    if repeat > 0:
-        # Integer division truncates toward zero on PostgreSQL and SQLite:
-        # -9 / 7 * 7 = -7, the last weekly step reached.
+
+    def integer(expression):
+        return models.ExpressionWrapper(expression, output_field=models.IntegerField())
+
+    if repeat:
+        # Integer division of non-negative numbers: the last step reached.
+        if monthly:
+            whens.append(
+                When(
+                    expires_on__lte=today - dt.timedelta(days=weekly_until + monthly),
+                    then=integer(
+                        Value(-weekly_until) - (days_since - Value(weekly_until)) / Value(monthly) * Value(monthly)
+                    ),
+                )
+            )
+        whens.append(When(expires_on__lte=today - dt.timedelta(days=weekly_until), then=Value(-weekly_until)))
         whens.append(
             When(
                 expires_on__lte=today - dt.timedelta(days=repeat),
-                then=models.ExpressionWrapper(
-                    days_left / Value(repeat) * Value(repeat), output_field=models.IntegerField()
-                ),
+                then=integer(Value(0) - days_since / Value(repeat) * Value(repeat)),
             )
         )
     if before:
@@ -358,23 +383,17 @@ def _step_expression(today: dt.date) -> Case:
     return Case(*whens, default=Value(None), output_field=models.IntegerField())
 
 
-def unsettled_claim(now: dt.datetime) -> Q:
-    """A claim nobody is working on any more: still only claimed, and old."""
-    return Q(state=ReminderLog.State.CLAIMED, claimed_at__lt=now - CLAIM_STALE_AFTER)
-
-
 def due_credentials(*, today: dt.date, now: dt.datetime):
     """Active keys of served institutions whose current step has not been handled.
 
     One query: the step is computed in SQL and a NOT EXISTS drops keys whose
-    step already has a sent, failed, skipped or fresh claim row. Steps that
-    came due before the key was submitted are not due.
+    step already has a row (claimed steps have their notice in the outbox,
+    written with the claim, which delivers or retries them). Steps that came
+    due before the key was submitted are not due.
     """
     before = reminder_days_before()
     horizon = today + dt.timedelta(days=before[-1] if before else 0)
-    handled = ReminderLog.objects.filter(credential=OuterRef("pk"), threshold=OuterRef("step")).exclude(
-        unsettled_claim(now)
-    )
+    handled = ReminderLog.objects.filter(credential=OuterRef("pk"), threshold=OuterRef("step"))
     return (
         CD2Credential.objects.without_secrets()
         .filter(

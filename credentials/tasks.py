@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from celery import Task, shared_task
+from celery import shared_task
 
-from credentials.notifications import SEND_ERRORS
 from credentials.selectors import pending_credentials_due
-from credentials.services import digest, jobs, links, reminders, submission, verification
+from credentials.services import health, jobs, links, outbox, submission, verification
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +48,11 @@ def verify_pending_credential(credential_id: int) -> str:
 @shared_task
 def verify_pending_credentials() -> int:
     """Hourly sweep: queue a re-check for pending keys whose own re-check was lost or gave up."""
-    due = pending_credentials_due()
-    for credential_id in due:
-        verify_pending_credential.delay(credential_id)
+    with health.job_run(health.JOB_VERIFY_PENDING) as counts:
+        due = pending_credentials_due()
+        for credential_id in due:
+            verify_pending_credential.delay(credential_id)
+        counts["queued"] = len(due)
     return len(due)
 
 
@@ -74,37 +75,32 @@ def send_batch_link(item_id: int) -> str:
 
 @shared_task
 def send_expiry_reminders() -> int:
-    """Daily (beat): claim every reminder now due and queue one send_reminder per claim."""
-    return reminders.reminders_send_due(queue=True).queued
+    """Daily (beat): decide every reminder now due (and the owners' summaries); queue their delivery."""
+    return outbox.reminders_send_due(queue=True).queued
 
 
-class _ReminderTask(Task):
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        # Called once, after the last retry: staff see the failed state and last_error.
-        reminder_id = args[0] if args else kwargs["reminder_id"]
-        reminders.reminder_mark_failed(reminder_id=reminder_id, error=exc)
+# No Celery retry: a failed send goes back to the outbox with its next
+# attempt, and the sweep queues it again then (for up to
+# NOTICE_GIVE_UP_AFTER), so retries outlast an outage of days and survive
+# a worker or broker restart.
+@shared_task(name=jobs.DELIVER_NOTICE)
+def deliver_notice(notice_id: int) -> bool:
+    """Claim, render, send and record one outbox notice."""
+    return outbox.notice_deliver(notice_id=notice_id)
 
 
-# 30 s, 1, 2, 4, 8 minutes (jittered): about 15 minutes in all, well inside
-# the reminders' 30-minute stale-claim window and the broker's visibility timeout.
-@shared_task(
-    name=jobs.SEND_REMINDER,
-    base=_ReminderTask,
-    autoretry_for=SEND_ERRORS,  # the mail server or the network
-    retry_backoff=30,
-    retry_backoff_max=600,
-    retry_jitter=True,
-    max_retries=5,
-)
-def send_reminder(reminder_id: int) -> bool:
-    """Send one claimed reminder; SMTP and connection errors retry with backoff."""
-    return reminders.reminder_deliver(reminder_id=reminder_id)
+@shared_task
+def sweep_notices() -> int:
+    """Every few minutes (beat): queue notices whose retry is due or whose sender died mid-send."""
+    return outbox.outbox_sweep()
 
 
 @shared_task
 def verify_active_credentials() -> int:
     """Daily (beat): queue a check of every active key, spread to keep within the gateway's rate."""
-    return verification.credentials_verify_active().scheduled
+    with health.job_run(health.JOB_VERIFY_ACTIVE) as counts:
+        counts["scheduled"] = verification.credentials_verify_active().scheduled
+    return counts["scheduled"]
 
 
 @shared_task(name=jobs.VERIFY_CREDENTIALS_BATCH)
@@ -127,5 +123,5 @@ def verify_credential(self, credential_id: int) -> str:
 
 @shared_task
 def send_staff_digest() -> bool:
-    """Weekly (beat): the staff digest."""
-    return digest.staff_digest_send().sent
+    """Weekly (beat): write the staff digest to the outbox and queue its delivery."""
+    return outbox.staff_digest_send(queue=True) is not None

@@ -11,16 +11,18 @@ import functools
 import hashlib
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.cache import add_never_cache_headers
+from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods
 from django_ratelimit.decorators import ratelimit
 
 from credentials.forms import EXPIRY_PERIODS, LinkRequestForm, SubmissionForm, period_end
 from credentials.models import CD2Credential, hash_token
 from credentials.selectors import local_today
+from credentials.services.health import health_check
 from credentials.services.links import link_request_queue, submission_link_get
 from credentials.services.submission import Door, Result, credential_submit, receipt_context
 from credentials.validators import SHORT_EXPIRY_MONTHS, add_months
@@ -224,3 +226,17 @@ def request_link(request: HttpRequest) -> HttpResponse:
 @private_page
 def request_link_sent(request: HttpRequest) -> HttpResponse:
     return render(request, "credentials/request_link_sent.html")
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    """For monitors, no sign-in: ok/failing per component (database, broker, each scheduled job), 200 or 503.
+
+    Nothing else is shown: no counts, names of institutions or errors.
+    """
+    components = health_check()
+    healthy = all(state == "ok" for state in components.values())
+    return JsonResponse(
+        {"status": "ok" if healthy else "failing", "components": components}, status=200 if healthy else 503
+    )

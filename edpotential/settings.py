@@ -266,7 +266,40 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "task": "credentials.tasks.verify_pending_credentials",
         "schedule": crontab(minute=17),
     },
+    # Every 5 minutes: re-queue outbox notices whose retry is due and those
+    # stuck in "sending" past their lease (a worker killed mid-send), so a
+    # lost delivery goes out again within minutes, not after the broker's
+    # 12-hour visibility timeout.
+    "sweep-notices": {
+        "task": "credentials.tasks.sweep_notices",
+        "schedule": crontab(minute="*/5"),
+    },
 }
+# When each scheduled job (by its beat entry name) counts as overdue: its
+# period plus slack. /healthz answers 503 and the dashboard turns red past it.
+SCHEDULED_JOBS_OVERDUE_AFTER = {
+    "send-expiry-reminders": dt.timedelta(hours=26),
+    "verify-active-credentials": dt.timedelta(hours=26),
+    "send-staff-digest": dt.timedelta(days=7, hours=2),
+    "verify-pending-credentials": dt.timedelta(hours=2),
+    "sweep-notices": dt.timedelta(minutes=30),
+}
+# Optional: a URL fetched after each successful reminder run (healthchecks.io
+# style dead man's switch: it alerts when the pings stop).
+REMINDERS_PING_URL = env.str("REMINDERS_PING_URL", default="")
+
+# ---------------------------------------------------------------------------
+# Outbox (credentials.services.outbox)
+# ---------------------------------------------------------------------------
+# A notice being sent is leased this long; a worker killed mid-send leaves
+# it to the sweep after the lease. Far longer than one send (EMAIL_TIMEOUT).
+NOTICE_LEASE = dt.timedelta(minutes=env.int("NOTICE_LEASE_MINUTES", default=5))
+# Retries back off exponentially (first after NOTICE_RETRY_FIRST, doubling,
+# at most NOTICE_RETRY_MAX apart, jittered) until this long after the notice
+# was written: a mail server down for two days still gets every notice.
+NOTICE_RETRY_FIRST = dt.timedelta(minutes=1)
+NOTICE_RETRY_MAX = dt.timedelta(hours=4)
+NOTICE_GIVE_UP_AFTER = dt.timedelta(hours=env.int("NOTICE_GIVE_UP_AFTER_HOURS", default=72))
 
 # ---------------------------------------------------------------------------
 # Email
@@ -333,8 +366,13 @@ IMPORT_EXPORT_USE_TRANSACTIONS = True
 
 # Days before expires_on at which contacts are reminded; 0 is the day itself.
 REMINDER_DAYS_BEFORE = env.list("REMINDER_DAYS_BEFORE", cast=int, default=[60, 30, 14, 7, 3, 1, 0])
-# After expiry, remind again every this many days until a new key is active.
+# After expiry, remind again every this many days (weekly) for
+# REMINDER_WEEKLY_AFTER_EXPIRY_FOR_DAYS days, then every
+# REMINDER_MONTHLY_REPEAT_DAYS days, until a new key is active. Institutions
+# that never answer are not mailed weekly forever; staff keep seeing the key.
 REMINDER_REPEAT_AFTER_EXPIRY_DAYS = env.int("REMINDER_REPEAT_AFTER_EXPIRY_DAYS", default=7)
+REMINDER_WEEKLY_AFTER_EXPIRY_FOR_DAYS = env.int("REMINDER_WEEKLY_AFTER_EXPIRY_FOR_DAYS", default=42)
+REMINDER_MONTHLY_REPEAT_DAYS = env.int("REMINDER_MONTHLY_REPEAT_DAYS", default=30)
 
 # ---------------------------------------------------------------------------
 # Pipeline API (api/): each view sets its own authentication, scope,

@@ -3,9 +3,13 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
+from credentials.views import healthz
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("api.urls")),
+    # For monitors: ok/failing per component, 200 or 503 (credentials.services.health).
+    path("healthz", healthz, name="healthz"),
     # The customer pages: /k/<token>/ (submission links) and /link/ (lost the link?).
     path("", include("credentials.urls")),
 ]

@@ -13,4 +13,4 @@ class StaffAdminConfig(AdminConfig):
 
     def ready(self) -> None:
         super().ready()  # autodiscovery: every app's admin module, on the staff site
-        from credentials.admin import institutions, keys, lockouts, users  # noqa: F401  (see credentials/admin/__init__.py)
+        from credentials.admin import institutions, keys, lockouts, notices, users  # noqa: F401  (see credentials/admin/__init__.py)

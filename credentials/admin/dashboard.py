@@ -12,8 +12,9 @@ from django.db.models import Count
 from django.db.models.functions import TruncMonth
 
 from credentials.formatting import format_month
-from credentials.models import VERDICT_LABELS, CD2Credential
+from credentials.models import VERDICT_LABELS, CD2Credential, Notice
 from credentials.selectors import KeyState, institutions_with_key_status, local_today
+from credentials.services.health import jobs_status
 from institutions.models import Institution
 
 
@@ -134,7 +135,7 @@ def _failed_keys(institutions: list[Institution]) -> list[CD2Credential | None]:
 
 
 def dashboard_context(*, today: dt.date | None = None, latest: int = 8) -> dict:
-    """Counts per key state, the expiry chart, the latest submissions and the failing checks."""
+    """Scheduled jobs, notices that failed for good, counts per key state, the chart, submissions, failing checks."""
     today = today or local_today()
     served = Institution.objects.filter(status__in=Institution.SERVED_STATUSES)
     counted = dict(
@@ -154,7 +155,11 @@ def dashboard_context(*, today: dt.date | None = None, latest: int = 8) -> dict:
     )
     keys = _failed_keys(failing)
     failing = [FailingCheck(institution=inst, key=key) for inst, key in zip(failing, keys, strict=True)]
+    failed_notices = Notice.objects.filter(state=Notice.State.FAILED).select_related("institution")
     return {
+        "jobs": jobs_status(),
+        "failed_notices": list(failed_notices.order_by("-closed_at", "-pk")[:latest]),
+        "failed_notices_total": failed_notices.count(),
         "today": today,
         "counts": counts,
         "served_total": sum(c["count"] for c in counts),

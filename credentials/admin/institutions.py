@@ -129,7 +129,12 @@ class KeyCheckFilter(admin.SimpleListFilter):
     parameter_name = "check"
 
     def lookups(self, request, model_admin):
-        return (("failing", "Failing check"), ("pending", "Pending check"), ("never", "Active, never checked"))
+        return (
+            ("failing", "Failing check"),
+            ("pending", "Pending check"),
+            ("never", "Active, never checked"),
+            ("missing", "No working key (missing or pending)"),
+        )
 
     def queryset(self, request, queryset):
         value = self.value()
@@ -139,6 +144,23 @@ class KeyCheckFilter(admin.SimpleListFilter):
             return queryset.filter(key_state=KeyState.PENDING)
         if value == "never":
             return queryset.filter(active_key_id__isnull=False, active_last_verified_at__isnull=True)
+        if value == "missing":
+            return queryset.filter(key_state__in=(KeyState.MISSING, KeyState.PENDING))
+        return queryset
+
+
+class ServedFilter(admin.SimpleListFilter):
+    """Institutions we serve (active or onboarding): what reminders and the staff digest cover."""
+
+    title = "served"
+    parameter_name = "served"
+
+    def lookups(self, request, model_admin):
+        return (("1", "Served (active or onboarding)"),)
+
+    def queryset(self, request, queryset):
+        if self.value() == "1":
+            return queryset.filter(status__in=Institution.SERVED_STATUSES)
         return queryset
 
 
@@ -368,6 +390,7 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
         KeyCheckFilter,
         ReminderFilter,
         MineFilter,
+        ServedFilter,
         "status",
         RegionFilter,
         ("account_owner", AccountOwnerFilter),

@@ -1,4 +1,10 @@
-"""The weekly staff digest: who is late, what is failing, what is missing."""
+"""The weekly staff digest: who is late, what is failing, what is missing, what could not be delivered.
+
+Beat writes the week's digest to the outbox (staff_digest_decide, one notice
+per day by its dedupe key); delivery renders it then (staff_digest_notice_send).
+A section past its row limit says how many more and links to the admin list
+filtered to exactly those rows; nothing is dropped silently.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,13 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.urls import reverse
 from django.utils import timezone
 
-from credentials.emails import send_email
-from credentials.models import CD2Credential, ReminderLog, secret_fields_of
+from credentials.emails import build_email
+from credentials.models import Notice
 from credentials.selectors import KeyState, institutions_with_key_status
+from credentials.services import notices
 from institutions.models import Institution
 
 logger = logging.getLogger(__name__)
@@ -27,6 +35,8 @@ class Section:
     title: str
     rows: list = field(default_factory=list)
     total: int = 0
+    # The admin list showing every row of the section (for "... and N more").
+    more_url: str = ""
 
     @property
     def more(self) -> int:
@@ -41,10 +51,14 @@ class StaffDigest:
     sent: bool = False
 
 
-def _section(title: str, queryset) -> Section:
+def _section(title: str, queryset, *, more: str = "") -> Section:
     rows = list(queryset[:SECTION_LIMIT])
     total = len(rows) if len(rows) < SECTION_LIMIT else queryset.count()
-    return Section(title=title, rows=rows, total=total)
+    return Section(title=title, rows=rows, total=total, more_url=settings.SITE_URL + more if more else "")
+
+
+def _admin_list(model: str, query: str) -> str:
+    return f"{reverse(f'admin:{model}_changelist')}?{query}"
 
 
 def digest_recipients() -> list[str]:
@@ -64,55 +78,79 @@ def staff_digest_build(*, today: dt.date | None = None) -> StaffDigest:
             institutions.filter(
                 active_expires_on__gte=today, active_expires_on__lte=today + dt.timedelta(days=EXPIRING_WITHIN_DAYS)
             ).order_by("active_expires_on", "name"),
+            more=_admin_list("institutions_institution", "expiry=30&served=1"),
         ),
+        # Newest lapses first: those are the ones staff can still rescue.
         "expired": _section(
-            "Expired keys (no new key yet)",
-            institutions.filter(active_expires_on__lt=today).order_by("active_expires_on", "name"),
+            "Expired keys (no new key yet), newest first",
+            institutions.filter(active_expires_on__lt=today).order_by("-active_expires_on", "name"),
+            more=_admin_list("institutions_institution", "expiry=expired&served=1"),
         ),
         "failing": _section(
-            "Keys that failed their check", institutions.filter(key_state=KeyState.FAILING).order_by("name")
+            "Keys that failed their check",
+            institutions.filter(key_state=KeyState.FAILING).order_by("name"),
+            more=_admin_list("institutions_institution", "check=failing&served=1"),
         ),
         "missing": _section(
             "Institutions with no working key",
             institutions.filter(key_state__in=(KeyState.MISSING, KeyState.PENDING)).order_by("name"),
+            more=_admin_list("institutions_institution", "expiry=none&served=1"),
         ),
-        "failed_reminders": _section(
-            "Reminders that could not be sent",
-            ReminderLog.objects.filter(
-                state=ReminderLog.State.FAILED,
-                credential__status=CD2Credential.Status.ACTIVE,
-                credential__institution__status__in=Institution.SERVED_STATUSES,
-            )
-            .select_related("credential__institution")
-            .defer(*secret_fields_of("credential"))
-            .order_by("-failed_at"),
+        "failed_notices": _section(
+            "Notices that could not be delivered (resend from the admin)",
+            Notice.objects.filter(state=Notice.State.FAILED)
+            .exclude(kind=Notice.Kind.STAFF_DIGEST)
+            .select_related("institution", "user")
+            .order_by("-closed_at", "-pk"),
+            more=_admin_list("credentials_notice", "state__exact=failed"),
         ),
     }
     return StaffDigest(today=today, recipients=digest_recipients(), sections=sections)
 
 
-def staff_digest_send(*, today: dt.date | None = None) -> StaffDigest:
-    """Build the digest and mail it to STAFF_DIGEST_RECIPIENTS (or every staff user with an email)."""
-    digest = staff_digest_build(today=today)
+def staff_digest_decide(*, today: dt.date | None = None, now: dt.datetime | None = None) -> int | None:
+    """Write this day's digest to the outbox; its id, or None when it was already written."""
+    now = now or timezone.now()
+    today = today or timezone.localdate(now)
+    notice = notices.notice_build(
+        kind=Notice.Kind.STAFF_DIGEST, dedupe_key=f"staff-digest:{today.isoformat()}", day=today, now=now
+    )
+    created = Notice.objects.bulk_create([notice], ignore_conflicts=True)
+    if not created or created[0].pk is None:
+        # SQLite and PostgreSQL return no id for a row that conflicted: read it back.
+        notice = Notice.objects.filter(dedupe_key=notice.dedupe_key, state=Notice.State.PENDING).first()
+        return notice.pk if notice else None
+    return created[0].pk
+
+
+def staff_digest_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
+    """Build the digest and mail it to STAFF_DIGEST_RECIPIENTS (or every staff user with an email).
+
+    SMTP errors propagate to the outbox, which retries.
+    """
+    digest = staff_digest_build(today=notice.day)
     if not digest.recipients:
-        logger.warning("Staff digest not sent: set STAFF_DIGEST_RECIPIENTS or give a staff user an email address")
-        return digest
+        reason = "Not sent: set STAFF_DIGEST_RECIPIENTS or give a staff user an email address."
+        logger.warning("Staff digest not sent: %s", reason)
+        notices.notice_close(notice_id=notice.pk, state=Notice.State.CANCELLED, reason=reason, now=now)
+        return False
     attention = sum(section.total for section in digest.sections.values())
-    send_email(
+    message = build_email(
         "staff-digest",
         to=digest.recipients,
         context={
             "today": digest.today,
             "sections": list(digest.sections.values()),
-            "expiring": digest.sections["expiring"],
-            "expired": digest.sections["expired"],
-            "failing": digest.sections["failing"],
-            "missing": digest.sections["missing"],
-            "failed_reminders": digest.sections["failed_reminders"],
+            **digest.sections,
             "attention": attention,
             "admin_url": settings.SITE_URL + "/admin/",
         },
+        connection=connection,
     )
+    if connection is not None:
+        connection.open()
+    message.send(fail_silently=False)
+    notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(digest.recipients), now=now)
     digest.sent = True
     logger.info("Staff digest sent to %s recipients (%s items)", len(digest.recipients), attention)
-    return digest
+    return True

@@ -20,7 +20,7 @@ from edpotential.celery import app
 VERIFY_PENDING_CREDENTIAL = "credentials.tasks.verify_pending_credential"
 VERIFY_CREDENTIAL = "credentials.tasks.verify_credential"
 VERIFY_CREDENTIALS_BATCH = "credentials.tasks.verify_credentials_batch"
-SEND_REMINDER = "credentials.tasks.send_reminder"
+DELIVER_NOTICE = "credentials.tasks.deliver_notice"
 REQUEST_SUBMISSION_LINK = "credentials.tasks.request_submission_link"
 SEND_BATCH_LINK = "credentials.tasks.send_batch_link"
 
@@ -28,7 +28,7 @@ TASK_NAMES = (
     VERIFY_PENDING_CREDENTIAL,
     VERIFY_CREDENTIAL,
     VERIFY_CREDENTIALS_BATCH,
-    SEND_REMINDER,
+    DELIVER_NOTICE,
     REQUEST_SUBMISSION_LINK,
     SEND_BATCH_LINK,
 )

@@ -19,13 +19,14 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from credentials import selectors
-from credentials.models import CD2Credential, ReminderLog, SubmissionLink
+from credentials.models import CD2Credential, Notice, ReminderLog, SubmissionLink
 from credentials.selectors import reminder_step
-from credentials.services import jobs, reminders
+from credentials.services import jobs, notices, outbox
 from credentials.services.keys import credential_create
 from credentials.services.links import submission_link_get
-from credentials.services.reminders import reminder_send_now, reminders_send_due
-from credentials.tasks import send_reminder
+from credentials.services.outbox import reminders_send_due
+from credentials.services.reminders import reminder_send_now
+from credentials.tasks import deliver_notice
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
 from tests.conftest import PASSED_CHECK, PLANTED_SECRET
@@ -131,15 +132,18 @@ def test_after_expiry_it_repeats_weekly_and_stops_when_a_new_key_is_active(clock
     assert not CD2Credential.objects.filter(expires_on__lt=timezone.localdate(), status="active").exists()
 
 
-def test_a_new_key_stops_a_reminder_already_claimed_for_the_old_one(clock, served):
+def test_a_new_key_supersedes_a_reminder_already_claimed_for_the_old_one(clock, served):
     old = add_key(served, days=14)
-    with mock.patch.object(reminders, "_queue_send"):
+    with mock.patch.object(jobs, "job_enqueue"):
         reminders_send_due(queue=True)
-    claimed = ReminderLog.objects.get(credential=old)
+    notice = Notice.objects.get(credential=old)
     add_key(served, days=365)
 
-    assert reminders.reminder_deliver(reminder_id=claimed.pk) is False
+    assert outbox.notice_deliver(notice_id=notice.pk) is False
     assert reminder_mails() == []
+    notice.refresh_from_db()
+    assert notice.state == Notice.State.SUPERSEDED and notice.sent_at is None
+    assert ReminderLog.objects.get(credential=old).state == ReminderLog.State.SKIPPED
 
 
 def test_python_and_sql_agree_on_the_current_step(clock, make_institution, settings):
@@ -195,20 +199,24 @@ def test_it_sends_one_reminder_when_run_twice(clock, served):
     assert ReminderLog.objects.get().sent_at is not None
 
 
-def test_a_crash_between_claim_and_send_is_sent_once_by_the_next_run(clock, served):
-    key = add_key(served, days=14)
-    # What a run that died after claiming leaves behind.
-    ReminderLog.objects.create(credential=key, threshold=14, claimed_at=timezone.now())
+def test_a_sender_killed_mid_send_is_sent_again_once_its_lease_runs_out(clock, served, settings):
+    add_key(served, days=14)
+    with mock.patch.object(jobs, "job_enqueue"):
+        reminders_send_due(queue=True)
+    notice = Notice.objects.get(kind=Notice.Kind.REMINDER)
+    # What a worker killed after claiming the notice leaves behind.
+    assert notices.notice_claim(notice_id=notice.pk, now=timezone.now())
 
-    assert reminders_send_due().sent == 0  # a fresh claim belongs to a run still working
-    clock.shift(dt.timedelta(minutes=31))
-    assert reminders_send_due().sent == 1
-    assert reminders_send_due().sent == 0
+    assert outbox.outbox_deliver_due().count(Notice.Kind.REMINDER, "sent") == 0  # its sender may still be working
+    clock.shift(settings.NOTICE_LEASE + dt.timedelta(seconds=1))
+    assert outbox.outbox_deliver_due().count(Notice.Kind.REMINDER, "sent") == 1
+    assert outbox.outbox_deliver_due().count(Notice.Kind.REMINDER, "sent") == 0
 
     assert len(reminder_mails()) == 1
+    notice.refresh_from_db()
+    assert (notice.state, notice.attempts) == (Notice.State.SENT, 2)
     log = ReminderLog.objects.get()
-    assert (log.threshold, log.attempts) == (14, 1)
-    assert log.sent_at is not None
+    assert log.threshold == 14 and log.sent_at is not None
 
 
 def test_a_week_of_missed_runs_sends_one_catch_up_email(clock, served):
@@ -282,54 +290,90 @@ def flaky(settings):
     return FlakyBackend
 
 
-def claim_one(served, days=14) -> ReminderLog:
+def claim_one(served, days=14) -> Notice:
     add_key(served, days=days)
-    with mock.patch.object(reminders, "_queue_send") as queued:
+    with mock.patch.object(jobs, "job_enqueue_on_commit") as queued:
         run = reminders_send_due(queue=True)
-    assert run.queued == 1
-    return ReminderLog.objects.get(pk=queued.call_args.args[0])
+    assert run.queued == 2  # the reminder and the owner's summary
+    notice = Notice.objects.get(kind=Notice.Kind.REMINDER)
+    assert notice.pk in [c.kwargs["args"][0] for c in queued.call_args_list]
+    # These tests follow the reminder alone through the flaky server.
+    Notice.objects.filter(kind=Notice.Kind.OWNER_SUMMARY).delete()
+    return notice
+
+
+def sweep_and_deliver(queued) -> None:
+    """What beat and the worker do: the sweep queues due notices, the worker delivers each."""
+    queued.reset_mock()
+    outbox.outbox_sweep()
+    for call in queued.call_args_list:
+        deliver_notice.apply(args=call.kwargs["args"])
 
 
 def test_smtp_failing_twice_then_working_delivers_one_email(clock, served, flaky):
     flaky.failures = 2
-    log = claim_one(served)
+    notice = claim_one(served)
 
-    result = send_reminder.apply(args=[log.pk])
+    with mock.patch.object(jobs, "job_enqueue_on_commit") as queued:
+        assert deliver_notice.apply(args=[notice.pk]).result is False
+        for _ in range(3):
+            clock.shift(dt.timedelta(minutes=5))
+            sweep_and_deliver(queued)
 
-    assert result.successful() and result.result is True
     assert flaky.calls == 3
     assert len(reminder_mails()) == 1
-    log.refresh_from_db()
-    assert log.sent_at is not None and log.failed_at is None
-    assert log.attempts == 3
+    notice.refresh_from_db()
+    assert notice.state == Notice.State.SENT and notice.attempts == 3
+    log = ReminderLog.objects.get()
+    assert log.sent_at is not None and log.failed_at is None and log.attempts == 3
     # The two failed attempts rolled their links back: one link, the one mailed.
     assert SubmissionLink.objects.filter(reason="reminder").count() == 1
 
 
-def test_a_reminder_that_never_gets_through_is_marked_failed_for_staff(clock, served, flaky):
-    flaky.failures = 100
-    log = claim_one(served)
+def test_a_reminder_that_never_gets_through_is_failed_for_staff_after_the_retry_window(clock, served, flaky, settings):
+    flaky.failures = 10_000
+    notice = claim_one(served)
 
-    result = send_reminder.apply(args=[log.pk])
+    with mock.patch.object(jobs, "job_enqueue_on_commit") as queued:
+        deliver_notice.apply(args=[notice.pk])
+        for _ in range(60):  # 60 hours of a mail server refusing
+            clock.shift(dt.timedelta(hours=1))
+            sweep_and_deliver(queued)
+        notice.refresh_from_db()
+        assert notice.state == Notice.State.PENDING  # 48 hours and more: still retried
+        for _ in range(16):
+            clock.shift(dt.timedelta(hours=1))
+            sweep_and_deliver(queued)
 
-    assert result.failed()
-    assert flaky.calls == send_reminder.max_retries + 1
-    log.refresh_from_db()
-    assert log.failed_at is not None and log.sent_at is None
-    assert "SMTPServerDisconnected" in log.last_error
+    notice.refresh_from_db()
+    assert notice.state == Notice.State.FAILED and notice.sent_at is None
+    assert "SMTPServerDisconnected" in notice.last_error
+    assert flaky.calls == notice.attempts and 15 < notice.attempts < 40  # backoff: not one try a minute
+    log = ReminderLog.objects.get()
+    assert log.failed_at is not None and log.state == ReminderLog.State.FAILED
     assert reminders_send_due().due == 0  # not retried behind staff's back
     assert reminder_mails() == []
+    assert notices.notice_resend(notice_id=notice.pk)  # staff's one click
+    flaky.failures = 0
+    assert outbox.outbox_deliver_due().count(Notice.Kind.REMINDER, "sent") == 1
+    assert len(reminder_mails()) == 1
 
 
-def test_the_command_marks_a_failed_send_and_says_so(clock, served, flaky):
+def test_the_command_leaves_a_failed_send_in_the_outbox_for_its_retry_and_says_so(clock, served, flaky):
     flaky.failures = 1
     add_key(served, days=14)
     out, err = StringIO(), StringIO()
 
     call_command("send_expiry_reminders", stdout=out, stderr=err)
 
-    assert "1 due, 0 sent, 0 earlier step(s) skipped, 1 failed" in out.getvalue()
-    assert ReminderLog.objects.get().failed_at is not None
+    assert "1 due, 0 sent, 0 earlier step(s) skipped, 0 superseded, 1 failed" in out.getvalue()
+    assert "retried with backoff" in err.getvalue()
+    notice = Notice.objects.get(kind=Notice.Kind.REMINDER)
+    assert notice.state == Notice.State.PENDING and "SMTPServerDisconnected" in notice.last_error
+    clock.shift(dt.timedelta(minutes=2))
+    call_command("send_expiry_reminders", stdout=out, stderr=err)  # the next run delivers the retry
+    assert ReminderLog.objects.get().state == ReminderLog.State.SENT
+    assert len(reminder_mails()) == 1
 
 
 # --------------------------------------------------------------------------
@@ -337,27 +381,32 @@ def test_the_command_marks_a_failed_send_and_says_so(clock, served, flaky):
 # --------------------------------------------------------------------------
 
 
-def test_contacts_get_it_with_the_owner_in_copy_and_reply_to(clock, served):
+def owner_mails():
+    return [m for m in mail.outbox if m.subject.startswith("Canvas Data 2 keys today")]
+
+
+def test_contacts_get_it_with_reply_to_the_owner_and_no_copy(clock, served):
     add_key(served, days=30)
 
     reminders_send_due()
 
     [message] = reminder_mails()
     assert message.to == ["ada@northfield.example.edu"]
-    assert message.cc == ["olivia@edpotential.example"]
+    assert message.cc == []
     assert message.reply_to == ["olivia@edpotential.example"]
-    assert [m for m in mail.outbox if m.subject.startswith("Heads-up")] == []
 
 
-def test_from_seven_days_out_the_owner_is_also_told_directly(clock, served):
+def test_the_owner_gets_one_summary_a_day_instead_of_copies(clock, served):
     add_key(served, days=7)
 
     reminders_send_due()
+    reminders_send_due()
 
-    [note] = [m for m in mail.outbox if m.subject.startswith("Heads-up")]
+    [note] = owner_mails()
     assert note.to == ["olivia@edpotential.example"]
-    assert note.subject == "Heads-up: Northfield University's Canvas Data 2 key expires in 7 days, no new key yet"
-    assert "ada@northfield.example.edu" in note.body
+    assert note.subject == "Canvas Data 2 keys today: 1 of your institutions needs attention"
+    assert "Northfield University: reminded: key" in note.body and "expires in 7 days" in note.body
+    assert all("olivia@edpotential.example" not in m.cc for m in mail.outbox)
 
 
 def test_without_contacts_the_owner_is_the_addressee(clock, make_institution, owner):
@@ -419,8 +468,12 @@ def test_the_secret_and_full_client_id_are_in_no_email_task_argument_or_log_line
         django_capture_on_commit_callbacks(execute=True),
     ):
         reminders_send_due(queue=True)
-    [task_args] = [c.kwargs["args"] for c in enqueue.call_args_list if c.args == (jobs.SEND_REMINDER,)]
-    send_reminder.apply(args=task_args)
+    task_args = [c.kwargs["args"] for c in enqueue.call_args_list if c.args == (jobs.DELIVER_NOTICE,)]
+    assert len(task_args) == 2  # the reminder and the owner's summary
+    for args in task_args:
+        deliver_notice.apply(args=args)
+    clock.shift(dt.timedelta(minutes=5))
+    outbox.outbox_deliver_due()
     call_command("send_expiry_reminders", "--dry-run", stdout=StringIO())
 
     assert reminder_mails()
@@ -453,11 +506,11 @@ def test_a_dry_run_lists_who_would_get_what_and_sends_nothing(clock, served):
 
     key = CD2Credential.objects.get()
     assert (
-        f"Northfield University: key {key.hint}, reminder 14 days before expiry -> "
-        "ada@northfield.example.edu, olivia@edpotential.example"
+        f"Northfield University: key {key.hint}, reminder 14 days before expiry -> ada@northfield.example.edu"
     ) in out.getvalue()
-    assert "1 reminder(s) due, nothing sent" in out.getvalue()
-    assert mail.outbox == [] and ReminderLog.objects.count() == 0
+    assert "Owner's summary -> olivia@edpotential.example: 1 institution(s) reminded" in out.getvalue()
+    assert "1 reminder(s) due, 1 owner summary(ies), nothing sent" in out.getvalue()
+    assert mail.outbox == [] and ReminderLog.objects.count() == 0 and Notice.objects.count() == 0
 
 
 def test_the_command_can_run_as_of_another_day(clock, served):
@@ -581,9 +634,8 @@ def test_a_reminder_run_and_the_digest_decrypt_no_secret(clock, served, monkeypa
     settings.STAFF_DIGEST_RECIPIENTS = ["staff@example.com"]
 
     assert reminders_send_due().sent == 1
-    from credentials.services.digest import staff_digest_send
-
-    staff_digest_send()
+    outbox.staff_digest_send()
+    assert Notice.objects.get(kind=Notice.Kind.STAFF_DIGEST).state == Notice.State.SENT
     assert decrypted == []
     assert len(reminder_mails()) == 1
 
@@ -613,11 +665,12 @@ def test_each_reminder_sent_costs_a_fixed_small_number_of_queries(clock, make_in
     six = queries_for_run(6)
     per_reminder = (six - three) / 3
 
-    # Claim, lock, link, its audit event, the link's recipients, mark sent: 6.
-    # The test's own transaction turns the claim's and the send's atomic
-    # blocks into savepoints (4 more). Contacts and earlier steps come from
-    # the scan's prefetch, never queried again per reminder.
-    assert per_reminder <= 6 + 4
+    # The step and its notice (2); claim the notice, link, its audit event,
+    # the link's recipients, notice sent, step sent (6). The test's own
+    # transaction turns the decision's and the send's atomic blocks into
+    # savepoints (4 more). Contacts and earlier steps come from the scan's
+    # and the outbox page's prefetch, never queried again per reminder.
+    assert per_reminder <= 8 + 4
 
 
 class CountingBackend(LocmemBackend):
@@ -691,7 +744,9 @@ def test_a_connection_lost_mid_page_fails_that_reminder_and_the_rest_go_out_on_a
 
     assert (run.sent, run.failed) == (2, 1)
     logs = {log.credential_id: log for log in ReminderLog.objects.all()}
-    assert logs[keys[1].pk].failed_at is not None and "SMTPServerDisconnected" in logs[keys[1].pk].last_error
+    assert logs[keys[1].pk].state == ReminderLog.State.CLAIMED  # waits in the outbox for its retry
+    assert "SMTPServerDisconnected" in logs[keys[1].pk].last_error
+    assert Notice.objects.get(credential=keys[1]).state == Notice.State.PENDING
     assert logs[keys[0].pk].sent_at is not None and logs[keys[2].pk].sent_at is not None
     assert {m.to[0] for m in reminder_mails()} == {
         f"c{keys[0].institution_id}@x.example.edu",

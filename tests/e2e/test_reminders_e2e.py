@@ -26,9 +26,9 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.utils import timezone
 
-from credentials.models import CD2Credential, ReminderLog
+from credentials.models import CD2Credential, Notice, ReminderLog
 from credentials.services.keys import credential_create
-from credentials.tasks import send_expiry_reminders
+from credentials.tasks import send_expiry_reminders, sweep_notices
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
 from tests.conftest import PASSED_CHECK, PLANTED_SECRET
@@ -171,19 +171,28 @@ def test_beats_reminder_task_reaches_a_real_smtp_server_once_with_its_calendar_f
     _, log = worker
 
     send_expiry_reminders.delay()
-    _wait_for(lambda: inbox.messages, what="the reminder to reach the SMTP server", log=log)
+    # The reminder to the contact and the owner's summary, each through the outbox.
+    _wait_for(lambda: len(inbox.messages) >= 2, what="the reminder and the owner's summary", log=log)
     # Beat firing twice must not send twice.
     send_expiry_reminders.delay()
     _wait_for(lambda: _succeeded(log, "credentials.tasks.send_expiry_reminders") >= 2, what="the second run", log=log)
+    sweep_notices.delay()  # nothing is left to deliver
+    _wait_for(lambda: _succeeded(log, "credentials.tasks.sweep_notices") >= 1, what="the sweep", log=log)
 
-    [message] = inbox.messages
+    assert len(inbox.messages) == 2
+    by_rcpt = {tuple(sorted(rcpt)): message for (_, rcpt), message in zip(inbox.envelopes, inbox.messages, strict=True)}
+    message = by_rcpt[("ada@northfield.example.edu",)]
     assert message["Subject"] == "Canvas Data 2 key for Northfield University expires in 14 days"
     assert message["Reply-To"] == "olivia@edpotential.example"
-    assert sorted(inbox.envelopes[0][1]) == ["ada@northfield.example.edu", "olivia@edpotential.example"]
+    assert message["Cc"] is None
     [ics] = [part for part in message.iter_attachments() if part.get_content_type() == "text/calendar"]
     assert ics.get_filename() == "cd2-key-expiry-northfield.ics"
     event = icalendar.Calendar.from_ical(ics.get_content()).walk("VEVENT")[0]
     assert event.decoded("dtstart") == expires_on
-    assert PLANTED_SECRET not in message.as_string()
+    summary = by_rcpt[("olivia@edpotential.example",)]
+    assert summary["Subject"] == "Canvas Data 2 keys today: 1 of your institutions needs attention"
+    for sent in inbox.messages:
+        assert PLANTED_SECRET not in sent.as_string()
     log = ReminderLog.objects.get()
     assert log.threshold == 14 and log.sent_at is not None
+    assert set(Notice.objects.values_list("state", flat=True)) == {Notice.State.SENT}

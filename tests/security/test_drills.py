@@ -261,14 +261,14 @@ for n in range(3):
         client_id=f"us-east-1#drill-{n}-0000-0001", secret=f"DrillSecret{n}x",
         expires_on=timezone.localdate() + dt.timedelta(days=7)))
 """
-# The time the killed run's claims need to go stale (CLAIM_STALE_AFTER), passed
-# by moving the claims back rather than by waiting half an hour.
+# The time the killed sender's lease needs to run out (NOTICE_LEASE), passed
+# by moving the lease back rather than by waiting five minutes.
 AGE_CLAIMS = """
 import datetime as dt
-from credentials.models import ReminderLog
-from credentials.selectors import CLAIM_STALE_AFTER
-for r in ReminderLog.objects.filter(sent_at__isnull=True):
-    ReminderLog.objects.filter(pk=r.pk).update(claimed_at=r.claimed_at - CLAIM_STALE_AFTER - dt.timedelta(minutes=1))
+from django.utils import timezone
+from credentials.models import Notice
+assert Notice.objects.filter(state="sending").count() == 1  # the one in flight when killed
+Notice.objects.filter(state="sending").update(lease_until=timezone.now() - dt.timedelta(seconds=1))
 """
 REPORT = """
 from credentials.models import ReminderLog

@@ -404,7 +404,7 @@ def path_key_checks(leak: Surfaces, world: World) -> None:
 
 @leak_path
 def path_reminders(leak: Surfaces, world: World) -> None:
-    from credentials.services.reminders import reminders_send_due
+    from credentials.services.outbox import reminders_send_due
 
     world.credential = world.planted_key(days=7)
     leak.add("reminder run", repr(reminders_send_due(queue=False)))
@@ -416,11 +416,15 @@ def path_reminders(leak: Surfaces, world: World) -> None:
 
 @leak_path
 def path_staff_digest(leak: Surfaces, world: World) -> None:
-    from credentials.services.digest import staff_digest_send
+    from credentials.models import Notice
+    from credentials.services.digest import staff_digest_build
+    from credentials.services.outbox import staff_digest_send
 
     world.settings.STAFF_DIGEST_RECIPIENTS = ["cs@registry.example"]
     world.credential = world.planted_key(days=10)
-    leak.add("digest", repr(staff_digest_send()))
+    staff_digest_send()
+    leak.add("digest", repr(staff_digest_build()))
+    leak.add("digest notice", repr(list(Notice.objects.values())))
     assert mail.outbox, "the digest should have been mailed"
 
 
@@ -544,7 +548,7 @@ def test_celery_messages_in_redis_hold_no_secret(institution, monkeypatch):
             gateway.set_mode(None)
             credential = CD2Credential.objects.get(institution=institution)
             CD2Credential.objects.filter(pk=credential.pk).update(status="active")
-            from credentials.services.reminders import reminders_send_due
+            from credentials.services.outbox import reminders_send_due
             from credentials.services.verification import credentials_verify_active
 
             reminders_send_due(queue=True)

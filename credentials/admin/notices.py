@@ -1,0 +1,110 @@
+"""The outbox in the admin: every notice, read-only, filtered by state, kind and institution; one-click resend."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.views.decorators.http import require_POST
+
+from credentials.admin.common import STAFF_CSS, ViewOnlyAdmin
+from credentials.models import Notice, secret_fields_of, step_label
+from credentials.services.outbox import notice_resend
+
+RESEND_PERMISSION = "credentials.resend_notice"
+
+
+@admin.register(Notice)
+class NoticeAdmin(ViewOnlyAdmin):
+    list_display = ("created_at", "kind", "state", "institution", "about", "recipients", "attempts", "resend")
+    list_filter = ("state", "kind", ("institution", admin.RelatedOnlyFieldListFilter), "day")
+    list_select_related = ("institution", "reminder", "credential", "user")
+    search_fields = ("institution__name", "recipients")
+    date_hierarchy = "created_at"
+    fieldsets = (
+        ("What", {"fields": ("kind", "institution", "credential", "reminder", "user", "day", "recipients")}),
+        (
+            "Delivery",
+            {
+                "fields": (
+                    "state",
+                    "created_at",
+                    "attempts",
+                    "next_attempt_at",
+                    "lease_until",
+                    "retry_until",
+                    "sent_at",
+                    "closed_at",
+                    "last_error",
+                )
+            },
+        ),
+    )
+    readonly_fields = (
+        "kind",
+        "institution",
+        "credential",
+        "reminder",
+        "user",
+        "day",
+        "recipients",
+        "state",
+        "created_at",
+        "attempts",
+        "next_attempt_at",
+        "lease_until",
+        "retry_until",
+        "sent_at",
+        "closed_at",
+        "last_error",
+    )
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer(*secret_fields_of("credential"))
+
+    @admin.display(description="About")
+    def about(self, obj: Notice) -> str:
+        if obj.reminder_id:
+            return f"{obj.credential.hint}, {step_label(obj.reminder.threshold)}"
+        return obj.day.strftime("%d %b %Y")
+
+    @admin.display(description="")
+    def resend(self, obj: Notice) -> str:
+        if obj.state != Notice.State.FAILED:
+            return ""
+        return format_html('<a href="{}">Resend…</a>', reverse("admin:credentials_notice_change", args=[obj.pk]))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "can_resend": request.user.has_perm(RESEND_PERMISSION)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_urls(self):
+        def resend(request, object_id):
+            return resend_view(request, self, object_id)
+
+        return [
+            path("<path:object_id>/resend/", self.admin_site.admin_view(resend), name="credentials_notice_resend"),
+            *super().get_urls(),
+        ]
+
+    class Media:
+        css = STAFF_CSS
+
+
+@require_POST
+def resend_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
+    notice = get_object_or_404(Notice, pk=object_id)
+    if not request.user.has_perm(RESEND_PERMISSION):
+        raise PermissionDenied
+    if notice_resend(notice_id=notice.pk):
+        messages.success(request, f"{notice.get_kind_display()} queued again; it goes out within minutes.")
+    else:
+        messages.error(request, "Only a notice that failed for good can be resent.")
+    # Back to the dashboard when asked from there; never to an address taken from the request.
+    back = (
+        "admin:index" if request.POST.get("next") == reverse("admin:index") else "admin:credentials_notice_changelist"
+    )
+    return HttpResponseRedirect(reverse(back))

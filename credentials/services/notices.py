@@ -1,0 +1,143 @@
+"""The outbox's rows: write a notice, claim it for one sender, record what delivery did.
+
+Every outgoing notice is a Notice row written in the transaction that
+decides to send it (credentials.models.Notice). Delivery (services/outbox.py)
+claims the row with a conditional UPDATE (pending and due, or sending with
+an expired lease) so one sender at a time has it, sends, and records the
+result here. A failed send goes back to pending with an exponential,
+jittered backoff until NOTICE_GIVE_UP_AFTER after it was written; only then
+is it failed, which staff see (dashboard, digest) with a one-click resend.
+
+The duplicate bound: the row is marked sent in the transaction that follows
+the mail server's acceptance. A sender killed between the two leaves the
+row in "sending"; after NOTICE_LEASE the sweep hands it to another sender,
+which sends it again. So each crash in that window (milliseconds wide) can
+cost one duplicate of that one message; nothing else sends a notice twice.
+The lease is far longer than a send (EMAIL_TIMEOUT), so a slow sender is
+not overtaken by a second one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+
+from django.conf import settings
+from django.db.models import F, Q
+from django.utils import timezone
+
+from credentials.models import Notice
+
+logger = logging.getLogger(__name__)
+
+_random = secrets.SystemRandom()
+
+
+def notice_due(now: dt.datetime) -> Q:
+    """Rows a sender may take now: pending and due, or sending past their lease (the sender died)."""
+    return Q(state=Notice.State.PENDING, next_attempt_at__lte=now) | Q(state=Notice.State.SENDING, lease_until__lt=now)
+
+
+def notice_build(
+    *,
+    kind: str,
+    dedupe_key: str,
+    day: dt.date,
+    now: dt.datetime,
+    institution_id: int | None = None,
+    credential_id: int | None = None,
+    reminder_id: int | None = None,
+    user_id: int | None = None,
+    recipients: str = "",
+) -> Notice:
+    """An unsaved notice (for create or bulk_create in the deciding transaction)."""
+    return Notice(
+        kind=kind,
+        dedupe_key=dedupe_key,
+        day=day,
+        as_of=now,
+        created_at=now,
+        next_attempt_at=now,
+        retry_until=now + settings.NOTICE_GIVE_UP_AFTER,
+        institution_id=institution_id,
+        credential_id=credential_id,
+        reminder_id=reminder_id,
+        user_id=user_id,
+        recipients=recipients,
+    )
+
+
+def notice_claim(*, notice_id: int, now: dt.datetime) -> bool:
+    """Take the notice for this sender (lease NOTICE_LEASE); False when it is not due or another has it."""
+    return (
+        Notice.objects.filter(notice_due(now), pk=notice_id).update(
+            state=Notice.State.SENDING, lease_until=now + settings.NOTICE_LEASE, attempts=F("attempts") + 1
+        )
+        == 1
+    )
+
+
+def notice_mark_sent(*, notice_id: int, recipients: str, now: dt.datetime) -> None:
+    Notice.objects.filter(pk=notice_id, state=Notice.State.SENDING).update(
+        state=Notice.State.SENT, sent_at=now, closed_at=now, lease_until=None, last_error="", recipients=recipients
+    )
+
+
+def notice_close(*, notice_id: int, state: str, reason: str, now: dt.datetime) -> None:
+    """Close a notice unsent: superseded (replaced key, paused institution, newer step), cancelled or failed."""
+    Notice.objects.filter(pk=notice_id, state__in=Notice.OPEN_STATES).update(
+        state=state, closed_at=now, lease_until=None, last_error=reason[:500]
+    )
+
+
+def retry_delay(attempts: int) -> dt.timedelta:
+    """Exponential backoff from NOTICE_RETRY_FIRST, capped at NOTICE_RETRY_MAX, jittered to 50-100%.
+
+    The jitter spreads the notices of one outage so they do not all return at once.
+    """
+    first, cap = settings.NOTICE_RETRY_FIRST, settings.NOTICE_RETRY_MAX
+    delay = min(first * 2 ** min(max(attempts - 1, 0), 30), cap)
+    return delay * _random.uniform(0.5, 1.0)
+
+
+def notice_retry_later(*, notice_id: int, error: BaseException | str, now: dt.datetime) -> str:
+    """Record a failed attempt: back to pending with the next attempt set, or failed past retry_until.
+
+    Returns the state written. The error is its type and message (an SMTP
+    reply; never a secret: no secret is in a notice).
+    """
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    notice = Notice.objects.filter(pk=notice_id, state=Notice.State.SENDING).first()
+    if notice is None:
+        return ""
+    if now >= notice.retry_until:
+        notice_close(notice_id=notice_id, state=Notice.State.FAILED, reason=text, now=now)
+        logger.error("Notice %s (%s) failed for good after %s attempts", notice_id, notice.kind, notice.attempts)
+        return Notice.State.FAILED
+    Notice.objects.filter(pk=notice_id, state=Notice.State.SENDING).update(
+        state=Notice.State.PENDING,
+        lease_until=None,
+        next_attempt_at=now + retry_delay(notice.attempts),
+        last_error=text[:500],
+    )
+    return Notice.State.PENDING
+
+
+def notice_resend(*, notice_id: int, now: dt.datetime | None = None) -> bool:
+    """Staff's one-click resend of a failed notice: pending again, due now, with a fresh retry window."""
+    now = now or timezone.now()
+    return (
+        Notice.objects.filter(pk=notice_id, state=Notice.State.FAILED).update(
+            state=Notice.State.PENDING,
+            next_attempt_at=now,
+            retry_until=now + settings.NOTICE_GIVE_UP_AFTER,
+            closed_at=None,
+        )
+        == 1
+    )
+
+
+def due_notice_ids(*, now: dt.datetime, limit: int | None = None) -> list[int]:
+    ids = Notice.objects.filter(notice_due(now)).order_by("next_attempt_at", "pk").values_list("pk", flat=True)
+    return list(ids[:limit] if limit else ids)

@@ -1,0 +1,202 @@
+"""The outbox's delivery: one way every notice goes out, whoever asks.
+
+A run decides (reminders_send_due writes reminder steps and owner
+summaries; the digest writes itself) and the outbox delivers: each notice
+is claimed (services/notices.py), rendered and sent by its kind's sender,
+and the result recorded. The beat task queues one deliver_notice task per
+due notice; the command delivers the same notices in its own process, with
+the same claim, backoff and give-up rule, so the two doors behave alike.
+The sweep (beat, every few minutes) queues notices whose retry is due and
+those left in "sending" by a killed sender past their lease.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.mail import get_connection
+from django.db.models import Prefetch
+from django.utils import timezone
+
+from credentials.models import Notice, secret_fields_of
+from credentials.notifications import SEND_ERRORS, drop_connection
+from credentials.services import digest, health, jobs, notices, owners, reminders
+from credentials.services.reminders import ReminderRun
+from institutions.models import Contact
+
+logger = logging.getLogger(__name__)
+
+# Notices read per query when delivering in this process (one SMTP connection each).
+CHUNK_SIZE = 500
+
+SENDERS = {
+    Notice.Kind.REMINDER: reminders.reminder_notice_send,
+    Notice.Kind.OWNER_SUMMARY: owners.owner_summary_send,
+    Notice.Kind.STAFF_DIGEST: digest.staff_digest_notice_send,
+}
+
+
+def _loaded():
+    """Notices with what their senders read, in one query plus the contacts' prefetch."""
+    return (
+        Notice.objects.select_related("credential__institution__account_owner", "reminder", "user")
+        .defer(*secret_fields_of("credential"))
+        .prefetch_related(
+            Prefetch(
+                "credential__institution__contacts",
+                queryset=Contact.objects.filter(receives_reminders=True).order_by("pk"),
+                to_attr="reminder_contacts",
+            )
+        )
+    )
+
+
+def _deliver(notice: Notice, *, now: dt.datetime, connection=None) -> str:
+    """Claim and send one loaded notice: "sent", "retry", "failed", "closed" (superseded ...) or "" (not ours)."""
+    if not notices.notice_claim(notice_id=notice.pk, now=now):
+        return ""
+    notice.attempts += 1
+    notice.state = Notice.State.SENDING
+    try:
+        # A run "as of" a later day renders as of it; a retry renders as of now.
+        sent = SENDERS[notice.kind](notice=notice, now=max(now, notice.as_of), connection=connection)
+    except SEND_ERRORS as exc:
+        drop_connection(connection)
+        state = notices.notice_retry_later(notice_id=notice.pk, error=exc, now=now)
+        if notice.reminder_id:
+            reminders.reminder_note_attempt(
+                reminder_id=notice.reminder_id, error=exc, failed=state == Notice.State.FAILED, now=now
+            )
+        logger.warning("Notice %s (%s) not sent yet: %s", notice.pk, notice.kind, type(exc).__name__)
+        return "failed" if state == Notice.State.FAILED else "retry"
+    return "sent" if sent else "closed"
+
+
+def notice_deliver(*, notice_id: int, now: dt.datetime | None = None) -> bool:
+    """Deliver one notice if it is due and nobody else has it (the deliver_notice task); True if sent."""
+    notice = _loaded().filter(pk=notice_id).first()
+    if notice is None:
+        return False
+    return _deliver(notice, now=now or timezone.now()) == "sent"
+
+
+@dataclass
+class Delivery:
+    outcomes: Counter
+
+    def count(self, kind: str, outcome: str) -> int:
+        return self.outcomes[(kind, outcome)]
+
+
+def outbox_deliver_due(*, now: dt.datetime | None = None, chunk_size: int = CHUNK_SIZE) -> Delivery:
+    """Deliver every due notice in this process, a page at a time over one SMTP connection per page."""
+    now = now or timezone.now()
+    outcomes: Counter = Counter()
+    last_pk = 0
+    while True:
+        page = list(_loaded().filter(notices.notice_due(now), pk__gt=last_pk).order_by("pk")[:chunk_size])
+        if not page:
+            break
+        last_pk = page[-1].pk
+        connection = get_connection()
+        try:
+            for notice in page:
+                outcome = _deliver(notice, now=now, connection=connection)
+                if outcome:
+                    outcomes[(notice.kind, outcome)] += 1
+        finally:
+            drop_connection(connection)
+    return Delivery(outcomes=outcomes)
+
+
+def outbox_enqueue_due(*, now: dt.datetime | None = None) -> int:
+    """Queue a deliver_notice task per due notice (after the current transaction commits)."""
+    ids = notices.due_notice_ids(now=now or timezone.now())
+    for notice_id in ids:
+        jobs.job_enqueue_on_commit(jobs.DELIVER_NOTICE, args=(notice_id,), robust=True)
+    return len(ids)
+
+
+def outbox_sweep(*, now: dt.datetime | None = None) -> int:
+    """Beat, every few minutes: queue notices whose retry is due or whose sender died (lease expired)."""
+    with health.job_run(health.JOB_SWEEP_NOTICES) as counts:
+        counts["queued"] = outbox_enqueue_due(now=now)
+    return counts["queued"]
+
+
+def reminders_send_due(
+    *,
+    today: dt.date | None = None,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+    queue: bool = False,
+    chunk_size: int = CHUNK_SIZE,
+) -> ReminderRun:
+    """The daily reminder run: decide every reminder step now due and the owners' summaries, then deliver.
+
+    queue=True (the beat task) queues a delivery task per due notice;
+    queue=False (the command, tests, the bench) delivers them in this
+    process. Either way failures wait in the outbox for their retry.
+
+    `today` alone runs as of that day: `now` becomes that day at the current
+    wall-clock time (TIME_ZONE), so every date the run computes (the link's
+    end, the "N days" wording, the .ics stamp) moves with it and a dry run
+    for a future day shows exactly what that day will send.
+    """
+    if now is None:
+        now = reminders.simulated_now(today) if today is not None else timezone.now()
+    today = today or timezone.localdate(now)
+    started = timezone.now()
+    run = reminders.reminders_decide(today=today, now=now, dry_run=dry_run, chunk_size=chunk_size)
+    if dry_run:
+        planned = {item.owner for item in run.planned if item.owner}
+        run.owner_summaries = len(planned | owners.owner_summaries_planned(day=today, now=now))
+        return run
+    run.owner_summaries = len(owners.owner_summaries_decide(day=today, now=now))
+    if queue:
+        run.queued = outbox_enqueue_due(now=now)
+    else:
+        delivery = outbox_deliver_due(now=now, chunk_size=chunk_size)
+        run.sent = delivery.count(Notice.Kind.REMINDER, "sent")
+        run.failed = delivery.count(Notice.Kind.REMINDER, "retry") + delivery.count(Notice.Kind.REMINDER, "failed")
+        run.superseded += delivery.count(Notice.Kind.REMINDER, "closed")
+    logger.info(
+        "Reminder run for %s: due=%s sent=%s queued=%s skipped=%s superseded=%s failed=%s owner_summaries=%s",
+        today,
+        run.due,
+        run.sent,
+        run.queued,
+        run.skipped,
+        run.superseded,
+        run.failed,
+        run.owner_summaries,
+    )
+    counts = {"due": run.due, "sent": run.sent, "queued": run.queued, "failed": run.failed}
+    health.job_record(name=health.JOB_REMINDERS, started_at=started, finished_at=timezone.now(), counts=counts)
+    health.job_ping(url=settings.REMINDERS_PING_URL)
+    return run
+
+
+def staff_digest_send(*, today: dt.date | None = None, queue: bool = False) -> int | None:
+    """The weekly digest: write it to the outbox and deliver it (queue=True: through a task). Its notice id."""
+    with health.job_run(health.JOB_DIGEST) as counts:
+        notice_id = digest.staff_digest_decide(today=today)
+        counts["written"] = int(notice_id is not None)
+        if notice_id is not None:
+            if queue:
+                jobs.job_enqueue_on_commit(jobs.DELIVER_NOTICE, args=(notice_id,), robust=True)
+            else:
+                notice_deliver(notice_id=notice_id)
+    return notice_id
+
+
+def notice_resend(*, notice_id: int) -> bool:
+    """Staff's one-click resend of a notice that failed for good: pending again and queued now."""
+    if not notices.notice_resend(notice_id=notice_id):
+        return False
+    jobs.job_enqueue_on_commit(jobs.DELIVER_NOTICE, args=(notice_id,), robust=True)
+    return True

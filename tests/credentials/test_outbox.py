@@ -1,0 +1,317 @@
+"""The outbox: an outage of hours, a replaced key, owners' one mail a day, /healthz and a simulated year.
+
+Time is moved with time-machine, never waited. The mail server is a real
+SMTP server on loopback (aiosmtpd) that refuses while `down` is set. The
+"beat path" runs the beat tasks with a broker stand-in (a list the tasks
+are published to, drained like a worker would); the real worker on Redis
+is tests/e2e/test_reminders_e2e.py. On PostgreSQL (CI, or DATABASE_URL)
+these run against it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+from collections import Counter
+from unittest import mock
+
+import pytest
+import time_machine
+from aiosmtpd.controller import Controller
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.db import OperationalError, connection
+from django.utils import timezone
+
+from credentials import tasks
+from credentials.models import CD2Credential, Notice, ReminderLog, ScheduledJob
+from credentials.services import health, jobs, outbox
+from credentials.services.keys import credential_create
+from credentials.validators import CleanKey
+from institutions.models import Contact, Institution
+from tests.conftest import PASSED_CHECK
+
+START = dt.datetime(2027, 9, 1, 9, 0, tzinfo=dt.UTC)
+
+
+class Inbox:
+    """aiosmtpd handler: refuses every message with 451 while `down`, else keeps it."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.received: list[tuple[str, ...]] = []
+        self.subjects: list[str] = []
+
+    async def handle_DATA(self, server, session, envelope):  # aiosmtpd calls it by this name
+        if self.down:
+            return "451 4.3.0 Try again later"
+        self.received.append(tuple(envelope.rcpt_tos))
+        text = envelope.original_content.decode(errors="replace")
+        subject = next((line[9:] for line in text.splitlines() if line.startswith("Subject: ")), "")
+        self.subjects.append(subject)
+        return "250 OK"
+
+    def to(self, address: str) -> list[str]:
+        return [s for r, s in zip(self.received, self.subjects, strict=True) if address in r]
+
+
+@pytest.fixture
+def smtp(settings):
+    inbox = Inbox()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    try:
+        yield inbox
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def clock():
+    with time_machine.travel(START, tick=False) as traveller:
+        yield traveller
+
+
+class Broker:
+    """Stands in for Redis and the worker: tasks published by name, run in order when drained."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, tuple]] = []
+
+    def publish(self, name, *, args=(), countdown=None):
+        self.messages.append((name, tuple(args)))
+
+    def drain(self) -> None:
+        while self.messages:
+            name, args = self.messages.pop(0)
+            assert name == jobs.DELIVER_NOTICE
+            tasks.deliver_notice.apply(args=args)
+
+
+@pytest.fixture
+def broker():
+    broker = Broker()
+    with mock.patch.object(jobs, "job_enqueue", broker.publish):
+        yield broker
+
+
+def make_owner(name="olivia"):
+    return get_user_model().objects.create_user(username=name, email=f"{name}@edpotential.example", first_name="O")
+
+
+def make_customer(n: int, *, owner, days: int) -> CD2Credential:
+    institution = Institution.objects.create(
+        name=f"College {n}", slug=f"college-{n}", canvas_domain=f"c{n}.instructure.com", account_owner=owner
+    )
+    Contact.objects.create(institution=institution, name="Admin", email=f"admin{n}@c{n}.example.edu")
+    return add_key(institution, days=days)
+
+
+def add_key(institution, *, days: int) -> CD2Credential:
+    n = CD2Credential.objects.count() + 1
+    return credential_create(
+        institution=institution,
+        key=CleanKey(
+            client_id=f"us-east-1#0a1b2c3d-0000-4000-8000-{n:012d}",
+            secret="secret-value-Xy9",
+            expires_on=timezone.localdate() + dt.timedelta(days=days),
+        ),
+        source=CD2Credential.Source.ADMIN,
+        status=CD2Credential.Status.ACTIVE,
+        check=PASSED_CHECK,
+    )
+
+
+def beat_run(broker: Broker) -> None:
+    tasks.send_expiry_reminders.apply()
+    broker.drain()
+
+
+def beat_sweep(broker: Broker) -> None:
+    tasks.sweep_notices.apply()
+    broker.drain()
+
+
+# --------------------------------------------------------------------------
+# A mail server down for two hours, by either door
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("door", ["command", "beat"])
+def test_a_mail_server_refusing_for_two_hours_loses_nothing_and_sends_each_notice_once(door, smtp, clock, broker):
+    owner = make_owner()
+    keys = [make_customer(n, owner=owner, days=days) for n, days in enumerate((14, 7, 1, 30, 0))]
+    replaced = keys[3]
+    smtp.down = True
+
+    if door == "command":
+        call_command("send_expiry_reminders", stdout=open("/dev/null", "w"))
+    else:
+        beat_run(broker)
+    assert smtp.received == []
+    assert Notice.objects.filter(state=Notice.State.PENDING).count() == 6  # 5 reminders, 1 owner summary
+    # While its reminder waits for a retry, College 3 hands over a new key.
+    add_key(replaced.institution, days=365)
+
+    for _ in range(24):  # two hours, the sweep every five minutes
+        clock.shift(dt.timedelta(minutes=5))
+        if door == "command":
+            call_command("send_expiry_reminders", stdout=open("/dev/null", "w"))
+        else:
+            beat_sweep(broker)
+    assert smtp.received == []
+    smtp.down = False
+    for _ in range(60):  # the next hour, mail accepted
+        clock.shift(dt.timedelta(minutes=5))
+        if door == "command":
+            call_command("send_expiry_reminders", stdout=open("/dev/null", "w"))
+        else:
+            beat_sweep(broker)
+
+    per_address = Counter(address for rcpt in smtp.received for address in rcpt)
+    assert per_address == {
+        "admin0@c0.example.edu": 1,
+        "admin1@c1.example.edu": 1,
+        "admin2@c2.example.edu": 1,
+        "admin4@c4.example.edu": 1,
+        "olivia@edpotential.example": 1,  # one summary, not one per reminder
+    }
+    states = Counter(Notice.objects.values_list("state", flat=True))
+    assert states == {Notice.State.SENT: 5, Notice.State.SUPERSEDED: 1}
+    superseded = Notice.objects.get(state=Notice.State.SUPERSEDED)
+    assert superseded.credential_id == replaced.pk and superseded.sent_at is None
+    assert ReminderLog.objects.get(credential=replaced).state == ReminderLog.State.SKIPPED
+    assert ReminderLog.objects.filter(state=ReminderLog.State.SENT).count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_send_is_sent_again_within_the_lease_at_most_one_duplicate(smtp, clock, broker, settings):
+    owner = make_owner()
+    make_customer(1, owner=owner, days=14)
+    tasks.send_expiry_reminders.apply()
+    reminder_id = next(args[0] for _, args in broker.messages if Notice.objects.get(pk=args[0]).kind == "reminder")
+    original = outbox.SENDERS[Notice.Kind.REMINDER]
+
+    def delivered_then_killed(*, notice, now, connection=None, **kwargs):
+        from django.core.mail import get_connection
+
+        with mock.patch.object(outbox.reminders.notices, "notice_mark_sent", side_effect=SystemExit("kill -9")):
+            original(notice=notice, now=now, connection=connection or get_connection(), **kwargs)
+
+    with mock.patch.dict(outbox.SENDERS, {Notice.Kind.REMINDER: delivered_then_killed}):
+        with pytest.raises(SystemExit):
+            tasks.deliver_notice.apply(args=[reminder_id], throw=True)
+    broker.messages.clear()
+    assert len(smtp.to("admin1@c1.example.edu")) == 1
+    assert Notice.objects.get(pk=reminder_id).state == Notice.State.SENDING
+
+    clock.shift(dt.timedelta(minutes=4))
+    beat_sweep(broker)  # the lease has not run out: the sender might still be at work
+    assert len(smtp.to("admin1@c1.example.edu")) == 1
+    clock.shift(settings.NOTICE_LEASE)
+    beat_sweep(broker)
+    clock.shift(dt.timedelta(minutes=5))
+    beat_sweep(broker)
+
+    assert len(smtp.to("admin1@c1.example.edu")) == 2  # one duplicate, the one in flight, and no more
+    notice = Notice.objects.get(pk=reminder_id)
+    assert notice.state == Notice.State.SENT and notice.attempts == 2
+
+
+# --------------------------------------------------------------------------
+# Owners: one mail a day
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_an_owner_with_thirty_institutions_due_the_same_day_gets_one_mail(smtp, clock):
+    owner = make_owner()
+    for n in range(30):
+        make_customer(n, owner=owner, days=7)
+
+    outbox.reminders_send_due()
+    outbox.reminders_send_due()
+
+    assert len(smtp.to("olivia@edpotential.example")) == 1
+    assert smtp.to("olivia@edpotential.example")[0].startswith("Canvas Data 2 keys today: 30 of your")
+    assert sum(1 for rcpt in smtp.received if "olivia@edpotential.example" not in rcpt) == 30
+
+
+# --------------------------------------------------------------------------
+# /healthz and the scheduler's record
+# --------------------------------------------------------------------------
+
+
+def record_all_jobs(now):
+    for name in health.settings.SCHEDULED_JOBS_OVERDUE_AFTER:
+        health.job_record(name=name, started_at=now, finished_at=now, counts={})
+
+
+@pytest.mark.django_db
+def test_healthz_is_200_when_every_component_is_fresh_and_says_nothing_else(client, clock):
+    record_all_jobs(timezone.now())
+
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert set(body["components"].values()) == {"ok"}
+    assert {"database", "broker", "job:send-expiry-reminders"} <= set(body["components"])
+
+
+@pytest.mark.django_db
+def test_healthz_turns_503_when_the_reminder_job_is_overdue(client, clock):
+    record_all_jobs(timezone.now())
+    clock.shift(dt.timedelta(hours=25))
+    for name in ("sweep-notices", "verify-pending-credentials", "verify-active-credentials"):
+        health.job_record(name=name, started_at=timezone.now(), finished_at=timezone.now(), counts={})
+    assert client.get("/healthz").status_code == 200
+
+    clock.shift(dt.timedelta(hours=1, minutes=1))  # 26 hours and a minute since the reminder run
+    health.job_record(name="sweep-notices", started_at=timezone.now(), finished_at=timezone.now(), counts={})
+    response = client.get("/healthz")
+
+    assert response.status_code == 503
+    assert response.json()["components"]["job:send-expiry-reminders"] == "failing"
+    assert response.json()["components"]["job:sweep-notices"] == "ok"
+
+
+@pytest.mark.django_db
+def test_a_job_that_never_ran_is_overdue_once_the_scheduler_has_run_that_long(client, clock):
+    health.job_record(name="sweep-notices", started_at=timezone.now(), finished_at=timezone.now(), counts={})
+    assert health.health_check()["job:send-expiry-reminders"] == "ok"
+    clock.shift(dt.timedelta(hours=27))
+    assert health.health_check()["job:send-expiry-reminders"] == "failing"
+
+
+@pytest.mark.django_db
+def test_healthz_turns_503_when_the_database_is_unreachable(client, clock):
+    record_all_jobs(timezone.now())
+
+    with mock.patch.object(connection, "cursor", side_effect=OperationalError("connection refused")):
+        response = client.get("/healthz")
+
+    assert response.status_code == 503
+    components = response.json()["components"]
+    assert components["database"] == "failing"
+    assert components["job:send-expiry-reminders"] == "failing"  # unknown counts as failing
+
+
+@pytest.mark.django_db
+def test_a_reminder_run_records_itself_and_pings_the_configured_url(clock, settings):
+    settings.REMINDERS_PING_URL = "https://hc-ping.example/abc"
+    with mock.patch.object(health.requests, "get") as get:
+        outbox.reminders_send_due()
+
+    get.assert_called_once_with("https://hc-ping.example/abc", timeout=health.PING_TIMEOUT_SECONDS)
+    run = ScheduledJob.objects.get(name="send-expiry-reminders")
+    assert run.finished_at == timezone.now() and run.counts["due"] == 0
