@@ -18,7 +18,7 @@ from django.utils import timezone
 from credentials.models import AuditEvent, CD2Credential, PendingReason, ReminderLog, SubmissionLink
 from credentials.selectors import KeyState, institutions_with_key_status, pending_credentials_due
 from credentials.services.links import submission_link_create
-from credentials.services.reminders import reminders_send_due
+from credentials.services.outbox import reminders_send_due
 from credentials.services.staff import institutions_export
 from credentials.services.submission import Door, Result, VerifyResult, credential_submit, credential_verify_pending
 from institutions.models import Contact

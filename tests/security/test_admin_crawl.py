@@ -26,7 +26,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from api.models import ServiceAccount
 from api.services import api_sync_report, api_token_issue
-from credentials.models import AuditEvent, ReminderLog
+from credentials.models import AuditEvent, Notice, ReminderLog
 from credentials.services.audit import audit_record
 from credentials.services.links import submission_link_create
 from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
@@ -116,6 +116,19 @@ def world(institution, make_credential, make_staff):
     axes_row = {"username": owner.username, "ip_address": "10.66.0.1", "user_agent": "crawl", "path_info": "/admin/"}
     AccessLog.objects.create(**axes_row, http_accept="*/*", attempt_time=timezone.now())
     AccessFailureLog.objects.create(**axes_row, http_accept="*/*", attempt_time=timezone.now(), locked_out=False)
+    # A notice of the outbox that gave up (its page offers a resend).
+    Notice.objects.create(
+        kind=Notice.Kind.REMINDER,
+        state=Notice.State.FAILED,
+        dedupe_key=f"crawl-reminder-{key.pk}",
+        institution=institution,
+        credential=key,
+        day=timezone.localdate(),
+        as_of=timezone.now(),
+        retry_until=timezone.now(),
+        recipients="ada@northfield.example.edu",
+        last_error="SMTPServerDisconnected",
+    )
     # The data pipeline's account, a token and one sync report (api/).
     account = ServiceAccount.objects.create(name="crawl-pipeline", all_institutions=True)
     issued = api_token_issue(account=account, scopes=["keys:read", "syncs:write"], created_by=owner)
