@@ -40,7 +40,7 @@ class StaffActionRefused(Exception):
     """The act is not allowed as asked; the message says why and what to do instead."""
 
 
-def _clean_reason(reason: str, *, what: str) -> str:
+def clean_reason(reason: str, *, what: str) -> str:
     reason = " ".join((reason or "").split())
     if len(reason) < MIN_REASON_LENGTH:
         raise StaffActionRefused(
@@ -56,7 +56,7 @@ def _clean_reason(reason: str, *, what: str) -> str:
 
 def credential_revoke(*, credential: CD2Credential, actor, reason: str, ip_address: str | None = None) -> CD2Credential:
     """Stop using a key: it becomes revoked (kept as history) and the act is audited."""
-    reason = _clean_reason(reason, what="revocation")
+    reason = clean_reason(reason, what="revocation")
     with transaction.atomic():
         locked = CD2Credential.objects.without_secrets().select_for_update().get(pk=credential.pk)
         if locked.status not in (CD2Credential.Status.ACTIVE, CD2Credential.Status.PENDING_VERIFICATION):
@@ -104,7 +104,7 @@ def credential_reveal(*, credential_id: int, actor, reason: str, ip_address: str
     """
     if not getattr(actor, "is_active", False) or not actor.has_perm(REVEAL_PERMISSION):
         raise StaffActionRefused("You do not have permission to reveal Secrets. Ask a Data engineer.")
-    reason = _clean_reason(reason, what="reveal")
+    reason = clean_reason(reason, what="reveal")
     with transaction.atomic():
         credential = CD2Credential.objects.select_related("institution").get(pk=credential_id)
         audit_record(
@@ -187,7 +187,7 @@ def _handoff(
             f"{actor_username!r} is not an active staff user allowed to hand off keys. Pass --as with your own "
             f"username; a Data engineer has the permission."
         )
-    reason = _clean_reason(reason, what="hand-off")
+    reason = clean_reason(reason, what="hand-off")
     if institution is None:
         raise StaffActionRefused(f"No institution has the slug {institution_slug!r}. Check the slug in the admin list.")
     candidate = handoff_candidate(institution=institution)
