@@ -43,24 +43,8 @@ class NoticeAdmin(ViewOnlyAdmin):
             },
         ),
     )
-    readonly_fields = (
-        "kind",
-        "institution",
-        "credential",
-        "reminder",
-        "user",
-        "day",
-        "recipients",
-        "state",
-        "created_at",
-        "attempts",
-        "next_attempt_at",
-        "lease_until",
-        "retry_until",
-        "sent_at",
-        "closed_at",
-        "last_error",
-    )
+    # Every field shown is read-only: services write notices, staff only read them (and resend).
+    readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
 
     def get_queryset(self, request):
         return super().get_queryset(request).defer(*secret_fields_of("credential"))

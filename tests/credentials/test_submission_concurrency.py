@@ -19,6 +19,37 @@ from credentials.services.links import submission_link_create
 from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
 
 RACERS = 8
+FORM = {
+    "client_id": PLANTED_CLIENT_ID,
+    "secret": PLANTED_SECRET,
+    "submitted_by": "Ada Admin",
+    "submitted_by_email": "ada@northfield.example.edu",
+}
+
+
+def _post_at_once(urls: list[str]) -> tuple[list[int], list[BaseException]]:
+    """POST the key form to every URL from its own thread, all released together; (statuses, errors)."""
+    data = {**FORM, "expires_on": (dt.date.today() + dt.timedelta(days=365)).isoformat()}
+    start = threading.Barrier(len(urls))
+    statuses: list[int] = []
+    errors: list[BaseException] = []
+
+    def race(url: str) -> None:
+        try:
+            client = Client()
+            start.wait(timeout=30)
+            statuses.append(client.post(url, data=data).status_code)
+        except BaseException as exc:  # reported by the caller, with the thread's own error
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=race, args=(url,)) for url in urls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return statuses, errors
 
 
 @pytest.mark.django_db(transaction=True)
@@ -29,32 +60,8 @@ def test_eight_simultaneous_posts_on_one_link_store_exactly_one_key(
         pytest.skip("needs PostgreSQL row locking (set DATABASE_URL)")
     new_link = submission_link_create(institution=institution)
     url = reverse("credentials:submit", kwargs={"token": new_link.token})
-    data = {
-        "client_id": PLANTED_CLIENT_ID,
-        "secret": PLANTED_SECRET,
-        "expires_on": (dt.date.today() + dt.timedelta(days=365)).isoformat(),
-        "submitted_by": "Ada Admin",
-        "submitted_by_email": "ada@northfield.example.edu",
-    }
-    start = threading.Barrier(RACERS)
-    statuses: list[int] = []
-    errors: list[BaseException] = []
 
-    def race() -> None:
-        try:
-            client = Client()
-            start.wait(timeout=30)
-            statuses.append(client.post(url, data=data).status_code)
-        except BaseException as exc:  # reported below, with the thread's own error
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=race) for _ in range(RACERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    statuses, errors = _post_at_once([url] * RACERS)
 
     assert errors == []
     # One stores the key; each other finds the link used up (404) or, when
@@ -83,32 +90,8 @@ def test_one_key_posted_for_two_institutions_at_once_is_stored_for_at_most_one(
         reverse("credentials:submit", kwargs={"token": submission_link_create(institution=inst).token})
         for inst in institutions
     ]
-    data = {
-        "client_id": PLANTED_CLIENT_ID,
-        "secret": PLANTED_SECRET,
-        "expires_on": (dt.date.today() + dt.timedelta(days=365)).isoformat(),
-        "submitted_by": "Ada Admin",
-        "submitted_by_email": "ada@northfield.example.edu",
-    }
-    start = threading.Barrier(RACERS)
-    statuses: list[int] = []
-    errors: list[BaseException] = []
 
-    def race(url: str) -> None:
-        try:
-            client = Client()
-            start.wait(timeout=30)
-            statuses.append(client.post(url, data=data).status_code)
-        except BaseException as exc:  # reported below, with the thread's own error
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=race, args=(url,)) for url in urls]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    statuses, errors = _post_at_once(urls)
 
     assert errors == []
     assert sorted(statuses) == [200] * (RACERS - 1) + [302]
