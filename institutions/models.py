@@ -77,7 +77,10 @@ class Institution(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="owned_institutions",
-        help_text="The staff member responsible for this customer; copied on reminders.",
+        help_text=(
+            "The staff member responsible for this customer: Reply-To on customer mail, "
+            "and a daily summary of their institutions."
+        ),
     )
     notes = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
