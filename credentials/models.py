@@ -414,14 +414,21 @@ class Notice(models.Model):
     The outbox (credentials.services.outbox). A row is the fact "this must be
     said"; its state says how far delivery got. `dedupe_key` is unique, so a
     decision taken twice (two runs, a retried task) writes one notice.
-    Kinds for the submission side (receipts, links, "key stopped working",
-    rejected keys) and webhooks are to be added here as they move over.
+    Each kind has one sender (services/outbox.SENDERS; an app outside
+    credentials adds its own with outbox.sender_register). `payload` holds
+    what a kind must fix at decision time (never a secret).
     """
 
     class Kind(models.TextChoices):
         REMINDER = "reminder", "Expiry reminder"
         OWNER_SUMMARY = "owner_summary", "Owner's daily summary"
         STAFF_DIGEST = "staff_digest", "Staff digest"
+        SUBMISSION_LINK = "submission_link", "Submission link"
+        RECEIPT = "receipt", "Submission receipt"
+        KEY_INVALID = "key_invalid", "Key stopped working"
+        KEY_REJECTED = "key_rejected", "New key does not work"
+        KEY_CONFLICT = "key_conflict", "Key on file for another institution"
+        WEBHOOK = "webhook", "Webhook"
 
     class State(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -453,6 +460,7 @@ class Notice(models.Model):
     day = models.DateField()
     as_of = models.DateTimeField()
     recipients = models.TextField(blank=True)
+    payload = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     # Retries stop here (NOTICE_GIVE_UP_AFTER after writing; a resend moves it).

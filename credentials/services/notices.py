@@ -50,6 +50,7 @@ def notice_build(
     reminder_id: int | None = None,
     user_id: int | None = None,
     recipients: str = "",
+    payload: dict | None = None,
 ) -> Notice:
     """An unsaved notice (for create or bulk_create in the deciding transaction)."""
     return Notice(
@@ -65,6 +66,7 @@ def notice_build(
         reminder_id=reminder_id,
         user_id=user_id,
         recipients=recipients,
+        payload=payload or {},
     )
 
 

@@ -40,6 +40,18 @@ SENDERS = {
 }
 
 
+def sender_register(kind: str, sender) -> None:
+    """Add the sender of a kind that lives outside credentials (an AppConfig.ready calls this).
+
+    The sender is called as sender(notice=, now=, connection=) and returns
+    True when it delivered, False when it closed the notice unsent; it
+    raises one of notifications.SEND_ERRORS for a retry.
+    """
+    if kind not in Notice.Kind.values:
+        raise ValueError(f"{kind!r} is not a Notice.Kind")
+    SENDERS[kind] = sender
+
+
 def _loaded():
     """Notices with what their senders read, in one query plus the contacts' prefetch."""
     return (
