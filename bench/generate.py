@@ -34,6 +34,7 @@ from django.db import connection
 from django.utils import timezone
 
 from credentials.fields import encrypt_str
+from credentials.services.keys import key_summaries_fix
 from credentials.validators import client_id_hint, client_id_region
 
 SEED = 7
@@ -291,6 +292,8 @@ def generate(*, institutions: int, today: dt.date, now: dt.datetime | None = Non
     reset_sequences(
         ["institutions_institution", "institutions_contact", "credentials_cd2credential", "credentials_reminderlog"]
     )
+    # The institutions' stored key summary, as the key services would have written it with each key.
+    key_summaries_fix(institution_ids=None)
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
     out.seconds = time.perf_counter() - started

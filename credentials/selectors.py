@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import models
 from django.db.models import Case, Exists, F, FilteredRelation, Min, OuterRef, Q, Subquery, Value, When
-from django.db.models.functions import TruncDate
+from django.db.models.functions import Coalesce, TruncDate
+from django.db.models.lookups import Exact
 from django.utils import timezone
 
 from credentials.expressions import DaysBetween, DaysUntil, ExpiryState, expiry_state_case
@@ -61,6 +62,64 @@ def local_today() -> dt.date:
 # --------------------------------------------------------------------------
 
 
+def key_summary_expected() -> dict:
+    """The institution's key summary (Institution.key_*) as it should be, as expressions over OuterRef("pk").
+
+    The one rule for the stored summary: the key services write it with
+    these (keys.institution_key_summary_refresh) and the drift check
+    compares with them. key_condition is pending when the newest key that
+    is not history awaits its check (a new key is on its way, whatever the
+    old active key says); else failing when the active key's last check said
+    it does not work; else active; without an active key, failing when the
+    newest key was found invalid, else missing.
+    """
+    Condition = Institution.KeyCondition
+    keys = CD2Credential.objects.filter(institution=OuterRef("pk"))
+    active = keys.filter(status=CD2Credential.Status.ACTIVE)
+    newest_status = Subquery(
+        keys.exclude(status=CD2Credential.Status.SUPERSEDED).order_by("-submitted_at", "-pk").values("status")[:1]
+    )
+    return {
+        "key_condition": Case(
+            When(Exact(newest_status, CD2Credential.Status.PENDING_VERIFICATION), then=Value(Condition.PENDING)),
+            When(Exists(active.filter(last_verdict__in=FAILED_VERDICTS)), then=Value(Condition.FAILING)),
+            When(Exists(active), then=Value(Condition.ACTIVE)),
+            When(Exact(newest_status, CD2Credential.Status.INVALID), then=Value(Condition.FAILING)),
+            default=Value(Condition.MISSING),
+            output_field=models.CharField(),
+        ),
+        "key_expires_on": Subquery(active.values("expires_on")[:1]),
+        "key_checked_at": Subquery(active.values("last_verified_at")[:1]),
+        "key_region": Coalesce(Subquery(active.values("region")[:1]), Value("")),
+    }
+
+
+def key_summary_drift(*, queryset=None):
+    """Institutions whose stored key summary differs from key_summary_expected(), with expected_* annotated."""
+    queryset = Institution.objects.all() if queryset is None else queryset
+    expected = key_summary_expected()
+    differs = Q()
+    for field in expected:
+        wanted = F(f"expected_{field}")
+        # Unequal, or NULL on one side only (an equality test is NULL, not false, when one side is).
+        differs |= Q(**{f"{field}__lt": wanted}) | Q(**{f"{field}__gt": wanted})
+        differs |= Q(**{f"{field}__isnull": True, f"expected_{field}__isnull": False})
+        differs |= Q(**{f"{field}__isnull": False, f"expected_{field}__isnull": True})
+    return queryset.annotate(**{f"expected_{field}": value for field, value in expected.items()}).filter(differs)
+
+
+def key_state_case(*, today: dt.date) -> Case:
+    """KeyState from the stored summary: an active key's state is its expiry on `today`, the others are stored."""
+    return Case(
+        When(
+            key_condition=Institution.KeyCondition.ACTIVE,
+            then=expiry_state_case(field="key_expires_on", today=today),
+        ),
+        default=F("key_condition"),
+        output_field=models.CharField(),
+    )
+
+
 def institutions_with_key_status(*, queryset=None, today: dt.date | None = None):
     """Institutions with their active key (one LEFT JOIN) and its state.
 
@@ -70,30 +129,23 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
     last_reminder_at (the newest reminder sent for the active key),
     last_handled_step (the most urgent step of the active key sent, failed
     or skipped: steps only go down), days_left (NULL without an active key), expiry_state (ok, expiring,
-    expired, missing), latest_key_status, the newest key when it is pending
-    (pending_key_id, pending_hint, pending_expires_on, pending_reason) and
-    key_state: pending when the newest key that is not history awaits its
-    check (it wins over the old active key's expiry: a new key is on its
-    way); else failing when the active key's last check said the key does
-    not work, else its expiry state; without an active key, failing when the
-    newest key failed, else missing.
+    expired, missing), the newest key when it is pending (pending_key_id,
+    pending_hint, pending_expires_on, pending_reason) and key_state (see
+    key_summary_expected; an active key's state is its expiry state).
+
+    What a list sorts and filters on (key_state, days_left, expiry_state,
+    active_expires_on, active_region, active_last_verified_at) is read from
+    the institution's stored key summary, so an index serves it; the rest
+    comes from the join and from subqueries in the select list, which
+    PostgreSQL evaluates for the page's rows only, after the sort and LIMIT.
     """
     today = today or local_today()
     queryset = Institution.objects.all() if queryset is None else queryset
-    newest_key_status = (
-        CD2Credential.objects.filter(institution=OuterRef("pk"))
-        .exclude(status=CD2Credential.Status.SUPERSEDED)
-        .order_by("-submitted_at", "-pk")
-        .values("status")[:1]
-    )
     newest_pending = (
         CD2Credential.objects.filter(institution=OuterRef("pk"))
         .exclude(status=CD2Credential.Status.SUPERSEDED)
         .order_by("-submitted_at", "-pk")
     )
-    no_active = Q(active_key__id__isnull=True)
-    # Subqueries in the select list only: PostgreSQL evaluates them for the
-    # page's rows after the sort and LIMIT, unless a column sorts by them.
     sent = ReminderLog.objects.filter(credential=OuterRef("active_key_id"), state=ReminderLog.State.SENT).order_by(
         "-sent_at", "-pk"
     )
@@ -104,7 +156,7 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
         .annotate(step=Min("threshold"))
         .values("step")
     )
-    pending = Q(latest_key_status=CD2Credential.Status.PENDING_VERIFICATION)
+    pending = Q(key_condition=Institution.KeyCondition.PENDING)
 
     def newest(field: str):
         return Case(
@@ -118,31 +170,25 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
         )
         .annotate(
             active_key_id=F("active_key__id"),
-            active_expires_on=F("active_key__expires_on"),
+            active_expires_on=F("key_expires_on"),
             active_hint=F("active_key__hint"),
-            active_region=F("active_key__region"),
-            active_last_verified_at=F("active_key__last_verified_at"),
+            active_region=F("key_region"),
+            active_last_verified_at=F("key_checked_at"),
             active_last_verdict=F("active_key__last_verdict"),
             active_last_verification=F("active_key__last_verification"),
             active_last_pulled_at=F("active_key__last_pulled_at"),
             active_submitted_at=F("active_key__submitted_at"),
-            days_left=DaysUntil("active_key__expires_on", today),
-            expiry_state=expiry_state_case(field="active_key__expires_on", today=today, missing_when=no_active),
-            latest_key_status=Subquery(newest_key_status),
+            days_left=DaysUntil("key_expires_on", today),
+            expiry_state=expiry_state_case(
+                field="key_expires_on", today=today, missing_when=Q(key_expires_on__isnull=True)
+            ),
+            key_state=key_state_case(today=today),
         )
         .annotate(
             pending_key_id=newest("pk"),
             pending_hint=newest("hint"),
             pending_expires_on=newest("expires_on"),
             pending_reason=newest("pending_reason"),
-            key_state=Case(
-                When(pending, then=Value(KeyState.PENDING)),
-                When(~no_active & Q(active_key__last_verdict__in=FAILED_VERDICTS), then=Value(KeyState.FAILING)),
-                When(~no_active, then=F("expiry_state")),
-                When(latest_key_status=CD2Credential.Status.INVALID, then=Value(KeyState.FAILING)),
-                default=Value(KeyState.MISSING),
-                output_field=models.CharField(),
-            ),
         )
         .annotate(
             last_reminder_step=Subquery(sent.values("threshold")[:1]),

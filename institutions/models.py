@@ -47,6 +47,14 @@ def validate_timezone(value: str) -> None:
 
 
 class Institution(models.Model):
+    class KeyCondition(models.TextChoices):
+        """The current key in a word, without the date: whether it is active is stored, expired is not."""
+
+        ACTIVE = "active", "Active key"
+        PENDING = "pending", "New key waiting for its check"
+        FAILING = "failing", "Key failing its check"
+        MISSING = "missing", "No key"
+
     class Status(models.TextChoices):
         ONBOARDING = "onboarding", "Onboarding"
         ACTIVE = "active", "Active"
@@ -88,8 +96,33 @@ class Institution(models.Model):
     # (new, activated, revoked, invalid): the API's changed_at, so indexed.
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
 
+    # The current key's summary, for the staff list to sort and filter with an
+    # index instead of a join (issue 14 item 8). Written only by the key
+    # services (credentials.services.keys.institution_key_summary_refresh) in
+    # the transaction that changes the key; `manage.py check_key_summary`
+    # finds drift. Expired is not stored: it is key_expires_on before today.
+    key_condition = models.CharField(
+        max_length=10,
+        choices=KeyCondition.choices,
+        default=KeyCondition.MISSING,
+        db_default=KeyCondition.MISSING,
+        editable=False,
+    )
+    key_expires_on = models.DateField(null=True, blank=True, editable=False, help_text="The active key's expiry.")
+    key_checked_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When the active key was last checked against CD2."
+    )
+    key_region = models.CharField(max_length=40, blank=True, default="", db_default="", editable=False)
+
     class Meta:
         ordering = ("name",)
+        indexes = [
+            # The staff list's default order (soonest expiry first, no key last, then name)
+            # and its expiry filters, which are ranges of key_expires_on.
+            models.Index(fields=("key_expires_on", "name"), name="institution_key_expiry"),
+            # The check filters (failing, pending, missing) in the same order.
+            models.Index(fields=("key_condition", "key_expires_on", "name"), name="institution_key_condition"),
+        ]
         permissions = [("export_institutions", "Can export the institution list (audited)")]
 
     def __str__(self) -> str:

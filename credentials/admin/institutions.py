@@ -35,7 +35,6 @@ from credentials.models import (
 )
 from credentials.notifications import expiry_phrase
 from credentials.selectors import (
-    KeyState,
     institution_next_reminder,
     institution_timeline,
     institutions_with_key_status,
@@ -109,18 +108,20 @@ class ExpiryFilter(admin.SimpleListFilter):
             }
 
     def queryset(self, request, queryset):
-        value = self.value()
+        # Ranges of the stored key_expires_on (the active key's expiry), which
+        # the institution_key_expiry index serves in the list's own order.
+        value, today = self.value(), local_today()
         month = self.month()
         if month:
-            return queryset.filter(active_expires_on__gte=month[0], active_expires_on__lt=month[1])
+            return queryset.filter(key_expires_on__gte=month[0], key_expires_on__lt=month[1])
         if value == "expired":
-            return queryset.filter(days_left__lt=0)
+            return queryset.filter(key_expires_on__lt=today)
         if value in ("7", "30", "90"):
-            return queryset.filter(days_left__gte=0, days_left__lte=int(value))
+            return queryset.filter(key_expires_on__gte=today, key_expires_on__lte=today + dt.timedelta(days=int(value)))
         if value == "ok":
-            return queryset.filter(expiry_state="ok")
+            return queryset.filter(key_expires_on__gt=today + dt.timedelta(days=settings.CD2_EXPIRING_DAYS))
         if value == "none":
-            return queryset.filter(active_key_id__isnull=True)
+            return queryset.filter(key_expires_on__isnull=True)
         return queryset
 
 
@@ -137,15 +138,18 @@ class KeyCheckFilter(admin.SimpleListFilter):
         )
 
     def queryset(self, request, queryset):
+        # The stored key summary: failing, pending and missing are key_state's values that do not depend on the date.
         value = self.value()
         if value == "failing":
-            return queryset.filter(key_state=KeyState.FAILING)
+            return queryset.filter(key_condition=Institution.KeyCondition.FAILING)
         if value == "pending":
-            return queryset.filter(key_state=KeyState.PENDING)
+            return queryset.filter(key_condition=Institution.KeyCondition.PENDING)
         if value == "never":
-            return queryset.filter(active_key_id__isnull=False, active_last_verified_at__isnull=True)
+            return queryset.filter(key_expires_on__isnull=False, key_checked_at__isnull=True)
         if value == "missing":
-            return queryset.filter(key_state__in=(KeyState.MISSING, KeyState.PENDING))
+            return queryset.filter(
+                key_condition__in=(Institution.KeyCondition.MISSING, Institution.KeyCondition.PENDING)
+            )
         return queryset
 
 
@@ -169,7 +173,9 @@ class RegionFilter(admin.SimpleListFilter):
     parameter_name = "region"
 
     def lookups(self, request, model_admin):
-        regions = CD2Credential.objects.active().order_by("region").values_list("region", flat=True).distinct()
+        regions = (
+            Institution.objects.exclude(key_region="").order_by("key_region").values_list("key_region", flat=True)
+        ).distinct()
         return [(region, region) for region in regions]
 
     def queryset(self, request, queryset):
@@ -179,7 +185,7 @@ class RegionFilter(admin.SimpleListFilter):
         if "\x00" in value:
             # No region has one, and PostgreSQL refuses a NUL in a query.
             return queryset.none()
-        return queryset.filter(active_region=value)
+        return queryset.filter(key_region=value)
 
 
 class AccountOwnerFilter(admin.RelatedFieldListFilter):
@@ -230,10 +236,6 @@ TIMELINE_KINDS = {
     "staff": "Staff",
     "audit": "Audit",
 }
-
-# Filters that read the key annotations; without them the list counts plain institutions.
-KEY_FILTERS = (ExpiryFilter, KeyCheckFilter, RegionFilter)
-
 
 # --------------------------------------------------------------------------
 # Inlines: contacts (editable), key history and links (read-only)
@@ -330,11 +332,12 @@ class InstitutionChangeList(ChangeList):
         """The filtered list without the key annotations and their join, or None when it needs them.
 
         An institution has at most one active key (a partial unique
-        constraint), so the LEFT JOIN to it never changes the count; only
-        the expiry, check and region filters read it.
+        constraint), so the LEFT JOIN to it never changes the count, and
+        every filter reads the institution's own columns (the stored key
+        summary), so only lookups typed into the URL might need the join.
         """
-        filter_specs, _, remaining_lookup_params, _, _ = self.get_filters(request)
-        if remaining_lookup_params or any(isinstance(spec, KEY_FILTERS) and spec.value() for spec in filter_specs):
+        _, _, remaining_lookup_params, _, _ = self.get_filters(request)
+        if remaining_lookup_params:
             return None
         annotated = self.root_queryset
         self.root_queryset = self.model_admin.plain_queryset(request)
@@ -424,7 +427,8 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
         # (Not in `ordering`: the system check would read the F() as a field.)
         match = request.resolver_match
         if match and match.url_name == f"{self.opts.app_label}_{self.opts.model_name}_changelist":
-            return (F("active_expires_on").asc(nulls_last=True), "name")
+            # The stored key_expires_on: the institution_key_expiry index serves this order.
+            return (F("key_expires_on").asc(nulls_last=True), "name")
         return ("name",)
 
     def get_changelist(self, request, **kwargs):
@@ -443,11 +447,11 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
     def key_status(self, obj: Institution) -> str:
         return key_state_badge(obj.key_state)
 
-    @admin.display(description="Expires on", ordering="active_expires_on")
+    @admin.display(description="Expires on", ordering="key_expires_on")
     def expires_on(self, obj: Institution):
         return obj.active_expires_on
 
-    @admin.display(description="Days left", ordering=F("days_left").asc(nulls_last=True))
+    @admin.display(description="Days left", ordering=F("key_expires_on").asc(nulls_last=True))
     def days_left_display(self, obj: Institution) -> str:
         if obj.days_left is None:
             return "—"
@@ -463,14 +467,14 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
             "{}<br><small>{}</small>", step_label(obj.last_reminder_step), format_day(obj.last_reminder_at)
         )
 
-    @admin.display(description="Next reminder", ordering=F("active_expires_on").asc(nulls_last=True))
+    @admin.display(description="Next reminder", ordering=F("key_expires_on").asc(nulls_last=True))
     def next_reminder_display(self, obj: Institution) -> str:
         step = institution_next_reminder(obj, today=local_today())
         if step is None:
             return "—"
         return format_html("{}<br><small>{}</small>", step.label(), format_day(step.on))
 
-    @admin.display(description="Last check", ordering=F("active_last_verified_at").desc(nulls_last=True))
+    @admin.display(description="Last check", ordering=F("key_checked_at").desc(nulls_last=True))
     def last_check(self, obj: Institution) -> str:
         if not obj.active_key_id:
             return "—"

@@ -3,8 +3,10 @@
 A key is never edited in place: a new key supersedes the old one, which stays
 as history. `credential_check_record` is the one writer of a check's result.
 Every change of which key an institution has, or of its status, moves the
-institution's `updated_at` (`institution_mark_key_changed`): the API's
-`changed_at`, which a pipeline polls with `?changed_since=`.
+institution's `updated_at`: the API's `changed_at`, which a pipeline polls
+with `?changed_since=`. `institution_key_summary_refresh` is the one writer
+of the institution's stored key summary (Institution.key_*), called in the
+same transaction as every change of a key's status, expiry or check.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict
 from credentials.models import CD2Credential, SubmissionLink
+from credentials.selectors import key_summary_drift, key_summary_expected
 from credentials.validators import CleanKey
 from institutions.models import Institution
 
@@ -24,9 +27,30 @@ from institutions.models import Institution
 CHECK_TEXT_LENGTH = 200
 
 
-def institution_mark_key_changed(*, institution_id: int, now: dt.datetime) -> None:
-    """Move the institution's updated_at: its key changed (a queryset update: auto_now only runs on save())."""
-    Institution.objects.filter(pk=institution_id).update(updated_at=now)
+def institution_key_summary_refresh(*, institution_id: int, changed_at: dt.datetime | None = None) -> None:
+    """Rewrite the institution's key summary from its keys (one UPDATE); with `changed_at`, move updated_at too.
+
+    Call it in the transaction that changed a key's status, expiry or check
+    result, after the change. `changed_at` says which key the institution
+    has changed (a queryset update: auto_now only runs on save()).
+    """
+    values = key_summary_expected()
+    if changed_at is not None:
+        values["updated_at"] = changed_at
+    Institution.objects.filter(pk=institution_id).update(**values)
+
+
+def key_summaries_drifted() -> list[int]:
+    """Ids of institutions whose stored key summary is not what their keys say (should be none)."""
+    return list(key_summary_drift().order_by("pk").values_list("pk", flat=True))
+
+
+def key_summaries_fix(*, institution_ids: list[int] | None) -> int:
+    """Rewrite the key summary of these institutions (None: all) from their keys; returns how many rows were written."""
+    institutions = Institution.objects.all()
+    if institution_ids is not None:
+        institutions = institutions.filter(pk__in=institution_ids)
+    return institutions.update(**key_summary_expected())
 
 
 def credential_mark_pulled(*, credential: CD2Credential, now: dt.datetime) -> None:
@@ -115,7 +139,7 @@ def credential_create(
         if status == CD2Credential.Status.ACTIVE:
             credential_activate(credential=credential, now=now)
         else:
-            institution_mark_key_changed(institution_id=institution.pk, now=now)
+            institution_key_summary_refresh(institution_id=institution.pk, changed_at=now)
     return credential
 
 
@@ -146,7 +170,7 @@ def credential_activate(
         if check is not None:
             fields += credential_check_record(credential=credential, check=check, now=now)
         credential.save(update_fields=fields)
-        institution_mark_key_changed(institution_id=credential.institution_id, now=now)
+        institution_key_summary_refresh(institution_id=credential.institution_id, changed_at=now)
     return credential
 
 
@@ -161,5 +185,7 @@ def credential_set_status(
     credential.status_reason = reason[:500]
     with transaction.atomic():
         credential.save(update_fields=["status", "status_changed_at", "status_reason"])
-        institution_mark_key_changed(institution_id=credential.institution_id, now=credential.status_changed_at)
+        institution_key_summary_refresh(
+            institution_id=credential.institution_id, changed_at=credential.status_changed_at
+        )
     return credential

@@ -60,6 +60,7 @@ from credentials.services.keys import (
     credential_check_record,
     credential_create,
     credential_set_status,
+    institution_key_summary_refresh,
 )
 from credentials.services.links import submission_link_create, submission_link_mark_sent
 from credentials.validators import CleanKey, validate_key_input
@@ -563,6 +564,7 @@ def _activate_checked(credential: CD2Credential, check: CheckResult, now: dt.dat
             status_changed_at=now,
             status_reason="A newer key became active before this one could be checked.",
         )
+        institution_key_summary_refresh(institution_id=credential.institution_id)
         return VerifyResult.SUPERSEDED
     credential_activate(credential=credential, now=now)
     audit_record(

@@ -25,7 +25,11 @@ from credentials.notifications import SEND_ERRORS, admin_url, institution_today,
 from credentials.selectors import served_active_keys
 from credentials.services import jobs
 from credentials.services.audit import audit_record
-from credentials.services.keys import credential_check_record, credential_set_status
+from credentials.services.keys import (
+    credential_check_record,
+    credential_set_status,
+    institution_key_summary_refresh,
+)
 from credentials.services.links import submission_link_create, submission_link_mark_sent
 
 logger = logging.getLogger(__name__)
@@ -86,7 +90,11 @@ def credential_verify(*, credential_id: int, now: dt.datetime | None = None, act
     result = check_key_with_settings(client_id=credential.client_id, secret=credential.secret)
     if result.verdict in (Verdict.OK, Verdict.UNAVAILABLE):
         fields = credential_check_record(credential=credential, check=result, now=now)
-        CD2Credential.objects.filter(pk=credential.pk).update(**{name: getattr(credential, name) for name in fields})
+        with transaction.atomic():
+            CD2Credential.objects.filter(pk=credential.pk).update(
+                **{name: getattr(credential, name) for name in fields}
+            )
+            institution_key_summary_refresh(institution_id=credential.institution_id)
         if actor is not None:
             # The daily run's passing checks are in the key's columns; a staff member's is an act.
             audit_record(

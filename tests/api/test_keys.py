@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from api.models import Scope
 from credentials.models import AuditEvent, CD2Credential
-from credentials.services.keys import credential_set_status
+from credentials.services.keys import credential_set_status, key_summaries_fix
 from institutions.models import Institution
 from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
 
@@ -137,6 +137,7 @@ def test_changed_since_pages_through_1000_institutions_with_flat_queries(make_to
         )
         for n, inst in enumerate(institutions)
     )
+    key_summaries_fix(institution_ids=None)  # bulk rows, with the summary the key services would have written
     Institution.objects.update(updated_at=old)
     recent = timezone.now()
     changed = institutions[::7]  # 143 institutions changed since `recent`

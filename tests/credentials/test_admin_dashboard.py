@@ -8,7 +8,7 @@ from django.urls import reverse
 
 from credentials.admin.dashboard import dashboard_context, expiry_chart
 from credentials.models import CD2Credential
-from credentials.services.keys import credential_create
+from credentials.services.keys import credential_create, institution_key_summary_refresh
 from credentials.validators import CleanKey
 from institutions.models import Institution
 from tests.conftest import PASSED_CHECK
@@ -51,6 +51,7 @@ def test_the_dashboard_counts_served_institutions_per_key_state(make_institution
     CD2Credential.objects.filter(pk=failing.pk).update(
         last_verdict="forbidden", last_verification="forbidden (403 AccountDisabled)"
     )
+    institution_key_summary_refresh(institution_id=failing.institution_id)  # as every writer of a check does
     make_institution()
     _key(make_institution(status=Institution.Status.OFFBOARDED), 10)  # not served: not counted
 
@@ -94,6 +95,7 @@ def test_the_failing_panel_names_the_failed_key_its_verdict_reason_and_time(
         last_verification="401 from CD2: invalid_client",
         last_verified_at=checked,
     )
+    institution_key_summary_refresh(institution_id=inst.pk)  # as every writer of a key's status does
     verified_login(client, make_staff("Viewer"))
 
     body = client.get(reverse("admin:index")).content.decode()

@@ -17,7 +17,7 @@ from credentials.admin.institutions import RegionFilter
 from credentials.models import AuditEvent, CD2Credential, SubmissionLink
 from credentials.selectors import institutions_with_key_status
 from credentials.services import jobs
-from credentials.services.keys import credential_set_status
+from credentials.services.keys import credential_set_status, institution_key_summary_refresh, key_summaries_fix
 from credentials.tasks import send_batch_link
 from credentials.validators import CleanKey
 from devtools.fake_gateway import FakeGateway
@@ -91,6 +91,7 @@ def test_an_active_key_whose_last_check_was_rejected_shows_as_failing(staff_clie
     CD2Credential.objects.filter(pk=credential.pk).update(
         last_verdict="rejected", last_verification="rejected (401 AuthenticationError)"
     )
+    institution_key_summary_refresh(institution_id=institution.pk)  # as every writer of a check result does
     body = staff_client("Viewer").get(CHANGELIST + "?check=failing").content.decode()
     assert 'key-badge--failing">Failing check<' in body
     assert "Northfield University" in body
@@ -176,6 +177,7 @@ def _many_institutions(count: int, owners) -> None:
             )
         )
     CD2Credential.objects.bulk_create(keys)
+    key_summaries_fix(institution_ids=None)  # bulk rows, with the summary the key services would have written
     Contact.objects.bulk_create(
         Contact(institution=inst, name="C", email=f"c{i}@bulk.example.edu") for i, inst in enumerate(institutions)
     )
