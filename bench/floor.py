@@ -2,8 +2,9 @@
 
 - `floor_write`: a trivial Django view that writes one row, served by the
   same gunicorn, middleware and CSRF check as the submission page.
-- `floor_site`: a separate AdminSite with a stock ModelAdmin on Contact
-  (one contact per institution, so as many rows as the institution list).
+- `floor_site`: a separate AdminSite with stock ModelAdmins on Institution
+  (the floor of the staff institution list: the same rows, Django's own
+  changelist) and Contact (one per institution; the floor of earlier runs).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_POST
 
 from credentials.models import AuditEvent
-from institutions.models import Contact
+from institutions.models import Contact, Institution
 
 
 @require_POST
@@ -26,4 +27,5 @@ def floor_write(request: HttpRequest, token: str) -> HttpResponse:
 
 
 floor_site = admin.AdminSite(name="bench_floor_admin")
+floor_site.register(Institution)
 floor_site.register(Contact)

@@ -88,6 +88,7 @@ def key_summary_expected() -> dict:
             default=Value(Condition.MISSING),
             output_field=models.CharField(),
         ),
+        "key_pk": Subquery(active.values("pk")[:1]),
         "key_expires_on": Subquery(active.values("expires_on")[:1]),
         "key_checked_at": Subquery(active.values("last_verified_at")[:1]),
         "key_region": Coalesce(Subquery(active.values("region")[:1]), Value("")),
@@ -201,16 +202,15 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
 def reminded_without_answer() -> Q:
     """Institutions whose active key was reminded about and who have handed in no key since the first reminder.
 
-    For .filter() on Institution; no join to the key (EXISTS on the indexed foreign keys).
+    For .filter() on Institution; no join to the key: the reminders are found by the active key's
+    id stored on the institution (key_pk), the answer by EXISTS on the indexed foreign key.
     """
     answer = CD2Credential.objects.filter(
         institution=OuterRef(OuterRef("pk")), submitted_at__gt=OuterRef("sent_at")
     ).exclude(pk=OuterRef("credential"))
-    reminded = ReminderLog.objects.filter(
-        credential__institution=OuterRef("pk"),
-        credential__status=CD2Credential.Status.ACTIVE,
-        state=ReminderLog.State.SENT,
-    ).filter(~Exists(answer))
+    reminded = ReminderLog.objects.filter(credential=OuterRef("key_pk"), state=ReminderLog.State.SENT).filter(
+        ~Exists(answer)
+    )
     return Q(Exists(reminded))
 
 

@@ -108,6 +108,8 @@ class Institution(models.Model):
         db_default=KeyCondition.MISSING,
         editable=False,
     )
+    # The active key's id: a plain number, not a foreign key, so that institutions depends on nothing in credentials.
+    key_pk = models.PositiveBigIntegerField(null=True, blank=True, editable=False, help_text="The active key's id.")
     key_expires_on = models.DateField(null=True, blank=True, editable=False, help_text="The active key's expiry.")
     key_checked_at = models.DateTimeField(
         null=True, blank=True, editable=False, help_text="When the active key was last checked against CD2."
@@ -122,6 +124,20 @@ class Institution(models.Model):
             models.Index(fields=("key_expires_on", "name"), name="institution_key_expiry"),
             # The check filters (failing, pending, missing) in the same order.
             models.Index(fields=("key_condition", "key_expires_on", "name"), name="institution_key_condition"),
+            # The region filter, and its list of regions in use (one probe per region).
+            models.Index(fields=("key_region", "key_expires_on", "name"), name="institution_key_region"),
+            # Rare rows that sit at the end of the expiry order (no active key, or never checked): without
+            # these, a page of them walks the whole expiry index to find its 50 rows.
+            models.Index(
+                fields=("key_expires_on", "name"),
+                condition=models.Q(key_condition__in=("missing", "pending")),
+                name="institution_key_not_working",
+            ),
+            models.Index(
+                fields=("key_expires_on", "name"),
+                condition=models.Q(key_checked_at__isnull=True),
+                name="institution_key_never_checked",
+            ),
         ]
         permissions = [("export_institutions", "Can export the institution list (audited)")]
 

@@ -29,6 +29,7 @@ def fill(apps, schema_editor):
             default=Value("missing"),
             output_field=models.CharField(),
         ),
+        key_pk=Subquery(active.values("pk")[:1]),
         key_expires_on=Subquery(active.values("expires_on")[:1]),
         key_checked_at=Subquery(active.values("last_verified_at")[:1]),
         key_region=Coalesce(Subquery(active.values("region")[:1]), Value("")),
