@@ -40,6 +40,7 @@ from credentials.selectors import (
     institution_timeline,
     institutions_with_key_status,
     local_today,
+    regions_in_use,
     reminded_without_answer,
 )
 from credentials.services.links import link_batch_create, link_batch_progress
@@ -173,24 +174,8 @@ class RegionFilter(admin.SimpleListFilter):
     title = "region"
     parameter_name = "region"
 
-    # More than any CD2 deployment has (one per AWS region it runs in); a bound on the loop below.
-    MAX_REGIONS = 50
-
     def lookups(self, request, model_admin):
-        # The regions in use, one index probe each (a "loose index scan" on institution_key_region):
-        # SELECT DISTINCT would read every institution's row in the index on each page view.
-        regions: list[str] = []
-        while len(regions) < self.MAX_REGIONS:
-            region = (
-                Institution.objects.filter(key_region__gt=regions[-1] if regions else "")
-                .order_by("key_region")
-                .values_list("key_region", flat=True)
-                .first()
-            )
-            if region is None:
-                break
-            regions.append(region)
-        return [(region, region) for region in regions]
+        return [(region, region) for region in regions_in_use()]
 
     def queryset(self, request, queryset):
         value = self.value()
