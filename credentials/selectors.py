@@ -110,7 +110,10 @@ def key_summary_drift(*, queryset=None):
 
 
 def key_state_case(*, today: dt.date) -> Case:
-    """KeyState from the stored summary: an active key's state is its expiry on `today`, the others are stored."""
+    """KeyState from the stored summary: an active key's state is its expiry on `today`, the others are stored.
+
+    KeyCondition's pending, failing and missing are spelled as KeyState's, so they pass through as they are.
+    """
     return Case(
         When(
             key_condition=Institution.KeyCondition.ACTIVE,
