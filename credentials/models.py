@@ -337,6 +337,7 @@ class AuditEvent(models.Model):
         TWO_FACTOR_RESET = "2fa_reset", "Authenticator reset started"
         TWO_FACTOR_ENROLLED = "2fa_enrolled", "Authenticator enrolled"
         TWO_FACTOR_DELETED = "2fa_deleted", "Two-factor device deleted"
+        CONTACT_ADDED = "contact_added", "Key submitter added as a contact"
 
     kind = models.CharField(max_length=20, choices=Kind.choices)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)

@@ -27,7 +27,7 @@ from credentials.models import (
     secret_fields_of,
     step_label,
 )
-from institutions.models import Institution
+from institutions.models import Institution, email_key
 
 __all__ = ["ExpiryState", "KeyState"]
 
@@ -585,3 +585,36 @@ def institution_timeline(*, institution: Institution, limit: int = 200) -> list[
         )
     entries.sort(key=lambda entry: entry.at, reverse=True)
     return entries[:limit]
+
+
+# --------------------------------------------------------------------------
+# Submitters not on file (the "add as a contact" button)
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitterNotOnFile:
+    credential_id: int
+    name: str
+    email: str
+
+
+def submitters_not_on_file(*, institution: Institution) -> list[SubmitterNotOnFile]:
+    """People who handed over a key for the institution and are not its contacts, newest first, one per address.
+
+    Addresses compare by email_key (the one comparison form), so a contact
+    typed in another case or with look-alike characters counts as on file.
+    """
+    on_file = {email_key(address) for address in institution.contacts.values_list("email", flat=True)}
+    found: dict[str, SubmitterNotOnFile] = {}
+    rows = (
+        CD2Credential.objects.filter(institution=institution)
+        .exclude(submitted_by_email="")
+        .order_by("-submitted_at", "-pk")
+        .values_list("pk", "submitted_by", "submitted_by_email")
+    )
+    for pk, name, address in rows:
+        key = email_key(address)
+        if key and key not in on_file and key not in found:
+            found[key] = SubmitterNotOnFile(credential_id=pk, name=name, email=address)
+    return list(found.values())

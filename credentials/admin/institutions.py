@@ -584,11 +584,17 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
             path("<path:object_id>/check-key/", wrap(pages.check_key_view), name=f"{prefix}_check_key"),
             path("<path:object_id>/revoke-key/", wrap(pages.revoke_key_view), name=f"{prefix}_revoke_key"),
             path("<path:object_id>/add-key/", wrap(pages.add_key_view), name=f"{prefix}_add_key"),
+            path(
+                "<path:object_id>/add-submitter-contact/",
+                wrap(pages.add_submitter_contact_view),
+                name=f"{prefix}_add_submitter_contact",
+            ),
             *super().get_urls(),
         ]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        extra_context = {**(extra_context or {}), **pages.staff_actions(request)}
+        institution = Institution.objects.filter(pk=object_id).first() if str(object_id).isdigit() else None
+        extra_context = {**(extra_context or {}), **pages.staff_actions(request, institution)}
         return super().change_view(request, object_id, form_url, extra_context)
 
     # -- actions ----------------------------------------------------------

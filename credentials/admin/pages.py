@@ -24,11 +24,12 @@ from django.views.decorators.http import require_POST
 
 from credentials.models import AuditEvent, CD2Credential
 from credentials.notifications import SEND_ERRORS
-from credentials.selectors import current_key, local_today
+from credentials.selectors import current_key, local_today, submitters_not_on_file
 from credentials.services.audit import audit_record
 from credentials.services.links import submission_link_send
 from credentials.services.reminders import reminder_send_now
 from credentials.services.staff import (
+    ADD_CONTACT_PERMISSION,
     ADD_KEY_PERMISSION,
     CHECK_PERMISSION,
     MIN_REASON_LENGTH,
@@ -39,6 +40,7 @@ from credentials.services.staff import (
     StaffActionRefused,
     credential_reveal,
     credential_revoke,
+    submitter_contact_add,
 )
 from credentials.services.submission import Door, VerifyResult, credential_submit, credential_verify_pending
 from credentials.services.verification import credential_verify
@@ -66,7 +68,7 @@ def reauth_mark(request: HttpRequest) -> None:
     request.session.pop(REAUTH_FAILURES_SESSION_KEY, None)
 
 
-def staff_actions(request: HttpRequest, institution: Institution | None = None) -> dict[str, bool]:
+def staff_actions(request: HttpRequest, institution: Institution | None = None) -> dict[str, object]:
     """Which buttons this staff member may see: the admin hides what a role cannot do."""
     user = request.user
     return {
@@ -75,6 +77,11 @@ def staff_actions(request: HttpRequest, institution: Institution | None = None) 
         "can_check_key": user.has_perm(CHECK_PERMISSION),
         "can_revoke_key": user.has_perm(REVOKE_PERMISSION),
         "can_add_key": user.has_perm(ADD_KEY_PERMISSION),
+        "submitters_not_on_file": (
+            submitters_not_on_file(institution=institution)
+            if institution is not None and user.has_perm(ADD_CONTACT_PERMISSION)
+            else []
+        ),
     }
 
 
@@ -264,6 +271,28 @@ class StaffKeyForm(forms.Form):
         required=False,
         help_text="Needed for a key that expires within 6 months; the key then shows “short expiry”.",
     )
+
+
+@require_POST
+def add_submitter_contact_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
+    """One click: the person who handed over a key becomes a contact (twice clicked, still one contact)."""
+    institution = _institution(request, model_admin, object_id)
+    _require(request, ADD_CONTACT_PERMISSION)
+    credential = _object_or_404(
+        CD2Credential.objects.without_secrets().filter(institution=institution), request.POST.get("credential", "")
+    )
+    try:
+        contact, created = submitter_contact_add(
+            credential=credential, actor=request.user, ip_address=client_ip(request)
+        )
+    except StaffActionRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        if created:
+            messages.success(request, f"{contact.email} is now a contact and receives reminders and links.")
+        else:
+            messages.info(request, f"{contact.email} was already a contact; nothing changed.")
+    return _back(institution)
 
 
 @sensitive_post_parameters("client_id", "secret")

@@ -45,7 +45,7 @@ from credentials.notifications import (
     reminder_addressees,
     reply_to,
 )
-from credentials.selectors import due_credentials, reminder_days_before, reminder_step
+from credentials.selectors import due_credentials, newer_key_pending, reminder_days_before, reminder_step
 from credentials.services import notices
 from credentials.services.links import submission_link_create, submission_link_mark_sent
 from institutions.models import Contact
@@ -331,6 +331,9 @@ def reminder_notice_send(*, notice: Notice, now: dt.datetime, actor=None, connec
     credential = notice.credential
     institution = credential.institution
     reminder_id = notice.reminder_id
+    if CD2Credential.objects.filter(pk=credential.pk).filter(newer_key_pending()).exists():
+        _release_for_newer_key(notice=notice, now=now)
+        return False
     if credential.status != CD2Credential.Status.ACTIVE or not institution.is_served():
         reason = f"Not sent: the key is {credential.status}, institution {institution.status}."
         notices.notice_close(notice_id=notice.pk, state=Notice.State.SUPERSEDED, reason=reason, now=now)
@@ -366,6 +369,26 @@ def reminder_notice_send(*, notice: Notice, now: dt.datetime, actor=None, connec
         )
     logger.info("Reminder %s sent for key %s (%s)", reminder_id, credential.pk, institution.slug)
     return True
+
+
+def _release_for_newer_key(*, notice: Notice, now: dt.datetime) -> None:
+    """Supersede a reminder whose institution handed over a newer key, still waiting for its check.
+
+    The step is given back (its claim row removed, the notice kept as the
+    record): when the newer key becomes active the old key is superseded and
+    nothing is due; when it ends invalid, the next run claims this step again
+    and the reminders go on where they stopped.
+    """
+    reason = (
+        "Not sent: a newer key for this institution arrived and is waiting for its check; "
+        "this key's reminders pause until that check ends."
+    )
+    with transaction.atomic():
+        notices.notice_close(notice_id=notice.pk, state=Notice.State.SUPERSEDED, reason=reason, now=now)
+        if notice.reminder_id is not None:
+            Notice.objects.filter(pk=notice.pk).update(reminder=None)
+            ReminderLog.objects.filter(pk=notice.reminder_id, state=ReminderLog.State.CLAIMED).delete()
+    logger.info("Reminder notice %s superseded: a newer key is waiting for its check", notice.pk)
 
 
 def reminder_note_attempt(*, reminder_id: int, error: BaseException | str, failed: bool, now: dt.datetime) -> None:

@@ -21,7 +21,7 @@ from credentials.models import VERDICT_LABELS, AuditEvent, CD2Credential, step_l
 from credentials.selectors import handoff_candidate, institution_next_reminder, local_today
 from credentials.services.audit import audit_record
 from credentials.services.keys import credential_set_status
-from institutions.models import Institution
+from institutions.models import Contact, Institution, email_for_storage, email_key
 
 # What each act needs: a permission named for it (models' Meta.permissions).
 REVEAL_PERMISSION = "credentials.reveal_secret"
@@ -32,6 +32,8 @@ CHECK_PERMISSION = "credentials.check_key"
 SEND_REMINDER_PERMISSION = "credentials.send_reminder"
 SEND_LINK_PERMISSION = "credentials.send_submission_link"
 ADD_KEY_PERMISSION = "credentials.add_cd2credential"
+# Adding a key's submitter as a contact is adding a contact: the same right as the contacts inline.
+ADD_CONTACT_PERMISSION = "institutions.add_contact"
 # A reason is what an auditor reads later; "x" explains nothing.
 MIN_REASON_LENGTH = 5
 
@@ -52,6 +54,42 @@ def clean_reason(reason: str, *, what: str) -> str:
 # --------------------------------------------------------------------------
 # Revoke
 # --------------------------------------------------------------------------
+
+
+def submitter_contact_add(*, credential: CD2Credential, actor, ip_address: str | None = None) -> tuple[Contact, bool]:
+    """Make the person who handed over `credential` a contact of its institution; (contact, created).
+
+    Idempotent: an address already on file (compared by email_key) returns
+    that contact and records nothing. The new contact receives reminders and
+    links (what the button promises: the person who sends the keys hears
+    about the next one). One audit event per contact added.
+    """
+    address = email_for_storage(credential.submitted_by_email)
+    if not address:
+        raise StaffActionRefused("This key was not handed over with an email address; there is nobody to add.")
+    with transaction.atomic():
+        # The institution's row lock serialises two clicks: the second sees the first's contact.
+        institution = Institution.objects.select_for_update().get(pk=credential.institution_id)
+        for contact in institution.contacts.all():
+            if email_key(contact.email) == email_key(address):
+                return contact, False
+        contact = Contact.objects.create(
+            institution=institution,
+            name=(credential.submitted_by or "").strip()[:200] or address,
+            email=address,
+            role=Contact.Role.OTHER,
+            receives_reminders=True,
+        )
+        audit_record(
+            kind=AuditEvent.Kind.CONTACT_ADDED,
+            actor=actor,
+            institution=institution,
+            credential=credential,
+            ip_address=ip_address,
+            reason=f"Added {address}, who handed over key {credential.hint}, as a contact who receives reminders.",
+            detail={"contact_id": contact.pk, "hint": credential.hint},
+        )
+    return contact, True
 
 
 def credential_revoke(*, credential: CD2Credential, actor, reason: str, ip_address: str | None = None) -> CD2Credential:

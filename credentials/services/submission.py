@@ -100,10 +100,21 @@ ALREADY_HAVE_MESSAGES = {
         "Instructure. Nothing changed, and you need not send it again: we email you when the check is done."
     ),
 }
+# A key on file for this institution that we no longer use: why, in words,
+# then what to do (by the door: the customer's link, or staff entering it).
+ALREADY_HAD_REASONS = {
+    CD2Credential.Status.REVOKED: "this key was revoked, so it no longer works",
+    CD2Credential.Status.INVALID: "this key stopped working: Instructure no longer accepts it",
+    CD2Credential.Status.SUPERSEDED: "a newer key replaced it",
+}
 ALREADY_HAD_MESSAGE = (
-    "We had this key for {institution} before (key {hint}) and no longer use it: it is {status}. Nothing "
-    "changed. Please create a new key at identity.instructure.com and submit that one with this link."
+    "We had this key for {institution} before (key {hint}) and no longer use it: {reason}. Nothing "
+    "changed. Please create a new key at identity.instructure.com and {next_step}."
 )
+ALREADY_HAD_NEXT_STEP = {
+    True: "submit that one with this link, which still works",
+    False: "enter that one here",
+}
 # What happens next to a key stored pending, by PendingReason: shown on the
 # page and in the receipt. Only "not enabled" asks the customer to act, and
 # never for a new key: Instructure shows a Secret only once.
@@ -289,7 +300,11 @@ def _on_file(*, door: Door, key: CleanKey, check: CheckResult | None = None) -> 
     words = {"institution": institution.name, "hint": existing.hint}
     if existing.institution_id == institution.pk:
         template = ALREADY_HAVE_MESSAGES.get(existing.status, ALREADY_HAD_MESSAGE)
-        message = template.format(**words, status=existing.get_status_display().lower())
+        message = template.format(
+            **words,
+            reason=ALREADY_HAD_REASONS.get(existing.status, f"it is {existing.get_status_display().lower()}"),
+            next_step=ALREADY_HAD_NEXT_STEP[door.by_link],
+        )
         return SubmitOutcome(Result.ALREADY_HAVE, credential=existing, errors={"__all__": [message]}, check=check)
     detail = {"hint": key.hint, "outcome": Result.TAKEN.value, "on_file_for": existing.institution_id}
     if door.link is not None:

@@ -267,3 +267,33 @@ def test_a_viewer_cannot_add_a_key(staff_client, institution, today):
     assert response.status_code == 403
     assert not CD2Credential.objects.exists()
     assert mail.outbox == []
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [
+        ("revoked", "this key was revoked, so it no longer works"),
+        ("invalid", "this key stopped working: Instructure no longer accepts it"),
+        ("superseded", "a newer key replaced it"),
+    ],
+)
+def test_staff_entering_a_key_we_no_longer_use_read_why_and_nothing_changes(
+    staff_client, institution, make_credential, today, status, words
+):
+    key = make_credential(institution, client_id=FULL_CLIENT_ID)
+    CD2Credential.objects.filter(pk=key.pk).update(status=status)
+    client = staff_client("Customer success")
+    with FakeGateway(keys={FULL_CLIENT_ID: PLANTED_SECRET}) as gateway, override_settings(CD2_API_URL=gateway.url):
+        response = client.post(
+            add_key_url(institution),
+            {
+                "client_id": FULL_CLIENT_ID,
+                "secret": PLANTED_SECRET,
+                "expires_on": (today + dt.timedelta(days=365)).isoformat(),
+            },
+        )
+    body = " ".join(response.content.decode().split())
+    assert response.status_code == 200
+    assert words in body and "enter that one here" in body
+    assert PLANTED_SECRET not in body and FULL_CLIENT_ID not in body
+    assert list(CD2Credential.objects.values_list("status", flat=True)) == [status]

@@ -26,7 +26,7 @@ from django.utils import timezone
 from credentials import tasks
 from credentials.models import CD2Credential, Notice, ReminderLog, ScheduledJob
 from credentials.services import health, jobs, outbox
-from credentials.services.keys import credential_create
+from credentials.services.keys import credential_create, credential_set_status
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
 from tests.conftest import PASSED_CHECK
@@ -190,6 +190,49 @@ def test_a_mail_server_refusing_for_two_hours_loses_nothing_and_sends_each_notic
     assert superseded.credential_id == replaced.pk and superseded.sent_at is None
     assert ReminderLog.objects.get(credential=replaced).state == ReminderLog.State.SKIPPED
     assert ReminderLog.objects.filter(state=ReminderLog.State.SENT).count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reminder_waiting_for_a_retry_is_not_sent_once_a_newer_key_is_pending_and_resumes_if_it_ends_invalid(
+    smtp, clock, broker
+):
+    old = make_customer(1, owner=make_owner(), days=14)
+    smtp.down = True
+    beat_run(broker)  # the 14-day step is decided; the mail server refuses it
+    waiting = Notice.objects.get(kind=Notice.Kind.REMINDER)
+    assert waiting.state == Notice.State.PENDING and smtp.to("admin1@c1.example.edu") == []
+
+    clock.shift(dt.timedelta(minutes=30))
+    newer = credential_create(  # the customer hands over a new key while the reminder waits
+        institution=old.institution,
+        key=CleanKey(
+            client_id="us-east-1#0a1b2c3d-0000-4000-8000-999999999999",
+            secret="secret-value-Xy9",
+            expires_on=timezone.localdate() + dt.timedelta(days=365),
+        ),
+        source=CD2Credential.Source.LINK,
+    )
+    broker.messages = [m for m in broker.messages if m[0] == jobs.DELIVER_NOTICE]  # its check is not run here
+    smtp.down = False
+    clock.shift(dt.timedelta(hours=2))
+    beat_sweep(broker)
+
+    waiting.refresh_from_db()
+    assert waiting.state == Notice.State.SUPERSEDED and waiting.sent_at is None
+    assert "newer key" in waiting.last_error and "waiting for its check" in waiting.last_error
+    assert smtp.to("admin1@c1.example.edu") == []
+    assert not ReminderLog.objects.filter(credential=old).exists()  # the step is given back
+
+    clock.shift(dt.timedelta(days=1))
+    beat_run(broker)  # still pending: paused
+    assert smtp.to("admin1@c1.example.edu") == []
+
+    credential_set_status(credential=newer, status=CD2Credential.Status.INVALID, reason="401 from the gateway")
+    clock.shift(dt.timedelta(days=1))
+    beat_run(broker)
+    beat_run(broker)
+    assert len(smtp.to("admin1@c1.example.edu")) == 1  # the old key's reminders go on, once
+    assert ReminderLog.objects.get(credential=old).state == ReminderLog.State.SENT
 
 
 @pytest.mark.django_db(transaction=True)

@@ -583,3 +583,62 @@ def test_a_link_passed_to_the_service_is_claimed_only_once(cd2_gateway, link, to
         submit(fake_gateway.DEMO_ACCEPTED_CLIENT_ID, fake_gateway.DEMO_ACCEPTED_SECRET).result is Result.LINK_UNUSABLE
     )
     assert CD2Credential.objects.count() == 1
+
+
+# --------------------------------------------------------------------------
+# The same key again, when the one on file is no longer used
+# --------------------------------------------------------------------------
+
+NO_LONGER_USED = [
+    (CD2Credential.Status.REVOKED, "this key was revoked, so it no longer works"),
+    (CD2Credential.Status.INVALID, "this key stopped working: Instructure no longer accepts it"),
+    (CD2Credential.Status.SUPERSEDED, "a newer key replaced it"),
+]
+
+
+def _on_file(institution, make_credential, status) -> CD2Credential:
+    key = make_credential(institution, client_id=PLANTED_CLIENT_ID)
+    CD2Credential.objects.filter(pk=key.pk).update(status=status)
+    key.refresh_from_db()
+    return key
+
+
+@pytest.mark.parametrize(("status", "words"), NO_LONGER_USED)
+def test_a_key_we_no_longer_use_handed_over_again_on_the_link_is_told_the_truth_and_the_link_still_works(
+    cd2_gateway, post, link, institution, make_credential, status, words
+):
+    key = _on_file(institution, make_credential, status)
+
+    response = post()
+
+    text = page_text(response)
+    assert response.status_code == 200
+    assert words in text
+    assert "create a new key at identity.instructure.com and submit that one with this link, which still works" in text
+    assert "it is the key we use" not in text
+    key.refresh_from_db()
+    assert key.status == status and CD2Credential.objects.count() == 1
+    link.link.refresh_from_db()
+    assert link.link.is_usable()
+    assert mail.outbox == []
+
+
+@pytest.mark.parametrize(("status", "words"), NO_LONGER_USED)
+def test_a_key_we_no_longer_use_entered_again_by_staff_is_refused_with_the_reason(
+    cd2_gateway, institution, owner, make_credential, today, status, words
+):
+    key = _on_file(institution, make_credential, status)
+
+    outcome = credential_submit(
+        door=Door.staff(institution=institution, user=owner),
+        client_id=PLANTED_CLIENT_ID,
+        secret=PLANTED_SECRET,
+        expires_on=today + dt.timedelta(days=300),
+    )
+
+    assert outcome.result is Result.ALREADY_HAVE and not outcome.stored
+    message = outcome.errors["__all__"][0]
+    assert words in message
+    assert message.endswith("create a new key at identity.instructure.com and enter that one here.")
+    key.refresh_from_db()
+    assert key.status == status and CD2Credential.objects.count() == 1
