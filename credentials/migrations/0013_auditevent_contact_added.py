@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('credentials', '0011_notice_kinds_and_payload'),
+        ('credentials', '0012_fill_key_summary'),
     ]
 
     operations = [
