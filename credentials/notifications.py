@@ -1,8 +1,9 @@
 """Who receives what, and what every customer mail shares.
 
 One owner rule (an account owner is mailed only while their user is active
-and has an address), one recipients rule (the institution's contacts who
-receive reminders, the owner in copy or alone), the shared context of link
+and has an address), one rule for reminders and "your key stopped working"
+(the institution's contacts who receive reminders, Reply-To the owner; the
+owner alone when there are none), the shared context of link
 mails, the dates in the institution's time zone and the .ics attachment.
 """
 
@@ -102,7 +103,7 @@ def key_conflict_recipients(*, institutions: Iterable[Institution]) -> list[str]
 
 
 def reminder_addressees(*, institution: Institution) -> list[str]:
-    """Who an expiry reminder goes to: the contacts who receive reminders, or the owner when there are none.
+    """Who a reminder or "your key stopped working" goes to: the contacts who receive reminders, else the owner.
 
     The owner is not copied: they hear of their institutions once a day in
     their summary (services/owners.py) and get the replies (Reply-To).
@@ -113,21 +114,6 @@ def reminder_addressees(*, institution: Institution) -> list[str]:
         return to
     owner = owner_email(institution)
     return [owner] if owner else []
-
-
-def reminder_recipients(*, institution: Institution) -> tuple[list[str], list[str]]:
-    """(to, cc) of a mail that carries a new link outside the reminder series ("key stopped working").
-
-    Contacts who receive reminders with the account owner in copy; without
-    such contacts the owner is the addressee, so someone is always told;
-    ([], []) means nobody can be told.
-    """
-    to = contact_emails(institution)
-    owner = owner_email(institution)
-    if not to:
-        return ([owner], []) if owner else ([], [])
-    cc = without([owner], excluded=to) if owner else []
-    return to, cc
 
 
 # --------------------------------------------------------------------------

@@ -314,6 +314,22 @@ def newer_key_pending(key: str = "") -> Exists:
     )
 
 
+def newer_key_in_hand(key: str = "") -> Exists:
+    """The institution of the (outer) key has a newer key, active or waiting for its check.
+
+    `key` as for newer_key_pending. A notice about a key that stopped
+    working (or was refused at its re-check) asks for a new key: once one
+    has arrived, the notice is superseded rather than sent.
+    """
+    return Exists(
+        CD2Credential.objects.filter(
+            institution_id=OuterRef(f"{key}institution_id"),
+            status__in=(CD2Credential.Status.ACTIVE, CD2Credential.Status.PENDING_VERIFICATION),
+            submitted_at__gt=OuterRef(f"{key}submitted_at"),
+        )
+    )
+
+
 # --------------------------------------------------------------------------
 # Reminders due
 # --------------------------------------------------------------------------

@@ -4,10 +4,12 @@ import datetime as dt
 import itertools
 
 import pytest
+from django.core import mail
 from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict
 from credentials.models import CD2Credential
+from credentials.services import outbox
 from credentials.services.keys import credential_create
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
@@ -21,6 +23,12 @@ PASSED_CHECK = CheckResult(
 
 # A recognisable secret: tests that look for leaks search for this exact value.
 PLANTED_SECRET = "PLANTED-s3cr3t-Zq8vX1nB7kLw2"
+
+
+def delivered() -> list:
+    """Deliver what the outbox holds now (as the queued deliver_notice tasks would) and return all mail sent."""
+    outbox.outbox_deliver_due()
+    return mail.outbox
 
 
 def pytest_configure(config) -> None:

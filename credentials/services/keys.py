@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict
 from credentials.models import CD2Credential, SubmissionLink
-from credentials.selectors import key_summary_drift, key_summary_expected
+from credentials.selectors import key_summary_drift, key_summary_expected, newer_key_in_hand
 from credentials.validators import CleanKey
 from institutions.models import Institution
 
@@ -189,3 +189,21 @@ def credential_set_status(
             institution_id=credential.institution_id, changed_at=credential.status_changed_at
         )
     return credential
+
+
+def new_key_request_stale(*, credential: CD2Credential) -> str:
+    """Why a notice asking for a new key in place of this (invalid) one need not go out now; "" when it must.
+
+    The supersede rule of the notices that say a key does not work ("your
+    key stopped working", "your new key does not work"): the customer has
+    since handed over a newer key, the key is no longer invalid (revoked),
+    or the institution is paused or offboarded.
+    """
+    institution = credential.institution
+    if CD2Credential.objects.filter(pk=credential.pk).filter(newer_key_in_hand()).exists():
+        return "Not sent: a newer key for this institution has arrived since."
+    if credential.status != CD2Credential.Status.INVALID:
+        return f"Not sent: the key is {credential.get_status_display().lower()} now."
+    if not institution.is_served():
+        return f"Not sent: {institution.name} is {institution.get_status_display().lower()}."
+    return ""

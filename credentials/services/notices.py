@@ -24,10 +24,12 @@ import logging
 import secrets
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from credentials.models import Notice
+from credentials.services import jobs
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +70,43 @@ def notice_build(
         recipients=recipients,
         payload=payload or {},
     )
+
+
+def notice_write(
+    *,
+    kind: str,
+    dedupe_key: str,
+    now: dt.datetime,
+    day: dt.date | None = None,
+    institution_id: int | None = None,
+    credential_id: int | None = None,
+    payload: dict | None = None,
+) -> int | None:
+    """Write one notice in the deciding transaction and queue its delivery once that commits.
+
+    The decision's own notice (a receipt, "your key stopped working" ...):
+    written beside the fact it speaks of, so both commit or neither does.
+    Returns the new notice's id, or None when `dedupe_key` is already taken
+    (the same decision taken again: a retried task, a repeated submission),
+    which writes and queues nothing. With the broker down the notice waits
+    for the sweep (robust).
+    """
+    notice = notice_build(
+        kind=kind,
+        dedupe_key=dedupe_key,
+        day=day or timezone.localdate(now),
+        now=now,
+        institution_id=institution_id,
+        credential_id=credential_id,
+        payload=payload,
+    )
+    try:
+        with transaction.atomic():
+            notice.save(force_insert=True)
+    except IntegrityError:
+        return None
+    jobs.job_enqueue_on_commit(jobs.DELIVER_NOTICE, args=(notice.pk,), robust=True)
+    return notice.pk
 
 
 def notice_claim(*, notice_id: int, now: dt.datetime) -> bool:

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from credentials.models import Notice, secret_fields_of
 from credentials.notifications import SEND_ERRORS, drop_connection
-from credentials.services import digest, health, jobs, notices, owners, reminders
+from credentials.services import digest, health, jobs, notices, owners, reminders, submission, verification
 from credentials.services.reminders import ReminderRun
 from institutions.models import Contact
 
@@ -37,6 +37,10 @@ SENDERS = {
     Notice.Kind.REMINDER: reminders.reminder_notice_send,
     Notice.Kind.OWNER_SUMMARY: owners.owner_summary_send,
     Notice.Kind.STAFF_DIGEST: digest.staff_digest_notice_send,
+    Notice.Kind.RECEIPT: submission.receipt_notice_send,
+    Notice.Kind.KEY_INVALID: verification.key_invalid_notice_send,
+    Notice.Kind.KEY_REJECTED: submission.key_rejected_notice_send,
+    Notice.Kind.KEY_CONFLICT: submission.key_conflict_notice_send,
 }
 
 

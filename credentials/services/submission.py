@@ -8,7 +8,7 @@ institution), then the live check against CD2 (`cd2.check_key_with_settings`),
 and only then is stored:
 
 - On file for another institution: refused, nothing stored, the link still
-  works, both institutions' account owners told at once (possible mix-up).
+  works, both institutions' account owners told (possible mix-up).
   On file for this institution: "we already have this key", nothing changes.
   The constraint one_row_per_client_id settles a race between two doors.
 - CD2 accepts it: stored as the active key, the link is used up.
@@ -23,6 +23,11 @@ and only then is stored:
 
 The Secret lives only in local variables here (marked sensitive for Django's
 error reports); only ids go to Celery, only hints to logs, audit and mail.
+
+Every mail a decision here makes (the receipt, the key-conflict notice,
+"your new key does not work") is a Notice written in the decision's
+transaction and delivered by the outbox (services/outbox.py), which
+renders it from ids then and retries it while the mail server is down.
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
-from credentials.emails import send_email
-from credentials.models import AuditEvent, CD2Credential, PendingReason, SubmissionLink
+from credentials.emails import build_email
+from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason, SubmissionLink
 from credentials.notifications import (
     admin_url,
     institution_today,
@@ -53,7 +58,7 @@ from credentials.notifications import (
     without,
 )
 from credentials.selectors import local_today, reminder_days_before
-from credentials.services import jobs
+from credentials.services import jobs, notices
 from credentials.services.audit import audit_record
 from credentials.services.keys import (
     credential_activate,
@@ -61,6 +66,7 @@ from credentials.services.keys import (
     credential_create,
     credential_set_status,
     institution_key_summary_refresh,
+    new_key_request_stale,
 )
 from credentials.services.links import submission_link_create, submission_link_mark_sent
 from credentials.validators import CleanKey, validate_key_input
@@ -138,6 +144,10 @@ PENDING_NEXT_STEPS = {
 # How long a key Instructure answers "not enabled" (403) for is re-checked
 # daily before staff decide (selectors.pending_credentials_due).
 PENDING_NOT_ENABLED_DAYS = 30
+
+# Who a "your new key does not work" notice is for (Notice.payload["audience"]).
+AUDIENCE_ON_FILE = "on_file"
+AUDIENCE_SUBMITTER = "submitter"
 
 # For the mail after a re-check: the customer is no longer on the page.
 RECHECK_REJECTED_MESSAGE = (
@@ -309,21 +319,22 @@ def _on_file(*, door: Door, key: CleanKey, check: CheckResult | None = None) -> 
     detail = {"hint": key.hint, "outcome": Result.TAKEN.value, "on_file_for": existing.institution_id}
     if door.link is not None:
         detail["link_id"] = door.link.pk
-    audit_record(
-        kind=AuditEvent.Kind.SUBMISSION,
-        institution=institution,
-        credential=existing,
-        ip_address=door.ip_address,
-        reason=f"Refused: this Client ID is on file for {existing.institution.name}; nothing stored.",
-        detail=detail,
-        **door.audit_who(),
-    )
+    with transaction.atomic():
+        audit_record(
+            kind=AuditEvent.Kind.SUBMISSION,
+            institution=institution,
+            credential=existing,
+            ip_address=door.ip_address,
+            reason=f"Refused: this Client ID is on file for {existing.institution.name}; nothing stored.",
+            detail=detail,
+            **door.audit_who(),
+        )
+        _key_conflict_write(door=door, on_file=existing)
     logger.warning(
         "Key submission for institution %s refused: the Client ID is on file for institution %s",
         institution.pk,
         existing.institution_id,
     )
-    _after_commit_tell_owners_of_conflict(door=door, hint=key.hint, on_file=existing)
     message = TAKEN_MESSAGE.format(
         institution=institution.name,
         domain=institution.canvas_domain or "your Canvas",
@@ -332,29 +343,61 @@ def _on_file(*, door: Door, key: CleanKey, check: CheckResult | None = None) -> 
     return SubmitOutcome(Result.TAKEN, errors={"__all__": [message]}, check=check)
 
 
-def _after_commit_tell_owners_of_conflict(*, door: Door, hint: str, on_file: CD2Credential) -> None:
-    """Mail both institutions' account owners that one key was handed over for both (possible mix-up)."""
-    institutions = [on_file.institution, door.institution]
-    recipients = key_conflict_recipients(institutions=institutions)
+def _key_conflict_write(*, door: Door, on_file: CD2Credential) -> None:
+    """Write the notice telling both institutions' account owners of one key handed over for both.
+
+    Once per key and institution: the same key handed over again for the
+    same institution (a customer retrying) is audited again but mails no one
+    a second time.
+    """
+    notices.notice_write(
+        kind=Notice.Kind.KEY_CONFLICT,
+        dedupe_key=f"key-conflict:{on_file.pk}:{door.institution.pk}",
+        now=timezone.now(),
+        institution_id=door.institution.pk,
+        credential_id=on_file.pk,
+        payload={
+            "by_link": door.by_link,
+            "submitted_by": door.submitted_by,
+            "submitted_by_email": door.submitted_by_email,
+        },
+    )
+
+
+def key_conflict_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
+    """Render and send a claimed key-conflict notice to both account owners (possible mix-up); True if sent.
+
+    `notice.credential` is the key on file, `notice.institution` the one it
+    was handed over for. SMTP errors propagate to the outbox.
+    """
+    on_file = notice.credential
+    submitted = Institution.objects.select_related("account_owner").get(pk=notice.institution_id)
+    recipients = key_conflict_recipients(institutions=[on_file.institution, submitted])
+    if not recipients:
+        reason = "Nobody to tell: neither institution has an account owner and STAFF_DIGEST_RECIPIENTS is empty."
+        notices.notice_close(notice_id=notice.pk, state=Notice.State.FAILED, reason=reason, now=now)
+        logger.warning("A key was refused as on file for another institution; nobody to tell")
+        return False
     context = {
-        "hint": hint,
-        "submitted": door.institution,
-        "submitted_url": admin_url(door.institution),
+        "hint": on_file.hint,
+        "submitted": submitted,
+        "submitted_url": admin_url(submitted),
         "on_file": on_file.institution,
         "on_file_url": admin_url(on_file.institution),
         "on_file_status": on_file.get_status_display().lower(),
-        "by_link": door.by_link,
-        "submitted_by": door.submitted_by,
-        "submitted_by_email": door.submitted_by_email,
+        "by_link": bool(notice.payload.get("by_link")),
+        "submitted_by": notice.payload.get("submitted_by", ""),
+        "submitted_by_email": notice.payload.get("submitted_by_email", ""),
     }
+    _send(build_email("key-conflict", to=recipients, context=context, connection=connection), connection)
+    notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(recipients), now=now)
+    return True
 
-    def send_conflict_notice() -> None:  # a named function: Django logs a robust callback's __qualname__
-        if not recipients:
-            logger.warning("A key was refused as on file for another institution; nobody to tell")
-            return
-        send_email("key-conflict", to=recipients, context=context)
 
-    transaction.on_commit(send_conflict_notice, robust=True)
+def _send(message, connection) -> None:
+    if connection is not None:
+        connection.open()  # no-op when open; after a failure, a fresh connection
+    message.send(fail_silently=False)
 
 
 def _claim_link(link: SubmissionLink, now: dt.datetime) -> bool:
@@ -485,7 +528,7 @@ def _store(*, door: Door, key: CleanKey, check: CheckResult, detail: dict) -> Su
                 **door.audit_who(),
             )
         if door.by_link:
-            _after_commit_send_receipt(credential.pk, error_type=check.error_type)
+            receipt_write(credential=credential, now=now, error_type=check.error_type)
         if status == CD2Credential.Status.PENDING_VERIFICATION and pending_reason != PendingReason.NOT_ENABLED:
             # "Not enabled" waits for Instructure, not for an outage: the
             # hourly sweep checks it again daily (pending_credentials_due).
@@ -513,9 +556,9 @@ def credential_verify_pending(*, credential_id: int, actor=None) -> str:
 
     OK: the key becomes active and the submitter gets a receipt. Rejected
     (401): the key becomes invalid, the people on file get a fresh link and
-    a submitter not on file a notice without one (in the same transaction:
-    if the mail fails, nothing changes and the task retries); the old key's
-    reminders resume. 403 "not enabled": still pending (WAITING), checked
+    a submitter not on file a notice without one (notices written in the
+    same transaction, delivered by the outbox); the old key's reminders
+    resume. 403 "not enabled": still pending (WAITING), checked
     again daily by the sweep. Maintenance or unavailable: only the attempt
     is counted; the Celery task retries with backoff.
     `actor` is the staff member who pressed "Check key now" (None: the
@@ -546,7 +589,7 @@ def credential_verify_pending(*, credential_id: int, actor=None) -> str:
         if check.verdict is Verdict.OK:
             return _activate_checked(locked, check, now, actor=actor)
         if check.verdict is Verdict.REJECTED:
-            return _invalidate_checked(locked, check, actor=actor)
+            return _invalidate_checked(locked, check, now, actor=actor)
         if actor is not None:
             audit_record(
                 kind=AuditEvent.Kind.KEY_CHECKED,
@@ -589,16 +632,17 @@ def _activate_checked(credential: CD2Credential, check: CheckResult, now: dt.dat
         reason="Checked after CD2 was unavailable; now active.",
         detail={"hint": credential.hint, "check": check.summary, "outcome": check.verdict.value},
     )
-    _after_commit_send_receipt(credential.pk)
+    receipt_write(credential=credential, now=now)
     return VerifyResult.ACTIVE
 
 
-def _invalidate_checked(credential: CD2Credential, check: CheckResult, *, actor=None) -> str:
+def _invalidate_checked(credential: CD2Credential, check: CheckResult, now: dt.datetime, *, actor=None) -> str:
     institution = credential.institution
     credential_set_status(
         credential=credential,
         status=CD2Credential.Status.INVALID,
         reason=f"Refused by CD2 on re-check: {check.summary}",
+        now=now,
     )
     audit_record(
         kind=AuditEvent.Kind.KEY_INVALID,
@@ -607,31 +651,73 @@ def _invalidate_checked(credential: CD2Credential, check: CheckResult, *, actor=
         reason="Refused by Canvas Data 2 when checked after an outage.",
         detail={"hint": credential.hint, "check": check.summary},
     )
-    # A new link goes only to people on file (notifications.link_recipients);
-    # whoever typed an address into the form hears the outcome without one.
+    # The outbox tells the people on file, with a new link
+    # (notifications.link_recipients), and whoever typed an address not on
+    # file into the form, without one (key_rejected_notice_send).
+    audiences = [AUDIENCE_ON_FILE]
+    if without([credential.submitted_by_email], excluded=link_recipients(institution=institution)):
+        audiences.append(AUDIENCE_SUBMITTER)
+    for audience in audiences:
+        notices.notice_write(
+            kind=Notice.Kind.KEY_REJECTED,
+            dedupe_key=f"key-rejected:{credential.pk}:{audience}",
+            now=now,
+            day=institution_today(institution, now),
+            institution_id=institution.pk,
+            credential_id=credential.pk,
+            payload={"audience": audience},
+        )
+    return VerifyResult.INVALID
+
+
+def key_rejected_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
+    """Render and send a claimed "your new key does not work" notice; True if sent. SMTP errors propagate.
+
+    Audience AUDIENCE_ON_FILE: the people on file get a fresh link, made in the
+    transaction that marks the notice sent. AUDIENCE_SUBMITTER: a submitter
+    not on file hears the outcome without a link (a link goes only to
+    people staff put on file). Superseded like "your key stopped working"
+    (keys.new_key_request_stale).
+    """
+    credential = notice.credential
+    institution = credential.institution
+    stale = new_key_request_stale(credential=credential)
+    if stale:
+        notices.notice_close(notice_id=notice.pk, state=Notice.State.SUPERSEDED, reason=stale, now=now)
+        return False
     recipients = link_recipients(institution=institution)
-    submitter = without([credential.submitted_by_email], excluded=recipients)
-    message = RECHECK_REJECTED_MESSAGE
-    base = {"credential": credential, "message": message, "rejected": True, "institution": institution}
-    if recipients:
-        new_link = submission_link_create(institution=institution, reason="rejected")
-        send_email(
+    base = {"credential": credential, "message": RECHECK_REJECTED_MESSAGE, "rejected": True, "institution": institution}
+    if notice.payload.get("audience") == AUDIENCE_SUBMITTER:
+        to = without([credential.submitted_by_email], excluded=recipients)
+        if not to:
+            reason = "Not sent: the submitter is on file now and gets the mail with the new link."
+            notices.notice_close(notice_id=notice.pk, state=Notice.State.CANCELLED, reason=reason, now=now)
+            return False
+        context = {**base, "owner": mail_owner(institution), "link_sent_to_contacts": bool(recipients)}
+        message = build_email(
+            "submission-rejected", to=to, reply_to=reply_to(institution), context=context, connection=connection
+        )
+        _send(message, connection)
+        notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(to), now=now)
+        return True
+    if not recipients:
+        reason = "Nobody on file to send a new link to: add a contact who receives reminders or an account owner."
+        notices.notice_close(notice_id=notice.pk, state=Notice.State.FAILED, reason=reason, now=now)
+        logger.warning("Key %s refused on re-check; nobody on file for institution %s", credential.pk, institution.pk)
+        return False
+    with transaction.atomic():
+        new_link = submission_link_create(institution=institution, reason="rejected", now=now)
+        submission_link_mark_sent(new_link=new_link, recipients=recipients)
+        message = build_email(
             "submission-rejected",
             to=recipients,
             reply_to=reply_to(institution),
             context={**new_link.context(), **base},
+            connection=connection,
         )
-        submission_link_mark_sent(new_link=new_link, recipients=recipients)
-    else:
-        logger.warning("Key %s refused on re-check; nobody on file for institution %s", credential.pk, institution.pk)
-    if submitter:
-        send_email(
-            "submission-rejected",
-            to=submitter,
-            reply_to=reply_to(institution),
-            context={**base, "owner": mail_owner(institution), "link_sent_to_contacts": bool(recipients)},
-        )
-    return VerifyResult.INVALID
+        _send(message, connection)
+        notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(recipients), now=now)
+    return True
 
 
 # --------------------------------------------------------------------------
@@ -645,51 +731,69 @@ def reminder_dates(expires_on: dt.date, *, today: dt.date) -> list[dt.date]:
     return sorted(day for day in dates if day > today)
 
 
-def receipt_context(credential: CD2Credential, *, error_type: str | None = None) -> dict:
+def receipt_context(
+    credential: CD2Credential, *, error_type: str | None = None, now: dt.datetime | None = None
+) -> dict:
     institution = credential.institution
     pending = credential.status == CD2Credential.Status.PENDING_VERIFICATION
+    today = institution_today(institution, now or timezone.now())
     return {
         "credential": credential,
         "institution": institution,
         "pending": pending,
         "pending_reason": credential.pending_reason if pending else "",
         "next_steps": pending_next_steps(credential, error_type=error_type) if pending else "",
-        "reminder_dates": reminder_dates(credential.expires_on, today=institution_today(institution, timezone.now())),
+        "reminder_dates": reminder_dates(credential.expires_on, today=today),
         "owner": mail_owner(institution),
     }
 
 
-def _after_commit_send_receipt(credential_id: int, *, error_type: str | None = None) -> None:
-    """Mail the receipt once the key is committed; a mail error never undoes the key."""
+def receipt_write(*, credential: CD2Credential, now: dt.datetime, error_type: str | None = None) -> None:
+    """Write the receipt's notice in the transaction that stores (or activates) the key.
 
-    def send_receipt() -> None:  # a named function: Django logs a robust callback's __qualname__
-        receipt_send(credential_id=credential_id, error_type=error_type)
-
-    transaction.on_commit(send_receipt, robust=True)
-
-
-def receipt_send(*, credential_id: int, error_type: str | None = None) -> None:
-    """Mail the receipt (no secret, no Client ID beyond its hint) after the key is stored.
-
-    Runs after commit: the key is safe whatever happens here, so a mail
-    error is logged (class name only) rather than shown to the customer.
+    One receipt per key and status it announces: "stored, checked and
+    active", or "stored, check pending" and later "now active". The outbox
+    delivers it; a mail server that is down delays the receipt, never the key.
     """
-    credential = (
-        CD2Credential.objects.without_secrets()
-        .select_related("institution", "institution__account_owner")
-        .filter(pk=credential_id)
-        .first()
+    notices.notice_write(
+        kind=Notice.Kind.RECEIPT,
+        dedupe_key=f"receipt:{credential.pk}:{credential.status}",
+        now=now,
+        day=institution_today(credential.institution, now),
+        institution_id=credential.institution_id,
+        credential_id=credential.pk,
+        payload={"status": credential.status, "error_type": error_type or ""},
     )
-    if credential is None:
-        return
+
+
+def receipt_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
+    """Render and send a claimed receipt (no secret, no Client ID beyond its hint); True if sent.
+
+    To the submitter (else the account owner), the owner in copy. A receipt
+    speaks of the key's status when it was written: if the key has moved on
+    by delivery (a pending key checked since, which writes its own "now
+    active" receipt or refusal; an active key replaced or revoked), it is
+    superseded rather than saying what is no longer true. SMTP errors
+    propagate to the outbox.
+    """
+    credential = notice.credential
     institution = credential.institution
+    announced = notice.payload.get("status")
+    if credential.status != announced:
+        reason = f"Not sent: the key is {credential.get_status_display().lower()} now."
+        notices.notice_close(notice_id=notice.pk, state=Notice.State.SUPERSEDED, reason=reason, now=now)
+        return False
     owner = owner_email(institution)
     to = unique_addresses([credential.submitted_by_email]) or unique_addresses([owner])
     if not to:
-        return
+        reason = "Nobody to send to: no submitter address and no account owner."
+        notices.notice_close(notice_id=notice.pk, state=Notice.State.CANCELLED, reason=reason, now=now)
+        return False
     cc = without([owner], excluded=to)
-    context = receipt_context(credential, error_type=error_type)
-    try:
-        send_email("receipt", to=to, cc=cc, reply_to=reply_to(institution), context=context)
-    except Exception as exc:  # any mail failure: the key is stored either way
-        logger.warning("Receipt for key %s not sent: %s", credential_id, type(exc).__name__)
+    context = receipt_context(credential, error_type=notice.payload.get("error_type") or None, now=now)
+    message = build_email(
+        "receipt", to=to, cc=cc, reply_to=reply_to(institution), context=context, connection=connection
+    )
+    _send(message, connection)
+    notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join([*to, *cc]), now=now)
+    return True

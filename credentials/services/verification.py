@@ -20,15 +20,16 @@ from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
 from credentials.emails import build_email
-from credentials.models import AuditEvent, CD2Credential
-from credentials.notifications import SEND_ERRORS, admin_url, institution_today, reminder_recipients, reply_to
+from credentials.models import AuditEvent, CD2Credential, Notice
+from credentials.notifications import admin_url, institution_today, reminder_addressees, reply_to
 from credentials.selectors import served_active_keys
-from credentials.services import jobs
+from credentials.services import jobs, notices
 from credentials.services.audit import audit_record
 from credentials.services.keys import (
     credential_check_record,
     credential_set_status,
     institution_key_summary_refresh,
+    new_key_request_stale,
 )
 from credentials.services.links import submission_link_create, submission_link_mark_sent
 
@@ -74,8 +75,9 @@ def rate_limit_wait(result: CheckResult) -> float | None:
 def credential_verify(*, credential_id: int, now: dt.datetime | None = None, actor=None) -> CheckResult | None:
     """Check one active key now and record the result; None if the key is no longer active.
 
-    401/403: the key is marked invalid, an audit event is written and the
-    account owner and contacts get a fresh link. Anything else only records
+    401/403: the key is marked invalid, an audit event is written and, in
+    the same transaction, the outbox gets the notice that brings the
+    contacts a fresh link (key_invalid_notice_send). Anything else only records
     the check: the gateway's trouble is not a verdict on the key. `actor` is
     the staff member who asked for the check (None: the daily run).
     """
@@ -133,39 +135,61 @@ def _mark_invalid(*, credential: CD2Credential, result: CheckResult, now: dt.dat
                 "hint": credential.hint,
             },
         )
-        transaction.on_commit(lambda: _tell_key_invalid(credential=credential, result=result, now=now))
-
-
-def _tell_key_invalid(*, credential: CD2Credential, result: CheckResult, now: dt.datetime) -> None:
-    """Mail contacts (owner in copy) a fresh link. Best effort: the status change stands either way."""
-    institution = credential.institution
-    to, cc = reminder_recipients(institution=institution)
-    if not to:
-        logger.warning("Key %s (%s) is invalid and nobody can be told", credential.pk, institution.slug)
-        return
-    try:
-        with transaction.atomic():
-            new_link = submission_link_create(institution=institution, reason="key invalid", now=now)
-            submission_link_mark_sent(new_link=new_link, recipients=[*to, *cc])
-            context = {
-                **new_link.context(),
-                "hint": credential.hint,
-                "expires_on": credential.expires_on,
-                "checked_on": institution_today(institution, now),
-                "reason": result.message,
-                "rejected": result.verdict is Verdict.REJECTED,
-                "admin_url": admin_url(institution),
-            }
-            build_email("key-invalid", to=to, cc=cc, reply_to=reply_to(institution), context=context).send(
-                fail_silently=False
-            )
-    except SEND_ERRORS as exc:
-        logger.error(
-            "Key %s (%s) is invalid; the mail to its contacts failed: %s",
-            credential.pk,
-            institution.slug,
-            type(exc).__name__,
+        # The notice commits with the verdict; the outbox delivers it (and retries it).
+        notices.notice_write(
+            kind=Notice.Kind.KEY_INVALID,
+            dedupe_key=f"key-invalid:{locked.pk}",
+            now=now,
+            day=institution_today(credential.institution, now),
+            institution_id=locked.institution_id,
+            credential_id=locked.pk,
+            payload={"reason": result.message, "rejected": result.verdict is Verdict.REJECTED},
         )
+
+
+def key_invalid_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
+    """Render and send a claimed "your key stopped working" notice; True if sent. SMTP errors propagate.
+
+    It goes to whom reminders go (notifications.reminder_addressees: the
+    contacts, Reply-To the account owner, who hears of it in the daily
+    summary's failing checks) with a fresh link, made in the transaction
+    that marks the notice sent, so a failed send leaves no unused link.
+    Superseded, not sent, when a newer key arrived, the key was revoked or
+    the institution paused before delivery (keys.new_key_request_stale).
+    """
+    credential = notice.credential
+    institution = credential.institution
+    stale = new_key_request_stale(credential=credential)
+    if stale:
+        notices.notice_close(notice_id=notice.pk, state=Notice.State.SUPERSEDED, reason=stale, now=now)
+        return False
+    to = reminder_addressees(institution=institution)
+    if not to:
+        reason = "Nobody to send to: add a contact who receives reminders or an account owner."
+        notices.notice_close(notice_id=notice.pk, state=Notice.State.FAILED, reason=reason, now=now)
+        logger.warning("Key %s (%s) is invalid and nobody can be told", credential.pk, institution.slug)
+        return False
+    with transaction.atomic():
+        new_link = submission_link_create(institution=institution, reason="key invalid", now=now)
+        submission_link_mark_sent(new_link=new_link, recipients=to)
+        context = {
+            **new_link.context(),
+            "hint": credential.hint,
+            "expires_on": credential.expires_on,
+            "checked_on": notice.day,
+            "reason": notice.payload.get("reason", ""),
+            "rejected": bool(notice.payload.get("rejected")),
+            "admin_url": admin_url(institution),
+        }
+        message = build_email(
+            "key-invalid", to=to, reply_to=reply_to(institution), context=context, connection=connection
+        )
+        if connection is not None:
+            connection.open()  # no-op when open; after a failure, a fresh connection
+        message.send(fail_silently=False)
+        notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(to), now=now)
+    logger.info("Key %s (%s): told its contacts it stopped working", credential.pk, institution.slug)
+    return True
 
 
 def check_spread_seconds(*, keys: int) -> float:

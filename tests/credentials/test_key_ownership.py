@@ -15,14 +15,14 @@ from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from credentials.models import AuditEvent, CD2Credential, PendingReason, ReminderLog, SubmissionLink
+from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason, ReminderLog, SubmissionLink
 from credentials.selectors import KeyState, institutions_with_key_status, pending_credentials_due
 from credentials.services.links import submission_link_create
 from credentials.services.outbox import reminders_send_due
 from credentials.services.staff import institutions_export
 from credentials.services.submission import Door, Result, VerifyResult, credential_submit, credential_verify_pending
 from institutions.models import Contact
-from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
+from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET, delivered
 
 
 @pytest.fixture
@@ -86,6 +86,7 @@ def test_a_key_on_file_for_another_institution_is_refused_on_the_link_and_both_o
     first, _ = post(north)
     assert first.status_code == 302
     kept = CD2Credential.objects.get()
+    assert len(delivered()) == 1  # Northfield's receipt
     mail.outbox.clear()
     logins = cd2_gateway.login_count
 
@@ -101,18 +102,28 @@ def test_a_key_on_file_for_another_institution_is_refused_on_the_link_and_both_o
     assert not CD2Credential.objects.filter(institution=prairie).exists()
     assert CD2Credential.objects.get() == kept and kept.institution == north
     assert cd2_gateway.login_count == logins  # refused before asking Instructure
-    (notice,) = mail.outbox
+    assert mail.outbox == []  # the outbox sends it, not the request
+    (notice,) = delivered()
     assert sorted(notice.to) == ["nora@registry.example", "paul@registry.example"]
     assert "Possible mix-up" in notice.subject
     assert "Northfield University" in notice.body and "Prairie State Tech" in notice.body
+    assert "pat@prairie.example.edu" in notice.body  # who handed it over, kept in the notice's payload
     assert PLANTED_CLIENT_ID not in notice.message().as_string()
     refusal = AuditEvent.objects.filter(institution=prairie, kind=AuditEvent.Kind.SUBMISSION).get()
     assert refusal.detail["outcome"] == "taken"
+
+    # The customer tries the same key again: refused and audited again, the owners not mailed again.
+    again, _ = post(prairie, submitted_by_email="pat@prairie.example.edu")
+    assert "already on file with us for another institution" in text_of(again)
+    assert AuditEvent.objects.filter(institution=prairie, kind=AuditEvent.Kind.SUBMISSION).count() == 2
+    assert len(delivered()) == 1
+    assert Notice.objects.filter(kind=Notice.Kind.KEY_CONFLICT).count() == 1
 
 
 def test_the_same_key_again_for_the_same_institution_is_already_on_file_and_changes_nothing(cd2_gateway, post, north):
     post(north)
     kept = CD2Credential.objects.get()
+    assert len(delivered()) == 1  # the receipt
     mail.outbox.clear()
 
     response, link = post(north)
@@ -122,7 +133,7 @@ def test_the_same_key_again_for_the_same_institution_is_already_on_file_and_chan
     assert list(CD2Credential.objects.all()) == [kept]
     kept.refresh_from_db()
     assert kept.status == CD2Credential.Status.ACTIVE
-    assert mail.outbox == []
+    assert delivered() == []
 
 
 def test_staff_entering_another_institutions_key_are_refused_the_same_way(cd2_gateway, north, prairie, make_staff):
@@ -207,7 +218,7 @@ def test_a_403_keeps_the_key_pending_pauses_reminders_and_a_later_200_clears_pen
     pending = CD2Credential.objects.get(status=CD2Credential.Status.PENDING_VERIFICATION)
     assert (pending.pending_reason, pending.last_verdict) == (PendingReason.NOT_ENABLED, "forbidden")
     received = text_of(admin_client.get(reverse("credentials:received")))
-    (receipt,) = mail.outbox
+    (receipt,) = delivered()
     for told in (received, " ".join(receipt.body.split())):
         assert "You do not need a new key" in told
         assert "ask your Instructure Customer Success Manager" in told
@@ -246,7 +257,7 @@ def test_a_403_keeps_the_key_pending_pauses_reminders_and_a_later_200_clears_pen
     assert "Northfield" not in text_of(
         admin_client.get(reverse("admin:institutions_institution_changelist") + "?check=pending")
     )
-    assert "is active" in mail.outbox[-1].subject
+    assert "is active" in delivered()[-1].subject
 
 
 def test_a_403_recheck_stays_pending_and_the_sweep_stops_after_30_days_for_staff_to_decide(
@@ -286,7 +297,7 @@ def test_when_the_recheck_finds_the_key_invalid_reminders_resume_at_once(
 
     assert credential_verify_pending(credential_id=pending.pk) == VerifyResult.INVALID
 
-    assert "does not work" in mail.outbox[-1].subject
+    assert "does not work" in delivered()[-1].subject
     mail.outbox.clear()
     assert reminders_send_due().sent == 1
     assert mail.outbox[0].to == ["ada@northfield.example.edu"]
@@ -308,11 +319,12 @@ def test_the_link_laundering_sequence_mails_no_link_to_the_typed_address(cd2_gat
     assert response.status_code == 302
     pending = CD2Credential.objects.get()
     cd2_gateway.set_mode(None)
+    assert [m.to for m in delivered()] == [["mallory@evil.example"]]  # the "being checked" receipt, no link
     mail.outbox.clear()
 
     assert credential_verify_pending(credential_id=pending.pk) == VerifyResult.INVALID
 
-    to_typed = [m for m in mail.outbox if "mallory@evil.example" in m.to + m.cc + m.bcc]
+    to_typed = [m for m in delivered() if "mallory@evil.example" in m.to + m.cc + m.bcc]
     on_file = [m for m in mail.outbox if "mallory@evil.example" not in m.to + m.cc + m.bcc]
     (notice,) = to_typed
     (new_link,) = SubmissionLink.objects.filter(reason="rejected")

@@ -22,9 +22,9 @@ from django.utils import timezone
 from django.views.debug import SafeExceptionReporterFilter
 
 from credentials.forms import SubmissionForm, add_period, period_end
-from credentials.models import AuditEvent, CD2Credential, PendingReason, SubmissionLink
+from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason, SubmissionLink
 from credentials.selectors import PENDING_SWEEP_AFTER, pending_credentials_due
-from credentials.services import jobs
+from credentials.services import jobs, outbox
 from credentials.services.links import submission_link_create, submission_link_get
 from credentials.services.submission import (
     Door,
@@ -35,7 +35,7 @@ from credentials.services.submission import (
 )
 from credentials.tasks import CD2StillUnavailable, verify_pending_credential, verify_pending_credentials
 from devtools import fake_gateway
-from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
+from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET, delivered
 
 REJECTED_CLIENT_ID = fake_gateway.DEMO_REJECTED_CLIENT_ID
 CLIENT_IDS_USED = [
@@ -135,6 +135,11 @@ def page_text(response) -> str:
     return " ".join(response.content.decode().split())
 
 
+def other_than_deliveries(celery_messages) -> list:
+    """The Celery messages besides the outbox's deliver_notice tasks (asserted on by the outbox's own tests)."""
+    return [m for m in celery_messages if m["task"] != jobs.DELIVER_NOTICE]
+
+
 # --------------------------------------------------------------------------
 # Outcomes on the page
 # --------------------------------------------------------------------------
@@ -156,7 +161,9 @@ def test_a_working_key_is_stored_active_the_link_is_used_up_and_a_receipt_is_mai
     link.link.refresh_from_db()
     assert link.link.used_at is not None
     assert credential.submission_link_id == link.link.pk
-    assert celery_messages == []  # nothing to re-check
+    # Nothing to re-check; the receipt's notice is queued for delivery.
+    notice = Notice.objects.get(kind=Notice.Kind.RECEIPT, credential=credential)
+    assert [(m["task"], list(m["args"])) for m in celery_messages] == [(jobs.DELIVER_NOTICE, [notice.pk])]
 
     confirmation = web.get(response["Location"])
     text = page_text(confirmation)
@@ -167,7 +174,8 @@ def test_a_working_key_is_stored_active_the_link_is_used_up_and_a_receipt_is_mai
     assert f"{credential.expires_on:%-d %B %Y}" in text
     assert "remind you" in text
 
-    (receipt,) = mail.outbox
+    assert mail.outbox == []  # the outbox sends it, not the request
+    (receipt,) = delivered()
     assert receipt.to == ["ada@northfield.example.edu"]
     assert receipt.cc == ["owen@registry.example"]
     assert receipt.reply_to == ["owen@registry.example"]
@@ -229,13 +237,13 @@ def test_a_forbidden_account_keeps_the_key_pending_and_asks_for_cd2_to_be_enable
     link.link.refresh_from_db()
     assert link.link.used_at is not None
     # No backoff chain: the hourly sweep checks it again daily.
-    assert list(celery_messages) == []
+    assert other_than_deliveries(celery_messages) == []
     page = page_text(web.get(reverse("credentials:received")))
     assert "Canvas Data 2 needs enabling" in page
     assert f"enable Canvas Data 2 for {link.link.institution.canvas_domain}" in page
     assert "You do not need a new key" in page
     assert "every day for 30 days" in page
-    (receipt,) = mail.outbox
+    (receipt,) = delivered()
     assert words in receipt.body
     assert "You do not need a new key" in receipt.body
 
@@ -245,7 +253,7 @@ def test_maintenance_keeps_the_key_pending_asks_nothing_and_queues_a_recheck(cd2
 
     credential = CD2Credential.objects.get()
     assert credential.pending_reason == PendingReason.MAINTENANCE
-    assert [task["task"] for task in celery_messages] == [jobs.VERIFY_PENDING_CREDENTIAL]
+    assert [task["task"] for task in other_than_deliveries(celery_messages)] == [jobs.VERIFY_PENDING_CREDENTIAL]
     page = page_text(web.get(reverse("credentials:received")))
     assert "under maintenance" in page
     assert "nothing you need to do and no new key is needed" in page
@@ -267,12 +275,12 @@ def test_when_cd2_cannot_answer_the_key_is_kept_pending_and_a_recheck_is_queued(
     assert credential.last_verification.startswith("unavailable")
     link.link.refresh_from_db()
     assert link.link.used_at is not None
-    (task,) = celery_messages
+    (task,) = other_than_deliveries(celery_messages)
     assert task["task"] == "credentials.tasks.verify_pending_credential"
     assert task["args"] == [credential.pk] or task["args"] == (credential.pk,)
     assert task["headers"]["eta"]  # not at once: the gateway just failed
     assert "will check it" in page_text(web.get(reverse("credentials:received")))
-    assert "being checked" in mail.outbox[0].subject
+    assert "being checked" in delivered()[0].subject
 
 
 def test_validation_errors_show_next_to_their_fields_and_cd2_is_not_asked(cd2_gateway, post):
@@ -324,6 +332,7 @@ def pending(cd2_gateway, post):
     cd2_gateway.set_mode("down")
     post()
     cd2_gateway.set_mode(None)
+    assert len(delivered()) == 1  # the "being checked" receipt
     mail.outbox.clear()
     return CD2Credential.objects.get(status=CD2Credential.Status.PENDING_VERIFICATION)
 
@@ -338,7 +347,7 @@ def test_a_pending_key_that_now_works_becomes_active_and_the_submitter_gets_a_re
     pending.refresh_from_db()
     assert pending.status == CD2Credential.Status.ACTIVE
     assert pending.verification_attempts == 1
-    (receipt,) = mail.outbox
+    (receipt,) = delivered()
     assert receipt.to == ["ada@northfield.example.edu"]
     assert "is active" in receipt.subject
 
@@ -352,7 +361,8 @@ def test_a_pending_key_now_rejected_becomes_invalid_and_mails_a_fresh_link(pendi
     assert result == VerifyResult.INVALID
     pending.refresh_from_db()
     assert pending.status == CD2Credential.Status.INVALID
-    (message,) = mail.outbox
+    assert SubmissionLink.objects.count() == links_before  # the link is made when the mail goes out
+    (message,) = delivered()
     assert sorted(message.to) == ["ada@northfield.example.edu", "owen@registry.example"]
     assert "does not work" in message.subject
     fresh = SubmissionLink.objects.order_by("-pk").first()
@@ -369,7 +379,8 @@ def test_a_pending_key_checked_twice_is_acted_on_once(pending, cd2_gateway):
 
     assert credential_verify_pending(credential_id=pending.pk) == VerifyResult.INVALID
     assert credential_verify_pending(credential_id=pending.pk) == VerifyResult.SKIPPED
-    assert len(mail.outbox) == 1
+    assert len(delivered()) == 1
+    assert len(delivered()) == 1  # a second delivery run sends nothing again
 
 
 def test_while_cd2_is_still_unavailable_the_task_counts_the_attempt_and_asks_celery_to_retry(pending, cd2_gateway):
@@ -381,7 +392,7 @@ def test_while_cd2_is_still_unavailable_the_task_counts_the_attempt_and_asks_cel
     pending.refresh_from_db()
     assert pending.status == CD2Credential.Status.PENDING_VERIFICATION
     assert pending.verification_attempts == 1
-    assert mail.outbox == []
+    assert delivered() == []
     assert verify_pending_credential.max_retries == 12
     assert verify_pending_credential.autoretry_for == (CD2StillUnavailable,)
 
@@ -524,7 +535,7 @@ def test_a_client_id_that_fails_validation_is_not_shown_back_in_case_it_is_the_s
 
 
 def test_a_broker_outage_still_shows_the_customer_their_receipt_and_the_sweep_queues_the_recheck_later(
-    cd2_gateway, post, web, celery_messages, monkeypatch
+    cd2_gateway, post, web, celery_messages, monkeypatch, django_capture_on_commit_callbacks
 ):
     def broker_down(*args, **kwargs):
         raise ConnectionRefusedError("broker down")
@@ -537,6 +548,8 @@ def test_a_broker_outage_still_shows_the_customer_their_receipt_and_the_sweep_qu
     assert response.status_code == 302
     credential = CD2Credential.objects.get(status=CD2Credential.Status.PENDING_VERIFICATION)
     assert celery_messages == []
+    # The receipt was not queued either, but waits in the outbox for the sweep.
+    receipt = Notice.objects.get(kind=Notice.Kind.RECEIPT, credential=credential, state=Notice.State.PENDING)
     monkeypatch.undo()
     assert pending_credentials_due() == []  # too recent: its own re-check may still be coming
     later = timezone.now() + PENDING_SWEEP_AFTER + dt.timedelta(minutes=1)
@@ -547,6 +560,9 @@ def test_a_broker_outage_still_shows_the_customer_their_receipt_and_the_sweep_qu
     assert [(m["task"], list(m["args"])) for m in celery_messages] == [
         ("credentials.tasks.verify_pending_credential", [credential.pk])
     ]
+    with django_capture_on_commit_callbacks(execute=True):
+        assert outbox.outbox_sweep() == 1
+    assert [(m["task"], list(m["args"])) for m in celery_messages][-1] == (jobs.DELIVER_NOTICE, [receipt.pk])
 
 
 # --------------------------------------------------------------------------

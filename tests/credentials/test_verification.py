@@ -14,7 +14,7 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from credentials.cd2 import Verdict
-from credentials.models import AuditEvent, CD2Credential
+from credentials.models import AuditEvent, CD2Credential, Notice
 from credentials.services.keys import credential_create
 from credentials.services.links import submission_link_get
 from credentials.services.verification import (
@@ -31,7 +31,7 @@ from devtools.fake_gateway import (
     FORBIDDEN_DISABLED_CLIENT_ID,
 )
 from institutions.models import Institution
-from tests.conftest import PASSED_CHECK, PLANTED_CLIENT_ID, PLANTED_SECRET
+from tests.conftest import PASSED_CHECK, PLANTED_CLIENT_ID, PLANTED_SECRET, delivered
 
 
 @pytest.fixture
@@ -81,13 +81,29 @@ def test_a_deleted_key_is_marked_invalid_audited_and_its_people_get_a_fresh_link
     assert key.last_verification.startswith("rejected (401")
     event = AuditEvent.objects.get(kind=AuditEvent.Kind.KEY_INVALID)
     assert event.credential == key and event.detail["status_code"] == 401
-    [message] = mail.outbox
+    assert mail.outbox == []  # the outbox sends it, not the check
+    notice = Notice.objects.get(kind=Notice.Kind.KEY_INVALID, credential=key, state=Notice.State.PENDING)
+    assert notice.dedupe_key == f"key-invalid:{key.pk}"
+    [message] = delivered()
     assert message.subject == "Action needed: the Canvas Data 2 key for Northfield University no longer works"
-    assert (message.to, message.cc) == (["ada@northfield.example.edu"], ["olivia@edpotential.example"])
+    # Whom reminders go to: the contacts, the owner not copied but in Reply-To (the daily summary tells them).
+    assert (message.to, message.cc, message.reply_to) == (
+        ["ada@northfield.example.edu"],
+        [],
+        ["olivia@edpotential.example"],
+    )
     token = message.body.split("/k/")[1].split("/")[0]
     assert submission_link_get(token=token).institution == owned
-    everything = message.message().as_string() + message.alternatives[0][0] + repr(event.detail) + key.status_reason
+    notice.refresh_from_db()
+    everything = (
+        message.message().as_string()
+        + message.alternatives[0][0]
+        + repr(event.detail)
+        + key.status_reason
+        + repr(Notice.objects.filter(pk=notice.pk).values().get())
+    )
     assert PLANTED_SECRET not in everything and PLANTED_CLIENT_ID not in everything
+    assert (notice.state, notice.recipients) == (Notice.State.SENT, "ada@northfield.example.edu")
 
 
 def test_a_key_without_cd2_access_is_marked_invalid(cd2_gateway, owned):

@@ -15,7 +15,6 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
-from django.core import mail
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db.models import Count
@@ -25,6 +24,7 @@ from credentials.selectors import KeyState, institutions_with_key_status
 from credentials.services.submission import credential_verify_pending
 from devtools.demo_data import DEMO_INSTITUTIONS, DEMO_SLUGS, demo_gateway_keys, demo_key
 from institutions.models import Institution
+from tests.conftest import delivered
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.django_db
@@ -102,7 +102,7 @@ def test_checking_every_demo_key_leaves_the_demo_as_promised(demo_with_gateway, 
     pending = CD2Credential.objects.get(status=CD2Credential.Status.PENDING_VERIFICATION)
     out = StringIO()
 
-    # The mails to contacts of a failed key go out on commit: run those callbacks too.
+    # The notices to contacts of a failed key are queued on commit: run those callbacks too.
     with django_capture_on_commit_callbacks(execute=True):
         call_command("verify_credentials", stdout=out)  # what "Check key now" and the 03:30 job do, key by key
         credential_verify_pending(credential_id=pending.pk)  # what the sweep of pending keys does
@@ -110,7 +110,7 @@ def test_checking_every_demo_key_leaves_the_demo_as_promised(demo_with_gateway, 
     passing = sum(1 for demo in DEMO_INSTITUTIONS if demo.days is not None and demo.check == "passes")
     assert f"Checked {passing} key(s): {passing} ok, 0 invalid, 0 not checked" in out.getvalue()
     assert key_states() == promised_states()
-    assert mail.outbox == []  # nobody was told their key stopped working
+    assert delivered() == []  # nobody was told their key stopped working
     for key in CD2Credential.objects.filter(status=CD2Credential.Status.ACTIVE):
         assert key.last_verdict == "ok", key.institution.slug
     pending.refresh_from_db()
@@ -126,7 +126,7 @@ def test_an_unknown_key_still_fails_at_the_demo_gateway(demo_with_gateway, djang
         call_command("verify_credentials", "--institution", "lakeside-college", stdout=StringIO())
 
     assert key_states()["lakeside-college"] == KeyState.FAILING
-    assert len(mail.outbox) == 1  # production behaviour: the contacts get a fresh link
+    assert len(delivered()) == 1  # production behaviour: the contacts get a fresh link
 
 
 def test_the_keys_file_lists_exactly_the_passing_demo_keys_and_no_other(demo_settings, tmp_path):
