@@ -748,14 +748,15 @@ def receipt_context(
     }
 
 
-def receipt_write(*, credential: CD2Credential, now: dt.datetime, error_type: str | None = None) -> None:
+def receipt_write(*, credential: CD2Credential, now: dt.datetime, error_type: str | None = None) -> int | None:
     """Write the receipt's notice in the transaction that stores (or activates) the key.
 
     One receipt per key and status it announces: "stored, checked and
     active", or "stored, check pending" and later "now active". The outbox
     delivers it; a mail server that is down delays the receipt, never the key.
+    Returns the notice's id, None when this receipt was already written.
     """
-    notices.notice_write(
+    return notices.notice_write(
         kind=Notice.Kind.RECEIPT,
         dedupe_key=f"receipt:{credential.pk}:{credential.status}",
         now=now,
