@@ -44,7 +44,7 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
-from credentials.emails import build_email
+from credentials.emails import build_email, send_built
 from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason, SubmissionLink
 from credentials.notifications import (
     admin_url,
@@ -389,15 +389,9 @@ def key_conflict_notice_send(*, notice: Notice, now: dt.datetime, connection=Non
         "submitted_by": notice.payload.get("submitted_by", ""),
         "submitted_by_email": notice.payload.get("submitted_by_email", ""),
     }
-    _send(build_email("key-conflict", to=recipients, context=context, connection=connection), connection)
+    send_built(build_email("key-conflict", to=recipients, context=context, connection=connection))
     notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(recipients), now=now)
     return True
-
-
-def _send(message, connection) -> None:
-    if connection is not None:
-        connection.open()  # no-op when open; after a failure, a fresh connection
-    message.send(fail_silently=False)
 
 
 def _claim_link(link: SubmissionLink, now: dt.datetime) -> bool:
@@ -697,7 +691,7 @@ def key_rejected_notice_send(*, notice: Notice, now: dt.datetime, connection=Non
         message = build_email(
             "submission-rejected", to=to, reply_to=reply_to(institution), context=context, connection=connection
         )
-        _send(message, connection)
+        send_built(message)
         notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(to), now=now)
         return True
     if not recipients:
@@ -715,7 +709,7 @@ def key_rejected_notice_send(*, notice: Notice, now: dt.datetime, connection=Non
             context={**new_link.context(), **base},
             connection=connection,
         )
-        _send(message, connection)
+        send_built(message)
         notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(recipients), now=now)
     return True
 
@@ -795,6 +789,6 @@ def receipt_notice_send(*, notice: Notice, now: dt.datetime, connection=None) ->
     message = build_email(
         "receipt", to=to, cc=cc, reply_to=reply_to(institution), context=context, connection=connection
     )
-    _send(message, connection)
+    send_built(message)
     notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join([*to, *cc]), now=now)
     return True

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
-from credentials.emails import build_email
+from credentials.emails import build_email, send_built
 from credentials.models import AuditEvent, CD2Credential, Notice
 from credentials.notifications import admin_url, institution_today, reminder_addressees, reply_to
 from credentials.selectors import served_active_keys
@@ -184,9 +184,7 @@ def key_invalid_notice_send(*, notice: Notice, now: dt.datetime, connection=None
         message = build_email(
             "key-invalid", to=to, reply_to=reply_to(institution), context=context, connection=connection
         )
-        if connection is not None:
-            connection.open()  # no-op when open; after a failure, a fresh connection
-        message.send(fail_silently=False)
+        send_built(message)
         notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(to), now=now)
     logger.info("Key %s (%s): told its contacts it stopped working", credential.pk, institution.slug)
     return True
