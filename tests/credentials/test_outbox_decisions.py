@@ -15,11 +15,14 @@ from collections import Counter
 
 import pytest
 from django.core import mail
+from django.db import connection
+from django.urls import reverse
 from django.utils import timezone
 
 from credentials.cd2 import Verdict
-from credentials.models import CD2Credential, Notice, SubmissionLink
+from credentials.models import AuditEvent, CD2Credential, Notice, SubmissionLink
 from credentials.services import outbox
+from credentials.services.keys import credential_create
 from credentials.services.links import submission_link_create
 from credentials.services.submission import (
     Door,
@@ -30,10 +33,12 @@ from credentials.services.submission import (
     receipt_write,
 )
 from credentials.services.verification import credential_verify
+from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
-from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
+from tests.conftest import PASSED_CHECK, PLANTED_CLIENT_ID, PLANTED_SECRET
 from tests.credentials import test_outbox
 from tests.credentials.test_outbox import add_key, beat_sweep, make_owner
+from tests.credentials.test_submission_concurrency import RACERS, _post_at_once
 
 # test_outbox.py's fixtures: the loopback SMTP server, the frozen clock, the broker stand-in.
 smtp, clock, broker = test_outbox.smtp, test_outbox.clock, test_outbox.broker
@@ -238,6 +243,38 @@ def test_a_key_refused_at_its_recheck_while_the_mail_server_is_down_reaches_both
     assert Counter(Notice.objects.filter(kind=Notice.Kind.KEY_REJECTED).values_list("state", flat=True)) == {
         Notice.State.SENT: 2
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_key_handed_over_for_another_institution_on_eight_links_at_once_mails_the_owners_once(
+    cd2_gateway, celery_messages, isolated_cache, north, prairie
+):
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL's concurrent inserts on the notice's unique dedupe key (set DATABASE_URL)")
+    credential_create(
+        institution=north,
+        key=CleanKey(
+            client_id=PLANTED_CLIENT_ID,
+            secret=PLANTED_SECRET,
+            expires_on=timezone.localdate() + dt.timedelta(days=200),
+        ),
+        source=CD2Credential.Source.ADMIN,
+        status=CD2Credential.Status.ACTIVE,
+        check=PASSED_CHECK,
+    )
+    urls = [
+        reverse("credentials:submit", kwargs={"token": submission_link_create(institution=prairie).token})
+        for _ in range(RACERS)
+    ]
+
+    statuses, errors = _post_at_once(urls)
+
+    assert errors == [] and statuses == [200] * RACERS  # each refused: on file for another institution
+    assert AuditEvent.objects.filter(institution=prairie, detail__outcome="taken").count() == RACERS
+    assert Notice.objects.filter(kind=Notice.Kind.KEY_CONFLICT).count() == 1
+    assert outbox.outbox_deliver_due().count(Notice.Kind.KEY_CONFLICT, "sent") == 1
+    (message,) = mail.outbox
+    assert sorted(message.to) == ["olivia@edpotential.example", "paul@edpotential.example"]
 
 
 # --------------------------------------------------------------------------
