@@ -150,6 +150,27 @@ def test_a_mail_server_down_when_a_receipt_and_a_key_invalid_mail_are_decided_lo
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_receipt_whose_delivery_task_was_lost_goes_out_with_the_next_sweep_once(
+    smtp,
+    clock,
+    broker,
+    cd2_gateway,
+    prairie,
+):
+    link = submission_link_create(institution=prairie).link
+    assert hand_over(link).result is Result.ACCEPTED
+    broker.messages.clear()  # the worker died before running deliver_notice (or the broker lost it)
+    assert smtp.received == []
+
+    sweep_for(broker, clock, minutes=5)  # the next sweep
+    assert smtp.to("pat@prairie.example.edu") == ["Receipt: Prairie's Canvas Data 2 key is active"]
+    sweep_for(broker, clock, minutes=60)
+
+    assert len(smtp.received) == 1
+    assert Notice.objects.get(kind=Notice.Kind.RECEIPT).state == Notice.State.SENT
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_key_invalid_mail_waiting_for_a_retry_is_superseded_once_a_new_key_arrives(
     smtp,
     clock,
