@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from credentials.models import Notice, secret_fields_of
 from credentials.notifications import SEND_ERRORS, drop_connection
-from credentials.services import digest, health, jobs, notices, owners, reminders
+from credentials.services import digest, health, jobs, links, notices, owners, reminders
 from credentials.services.reminders import ReminderRun
 from institutions.models import Contact
 
@@ -37,6 +37,7 @@ SENDERS = {
     Notice.Kind.REMINDER: reminders.reminder_notice_send,
     Notice.Kind.OWNER_SUMMARY: owners.owner_summary_send,
     Notice.Kind.STAFF_DIGEST: digest.staff_digest_notice_send,
+    Notice.Kind.SUBMISSION_LINK: links.link_notice_send,
 }
 
 
