@@ -119,6 +119,12 @@ def submission_link_get(*, token: str, now: dt.datetime | None = None) -> Submis
 # before delivery makes none. The payload holds only what the sender needs:
 # why (reason), who asked (created_by, ip_address), how long (days) and, for
 # a "lost the link?" request, the one address asked for.
+#
+# The duplicate bound (services/notices.py): a sender killed after the mail
+# server took the message but before its transaction committed leaves the
+# notice "sending"; after the lease it is sent once more. The first mail's
+# link was rolled back with that transaction, so the customer holds two
+# mails of which the later one works; never more than that one extra.
 
 LINK_REASONS_ALWAYS_SENT = ("staff", "command")
 
