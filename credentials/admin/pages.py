@@ -137,10 +137,11 @@ def send_link_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
             request,
             f"Submission link sent to {notice.recipients}; it works for {notice.payload['days']} days.",
         )
-    elif notice.state == Notice.State.PENDING:
+    elif notice.state in Notice.OPEN_STATES:  # refused for now, or a sweep's sender has it
+        why = notice.last_error.split(":")[0] or "it is being sent"
         messages.warning(
             request,
-            f"The mail server did not take the link yet ({notice.last_error.split(':')[0]}). "
+            f"The mail server did not take the link yet ({why}). "
             f"It stays in the outbox and is retried automatically; nothing else to do.",
         )
     else:
