@@ -99,7 +99,8 @@ def test_a_bulk_send_caught_by_an_smtp_outage_ends_with_one_working_link_per_ins
         sweep(broker)
     assert len(mails.kept) == 20
     mails.down = False
-    for _ in range(24):  # two hours up
+    # Up again: within NOTICE_RETRY_MAX (4 h) of the last refusal every backed-off notice has had its turn.
+    for _ in range(54):  # four and a half hours, the sweep every five minutes
         clock.shift(dt.timedelta(minutes=5))
         sweep(broker)
 
