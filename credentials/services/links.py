@@ -234,7 +234,8 @@ def link_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bo
     if not to:
         notices.notice_close(notice_id=notice.pk, state=Notice.State.CANCELLED, reason=why, now=now)
         return False
-    created_by = get_user_model().objects.filter(pk=notice.payload.get("created_by")).first()
+    asked_by = notice.payload.get("created_by")
+    created_by = get_user_model().objects.filter(pk=asked_by).first() if asked_by else None
     with transaction.atomic():
         new_link = submission_link_create(
             institution=institution,
