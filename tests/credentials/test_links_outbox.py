@@ -77,9 +77,19 @@ def assert_one_working_link_each(mails, colleges) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_bulk_send_caught_by_an_smtp_outage_ends_with_one_working_link_per_institution(mails, clock, broker):  # noqa: F811
+def test_a_bulk_send_caught_by_an_smtp_outage_ends_with_one_working_link_per_institution(
+    mails,
+    clock,  # noqa: F811
+    broker,  # noqa: F811
+    client,
+    make_staff,
+    verified_login,
+):
     colleges = make_colleges(50)
-    batch = link_batch_create(institution_ids=[c.pk for c in colleges])
+    staff = make_staff(None, is_superuser=True)  # the roles are data the transactional flush removes
+    verified_login(client, staff)
+    batch = link_batch_create(institution_ids=[c.pk for c in colleges], created_by=staff)
+    progress_url = reverse("admin:institutions_institution_link_batch", args=[batch.pk])
     assert len(broker.messages) == 50  # one delivery task per institution, queued at commit
 
     clock.shift(dt.timedelta(seconds=10))  # 50 at 5 a second: all due
@@ -93,6 +103,9 @@ def test_a_bulk_send_caught_by_an_smtp_outage_ends_with_one_working_link_per_ins
     assert (progress["sent"], progress["pending"]) == (20, 30)
     assert SubmissionLink.objects.count() == 20  # a refused send leaves no link behind
     assert Notice.objects.filter(state=Notice.State.PENDING, attempts=1).exclude(last_error="").count() == 30
+    page = client.get(progress_url).content.decode()
+    assert "Submission links: 20 of 50 done" in page
+    assert page.count("waiting to retry (1 attempt;") == 30 and "SMTPDataError: (451" in page
 
     for _ in range(24):  # two hours down, the sweep every five minutes
         clock.shift(dt.timedelta(minutes=5))
@@ -114,7 +127,10 @@ def test_a_bulk_send_caught_by_an_smtp_outage_ends_with_one_working_link_per_ins
         "superseded": 0,
         "failed": 0,
     }
-    assert AuditEvent.objects.filter(kind=AuditEvent.Kind.LINK_CREATED).count() == 50
+    assert AuditEvent.objects.filter(kind=AuditEvent.Kind.LINK_CREATED, actor=staff).count() == 50
+    verified_login(client, staff)  # hours later: the admin session has timed out
+    page = client.get(progress_url).content.decode()
+    assert "Submission links: 50 of 50 done" in page and "waiting to retry (" not in page and "Not sent" not in page
 
 
 @pytest.mark.django_db(transaction=True)
