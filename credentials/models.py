@@ -386,27 +386,30 @@ class LinkBatch(models.Model):
 
 
 class LinkBatchItem(models.Model):
-    """One institution of a LinkBatch: its state is the fact that makes the mail go out once."""
-
-    class State(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        SENDING = "sending", "Being sent"
-        SENT = "sent", "Sent"
-        SKIPPED = "skipped", "Skipped (nobody to mail)"
-        FAILED = "failed", "Failed"
+    """One institution of a LinkBatch and the outbox notice that mails its link (the notice's state is its progress)."""
 
     batch = models.ForeignKey(LinkBatch, on_delete=models.CASCADE, related_name="items")
     institution = models.ForeignKey("institutions.Institution", on_delete=models.CASCADE, related_name="+")
-    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
-    link = models.ForeignKey(SubmissionLink, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    finished_at = models.DateTimeField(null=True, blank=True)
-    error = models.CharField(max_length=500, blank=True)
+    notice = models.OneToOneField("Notice", on_delete=models.CASCADE, related_name="link_batch_item")
+
+    # How the progress page names the notice's states for a bulk send.
+    PROGRESS_LABELS = {
+        "pending": "Queued (or waiting to retry)",
+        "sending": "Being sent",
+        "sent": "Sent",
+        "cancelled": "Skipped (nobody to mail)",
+        "superseded": "Skipped (institution paused or offboarded)",
+        "failed": "Failed (gave up retrying)",
+    }
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=("batch", "institution"), name="one_link_per_batch_institution")]
 
     def __str__(self) -> str:
-        return f"Link for institution {self.institution_id} ({self.get_state_display()})"
+        return f"Link for institution {self.institution_id} (batch {self.batch_id})"
+
+    def progress_label(self) -> str:
+        return self.PROGRESS_LABELS.get(self.notice.state, self.notice.get_state_display())
 
 
 class Notice(models.Model):

@@ -57,15 +57,23 @@ def verify_pending_credentials() -> int:
 
 
 @shared_task(name=jobs.REQUEST_SUBMISSION_LINK)
-def request_submission_link(email: str, ip_address: str | None = None) -> None:
-    """The "lost the link?" page queues this, so the page answers at once and alike for every address."""
-    links.link_request(email=email, ip_address=ip_address)
+def request_submission_link(email: str, ip_address: str | None = None, request_id: str | None = None) -> None:
+    """The "lost the link?" page queues this, so the page answers at once and alike for every address.
+
+    The notices it writes are delivered here at once; a refused send waits in the outbox for the sweep.
+    """
+    for notice_id in links.link_request(email=email, ip_address=ip_address, request_id=request_id):
+        outbox.notice_deliver(notice_id=notice_id)
 
 
+# Bulk links are outbox notices now (deliver_notice); this name stays
+# registered for messages queued before that change: it delivers the
+# item's notice, which its claim keeps to one send.
 @shared_task(name=jobs.SEND_BATCH_LINK)
-def send_batch_link(item_id: int) -> str:
-    """One institution of a bulk "send submission links"; sends at most once (links.link_batch_item_send)."""
-    return links.link_batch_item_send(item_id=item_id)
+def send_batch_link(item_id: int) -> bool:
+    """One institution of a bulk "send submission links" queued by an older release."""
+    notice_id = links.link_batch_item_notice_id(item_id=item_id)
+    return notice_id is not None and outbox.notice_deliver(notice_id=notice_id)
 
 
 # --------------------------------------------------------------------------

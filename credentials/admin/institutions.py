@@ -30,6 +30,7 @@ from credentials.models import (
     CD2Credential,
     LinkBatch,
     LinkBatchItem,
+    Notice,
     PendingReason,
     SubmissionLink,
     step_label,
@@ -43,7 +44,7 @@ from credentials.selectors import (
     regions_in_use,
     reminded_without_answer,
 )
-from credentials.services.links import link_batch_create, link_batch_progress
+from credentials.services.links import link_batch_create, link_batch_problems, link_batch_progress
 from credentials.services.onboarding import InstitutionResource
 from credentials.services.staff import (
     EXPORT_PERMISSION,
@@ -631,20 +632,17 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
             raise PermissionDenied
         batch = get_object_or_404(LinkBatch.objects.select_related("created_by"), pk=batch_id)
         progress = link_batch_progress(batch=batch)
-        problems = (
-            batch.items.filter(state__in=(LinkBatchItem.State.SKIPPED, LinkBatchItem.State.FAILED))
-            .select_related("institution")
-            .order_by("institution__name")[:200]
-        )
         total = sum(progress.values())
-        done = total - progress["queued"] - progress["sending"]
+        done = total - progress[Notice.State.PENDING] - progress[Notice.State.SENDING]
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "title": f"Submission links: {done} of {total} done",
             "batch": batch,
-            "progress": [(LinkBatchItem.State(state).label, n) for state, n in progress.items()],
-            "problems": problems,
+            "progress": [(LinkBatchItem.PROGRESS_LABELS[state], n) for state, n in progress.items()],
+            "problems": link_batch_problems(batch=batch),
             "running": done < total,
+            "per_second": settings.LINK_BULK_PER_SECOND,
+            "give_up_hours": int(settings.NOTICE_GIVE_UP_AFTER.total_seconds() // 3600),
         }
         return TemplateResponse(request, "admin/institutions/institution/link_batch.html", context)

@@ -22,9 +22,10 @@ from django.utils.cache import add_never_cache_headers, patch_cache_control
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_POST
 
-from credentials.models import AuditEvent, CD2Credential
+from credentials.models import AuditEvent, CD2Credential, Notice
 from credentials.notifications import SEND_ERRORS
 from credentials.selectors import current_key, local_today, submitters_not_on_file
+from credentials.services import outbox
 from credentials.services.audit import audit_record
 from credentials.services.links import submission_link_send
 from credentials.services.reminders import reminder_send_now
@@ -124,15 +125,27 @@ def send_link_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
     institution = _institution(request, model_admin, object_id)
     _require(request, SEND_LINK_PERMISSION)
     try:
-        new_link = submission_link_send(institution=institution, created_by=request.user, ip_address=client_ip(request))
+        notice = submission_link_send(institution=institution, created_by=request.user, ip_address=client_ip(request))
     except ValueError as exc:
         messages.error(request, str(exc))
-    else:
-        sent_to = new_link.link.sent_to or "the institution's contacts"
+        return _back(institution)
+    # Delivered now, for staff's answer; a refused send stays in the outbox and is retried.
+    outbox.notice_deliver(notice_id=notice.pk)
+    notice.refresh_from_db()
+    if notice.state == Notice.State.SENT:
         messages.success(
             request,
-            f"Submission link sent to {sent_to}; it works until {new_link.link.expires_at:%d %b %Y %H:%M}.",
+            f"Submission link sent to {notice.recipients}; it works for {notice.payload['days']} days.",
         )
+    elif notice.state in Notice.OPEN_STATES:  # refused for now, or a sweep's sender has it
+        why = notice.last_error.split(":")[0] or "it is being sent"
+        messages.warning(
+            request,
+            f"The mail server did not take the link yet ({why}). "
+            f"It stays in the outbox and is retried automatically; nothing else to do.",
+        )
+    else:
+        messages.error(request, notice.last_error or f"The link was not sent ({notice.get_state_display()}).")
     return _back(institution)
 
 

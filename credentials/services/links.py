@@ -2,6 +2,8 @@
 
 Only the SHA-256 of a link's token is stored: a database dump cannot be
 replayed as links. The token exists in memory (NewLink) only until it is mailed.
+Mailed links go through the outbox (see "Mailing a link" below for why the
+link is made at delivery and not when the notice is written).
 """
 
 from __future__ import annotations
@@ -9,17 +11,19 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import models, transaction
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from credentials.emails import send_email
-from credentials.models import AuditEvent, LinkBatch, LinkBatchItem, SubmissionLink, hash_token
-from credentials.notifications import SEND_ERRORS, contact_emails, link_context, reply_to
-from credentials.services import jobs
+from credentials.emails import build_email
+from credentials.models import AuditEvent, LinkBatch, LinkBatchItem, Notice, SubmissionLink, hash_token
+from credentials.notifications import contact_emails, link_context, reply_to
+from credentials.services import jobs, notices
 from credentials.services.audit import audit_record
 from institutions.models import Contact, Institution, email_key
 
@@ -97,11 +101,68 @@ def submission_link_get(*, token: str, now: dt.datetime | None = None) -> Submis
     return link
 
 
-def _mail_new_link(*, new_link: NewLink, to: list[str]) -> None:
-    """Mail the link and note where it went; raises on SMTP errors (the caller's transaction rolls back)."""
-    institution = new_link.link.institution
-    send_email("link", to=to, reply_to=reply_to(institution), context=new_link.context())
-    submission_link_mark_sent(new_link=new_link, recipients=to)
+# --------------------------------------------------------------------------
+# Mailing a link: through the outbox
+# --------------------------------------------------------------------------
+#
+# A mailed link is a Notice (kind SUBMISSION_LINK) written in the transaction
+# that decides to send it; the link itself is made by the sender, at
+# delivery, in the transaction that records the mail server's acceptance.
+# Why there and not at decision time: only a link's hash is stored, so a
+# link made early would need its token kept somewhere until the mail goes
+# out (in the payload it would sit in plain text in every backup; encrypted,
+# it would still outlive its use and tie the outbox to FERNET_KEYS, the very
+# keys whose loss send_links_to_all answers). Made at delivery, the token
+# lives only in the sender's memory; a send the mail server refuses rolls
+# the link back with it, so a retry hours later makes and mails a fresh,
+# working link valid for its full `days`; a notice superseded or cancelled
+# before delivery makes none. The payload holds only what the sender needs:
+# why (reason), who asked (created_by, ip_address), how long (days) and, for
+# a "lost the link?" request, the one address asked for.
+#
+# The duplicate bound (services/notices.py): a sender killed after the mail
+# server took the message but before its transaction committed leaves the
+# notice "sending"; after the lease it is sent once more. The first mail's
+# link was rolled back with that transaction, so the customer holds two
+# mails of which the later one works; never more than that one extra.
+
+LINK_REASONS_ALWAYS_SENT = ("staff", "command")
+
+
+def _link_notice(
+    *,
+    institution: Institution,
+    dedupe_key: str,
+    recipients: list[str],
+    reason: str,
+    created_by=None,
+    days: int | None = None,
+    ip_address: str | None = None,
+    to: str = "",
+    now: dt.datetime,
+    not_before: dt.datetime | None = None,
+) -> Notice:
+    """An unsaved submission-link notice (no token: the sender makes the link)."""
+    days = settings.SUBMISSION_LINK_DAYS if days is None else days
+    if days < 1:
+        raise ValueError("A submission link must stay valid for at least one day.")
+    payload = {"reason": reason, "days": days, "created_by": getattr(created_by, "pk", None)}
+    if ip_address:
+        payload["ip_address"] = ip_address
+    if to:
+        payload["to"] = to
+    notice = notices.notice_build(
+        kind=Notice.Kind.SUBMISSION_LINK,
+        dedupe_key=dedupe_key,
+        day=timezone.localdate(now),
+        now=now,
+        institution_id=institution.pk,
+        recipients=", ".join(recipients),
+        payload=payload,
+    )
+    if not_before is not None:
+        notice.next_attempt_at = not_before
+    return notice
 
 
 def submission_link_send(
@@ -111,31 +172,90 @@ def submission_link_send(
     days: int | None = None,
     reason: str = "staff",
     ip_address: str | None = None,
-) -> NewLink:
-    """Make a link and mail it to the institution's contacts who receive reminders.
+    now: dt.datetime | None = None,
+) -> Notice:
+    """Write a notice that mails a fresh link to the institution's contacts who receive reminders.
 
     Reply-To is the account owner, so a customer's question reaches a person.
     Raises ValueError (with a message for staff) when there is nobody to
-    mail; the link is then not made. A mail error rolls the link back too.
+    mail; nothing is written then. The door delivers the notice at once
+    (outbox.notice_deliver) for staff's answer; a refused send waits in the
+    outbox for its retry, so the link is never lost.
     """
+    now = now or timezone.now()
     recipients = contact_emails(institution)
     if not recipients:
         raise ValueError(
             f"{institution.name} has no contact who receives reminders, so there is nobody to send the link to. "
             f"Add a contact (or tick “receives reminders” on one) and send again."
         )
+    notice = _link_notice(
+        institution=institution,
+        dedupe_key=f"link:{institution.pk}:{uuid.uuid4().hex}",  # each click is its own decision
+        recipients=recipients,
+        reason=reason,
+        created_by=created_by,
+        days=days,
+        ip_address=ip_address,
+        now=now,
+    )
+    notice.save(force_insert=True)
+    return notice
+
+
+def _link_addressees(*, notice: Notice, institution: Institution) -> tuple[list[str], str]:
+    """Who the notice's link goes to now (the address asked for, if still on file, or the contacts), or why nobody."""
+    asked = notice.payload.get("to")
+    if not asked:
+        to = contact_emails(institution)
+        return to, "" if to else f"{institution.name} has no contact who receives reminders: nobody to mail."
+    key = email_key(asked)
+    on_file = Contact.objects.filter(institution=institution, email__iexact=key)
+    if any(email_key(c.email) == key for c in on_file):
+        return [asked], ""
+    return [], "The address asked for is no longer a contact of the institution: not sent."
+
+
+def link_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
+    """The outbox's sender of a SUBMISSION_LINK notice: make the link, mail it, record both; True if sent.
+
+    A request or a bulk send for an institution no longer served (paused,
+    offboarded since) is superseded; a notice whose addressees are gone is
+    cancelled. In both cases no link is made. SMTP errors propagate to the
+    outbox (which retries) after rolling the link back.
+    """
+    institution = Institution.objects.select_related("account_owner").get(pk=notice.institution_id)
+    reason = notice.payload.get("reason", "staff")
+    if reason not in LINK_REASONS_ALWAYS_SENT and not institution.is_served():
+        why = f"Not sent: the institution is {institution.get_status_display().lower()}."
+        notices.notice_close(notice_id=notice.pk, state=Notice.State.SUPERSEDED, reason=why, now=now)
+        return False
+    to, why = _link_addressees(notice=notice, institution=institution)
+    if not to:
+        notices.notice_close(notice_id=notice.pk, state=Notice.State.CANCELLED, reason=why, now=now)
+        return False
+    asked_by = notice.payload.get("created_by")
+    created_by = get_user_model().objects.filter(pk=asked_by).first() if asked_by else None
     with transaction.atomic():
         new_link = submission_link_create(
-            institution=institution, created_by=created_by, days=days, reason=reason, ip_address=ip_address
+            institution=institution,
+            created_by=created_by,
+            days=notice.payload.get("days"),
+            reason=reason,
+            ip_address=notice.payload.get("ip_address"),
+            now=now,
         )
-        _mail_new_link(new_link=new_link, to=recipients)
-    logger.info(
-        "Submission link %s mailed to %d contact(s) of institution %s",
-        new_link.link.pk,
-        len(recipients),
-        institution.pk,
-    )
-    return new_link
+        message = build_email(
+            "link", to=to, reply_to=reply_to(institution), context=new_link.context(), connection=connection
+        )
+        if connection is not None:
+            connection.open()  # no-op when open; after a failure, a fresh connection
+        message.send(fail_silently=False)
+        submission_link_mark_sent(new_link=new_link, recipients=to)
+        sent_at = max(timezone.now(), now)
+        notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(to), now=sent_at)
+    logger.info("Submission link %s mailed to %d address(es) of %s", new_link.link.pk, len(to), institution.pk)
+    return True
 
 
 def submission_link_revoke(*, link: SubmissionLink, actor=None, now: dt.datetime | None = None) -> bool:
@@ -160,36 +280,55 @@ def link_request_queue(*, email: str, ip_address: str | None) -> None:
     """The "lost the link?" page: the lookup and the mail happen in a task, so every address answers alike.
 
     robust: with the broker down the page must still give the same answer.
+    The request id makes the task's notices idempotent: a task delivered
+    twice writes (and mails) each link once.
     """
-    jobs.job_enqueue_on_commit(jobs.REQUEST_SUBMISSION_LINK, args=(email, ip_address), robust=True)
+    request_id = uuid.uuid4().hex
+    jobs.job_enqueue_on_commit(jobs.REQUEST_SUBMISSION_LINK, args=(email, ip_address, request_id), robust=True)
 
 
-def link_request(*, email: str, ip_address: str | None = None) -> None:
-    """ "Lost the link?": mail a fresh link to this address if it is a contact of a served institution.
+def link_request(*, email: str, ip_address: str | None = None, request_id: str | None = None) -> list[int]:
+    """ "Lost the link?": a notice mailing a fresh link to this address if a served institution has it on file.
 
-    Does the same, returns the same and logs the same whether or not the
-    address matched, so the page built on it reveals nothing. The link goes
-    only to the address asked for, never to the other contacts.
+    Does the same and logs the same whether or not the address matched, so
+    the page built on it reveals nothing. The link goes only to the address
+    asked for, never to the other contacts. Returns the notices' ids (the
+    task delivers them at once; a refused send waits in the outbox).
     """
     key = email_key(email)
     if not key:
-        return
+        return []
+    request_id = request_id or uuid.uuid4().hex
+    now = timezone.now()
     # The database's case-insensitive match by the key only narrows the rows
     # down (PostgreSQL's UPPER() also matches look-alikes such as a dotless
     # ı); the decision is email_key's, the same key the page's rate limit
     # counts by, so no spelling reaches a contact outside that limit.
     contacts = [
         contact
-        for contact in Contact.objects.select_related("institution", "institution__account_owner").filter(
+        for contact in Contact.objects.select_related("institution").filter(
             institution__status__in=Institution.SERVED_STATUSES, email__iexact=key
         )
         if email_key(contact.email) == key
     ]
+    ids = []
     for contact in contacts:
-        institution = contact.institution
-        with transaction.atomic():
-            new_link = submission_link_create(institution=institution, reason="request", ip_address=ip_address)
-            _mail_new_link(new_link=new_link, to=[contact.email])
+        notice = _link_notice(
+            institution=contact.institution,
+            dedupe_key=f"link-request:{request_id}:{contact.pk}",
+            recipients=[contact.email],
+            reason="request",
+            ip_address=ip_address,
+            to=contact.email,
+            now=now,
+        )
+        try:
+            with transaction.atomic():
+                notice.save(force_insert=True)
+        except IntegrityError:  # this request's task ran before: its notice is written
+            notice = Notice.objects.get(dedupe_key=notice.dedupe_key)
+        ids.append(notice.pk)
+    return ids
 
 
 # --------------------------------------------------------------------------
@@ -197,48 +336,73 @@ def link_request(*, email: str, ip_address: str | None = None) -> None:
 # --------------------------------------------------------------------------
 
 
-def link_batch_create(*, institution_ids: list[int], created_by=None) -> LinkBatch:
-    """Queue a submission link for each institution, LINK_BULK_PER_SECOND apart; the tasks run after commit.
+def link_batch_create(*, institution_ids: list[int], created_by=None, now: dt.datetime | None = None) -> LinkBatch:
+    """Write one submission-link notice per institution, LINK_BULK_PER_SECOND apart, and queue their delivery.
 
-    Each institution is one LinkBatchItem, mailed by link_batch_item_send
-    exactly once however often its task is delivered.
+    Each notice's first attempt is due at its place in the line (and its
+    task is queued with that countdown), so neither the tasks nor a sweep
+    or run of outbox_deliver_due sends faster than the rate. Dedupe key
+    "link-batch:<batch>:<institution>": one notice per institution per
+    batch. A refused send is retried by the outbox; nobody to mail closes
+    the notice as cancelled at delivery.
     """
+    now = now or timezone.now()
     rate = max(float(settings.LINK_BULK_PER_SECOND), 0.1)
-    with transaction.atomic():
-        batch = LinkBatch.objects.create(created_by=created_by)
-        items = LinkBatchItem.objects.bulk_create(
-            LinkBatchItem(batch=batch, institution_id=pk) for pk in sorted(set(institution_ids))
+    institutions = list(
+        Institution.objects.filter(pk__in=set(institution_ids))
+        .order_by("pk")
+        .prefetch_related(
+            models.Prefetch(
+                "contacts",
+                queryset=Contact.objects.filter(receives_reminders=True).order_by("pk"),
+                to_attr="reminder_contacts",
+            )
         )
-        for position, item in enumerate(items):
-            jobs.job_enqueue_on_commit(jobs.SEND_BATCH_LINK, args=(item.pk,), countdown=position / rate)
+    )
+    with transaction.atomic():
+        batch = LinkBatch.objects.create(created_by=created_by, created_at=now)
+        notices_ = Notice.objects.bulk_create(
+            _link_notice(
+                institution=institution,
+                dedupe_key=f"link-batch:{batch.pk}:{institution.pk}",
+                recipients=contact_emails(institution),
+                reason="bulk",
+                created_by=created_by,
+                now=now,
+                not_before=now + dt.timedelta(seconds=position / rate),
+            )
+            for position, institution in enumerate(institutions)
+        )
+        LinkBatchItem.objects.bulk_create(
+            LinkBatchItem(batch=batch, institution_id=n.institution_id, notice=n) for n in notices_
+        )
+        for position, notice in enumerate(notices_):
+            jobs.job_enqueue_on_commit(jobs.DELIVER_NOTICE, args=(notice.pk,), countdown=position / rate, robust=True)
     return batch
 
 
-def link_batch_item_send(*, item_id: int) -> str:
-    """Send one queued item of a batch; returns its final state.
-
-    Claimed first with a conditional UPDATE (queued -> sending): a task
-    delivered twice finds nothing to claim and sends nothing.
-    """
-    if not LinkBatchItem.objects.filter(pk=item_id, state=LinkBatchItem.State.QUEUED).update(
-        state=LinkBatchItem.State.SENDING
-    ):
-        return "already handled"
-    item = LinkBatchItem.objects.select_related("batch__created_by", "institution__account_owner").get(pk=item_id)
-    state, error, link = LinkBatchItem.State.SENT, "", None
-    try:
-        link = submission_link_send(institution=item.institution, created_by=item.batch.created_by, reason="bulk").link
-    except ValueError as exc:  # nobody to mail
-        state, error = LinkBatchItem.State.SKIPPED, str(exc)
-    except SEND_ERRORS as exc:
-        state, error = LinkBatchItem.State.FAILED, f"{type(exc).__name__}: {exc}"
-    LinkBatchItem.objects.filter(pk=item_id).update(
-        state=state, error=error[:500], link=link, finished_at=timezone.now()
-    )
-    return state
+def link_batch_item_notice_id(*, item_id: int) -> int | None:
+    """The notice of a batch item (for a task queued by an older release, which named the item)."""
+    return LinkBatchItem.objects.filter(pk=item_id).values_list("notice_id", flat=True).first()
 
 
 def link_batch_progress(*, batch: LinkBatch) -> dict[str, int]:
-    """How many items of the batch are in each state (every state present, 0 when none)."""
-    counts = dict(batch.items.order_by().values_list("state").annotate(n=models.Count("pk")).values_list("state", "n"))
-    return {state: counts.get(state, 0) for state in LinkBatchItem.State.values}
+    """How many of the batch's notices are in each state (every state present, 0 when none)."""
+    counts = dict(
+        batch.items.order_by()
+        .values_list("notice__state")
+        .annotate(n=models.Count("pk"))
+        .values_list("notice__state", "n")
+    )
+    return {state: counts.get(state, 0) for state in LinkBatchItem.PROGRESS_LABELS}
+
+
+def link_batch_problems(*, batch: LinkBatch, limit: int = 200):
+    """The batch's items not sent (cancelled, superseded, failed) or waiting to retry, by institution name."""
+    waiting = models.Q(notice__state=Notice.State.PENDING, notice__attempts__gt=0)
+    closed = models.Q(notice__state__in=(Notice.State.CANCELLED, Notice.State.SUPERSEDED, Notice.State.FAILED))
+    return (
+        batch.items.filter(waiting | closed)
+        .select_related("institution", "notice")
+        .order_by("institution__name")[:limit]
+    )

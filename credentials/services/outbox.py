@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from credentials.models import Notice, secret_fields_of
 from credentials.notifications import SEND_ERRORS, drop_connection
-from credentials.services import digest, health, jobs, notices, owners, reminders, submission, verification
+from credentials.services import digest, health, jobs, links, notices, owners, reminders, submission, verification
 from credentials.services.reminders import ReminderRun
 from institutions.models import Contact
 
@@ -41,6 +41,7 @@ SENDERS = {
     Notice.Kind.KEY_INVALID: verification.key_invalid_notice_send,
     Notice.Kind.KEY_REJECTED: submission.key_rejected_notice_send,
     Notice.Kind.KEY_CONFLICT: submission.key_conflict_notice_send,
+    Notice.Kind.SUBMISSION_LINK: links.link_notice_send,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import re
 
 import pytest
 import time_machine
@@ -15,7 +16,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from credentials.models import AuditEvent, CD2Credential, SubmissionLink
+from credentials.models import AuditEvent, CD2Credential, Notice, SubmissionLink
+from credentials.services import outbox
 from credentials.services.links import (
     link_request,
     submission_link_create,
@@ -185,19 +187,43 @@ def test_a_used_link_cannot_be_revoked(institution):
 # --------------------------------------------------------------------------
 
 
-def test_a_link_is_mailed_to_the_contacts_who_receive_reminders_with_reply_to_the_owner(served):
-    new_link = submission_link_send(institution=served, ip_address="192.0.2.7")
+def _url_in(body: str) -> str:
+    (url,) = re.findall(r"https?://\S+/k/[A-Za-z0-9_-]+/", body)
+    return url
+
+
+def test_a_link_is_mailed_to_the_contacts_who_receive_reminders_with_reply_to_the_owner(served, client, settings):
+    notice = submission_link_send(institution=served, ip_address="192.0.2.7")
+    assert mail.outbox == [] and not SubmissionLink.objects.exists()  # written, not sent yet
+
+    assert outbox.notice_deliver(notice_id=notice.pk) is True
 
     (message,) = mail.outbox
     assert sorted(message.to) == ["ada@northfield.example.edu", "ivy@northfield.example.edu"]
     assert message.reply_to == ["owen@registry.example"]
-    assert new_link.url in message.body
-    assert new_link.url in message.alternatives[0][0]
+    url = _url_in(message.body)
+    assert url in message.alternatives[0][0]
+    assert client.get(url.removeprefix(settings.SITE_URL)).status_code == 200  # the mailed link works
     assert "EdPotential" in message.body and "Institutional Use" in message.body
-    new_link.link.refresh_from_db()
-    assert new_link.link.sent_to == "ada@northfield.example.edu, ivy@northfield.example.edu"
+    link = SubmissionLink.objects.get()
+    assert link.sent_to == "ada@northfield.example.edu, ivy@northfield.example.edu"
+    assert link.token_hash == hashlib.sha256(url.rstrip("/").rsplit("/", 1)[1].encode()).hexdigest()
     event = AuditEvent.objects.get(kind="link_created")
     assert event.ip_address == "192.0.2.7"
+    notice.refresh_from_db()
+    assert (notice.kind, notice.state) == (Notice.Kind.SUBMISSION_LINK, Notice.State.SENT)
+
+
+def test_the_token_is_stored_nowhere_in_plain_text(served):
+    notice = submission_link_send(institution=served)
+    outbox.notice_deliver(notice_id=notice.pk)
+    token = _url_in(mail.outbox[0].body).rstrip("/").rsplit("/", 1)[1]
+
+    notice.refresh_from_db()
+    stored = [str(v) for v in Notice.objects.values().get(pk=notice.pk).values()]
+    stored += [str(v) for v in SubmissionLink.objects.values().get().values()]
+    stored += [str(v) for v in AuditEvent.objects.values("detail")]
+    assert not [v for v in stored if token in v]
 
 
 def test_sending_a_link_without_anyone_to_send_to_says_so_and_makes_no_link(make_institution):
@@ -207,18 +233,33 @@ def test_sending_a_link_without_anyone_to_send_to_says_so_and_makes_no_link(make
     with pytest.raises(ValueError, match="no contact who receives reminders"):
         submission_link_send(institution=lonely)
 
-    assert not SubmissionLink.objects.exists()
+    assert not SubmissionLink.objects.exists() and not Notice.objects.exists()
     assert mail.outbox == []
 
 
-def test_a_mail_failure_leaves_no_link_behind(served, settings):
+def test_a_mail_failure_leaves_no_link_behind_and_the_notice_waits_for_its_retry(served, settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 2  # nothing listens on 9
+    notice = submission_link_send(institution=served)
 
-    with pytest.raises(OSError):
-        submission_link_send(institution=served)
+    assert outbox.notice_deliver(notice_id=notice.pk) is False
 
     assert not SubmissionLink.objects.exists()
+    assert not AuditEvent.objects.filter(kind="link_created").exists()
+    notice.refresh_from_db()
+    assert notice.state == Notice.State.PENDING and notice.attempts == 1
+    assert notice.next_attempt_at > timezone.now() and notice.last_error.startswith("ConnectionRefusedError")
+
+
+def test_a_link_notice_for_an_institution_that_lost_its_contacts_is_cancelled_and_makes_no_link(served):
+    notice = submission_link_send(institution=served)
+    Contact.objects.filter(institution=served).update(receives_reminders=False)
+
+    assert outbox.notice_deliver(notice_id=notice.pk) is False
+
+    notice.refresh_from_db()
+    assert notice.state == Notice.State.CANCELLED and "nobody to mail" in notice.last_error
+    assert not SubmissionLink.objects.exists() and mail.outbox == []
 
 
 def test_the_command_prints_a_url_that_opens_the_page(institution, client, settings):
@@ -236,13 +277,14 @@ def test_the_command_prints_a_url_that_opens_the_page(institution, client, setti
     assert mail.outbox == []
 
 
-def test_the_command_mails_the_link_with_email(served):
+def test_the_command_mails_the_link_with_email_and_prints_no_url(served, client, settings):
     out = io.StringIO()
 
     call_command("create_submission_link", served.slug, "--email", stdout=out, stderr=io.StringIO())
 
     (message,) = mail.outbox
-    assert out.getvalue().strip() in message.body
+    assert "/k/" not in out.getvalue() and "mailed to ada@northfield.example.edu" in out.getvalue()
+    assert client.get(_url_in(message.body).removeprefix(settings.SITE_URL)).status_code == 200
 
 
 def test_the_command_explains_an_unknown_slug(institution):
@@ -285,7 +327,8 @@ def test_the_request_page_answers_identically_for_known_and_unknown_addresses(
 
 
 def test_a_known_address_gets_a_fresh_link_and_nobody_else_does(served):
-    request_submission_link("Ivy@Northfield.example.edu", "192.0.2.9")
+    request_submission_link("Ivy@Northfield.example.edu", "192.0.2.9", "req-1")
+    request_submission_link("Ivy@Northfield.example.edu", "192.0.2.9", "req-1")  # the task delivered twice
 
     (message,) = mail.outbox
     assert message.to == ["ivy@northfield.example.edu"]
@@ -295,12 +338,23 @@ def test_a_known_address_gets_a_fresh_link_and_nobody_else_does(served):
 
 
 def test_an_unknown_address_or_a_paused_institution_gets_nothing(served):
-    link_request(email="nobody@nowhere.example")
+    assert link_request(email="nobody@nowhere.example") == []
     Institution.objects.filter(pk=served.pk).update(status=Institution.Status.OFFBOARDED)
-    link_request(email="ada@northfield.example.edu")
+    assert link_request(email="ada@northfield.example.edu") == []
+    outbox.outbox_deliver_due()
 
     assert mail.outbox == []
-    assert not SubmissionLink.objects.exists()
+    assert not SubmissionLink.objects.exists() and not Notice.objects.exists()
+
+
+def test_a_request_waiting_for_its_retry_is_superseded_when_the_institution_is_paused(served):
+    (notice_id,) = link_request(email="ada@northfield.example.edu")
+    Institution.objects.filter(pk=served.pk).update(status=Institution.Status.PAUSED)
+
+    outbox.outbox_deliver_due()
+
+    assert Notice.objects.get(pk=notice_id).state == Notice.State.SUPERSEDED
+    assert mail.outbox == [] and not SubmissionLink.objects.exists()
 
 
 def test_a_malformed_address_is_pointed_out_on_the_form(client):

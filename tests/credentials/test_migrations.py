@@ -157,3 +157,31 @@ def test_0005_indexes_old_rows_flags_later_duplicates_and_the_check_reports_shar
     assert warning.id == "credentials.W002"
     assert "north (h-0001)" in warning.msg and "prairie (h-0001)" in warning.msg
     assert rows[shared_first.pk].client_id_index not in warning.msg
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bulk_link_items_become_outbox_notices_and_the_unsent_ones_are_still_sent():
+    old = _migrate([("credentials", "0013_auditevent_contact_added")])
+    Institution = old.get_model("institutions", "Institution")
+    LinkBatch = old.get_model("credentials", "LinkBatch")
+    LinkBatchItem = old.get_model("credentials", "LinkBatchItem")
+    batch = LinkBatch.objects.create()
+    states = ["sent", "skipped", "failed", "queued", "sending"]
+    for n, state in enumerate(states):
+        inst = Institution.objects.create(name=f"B{n}", slug=f"b{n}", canvas_domain=f"b{n}.instructure.com")
+        LinkBatchItem.objects.create(batch=batch, institution=inst, state=state, error="SMTP 451" * (state == "failed"))
+
+    new = _migrate([("credentials", "0015_link_batch_item_notice_required")])
+    LinkBatchItem = new.get_model("credentials", "LinkBatchItem")
+    after = {
+        i.institution.slug: (i.notice.kind, i.notice.state, i.notice.last_error) for i in LinkBatchItem.objects.all()
+    }
+    _migrate()
+
+    assert after == {
+        "b0": ("submission_link", "sent", ""),
+        "b1": ("submission_link", "cancelled", ""),
+        "b2": ("submission_link", "failed", "SMTP 451"),
+        "b3": ("submission_link", "pending", ""),  # queued: the outbox sends it
+        "b4": ("submission_link", "pending", ""),
+    }

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from io import StringIO
 
 import pytest
+import time_machine
 from django.core import mail
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from credentials.models import AuditEvent, LinkBatchItem
 from credentials.services import jobs
-from credentials.services.links import link_batch_item_send
+from credentials.tasks import deliver_notice
 from institutions.models import Contact, Institution
 
 pytestmark = pytest.mark.django_db
@@ -30,10 +33,12 @@ def test_every_served_institution_gets_one_link_however_often_its_task_runs(
 
     items = LinkBatchItem.objects.all()
     assert sorted(items.values_list("institution_id", flat=True)) == sorted(i.pk for i in served)
-    assert [m["task"] for m in celery_messages] == [jobs.SEND_BATCH_LINK] * 2
-    for item in items:  # each task delivered twice: mailed once
-        link_batch_item_send(item_id=item.pk)
-        link_batch_item_send(item_id=item.pk)
+    assert [m["task"] for m in celery_messages] == [jobs.DELIVER_NOTICE] * 2
+    assert sorted(m["args"][0] for m in celery_messages) == sorted(items.values_list("notice_id", flat=True))
+    with time_machine.travel(timezone.now() + dt.timedelta(seconds=1)):
+        for message in celery_messages:  # each task delivered twice: mailed once
+            deliver_notice(*message["args"])
+            deliver_notice(*message["args"])
     assert sorted(m.to[0] for m in mail.outbox) == sorted(f"admin@{i.slug}.example.edu" for i in served)
     assert "Queued a submission link for 2 institution(s)" in out.getvalue()
     event = AuditEvent.objects.get(kind=AuditEvent.Kind.LINK_CREATED, detail__bulk=True)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
 
 import pytest
+import time_machine
 from aiosmtpd.controller import Controller
+from django.db.models import Max, Min
 from django.test import override_settings
 from django.urls import reverse
+from django.utils import timezone
 
-from credentials.models import LinkBatchItem, SubmissionLink
+from credentials.models import LinkBatchItem, Notice, SubmissionLink
 from credentials.services import jobs
-from credentials.tasks import send_batch_link
+from credentials.tasks import deliver_notice
 from institutions.models import Contact, Institution
 
 pytestmark = pytest.mark.django_db
@@ -69,14 +73,19 @@ def test_500_institutions_get_500_mails_once_each_at_a_steady_rate(
             EMAIL_HOST_USER="",
             EMAIL_HOST_PASSWORD="",
         ):
-            for item_id, _ in queued + queued:  # every task delivered twice
-                send_batch_link(item_id)
+            early = next(notice_id for notice_id, countdown in queued if countdown > 1)
+            assert deliver_notice(early) is False  # not before its place in the line
+            with time_machine.travel(timezone.now() + dt.timedelta(seconds=50)):
+                for notice_id, _ in queued + queued:  # every task delivered twice
+                    deliver_notice(notice_id)
     finally:
         controller.stop()
 
     assert len(inbox.recipients) == 500
     assert len(set(inbox.recipients)) == 500
     assert SubmissionLink.objects.count() == 500
-    assert set(LinkBatchItem.objects.values_list("state", flat=True)) == {LinkBatchItem.State.SENT}
+    assert set(LinkBatchItem.objects.values_list("notice__state", flat=True)) == {Notice.State.SENT}
+    spread = Notice.objects.aggregate(first=Min("next_attempt_at"), last=Max("next_attempt_at"))
+    assert (spread["last"] - spread["first"]).total_seconds() == pytest.approx(49.9)  # a sweep keeps the rate too
     progress = client.get(response["Location"]).content.decode()
     assert "Submission links: 500 of 500 done" in progress

@@ -11,7 +11,7 @@ from django.urls import reverse
 from hypothesis import given
 from hypothesis import strategies as st
 
-from credentials.services.links import link_request
+from credentials.tasks import request_submission_link
 from credentials.views import _email_key
 from institutions.models import Contact, email_for_storage, email_key
 
@@ -61,7 +61,7 @@ def test_the_rate_limit_key_is_the_lookup_key():
 )
 def test_the_lookup_mails_only_an_address_with_the_contacts_key(institution, typed, mailed):
     Contact.objects.create(institution=institution, name="Alice", email="alice@school.example.edu")
-    link_request(email=typed)
+    request_submission_link(typed)
     assert [m.to for m in mail.outbox] == ([["alice@school.example.edu"]] if mailed else [])
 
 

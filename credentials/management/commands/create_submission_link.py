@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from credentials.services import outbox
 from credentials.services.links import submission_link_create, submission_link_send
 from institutions.models import Institution
 
@@ -32,12 +33,24 @@ class Command(BaseCommand):
             )
         try:
             if email:
-                new_link = submission_link_send(institution=institution, days=days, reason="command")
+                notice = submission_link_send(institution=institution, days=days, reason="command")
             else:
                 new_link = submission_link_create(institution=institution, days=days, reason="command")
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
+        if email:
+            # The link is made when the mail goes out (services/links.py), so there is no URL to print:
+            # printed here it would be a second copy of a key to the institution's page.
+            sent = outbox.notice_deliver(notice_id=notice.pk)
+            notice.refresh_from_db()
+            if sent:
+                self.stdout.write(f"Link for {institution.name} mailed to {notice.recipients}, single use.")
+            else:
+                self.stderr.write(
+                    f"Not mailed yet ({notice.get_state_display().lower()}: {notice.last_error}); "
+                    f"the outbox retries it (notice {notice.pk})."
+                )
+            return
         self.stdout.write(new_link.url)
         expires = new_link.link.expires_at.strftime("%Y-%m-%d %H:%M %Z")
-        sent = f"; mailed to {new_link.link.sent_to}" if email else ""
-        self.stderr.write(f"Link for {institution.name}, valid until {expires}, single use{sent}.")
+        self.stderr.write(f"Link for {institution.name}, valid until {expires}, single use.")
