@@ -223,6 +223,7 @@ class ApiTokenAdmin(SuperuserOnly, admin.ModelAdmin):
             scopes=form.cleaned_data["scopes"],
             expires_in_days=form.cleaned_data["expires_in_days"],
             created_by=request.user,
+            ip_address=client_ip(request),
         )
         request._issued_token = issued  # for response_add, this request only
         return issued.token
@@ -252,7 +253,11 @@ class ApiTokenAdmin(SuperuserOnly, admin.ModelAdmin):
     @admin.action(description="Revoke selected tokens")
     def revoke_tokens(self, request, queryset) -> None:
         now = timezone.now()
-        revoked = sum(api_token_revoke(token=token, now=now) for token in queryset)
+        ip_address = client_ip(request)
+        revoked = sum(
+            api_token_revoke(token=token, actor=request.user, ip_address=ip_address, now=now)
+            for token in queryset.select_related("account")
+        )
         self.message_user(request, f"{revoked} token(s) revoked.", messages.SUCCESS)
 
 
