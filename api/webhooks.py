@@ -217,15 +217,19 @@ def webhook_body_bytes(notice: Notice) -> bytes:
 def webhook_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
     """POST a claimed webhook notice to its account's URL; True when the receiver answered 2xx.
 
-    Closed unsent (cancelled) when the account is gone, inactive or has no
-    URL or secret any more. WebhookRefused (retried by the outbox) for a
+    Closed unsent (cancelled) when the account is gone, inactive, has no
+    URL or secret any more, or may no longer see the institution. WebhookRefused (retried by the outbox) for a
     refused address or a non-2xx answer; requests' errors are OSErrors too.
     """
-    account = ServiceAccount.objects.filter(pk=notice.payload.get("account_id")).first()
-    if account is None or not account.is_active or not account.webhook_url or not account.webhook_secret:
-        reason = "Not sent: the service account is gone, inactive, or has no webhook URL or secret any more."
+    account = webhook_accounts(institution_id=notice.institution_id).filter(pk=notice.payload.get("account_id")).first()
+    if account is None:
+        reason = (
+            "Not sent: the service account is gone, inactive, has no webhook URL or secret any more, "
+            "or may no longer see this institution."
+        )
         notices.notice_close(notice_id=notice.pk, state=Notice.State.CANCELLED, reason=reason, now=now)
         return False
+    account = ServiceAccount.objects.get(pk=account.pk)  # with its URL and secret
     try:
         webhook_url_check(account.webhook_url)
     except ValidationError as exc:

@@ -14,12 +14,14 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import time_machine
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from api import webhooks as webhooks_module
 from api.models import ServiceAccount
 from api.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, webhook_secret_rotate, webhook_url_check
 from credentials.models import AuditEvent, CD2Credential, Notice
@@ -193,6 +195,38 @@ def test_a_receiver_down_for_hours_loses_nothing(receiver, clock, institution, m
     assert len(set(back.accepted_ids())) == 2 == len(back.requests)
 
 
+def test_a_worker_killed_after_the_receiver_accepted_sends_it_once_more_with_the_same_event_id(
+    receiver, clock, institution, make_credential, settings
+):
+    hooks = receiver()
+    subscribe(hooks.url, institutions=[institution])
+    make_credential(institution)
+    [notice] = webhooks()
+
+    # The receiver answered 2xx, then the worker died before recording it.
+    with mock.patch.object(webhooks_module.notices, "notice_mark_sent", side_effect=SystemExit("kill -9")):
+        with pytest.raises(SystemExit):
+            outbox.notice_deliver(notice_id=notice.pk)
+    notice.refresh_from_db()
+    assert notice.state == Notice.State.SENDING and len(hooks.requests) == 1
+
+    clock.shift(settings.NOTICE_LEASE - dt.timedelta(seconds=1))
+    outbox.outbox_deliver_due()  # the lease holds: the sender might still be at work
+    assert len(hooks.requests) == 1
+    clock.shift(dt.timedelta(seconds=2))
+    outbox.outbox_deliver_due()
+    clock.shift(dt.timedelta(hours=1))
+    outbox.outbox_deliver_due()
+
+    notice.refresh_from_db()
+    assert notice.state == Notice.State.SENT and notice.attempts == 2
+    first, second = hooks.requests  # one duplicate, the one in flight, and no more
+    assert first["body"] == second["body"]
+    # The same event id both times: a receiver that keeps the ids it handled
+    # (docs/WEBHOOKS.md) acts on the event once.
+    assert first["headers"][EVENT_ID_HEADER] == second["headers"][EVENT_ID_HEADER]
+
+
 def test_a_replayed_body_with_an_old_timestamp_or_a_tampered_body_is_rejected(
     receiver, clock, institution, make_credential
 ):
@@ -259,6 +293,21 @@ def test_accounts_without_a_secret_or_inactive_get_no_webhooks(receiver, clock, 
     inactive.save()
     make_credential(institution)
     assert webhooks() == []
+
+
+def test_an_account_that_lost_sight_of_the_institution_before_delivery_gets_nothing(
+    receiver, clock, institution, make_credential
+):
+    hooks = receiver()
+    account, _ = subscribe(hooks.url, institutions=[institution])
+    make_credential(institution)
+    account.institutions.clear()
+
+    outbox.outbox_deliver_due()
+
+    [notice] = webhooks()
+    assert notice.state == Notice.State.CANCELLED and "no longer see" in notice.last_error
+    assert hooks.requests == []
 
 
 def test_a_rolled_back_activation_produces_no_webhook(receiver, clock, institution, make_credential):
