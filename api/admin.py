@@ -101,6 +101,10 @@ class ServiceAccountAdmin(SuperuserOnly, admin.ModelAdmin):
         ("Record", {"fields": ("created_at", "created_by"), "classes": ("collapse",)}),
     )
 
+    def get_queryset(self, request):
+        # The list never needs the signing secret; the change page reads none of it either.
+        return super().get_queryset(request).defer("webhook_secret")
+
     def save_model(self, request, obj, form, change) -> None:
         if not change:
             obj.created_by = request.user

@@ -166,7 +166,12 @@ def api_token_authenticate(
     now = now or timezone.now()
     if not _TOKEN_SHAPE.match(plaintext or ""):
         return None
-    token = ApiToken.objects.select_related("account").filter(token_hash=hash_token(plaintext)).first()
+    token = (
+        ApiToken.objects.select_related("account")
+        .defer("account__webhook_secret")  # never decrypted per request
+        .filter(token_hash=hash_token(plaintext))
+        .first()
+    )
     if token is None or not token.is_usable(now):
         return None
     if not token.account.ip_allowed(ip_address):

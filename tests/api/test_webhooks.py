@@ -24,6 +24,7 @@ from django.db import transaction
 from api import webhooks as webhooks_module
 from api.models import ServiceAccount
 from api.webhooks import EVENT_ID_HEADER, SIGNATURE_HEADER, webhook_secret_rotate, webhook_url_check
+from credentials import fields
 from credentials.models import AuditEvent, CD2Credential, Notice
 from credentials.services import outbox
 from credentials.services.keys import credential_set_status
@@ -464,3 +465,15 @@ def test_rotating_the_secret_shows_it_once_audited_and_the_page_lists_deliveries
     assert secret not in page
     assert "key.activated" in page and "WebhookRefused: The receiver answered 500" in page
     assert admin_client.get("/admin/credentials/notice/?kind__exact=webhook").status_code == 200
+
+
+def test_authenticating_a_request_never_decrypts_the_signing_secret(make_token, api, institution, make_credential):
+    plaintext, token = make_token(["keys:read"], institutions=[institution])
+    webhook_secret_rotate(account=token.account, actor_label="test")
+    make_credential(institution)
+
+    with mock.patch("credentials.fields.decrypt_str", wraps=fields.decrypt_str) as decrypt:
+        response = api(plaintext).get("/api/v1/institutions/northfield/key")
+
+    assert response.status_code == 200
+    assert decrypt.call_count == 2  # the key's Client ID and Secret, nothing else
