@@ -1007,6 +1007,13 @@ def measure_api(ctx: Context) -> dict:
             "audited": sum(r["audited"] for r in mine),
             "errors": sum(r["status_errors"] + r["connect_errors"] + r["read_errors"] + r["timeouts"] for r in mine),
         }
+    if ctx.profile_dir:
+        # Key reads in this process (no gunicorn), for where the time goes; and their queries.
+        read_client = Client(headers={"Authorization": f"Bearer {reader}"})
+        profile_to(ctx.profile_path("api-key-read"), lambda: [read_client.get(path) for path in reads[:200]])
+        with CaptureQueriesContext(connection) as captured:
+            read_client.get(reads[0])
+        out["read_queries"] = [{"ms": 1000 * float(q["time"]), "sql": q["sql"][:2000]} for q in captured]
     out["workers"], out["connections"], out["seconds"], out["rounds"] = ctx.workers, connections, seconds, rounds
     out["keys_in_rotation"] = len(slugs)
     out["read_ratio"] = ratio(out["read_load"]["rps"], out["floor_load"]["rps"])
