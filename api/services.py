@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from api.models import ApiToken, Scope, ServiceAccount, SyncReport
 from credentials.models import AuditEvent, CD2Credential, hash_token
-from credentials.selectors import current_key, institutions_with_key_status, local_today
+from credentials.selectors import current_key, institutions_with_key_summary, local_today
 from credentials.services import jobs
 from credentials.services.audit import audit_record
 from credentials.services.keys import credential_mark_pulled
@@ -195,13 +195,13 @@ def account_institutions(*, account: ServiceAccount) -> QuerySet[Institution]:
 
 
 def account_keys(*, account: ServiceAccount, changed_since: dt.datetime | None = None):
-    """The account's institutions with their key status (one query), oldest change first."""
+    """The account's institutions with their key summary (one query, no join), oldest change first."""
     queryset = account_institutions(account=account)
     if changed_since is not None:
         # Inclusive: a poller passes the largest changed_at it has seen and
         # gets that row again rather than missing one changed in the same instant.
         queryset = queryset.filter(updated_at__gte=changed_since)
-    return institutions_with_key_status(queryset=queryset)
+    return institutions_with_key_summary(queryset=queryset)
 
 
 def _institution_for(*, account: ServiceAccount, slug: str) -> Institution:
