@@ -1053,8 +1053,10 @@ MEASURES = {
     "submission": measure_submission,
     # Before rotation: the checks decrypt with the keys the gateway knows.
     "key_checks": measure_key_checks,
-    "rotation": measure_rotation,
+    # Before rotation too: its gunicorn starts with this process's FERNET_KEYS
+    # and refuses to start on values re-encrypted under a newer key.
     "api": measure_api,
+    "rotation": measure_rotation,
 }
 
 
