@@ -153,20 +153,21 @@ class ServiceAccountAdmin(SuperuserOnly, admin.ModelAdmin):
 
     @admin.action(description="Rotate webhook signing secret (shown once)")
     def rotate_webhook_secret(self, request, queryset):
+        """Asks first (the old secret stops at once, so the receiver refuses events until it has the new one)."""
+        accounts = list(queryset.order_by("name"))
+        context = {**self.admin_site.each_context(request), "opts": self.opts, "title": "Webhook signing secret"}
+        if request.POST.get("confirm") != "yes":
+            return TemplateResponse(
+                request,
+                "admin/api/webhook_secret_confirm.html",
+                {**context, "accounts": accounts, "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME},
+            )
+        ip_address = client_ip(request)
         rotated = [
-            (account, webhook_secret_rotate(account=account, actor=request.user, ip_address=client_ip(request)))
-            for account in queryset.order_by("name")
+            (account, webhook_secret_rotate(account=account, actor=request.user, ip_address=ip_address))
+            for account in accounts
         ]
-        return TemplateResponse(
-            request,
-            "admin/api/webhook_secret.html",
-            {
-                **self.admin_site.each_context(request),
-                "title": "Webhook signing secret",
-                "opts": self.opts,
-                "rotated": rotated,
-            },
-        )
+        return TemplateResponse(request, "admin/api/webhook_secret.html", {**context, "rotated": rotated})
 
 
 class TokenAddForm(forms.ModelForm):

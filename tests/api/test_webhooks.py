@@ -444,9 +444,16 @@ def test_rotating_the_secret_shows_it_once_audited_and_the_page_lists_deliveries
     hooks = receiver()
     account = ServiceAccount.objects.create(name="pipeline", all_institutions=True, webhook_url=hooks.url)
 
+    asked = admin_client.post(
+        "/admin/api/serviceaccount/", {"action": "rotate_webhook_secret", "_selected_action": [account.pk]}
+    )
+    assert asked.status_code == 200 and "stops signing at once" in asked.content.decode()
+    account.refresh_from_db()
+    assert account.webhook_secret == "" and not AuditEvent.objects.exists()  # nothing rotated before "yes"
+
     response = admin_client.post(
         "/admin/api/serviceaccount/",
-        {"action": "rotate_webhook_secret", "_selected_action": [account.pk]},
+        {"action": "rotate_webhook_secret", "_selected_action": [account.pk], "confirm": "yes"},
     )
 
     assert response.status_code == 200
