@@ -218,8 +218,9 @@ def webhook_notice_send(*, notice: Notice, now: dt.datetime, connection=None) ->
     """POST a claimed webhook notice to its account's URL; True when the receiver answered 2xx.
 
     Closed unsent (cancelled) when the account is gone, inactive, has no
-    URL or secret any more, or may no longer see the institution. WebhookRefused (retried by the outbox) for a
-    refused address or a non-2xx answer; requests' errors are OSErrors too.
+    URL or secret any more, or may no longer see the institution.
+    WebhookRefused (retried by the outbox) for a refused address or a
+    non-2xx answer; requests' errors are OSErrors too.
     """
     account = webhook_accounts(institution_id=notice.institution_id).filter(pk=notice.payload.get("account_id")).first()
     if account is None:
@@ -235,7 +236,9 @@ def webhook_notice_send(*, notice: Notice, now: dt.datetime, connection=None) ->
     except ValidationError as exc:
         raise WebhookRefused(f"Receiver address refused: {' '.join(exc.messages)}") from None
     body = webhook_body_bytes(notice)
-    timestamp = int(now.timestamp())
+    # The clock at this send, not the run's `now`: a page of slow receivers
+    # can take minutes, and the receiver refuses a timestamp 5 minutes old.
+    timestamp = int(timezone.now().timestamp())
     response = requests.post(
         account.webhook_url,
         data=body,

@@ -175,6 +175,20 @@ def test_a_receiver_answering_500_is_retried_and_accepts_the_event_once(receiver
     )
 
 
+def test_the_signature_carries_the_clock_at_the_send_not_the_runs_start(receiver, clock, institution, make_credential):
+    hooks = receiver()
+    _, secret = subscribe(hooks.url, institutions=[institution])
+    make_credential(institution)
+    [notice] = webhooks()
+    clock.shift(dt.timedelta(minutes=10))  # a long page of slow receivers before this one
+
+    outbox.notice_deliver(notice_id=notice.pk, now=START)
+
+    [request] = hooks.requests
+    sent_at = (START + dt.timedelta(minutes=10)).timestamp()
+    verify_webhook(secret, request["headers"][SIGNATURE_HEADER], request["body"], now=sent_at)
+
+
 def test_a_receiver_down_for_hours_loses_nothing(receiver, clock, institution, make_credential):
     hooks = receiver()
     subscribe(hooks.url, institutions=[institution])
