@@ -2,7 +2,10 @@
 
 A token is issued through the add form; its plaintext is shown once on the
 page that answers the form (never in a message, which would sit in a cookie
-or the session) and cannot be seen again.
+or the session) and cannot be seen again. A webhook signing secret is the
+same: the "Rotate webhook signing secret" action shows it on the page that
+answers the action, once. Issuing, revoking and rotating are audited by the
+services they call.
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ from django import forms
 from django.contrib import admin, messages
 from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from api.models import ApiToken, Scope, ServiceAccount, SyncReport
 from api.services import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, api_token_issue, api_token_revoke
+from api.webhooks import webhook_delivery_log, webhook_secret_rotate, webhook_url_check
+from edpotential.security import client_ip
 
 
 class SuperuserOnly:
@@ -48,25 +55,119 @@ class TokenInline(SuperuserOnly, admin.TabularInline):
         return False
 
 
+class ServiceAccountForm(forms.ModelForm):
+    webhook_url = forms.URLField(
+        required=False,
+        max_length=500,
+        assume_scheme="https",
+        help_text=ServiceAccount._meta.get_field("webhook_url").help_text,
+    )
+
+    class Meta:
+        model = ServiceAccount
+        fields = (
+            "name",
+            "description",
+            "is_active",
+            "all_institutions",
+            "institutions",
+            "allowed_ips",
+            "rate_per_minute",
+            "webhook_url",
+        )
+
+    def clean_webhook_url(self) -> str:
+        url = self.cleaned_data.get("webhook_url", "")
+        if url:
+            webhook_url_check(url)  # https on a public address (SSRF), checked again before each send
+        return url
+
+
 @admin.register(ServiceAccount)
 class ServiceAccountAdmin(SuperuserOnly, admin.ModelAdmin):
-    list_display = ("name", "is_active", "all_institutions", "rate_per_minute", "created_at")
+    form = ServiceAccountForm
+    list_display = ("name", "is_active", "all_institutions", "rate_per_minute", "webhook_display", "created_at")
     list_filter = ("is_active", "all_institutions")
     search_fields = ("name", "description")
     filter_horizontal = ("institutions",)
-    readonly_fields = ("created_at", "created_by")
+    readonly_fields = ("created_at", "created_by", "webhook_secret_state", "webhook_log")
     inlines = (TokenInline,)
+    actions = ("rotate_webhook_secret",)
     fieldsets = (
         (None, {"fields": ("name", "description", "is_active")}),
         ("What it may see", {"fields": ("all_institutions", "institutions")}),
         ("Limits", {"fields": ("allowed_ips", "rate_per_minute")}),
+        ("Webhook", {"fields": ("webhook_url", "webhook_secret_state", "webhook_log")}),
         ("Record", {"fields": ("created_at", "created_by"), "classes": ("collapse",)}),
     )
+
+    def get_queryset(self, request):
+        # The list never needs the signing secret; the change page reads none of it either.
+        return super().get_queryset(request).defer("webhook_secret")
 
     def save_model(self, request, obj, form, change) -> None:
         if not change:
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
+
+    @admin.display(description="Webhook")
+    def webhook_display(self, obj: ServiceAccount) -> str:
+        if not obj.webhook_url:
+            return "-"
+        return "on" if obj.webhook_secret_set_at else "no secret yet"
+
+    @admin.display(description="Signing secret")
+    def webhook_secret_state(self, obj: ServiceAccount) -> str:
+        if obj.webhook_secret_set_at:
+            return f"Set on {timezone.localtime(obj.webhook_secret_set_at):%Y-%m-%d %H:%M}; it is never shown again."
+        return 'None yet: no events are sent until the action "Rotate webhook signing secret" gives it one.'
+
+    @admin.display(description="Recent deliveries")
+    def webhook_log(self, obj: ServiceAccount):
+        if obj.pk is None:
+            return "-"
+        rows = webhook_delivery_log(account=obj)
+        if not rows:
+            return "No webhook sent yet."
+        head = mark_safe(
+            "<tr><th>Event</th><th>Institution</th><th>Event id</th><th>State</th>"
+            "<th>Attempts</th><th>Last error</th><th>Sent at</th></tr>"
+        )
+        body = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    notice.payload["body"]["type"],
+                    notice.payload["body"]["institution"],
+                    notice.payload["body"]["id"],
+                    notice.get_state_display(),
+                    notice.attempts,
+                    notice.last_error or "-",
+                    f"{timezone.localtime(notice.sent_at):%Y-%m-%d %H:%M:%S}" if notice.sent_at else "-",
+                )
+                for notice in rows
+            ),
+        )
+        return format_html("<table>{}{}</table>", head, body)
+
+    @admin.action(description="Rotate webhook signing secret (shown once)")
+    def rotate_webhook_secret(self, request, queryset):
+        """Asks first (the old secret stops at once, so the receiver refuses events until it has the new one)."""
+        accounts = list(queryset.order_by("name"))
+        context = {**self.admin_site.each_context(request), "opts": self.opts, "title": "Webhook signing secret"}
+        if request.POST.get("confirm") != "yes":
+            return TemplateResponse(
+                request,
+                "admin/api/webhook_secret_confirm.html",
+                {**context, "accounts": accounts, "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME},
+            )
+        ip_address = client_ip(request)
+        rotated = [
+            (account, webhook_secret_rotate(account=account, actor=request.user, ip_address=ip_address))
+            for account in accounts
+        ]
+        return TemplateResponse(request, "admin/api/webhook_secret.html", {**context, "rotated": rotated})
 
 
 class TokenAddForm(forms.ModelForm):
@@ -127,6 +228,7 @@ class ApiTokenAdmin(SuperuserOnly, admin.ModelAdmin):
             scopes=form.cleaned_data["scopes"],
             expires_in_days=form.cleaned_data["expires_in_days"],
             created_by=request.user,
+            ip_address=client_ip(request),
         )
         request._issued_token = issued  # for response_add, this request only
         return issued.token
@@ -156,7 +258,11 @@ class ApiTokenAdmin(SuperuserOnly, admin.ModelAdmin):
     @admin.action(description="Revoke selected tokens")
     def revoke_tokens(self, request, queryset) -> None:
         now = timezone.now()
-        revoked = sum(api_token_revoke(token=token, now=now) for token in queryset)
+        ip_address = client_ip(request)
+        revoked = sum(
+            api_token_revoke(token=token, actor=request.user, ip_address=ip_address, now=now)
+            for token in queryset.select_related("account")
+        )
         self.message_user(request, f"{revoked} token(s) revoked.", messages.SUCCESS)
 
 

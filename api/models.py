@@ -15,6 +15,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
+from credentials.fields import EncryptedTextField
+
 
 class Scope(models.TextChoices):
     KEYS_READ = "keys:read", "keys:read: fetch a Secret"
@@ -60,6 +62,15 @@ class ServiceAccount(models.Model):
         help_text="One IP address or network (CIDR) per line. Empty: any address.",
     )
     rate_per_minute = models.PositiveIntegerField(default=DEFAULT_RATE_PER_MINUTE)
+    # Webhooks (api/webhooks.py): key events are POSTed here, signed with the
+    # secret, which is shown once when set or rotated and never again.
+    webhook_url = models.URLField(
+        max_length=500,
+        blank=True,
+        help_text="https:// address on a public host that receives key events. Empty: no webhooks.",
+    )
+    webhook_secret = EncryptedTextField(blank=True, editable=False)
+    webhook_secret_set_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

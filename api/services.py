@@ -21,9 +21,10 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from api.models import ApiToken, Scope, ServiceAccount, SyncReport
-from credentials.models import CD2Credential, hash_token
-from credentials.selectors import current_key, institutions_with_key_status, local_today
+from credentials.models import AuditEvent, CD2Credential, hash_token
+from credentials.selectors import current_key, institutions_with_key_summary, local_today
 from credentials.services import jobs
+from credentials.services.audit import audit_record
 from credentials.services.keys import credential_mark_pulled
 from credentials.services.staff import RevealedKey, credential_handoff_record
 from edpotential.logging import mask_secrets
@@ -78,9 +79,15 @@ def api_token_issue(
     scopes: list[str],
     expires_in_days: int = DEFAULT_TOKEN_DAYS,
     created_by=None,
+    actor_label: str = "",
+    ip_address: str | None = None,
     now: dt.datetime | None = None,
 ) -> IssuedToken:
-    """A new token for `account`; the plaintext exists only in the returned value (show it once)."""
+    """A new token for `account`; the plaintext exists only in the returned value (show it once).
+
+    Audited (token_issued) naming the account, the actor (`created_by`, or
+    `actor_label` for a command) and the token's prefix, never the token.
+    """
     if not scopes or any(scope not in Scope.values for scope in scopes):
         raise ApiRefused("invalid_scope", f"Scopes must be among: {', '.join(Scope.values)}.")
     if not 1 <= expires_in_days <= MAX_TOKEN_DAYS:
@@ -88,21 +95,63 @@ def api_token_issue(
     now = now or timezone.now()
     prefix = _random_prefix()
     plaintext = f"{prefix}_{secrets.token_urlsafe(TOKEN_BYTES)}"
-    token = ApiToken.objects.create(
-        account=account,
-        prefix=prefix,
-        token_hash=hash_token(plaintext),
-        scopes=sorted(set(scopes)),
-        created_by=created_by if getattr(created_by, "pk", None) else None,
-        created_at=now,
-        expires_at=now + dt.timedelta(days=expires_in_days),
-    )
+    with transaction.atomic():
+        token = ApiToken.objects.create(
+            account=account,
+            prefix=prefix,
+            token_hash=hash_token(plaintext),
+            scopes=sorted(set(scopes)),
+            created_by=created_by if getattr(created_by, "pk", None) else None,
+            created_at=now,
+            expires_at=now + dt.timedelta(days=expires_in_days),
+        )
+        _token_audit(
+            kind=AuditEvent.Kind.TOKEN_ISSUED,
+            token=token,
+            actor=created_by,
+            actor_label=actor_label,
+            ip_address=ip_address,
+        )
     return IssuedToken(token=token, plaintext=plaintext)
 
 
-def api_token_revoke(*, token: ApiToken, now: dt.datetime | None = None) -> bool:
-    """Revoke a token at once; False when it already was."""
-    return bool(ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now or timezone.now()))
+def _token_audit(*, kind: str, token: ApiToken, actor, actor_label: str, ip_address: str | None) -> None:
+    audit_record(
+        kind=kind,
+        actor=actor,
+        actor_label=actor_label,
+        ip_address=ip_address,
+        detail={
+            "account": token.account.name,
+            "account_id": token.account_id,
+            "token": token.prefix,
+            "scopes": list(token.scopes),
+        },
+    )
+
+
+def api_token_revoke(
+    *,
+    token: ApiToken,
+    actor=None,
+    actor_label: str = "",
+    ip_address: str | None = None,
+    now: dt.datetime | None = None,
+) -> bool:
+    """Revoke a token at once, audited (token_revoked); False when it already was (nothing audited)."""
+    with transaction.atomic():
+        revoked = bool(
+            ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now or timezone.now())
+        )
+        if revoked:
+            _token_audit(
+                kind=AuditEvent.Kind.TOKEN_REVOKED,
+                token=token,
+                actor=actor,
+                actor_label=actor_label,
+                ip_address=ip_address,
+            )
+    return revoked
 
 
 def api_token_authenticate(
@@ -117,7 +166,12 @@ def api_token_authenticate(
     now = now or timezone.now()
     if not _TOKEN_SHAPE.match(plaintext or ""):
         return None
-    token = ApiToken.objects.select_related("account").filter(token_hash=hash_token(plaintext)).first()
+    token = (
+        ApiToken.objects.select_related("account")
+        .defer("account__webhook_secret")  # never decrypted per request
+        .filter(token_hash=hash_token(plaintext))
+        .first()
+    )
     if token is None or not token.is_usable(now):
         return None
     if not token.account.ip_allowed(ip_address):
@@ -141,13 +195,13 @@ def account_institutions(*, account: ServiceAccount) -> QuerySet[Institution]:
 
 
 def account_keys(*, account: ServiceAccount, changed_since: dt.datetime | None = None):
-    """The account's institutions with their key status (one query), oldest change first."""
+    """The account's institutions with their key summary (one query, no join), oldest change first."""
     queryset = account_institutions(account=account)
     if changed_since is not None:
         # Inclusive: a poller passes the largest changed_at it has seen and
         # gets that row again rather than missing one changed in the same instant.
         queryset = queryset.filter(updated_at__gte=changed_since)
-    return institutions_with_key_status(queryset=queryset)
+    return institutions_with_key_summary(queryset=queryset)
 
 
 def _institution_for(*, account: ServiceAccount, slug: str) -> Institution:

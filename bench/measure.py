@@ -839,6 +839,188 @@ def measure_key_checks(ctx: Context) -> dict:
 
 
 # --------------------------------------------------------------------------
+# 6. The pipeline API: key reads through gunicorn, the key list in process
+# --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _gunicorn(*, workers: int, env: dict, log_name: str):
+    """gunicorn serving the project on a free loopback port, for the block; yields the port."""
+    from bench.sink import free_port
+
+    port = free_port()
+    server_log = log_path(log_name).open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "edpotential.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        _wait_http(port)
+        yield port
+    except Exception:
+        print(f"gunicorn's last lines:\n{log_tail(log_name)}", file=sys.stderr)
+        raise
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        server_log.close()
+
+
+def _wrk_get(*, port: int, paths: list[str], auth: str, seconds: float, connections: int) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".paths", delete=False) as handle:
+        handle.write("\n".join(paths) + "\n")
+        paths_file = handle.name
+    try:
+        result = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds:g}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(BENCH_DIR / "wrk_get.lua"),
+                f"http://127.0.0.1:{port}",
+            ],
+            env={**os.environ, "BENCH_PATHS": paths_file, "BENCH_AUTH": auth},
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=True,
+        )
+    finally:
+        os.unlink(paths_file)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("BENCH_JSON "))
+    return json.loads(line.removeprefix("BENCH_JSON "))
+
+
+API_LIST_VIEWS = {
+    "list": "/api/v1/keys/",
+    "list_500": "/api/v1/keys/?page_size=500",
+    "floor": "/bench/floor/api/keys/",
+    "floor_500": "/bench/floor/api/keys/?page_size=500",
+}
+
+
+def measure_api(ctx: Context) -> dict:
+    """Key reads/s through gunicorn beside a trivial authenticated view; the key list beside DRF's stock list."""
+    import random
+
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    from api.models import Scope, ServiceAccount
+    from api.services import api_token_issue
+    from credentials.models import AuditEvent, CD2Credential
+
+    # No rate limit in the way: the figure is what the server can do.
+    account = ServiceAccount.objects.create(name="bench-pipeline", all_institutions=True, rate_per_minute=10**9)
+    reader = api_token_issue(account=account, scopes=[Scope.KEYS_READ]).plaintext
+    lister = api_token_issue(account=account, scopes=[Scope.KEYS_LIST]).plaintext
+    out: dict = {}
+
+    # The list, in this process (as the admin list is measured), median of interleaved rounds.
+    client = Client(headers={"Authorization": f"Bearer {lister}"})
+    for name, url in API_LIST_VIEWS.items():
+        for _ in range(2):
+            response = client.get(url)
+        if response.status_code != 200:
+            raise RuntimeError(f"GET {url} answered {response.status_code}, not 200")
+        with CaptureQueriesContext(connection) as captured:
+            response = client.get(url)
+        out[name] = {
+            "url": url,
+            "queries": len(captured.captured_queries),
+            "rows": len(response.json()["results"]),
+            "bytes": len(response.content),
+            "times": [],
+        }
+    for _ in range(ctx.repeats):
+        for name, url in API_LIST_VIEWS.items():
+            started = time.perf_counter()
+            client.get(url)
+            out[name]["times"].append(time.perf_counter() - started)
+    for name in API_LIST_VIEWS:
+        out[name]["median_s"] = statistics.median(out[name].pop("times"))
+    out["ratio_list"] = ratio(out["list"]["median_s"], out["floor"]["median_s"])
+    out["ratio_list_500"] = ratio(out["list_500"]["median_s"], out["floor_500"]["median_s"])
+
+    # Key reads through gunicorn: a usable active key per request, in turn.
+    slugs = list(
+        CD2Credential.objects.filter(status=CD2Credential.Status.ACTIVE, expires_on__gte=ctx.today).values_list(
+            "institution__slug", flat=True
+        )
+    )
+    random.Random(15).shuffle(slugs)
+    slugs = slugs[:2000]
+    seconds, rounds, connections = ctx.load_seconds, ctx.load_rounds, ctx.load_connections
+    reads = [f"/api/v1/institutions/{slug}/key" for slug in slugs]
+    floors = [f"/bench/floor/api/{slug}/key" for slug in slugs]
+    runs = []
+    with _gunicorn(workers=ctx.workers, env=dict(os.environ), log_name="gunicorn-api") as port:
+
+        def run(kind: str, warm: bool = False) -> dict:
+            before = _count("SELECT count(*) FROM credentials_auditevent WHERE kind = %s", [AuditEvent.Kind.HANDOFF])
+            result = _wrk_get(
+                port=port,
+                paths=reads if kind == "read" else floors,
+                auth=f"Bearer {reader}",
+                seconds=1 if warm else seconds,
+                connections=connections,
+            )
+            after = _count("SELECT count(*) FROM credentials_auditevent WHERE kind = %s", [AuditEvent.Kind.HANDOFF])
+            ok = result["requests"] - result["status_errors"]
+            result.update(kind=kind, ok=ok, audited=after - before, rps=ok / (result["duration_us"] / 1e6))
+            return result
+
+        run("floor", warm=True)
+        run("read", warm=True)
+        for _ in range(rounds):
+            runs.append(run("floor"))
+            runs.append(run("read"))
+    for kind in ("floor", "read"):
+        mine = [r for r in runs if r["kind"] == kind]
+        best = max(mine, key=lambda r: r["rps"])
+        out[f"{kind}_load"] = {
+            "rps": best["rps"],
+            "median_latency_ms": best["p50_us"] / 1000,
+            "p99_latency_ms": best["p99_us"] / 1000,
+            "requests": sum(r["requests"] for r in mine),
+            "ok": sum(r["ok"] for r in mine),
+            "audited": sum(r["audited"] for r in mine),
+            "errors": sum(r["status_errors"] + r["connect_errors"] + r["read_errors"] + r["timeouts"] for r in mine),
+        }
+    if ctx.profile_dir:
+        # Key reads in this process (no gunicorn), for where the time goes; and their queries.
+        read_client = Client(headers={"Authorization": f"Bearer {reader}"})
+        profile_to(ctx.profile_path("api-key-read"), lambda: [read_client.get(path) for path in reads[:200]])
+        with CaptureQueriesContext(connection) as captured:
+            read_client.get(reads[0])
+        out["read_queries"] = [{"ms": 1000 * float(q["time"]), "sql": q["sql"][:2000]} for q in captured]
+    out["workers"], out["connections"], out["seconds"], out["rounds"] = ctx.workers, connections, seconds, rounds
+    out["keys_in_rotation"] = len(slugs)
+    out["read_ratio"] = ratio(out["read_load"]["rps"], out["floor_load"]["rps"])
+    return out
+
+
+# --------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------
 
@@ -871,6 +1053,9 @@ MEASURES = {
     "submission": measure_submission,
     # Before rotation: the checks decrypt with the keys the gateway knows.
     "key_checks": measure_key_checks,
+    # Before rotation too: its gunicorn starts with this process's FERNET_KEYS
+    # and refuses to start on values re-encrypted under a newer key.
+    "api": measure_api,
     "rotation": measure_rotation,
 }
 

@@ -22,6 +22,12 @@ SECTIONS = (
     "### 3. Submission",
     "### 4. Key rotation",
     "### 5. Key checks",
+    "### 6. Pipeline API",
+)
+# The figure (bench/measure.py's MEASURES key) each section shows; a run that
+# measured none of it (--only) leaves the section out.
+SECTION_FIGURES = dict(
+    zip(SECTIONS, ("reminders", "admin", "submission", "rotation", "key_checks", "api"), strict=True)
 )
 
 
@@ -146,6 +152,21 @@ def _summary(sizes: list[dict]) -> list[str]:
                 f"| Key rotation | {n} | {_n(k['command_rows_per_s'])} rows/s | {_n(k['floor_rows_per_s'])} rows/s | "
                 f"{_x(k['speed_ratio'])} | ≥ 0.50× | {_met(k['speed_ratio'] >= 0.5 if k['speed_ratio'] else None)} |"
             )
+        p = size.get("api")
+        if p:
+            lines.append(
+                f"| API key reads (gunicorn) | {n} | {_n(p['read_load']['rps'], 1)} req/s | "
+                f"{_n(p['floor_load']['rps'], 1)} req/s (trivial authenticated view) | {_x(p['read_ratio'])} | "
+                f"≥ 0.50× | {_met(p['read_ratio'] >= 0.5 if p['read_ratio'] else None)} |"
+            )
+            for key, label in (("list", "100"), ("list_500", "500")):
+                floor = p["floor" if key == "list" else "floor_500"]
+                lines.append(
+                    f"| API key list, page of {label} | {n} | {_ms(p[key]['median_s'])}, {p[key]['queries']} queries | "
+                    f"{_ms(floor['median_s'])}, {floor['queries']} queries (stock DRF list) | "
+                    f"{_x(p['ratio_' + key])} | ≤ 1.5× | "
+                    f"{_met(p['ratio_' + key] <= 1.5 if p['ratio_' + key] else None)} |"
+                )
         c = size.get("key_checks")
         if c:
             need, limit = c["required_gateway_rps"], c["gateway_rate_limit"]
@@ -358,7 +379,76 @@ def render(*, started: dt.datetime, machine: dict, sizes: list[dict], quick: boo
             ("projected: daily check takes", lambda s: _s(s["projected_duration_s"])),
         ],
     )
-    return "\n".join(out) + "\n"
+    out += [
+        "",
+        SECTIONS[5],
+        "",
+        "(a) `GET /api/v1/institutions/<slug>/key` through gunicorn on loopback with wrk, a different institution's "
+        "usable key per request in turn (token check, scope, rate limit, decryption, one hand-off audit row per "
+        "read). Floor: a trivial view with the same token authentication, scope check, rate limit and renderer "
+        "that answers a constant. Best of the rounds. (b) `GET /api/v1/keys/` (first page; key state, hint, region, "
+        "expiry, last check per institution) in process, median of interleaved repeats. Floor: DRF's stock "
+        "ListAPIView with a ModelSerializer over the same institutions and the same cursor pagination.",
+        "",
+    ]
+    out += _table(
+        sizes,
+        "api",
+        [
+            ("gunicorn workers / wrk connections", lambda s: f"{s['workers']} / {s['connections']}"),
+            ("(a) key reads/s", lambda s: _n(s["read_load"]["rps"], 1)),
+            (
+                "(a) key read: median / p99 latency",
+                lambda s: (
+                    f"{_n(s['read_load']['median_latency_ms'], 1, ' ms')} / "
+                    f"{_n(s['read_load']['p99_latency_ms'], 1, ' ms')}"
+                ),
+            ),
+            (
+                "(a) reads answered 200 / audit rows written / errors",
+                lambda s: f"{s['read_load']['ok']:,} / {s['read_load']['audited']:,} / {s['read_load']['errors']:,}",
+            ),
+            ("(a) floor: requests/s", lambda s: _n(s["floor_load"]["rps"], 1)),
+            (
+                "(a) floor: median / p99 latency",
+                lambda s: (
+                    f"{_n(s['floor_load']['median_latency_ms'], 1, ' ms')} / "
+                    f"{_n(s['floor_load']['p99_latency_ms'], 1, ' ms')}"
+                ),
+            ),
+            ("(a) key reads / floor throughput", lambda s: _x(s["read_ratio"])),
+            (
+                "(b) list, 100 a page: median, queries",
+                lambda s: f"{_ms(s['list']['median_s'])}, {s['list']['queries']}",
+            ),
+            (
+                "(b) floor, 100 a page: median, queries",
+                lambda s: f"{_ms(s['floor']['median_s'])}, {s['floor']['queries']}",
+            ),
+            ("(b) list / floor", lambda s: _x(s["ratio_list"])),
+            (
+                "(b) list, 500 a page: median, queries",
+                lambda s: f"{_ms(s['list_500']['median_s'])}, {s['list_500']['queries']}",
+            ),
+            (
+                "(b) floor, 500 a page: median, queries",
+                lambda s: f"{_ms(s['floor_500']['median_s'])}, {s['floor_500']['queries']}",
+            ),
+            ("(b) list / floor, 500 a page", lambda s: _x(s["ratio_list_500"])),
+        ],
+    )
+    return _without_unmeasured("\n".join(out) + "\n", sizes)
+
+
+def _without_unmeasured(text: str, sizes: list[dict]) -> str:
+    """Drop the sections of figures no size measured (a run with --only)."""
+    head, *sections = text.split("\n### ")
+    kept = [head]
+    for section in sections:
+        figure = SECTION_FIGURES.get(next(h for h in SECTIONS if section.startswith(h.removeprefix("### "))), None)
+        if figure is None or any(size.get(figure) for size in sizes):
+            kept.append(section)
+    return "\n### ".join(kept)
 
 
 def write_results(path: Path, *, started: dt.datetime, machine: dict, sizes: list[dict], quick: bool) -> None:

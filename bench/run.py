@@ -95,7 +95,8 @@ def run_size(n: int, args, *, redis_available: bool) -> dict:
     """Measure at size n in a fresh database and a fresh process; the database is dropped after."""
     from cryptography.fernet import Fernet
 
-    db = f"bench_{os.getpid()}_{n}"
+    # BENCH_DATABASE: a database name of one's own (dropped and made again per size).
+    db = os.environ.get("BENCH_DATABASE") or f"bench_{os.getpid()}_{n}"
     with _pg_connect() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{db}"')

@@ -338,6 +338,10 @@ class AuditEvent(models.Model):
         TWO_FACTOR_ENROLLED = "2fa_enrolled", "Authenticator enrolled"
         TWO_FACTOR_DELETED = "2fa_deleted", "Two-factor device deleted"
         CONTACT_ADDED = "contact_added", "Key submitter added as a contact"
+        # The API's service accounts (api/): never the token or secret itself.
+        TOKEN_ISSUED = "token_issued", "API token issued"
+        TOKEN_REVOKED = "token_revoked", "API token revoked"
+        WEBHOOK_SECRET = "webhook_secret", "Webhook signing secret set or rotated"
 
     kind = models.CharField(max_length=20, choices=Kind.choices)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)

@@ -202,6 +202,28 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
     )
 
 
+def institutions_with_key_summary(*, queryset=None, today: dt.date | None = None):
+    """Institutions with their active key's id, hint, expiry, region, last check and key_state: no join.
+
+    The lean twin of institutions_with_key_status for a machine's list (the
+    API's GET /keys/): everything but the hint is read from the stored key
+    summary (Institution.key_*); the hint is one primary-key lookup per row
+    of the page (a subquery PostgreSQL runs after the sort and LIMIT).
+    Same attribute names as institutions_with_key_status.
+    """
+    today = today or local_today()
+    queryset = Institution.objects.all() if queryset is None else queryset
+    hint = CD2Credential.objects.filter(pk=OuterRef("key_pk")).values("hint")[:1]
+    return queryset.annotate(
+        active_key_id=F("key_pk"),
+        active_hint=Subquery(hint),
+        active_expires_on=F("key_expires_on"),
+        active_region=F("key_region"),
+        active_last_verified_at=F("key_checked_at"),
+        key_state=key_state_case(today=today),
+    )
+
+
 def regions_in_use() -> list[str]:
     """The regions of the institutions' active keys, in order, each once.
 

@@ -386,6 +386,12 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "api.problems.problem_exception_handler",
 }
+# Webhooks (api/webhooks.py): each POST to a receiver waits at most this long;
+# a slow receiver is retried by the outbox rather than holding a worker.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+# Receivers must be https on a public address (no SSRF into our network).
+# Development and tests may use http://127.0.0.1 (on by default with DEBUG).
+WEBHOOK_ALLOW_LOOPBACK = env.bool("WEBHOOK_ALLOW_LOOPBACK", default=DEBUG)
 SPECTACULAR_SETTINGS = {
     "TITLE": "CD2 credential registry: pipeline API",
     "VERSION": "1",

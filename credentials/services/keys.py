@@ -7,6 +7,8 @@ institution's `updated_at`: the API's `changed_at`, which a pipeline polls
 with `?changed_since=`. `institution_key_summary_refresh` is the one writer
 of the institution's stored key summary (Institution.key_*), called in the
 same transaction as every change of a key's status, expiry or check.
+Activation, invalid and revoked send credentials.signals.key_event inside
+that transaction (the API's webhooks listen).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from django.utils import timezone
 from credentials.cd2 import CheckResult, Verdict
 from credentials.models import CD2Credential, SubmissionLink
 from credentials.selectors import key_summary_drift, key_summary_expected, newer_key_in_hand
+from credentials.signals import KEY_ACTIVATED, KEY_INVALID, KEY_REVOKED, key_event_send
 from credentials.validators import CleanKey
 from institutions.models import Institution
 
@@ -171,6 +174,7 @@ def credential_activate(
             fields += credential_check_record(credential=credential, check=check, now=now)
         credential.save(update_fields=fields)
         institution_key_summary_refresh(institution_id=credential.institution_id, changed_at=now)
+        key_event_send(event_type=KEY_ACTIVATED, credential=credential, occurred_at=now)
     return credential
 
 
@@ -187,6 +191,11 @@ def credential_set_status(
         credential.save(update_fields=["status", "status_changed_at", "status_reason"])
         institution_key_summary_refresh(
             institution_id=credential.institution_id, changed_at=credential.status_changed_at
+        )
+        key_event_send(
+            event_type=KEY_REVOKED if status == CD2Credential.Status.REVOKED else KEY_INVALID,
+            credential=credential,
+            occurred_at=credential.status_changed_at,
         )
     return credential
 

@@ -48,6 +48,7 @@ from credentials.notifications import (
 from credentials.selectors import due_credentials, newer_key_pending, reminder_days_before, reminder_step
 from credentials.services import notices
 from credentials.services.links import submission_link_create, submission_link_mark_sent
+from credentials.signals import KEY_EXPIRING, key_event_send
 from institutions.models import Contact
 
 logger = logging.getLogger(__name__)
@@ -175,6 +176,14 @@ def _claim_rows(
     )
     notice.reminder = reminder
     notice.save(force_insert=True)
+    # The step is decided once (the claim's unique constraint), so is its event.
+    key_event_send(
+        event_type=KEY_EXPIRING,
+        credential=credential,
+        occurred_at=now,
+        days_left=(credential.expires_on - day).days,
+        discriminator=str(threshold),
+    )
     return notice
 
 

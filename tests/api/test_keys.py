@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from api.models import Scope
 from credentials.models import AuditEvent, CD2Credential
+from credentials.selectors import institutions_with_key_status, institutions_with_key_summary
 from credentials.services.keys import credential_set_status, key_summaries_fix
 from institutions.models import Institution
 from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
@@ -153,3 +154,27 @@ def test_changed_since_pages_through_1000_institutions_with_flat_queries(make_to
     assert sorted(row["slug"] for row in rows) == sorted(i.slug for i in changed)
     assert len(queries) == 3 and max(queries) == min(queries)
     assert all(row["key_state"] in ("ok", "expiring") for row in rows)
+
+
+def test_the_lists_lean_summary_says_what_the_full_key_status_says_for_every_state(
+    make_institution, make_credential, today
+):
+    active = make_institution()
+    make_credential(active)
+    expiring = make_institution()
+    make_credential(expiring, days=5)
+    expired = make_institution()
+    make_credential(expired, days=-3)
+    pending = make_institution()
+    make_credential(pending)
+    make_credential(pending, status=CD2Credential.Status.PENDING_VERIFICATION)
+    invalid = make_institution()
+    credential_set_status(credential=make_credential(invalid), status=CD2Credential.Status.INVALID, reason="refused")
+    make_institution()  # no key at all
+
+    fields = ("pk", "active_key_id", "active_hint", "active_expires_on", "active_region", "active_last_verified_at")
+    fields += ("key_state",)
+    full = list(institutions_with_key_status(today=today).order_by("pk").values_list(*fields))
+    lean = list(institutions_with_key_summary(today=today).order_by("pk").values_list(*fields))
+    assert lean == full
+    assert len({row[-1] for row in lean}) >= 5  # the states above are really different

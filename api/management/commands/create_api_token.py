@@ -40,7 +40,12 @@ class Command(BaseCommand):
                     f"or leave out --institution/--all-institutions/--allowed-ip to add a token."
                 )
             try:
-                issued = api_token_issue(account=account, scopes=scopes, expires_in_days=expires_in_days)
+                issued = api_token_issue(
+                    account=account,
+                    scopes=scopes,
+                    expires_in_days=expires_in_days,
+                    actor_label="manage.py create_api_token",
+                )
             except ApiRefused as exc:
                 raise CommandError(str(exc)) from None
         token = issued.token

@@ -1,0 +1,269 @@
+"""Webhooks: a service account hears of key events at its URL, signed, through the outbox.
+
+credentials sends `key_event` inside the transaction that decides a key's
+change (credentials/signals.py); `webhook_notices_write` (connected in
+ApiConfig.ready) writes, in that same transaction, one outbox Notice of kind
+WEBHOOK per active account with a URL and a signing secret that may see the
+institution. So a rolled-back decision announces nothing, and a decision
+taken twice writes one notice (dedupe key "webhook:<event id>:<account id>",
+the event id being stable for the fact). The outbox delivers it with its
+claim, retries and backoff (`webhook_notice_send`, registered for the kind
+in ApiConfig.ready): a receiver that fails or answers non-2xx is tried again
+with the same event id and body until it answers 2xx or the outbox gives up.
+
+The signing scheme and a verifier: docs/WEBHOOKS.md. The body never holds a
+Secret or Client ID; the signing secret lives encrypted on the account and
+leaves the registry only on the page that sets it, once.
+
+SSRF: a receiver URL must be https on a public address, checked when it is
+saved and again before each send (the name could now resolve elsewhere).
+Redirects are never followed. Known limit: DNS rebinding between our check
+and requests' own resolution (milliseconds apart) is not prevented.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import socket
+import uuid
+from urllib.parse import urlsplit
+
+import requests
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from api.models import ServiceAccount
+from credentials.models import AuditEvent, CD2Credential, Notice
+from credentials.services import notices
+from credentials.services.audit import audit_record
+from credentials.signals import KEY_EXPIRING
+
+logger = logging.getLogger(__name__)
+
+SECRET_PREFIX = "whsec_"  # noqa: S105 (a label, not a secret)
+# 32 random bytes: 256 bits.
+SECRET_BYTES = 32
+SIGNATURE_HEADER = "X-CD2-Signature"
+EVENT_ID_HEADER = "X-CD2-Event-Id"
+# Webhook notices shown on a service account's admin page.
+DELIVERY_LOG_SIZE = 20
+
+
+class WebhookRefused(OSError):
+    """A delivery that did not happen: the receiver answered non-2xx, or its address is not allowed.
+
+    An OSError, so the outbox (notifications.SEND_ERRORS) retries it with backoff.
+    """
+
+
+# --------------------------------------------------------------------------
+# Receiver addresses (SSRF)
+# --------------------------------------------------------------------------
+
+
+def _is_loopback_allowed(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return settings.WEBHOOK_ALLOW_LOOPBACK and address.is_loopback
+
+
+def webhook_url_check(url: str) -> None:
+    """Refuse (ValidationError) a receiver URL that is not https on a public address.
+
+    Every address the host name resolves to must be global (no private,
+    loopback, link-local, reserved or shared ranges). With
+    WEBHOOK_ALLOW_LOOPBACK (development, tests) a loopback address is allowed,
+    over http too.
+    """
+    parts = urlsplit(url or "")
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValidationError("A webhook URL must be an https:// address.")
+    if parts.username or parts.password:
+        raise ValidationError("A webhook URL must not carry a user name or password.")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        found = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except (OSError, ValueError, UnicodeError):
+        raise ValidationError(f"The webhook host {parts.hostname!r} does not resolve.") from None
+    addresses = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in found}
+    for address in addresses:
+        if not (address.is_global or _is_loopback_allowed(address)):
+            raise ValidationError(f"The webhook host resolves to {address}, which is not a public address.")
+    if parts.scheme != "https" and not all(_is_loopback_allowed(address) for address in addresses):
+        raise ValidationError("A webhook URL must be an https:// address.")
+
+
+# --------------------------------------------------------------------------
+# The signing secret
+# --------------------------------------------------------------------------
+
+
+def webhook_secret_rotate(
+    *, account: ServiceAccount, actor=None, actor_label: str = "", ip_address: str | None = None
+) -> str:
+    """Give the account a new signing secret (the old one stops at once); the plaintext, to show once.
+
+    Audited (webhook_secret), naming the account, never the secret.
+    """
+    plaintext = SECRET_PREFIX + secrets.token_urlsafe(SECRET_BYTES)
+    now = timezone.now()
+    with transaction.atomic():
+        account.webhook_secret = plaintext
+        account.webhook_secret_set_at = now
+        account.save(update_fields=["webhook_secret", "webhook_secret_set_at"])
+        audit_record(
+            kind=AuditEvent.Kind.WEBHOOK_SECRET,
+            actor=actor,
+            actor_label=actor_label,
+            ip_address=ip_address,
+            detail={"account": account.name, "account_id": account.pk},
+        )
+    return plaintext
+
+
+def webhook_sign(*, secret: str, timestamp: int, body: bytes) -> str:
+    """The X-CD2-Signature value: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" under the secret>."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+# --------------------------------------------------------------------------
+# Deciding: one notice per event and listening account (in the deciding transaction)
+# --------------------------------------------------------------------------
+
+
+def webhook_accounts(*, institution_id: int) -> QuerySet[ServiceAccount]:
+    """Active accounts with a URL and a secret that may see this institution (the API's scope rule)."""
+    return (
+        ServiceAccount.objects.filter(is_active=True)
+        .exclude(webhook_url="")
+        .filter(webhook_secret_set_at__isnull=False)
+        .filter(Q(all_institutions=True) | Q(institutions=institution_id))
+        .distinct()
+        .only("pk", "name")
+    )
+
+
+def webhook_event_body(
+    *, event_id: uuid.UUID, event_type: str, credential: CD2Credential, occurred_at: dt.datetime, days_left: int | None
+) -> dict:
+    """What a receiver reads: ids, the time, the institution's slug. Never a Secret or Client ID."""
+    body = {
+        "id": str(event_id),
+        "type": event_type,
+        "created": occurred_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "institution": credential.institution.slug,
+        "key_id": credential.pk,
+    }
+    if event_type == KEY_EXPIRING:
+        body["days_left"] = days_left
+    return body
+
+
+def webhook_notices_write(
+    sender,
+    *,
+    event_id: uuid.UUID,
+    event_type: str,
+    credential: CD2Credential,
+    occurred_at: dt.datetime,
+    days_left: int | None = None,
+    **kwargs,
+) -> int:
+    """The key_event listener: write the event's webhook notices; how many were new."""
+    accounts = list(webhook_accounts(institution_id=credential.institution_id))
+    if not accounts:
+        return 0
+    body = webhook_event_body(
+        event_id=event_id, event_type=event_type, credential=credential, occurred_at=occurred_at, days_left=days_left
+    )
+    day = timezone.localdate(occurred_at)
+    rows = [
+        notices.notice_build(
+            kind=Notice.Kind.WEBHOOK,
+            dedupe_key=f"webhook:{event_id}:{account.pk}",
+            day=day,
+            now=occurred_at,
+            institution_id=credential.institution_id,
+            credential_id=credential.pk,
+            recipients=account.name,
+            payload={"account_id": account.pk, "body": body},
+        )
+        for account in accounts
+    ]
+    # ignore_conflicts: the same fact decided again (a retried task) is one notice,
+    # and a conflict must not break the deciding transaction.
+    created = Notice.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(created)
+
+
+# --------------------------------------------------------------------------
+# Delivering (the outbox's sender for Notice.Kind.WEBHOOK)
+# --------------------------------------------------------------------------
+
+
+def webhook_body_bytes(notice: Notice) -> bytes:
+    """The exact bytes POSTed: the same on every attempt (compact, keys sorted)."""
+    return json.dumps(notice.payload["body"], separators=(",", ":"), sort_keys=True).encode()
+
+
+def webhook_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
+    """POST a claimed webhook notice to its account's URL; True when the receiver answered 2xx.
+
+    Closed unsent (cancelled) when the account is gone, inactive, has no
+    URL or secret any more, or may no longer see the institution.
+    WebhookRefused (retried by the outbox) for a refused address or a
+    non-2xx answer; requests' errors are OSErrors too.
+    """
+    account = webhook_accounts(institution_id=notice.institution_id).filter(pk=notice.payload.get("account_id")).first()
+    if account is None:
+        reason = (
+            "Not sent: the service account is gone, inactive, has no webhook URL or secret any more, "
+            "or may no longer see this institution."
+        )
+        notices.notice_close(notice_id=notice.pk, state=Notice.State.CANCELLED, reason=reason, now=now)
+        return False
+    account = ServiceAccount.objects.get(pk=account.pk)  # with its URL and secret
+    try:
+        webhook_url_check(account.webhook_url)
+    except ValidationError as exc:
+        raise WebhookRefused(f"Receiver address refused: {' '.join(exc.messages)}") from None
+    body = webhook_body_bytes(notice)
+    # The clock at this send, not the run's `now`: a page of slow receivers
+    # can take minutes, and the receiver refuses a timestamp 5 minutes old.
+    timestamp = int(timezone.now().timestamp())
+    response = requests.post(
+        account.webhook_url,
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "cd2-registry-webhooks/1",
+            SIGNATURE_HEADER: webhook_sign(secret=account.webhook_secret, timestamp=timestamp, body=body),
+            EVENT_ID_HEADER: notice.payload["body"]["id"],
+        },
+        timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
+        allow_redirects=False,
+    )
+    response.close()
+    if not 200 <= response.status_code < 300:
+        what = "a redirect (not followed)" if 300 <= response.status_code < 400 else "an error"
+        raise WebhookRefused(f"The receiver answered {response.status_code}, {what}.")
+    notices.notice_mark_sent(notice_id=notice.pk, recipients=account.name, now=now)
+    logger.info("Webhook %s (%s) delivered to %s", notice.payload["body"]["id"], notice.pk, account.name)
+    return True
+
+
+def webhook_delivery_log(*, account: ServiceAccount, limit: int = DELIVERY_LOG_SIZE) -> list[Notice]:
+    """The account's most recent webhook notices, newest first (its admin page)."""
+    return list(
+        Notice.objects.filter(kind=Notice.Kind.WEBHOOK, payload__account_id=account.pk)
+        .only("pk", "state", "attempts", "last_error", "sent_at", "created_at", "payload")
+        .order_by("-created_at", "-pk")[:limit]
+    )
