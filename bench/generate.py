@@ -222,9 +222,7 @@ def generate(*, institutions: int, today: dt.date, now: dt.datetime | None = Non
                 sent = timezone.make_aware(
                     dt.datetime.combine(today - dt.timedelta(days=threshold - days_left), dt.time(9, 0))
                 )
-                log_rows.append(
-                    (key_id, threshold, "sent", sent, sent, None, 1, "", f"it{n:06d}@inst{n:06d}.example.edu")
-                )
+                log_rows.append((key_id, threshold, "sent", sent, sent, None, f"it{n:06d}@inst{n:06d}.example.edu"))
 
     out.institutions = copy_rows(
         "institutions_institution",
@@ -283,8 +281,6 @@ def generate(*, institutions: int, today: dt.date, now: dt.datetime | None = Non
             "claimed_at",
             "sent_at",
             "failed_at",
-            "attempts",
-            "last_error",
             "recipients",
         ),
         log_rows,

@@ -79,10 +79,8 @@ def _deliver(notice: Notice, *, now: dt.datetime, connection=None) -> str:
     except SEND_ERRORS as exc:
         drop_connection(connection)
         state = notices.notice_retry_later(notice_id=notice.pk, error=exc, now=now)
-        if notice.reminder_id:
-            reminders.reminder_note_attempt(
-                reminder_id=notice.reminder_id, error=exc, failed=state == Notice.State.FAILED, now=now
-            )
+        if notice.reminder_id and state == Notice.State.FAILED:
+            reminders.reminder_mark_failed(reminder_id=notice.reminder_id, now=now)
         logger.warning("Notice %s (%s) not sent yet: %s", notice.pk, notice.kind, type(exc).__name__)
         return "failed" if state == Notice.State.FAILED else "retry"
     return "sent" if sent else "closed"
