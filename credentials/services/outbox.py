@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from credentials.models import Notice, secret_fields_of
 from credentials.notifications import SEND_ERRORS, drop_connection
+from credentials.selectors import newer_key_pending
 from credentials.services import digest, health, jobs, notices, owners, reminders
 from credentials.services.reminders import ReminderRun
 from institutions.models import Contact
@@ -53,10 +54,15 @@ def sender_register(kind: str, sender) -> None:
 
 
 def _loaded():
-    """Notices with what their senders read, in one query plus the contacts' prefetch."""
+    """Notices with what their senders read, in one query plus the contacts' prefetch.
+
+    newer_key_pending is read with the page, as the key's status is (a key
+    handed in while the page is sent is seen by the next run or retry).
+    """
     return (
         Notice.objects.select_related("credential__institution__account_owner", "reminder", "user")
         .defer(*secret_fields_of("credential"))
+        .annotate(newer_key_pending=newer_key_pending("credential__"))
         .prefetch_related(
             Prefetch(
                 "credential__institution__contacts",

@@ -47,7 +47,7 @@ from credentials.notifications import (
 )
 from credentials.selectors import due_credentials, newer_key_pending, reminder_days_before, reminder_step
 from credentials.services import notices
-from credentials.services.links import submission_link_create, submission_link_mark_sent
+from credentials.services.links import submission_link_create
 from institutions.models import Contact
 
 logger = logging.getLogger(__name__)
@@ -128,9 +128,12 @@ def _send_reminder_email(
     institution = credential.institution
     recipients = list(to)
     new_link = submission_link_create(
-        institution=institution, created_by=actor, reason="reminder" if actor is None else "reminder (manual)", now=now
+        institution=institution,
+        created_by=actor,
+        reason="reminder" if actor is None else "reminder (manual)",
+        now=now,
+        sent_to=recipients,
     )
-    submission_link_mark_sent(new_link=new_link, recipients=recipients)
     days_left = (credential.expires_on - today).days
     context = _email_context(credential=credential, days_left=days_left, link_context=new_link.context())
     message = build_email(
@@ -202,7 +205,9 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
     arrived = timezone.localtime(credential.submitted_at).date()
     days_at_arrival = (credential.expires_on - arrived).days
     logs = getattr(credential, "logs", None)  # the scan's prefetch; [] is an answer too
-    existing = {log.threshold for log in (credential.reminders.all() if logs is None else logs)}
+    if logs is None:
+        logs = list(credential.reminders.only("pk", "threshold", "state"))
+    existing = {log.threshold for log in logs}
     missed = []
     for days_left in range(
         min(days_at_arrival, max(reminder_days_before(), default=0)), (credential.expires_on - today).days, -1
@@ -245,7 +250,9 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
             notice.state, notice.closed_at, notice.last_error = Notice.State.SUPERSEDED, now, note
         Notice.objects.bulk_create(written, ignore_conflicts=True)
     superseded = 0
-    if existing:
+    # Only a claimed step can have a notice waiting for its retry (a closed
+    # notice closes its step), so most keys need no query here.
+    if any(log.state == ReminderLog.State.CLAIMED and log.threshold != step for log in logs):
         # An older step of this key still pending (a mail server down for
         # days): the newer step says it all; never mail both in a burst.
         waiting = list(
@@ -285,7 +292,9 @@ def reminders_decide(
                 to_attr="reminder_contacts",
             ),
             Prefetch(
-                "reminders", queryset=ReminderLog.objects.only("pk", "credential_id", "threshold"), to_attr="logs"
+                "reminders",
+                queryset=ReminderLog.objects.only("pk", "credential_id", "threshold", "state"),
+                to_attr="logs",
             ),
         )
     )
@@ -297,8 +306,16 @@ def reminders_decide(
         if not chunk:
             break
         last_pk = chunk[-1].pk
-        for credential in chunk:
-            _decide_one(credential, run=run, today=today, now=now)
+        if dry_run:
+            for credential in chunk:
+                _decide_one(credential, run=run, today=today, now=now)
+            continue
+        # One commit per chunk, a savepoint per key: a step another run
+        # holds rolls back that key alone. A commit waits for the disk, so
+        # one per key was most of the decision's time (bench/RESULTS.md).
+        with transaction.atomic():
+            for credential in chunk:
+                _decide_one(credential, run=run, today=today, now=now)
     return run
 
 
@@ -348,7 +365,10 @@ def reminder_notice_send(*, notice: Notice, now: dt.datetime, actor=None, connec
     credential = notice.credential
     institution = credential.institution
     reminder_id = notice.reminder_id
-    if CD2Credential.objects.filter(pk=credential.pk).filter(newer_key_pending()).exists():
+    newer_pending = getattr(notice, "newer_key_pending", None)  # outbox._loaded() reads it with the page
+    if newer_pending is None:
+        newer_pending = CD2Credential.objects.filter(pk=credential.pk).filter(newer_key_pending()).exists()
+    if newer_pending:
         _release_for_newer_key(notice=notice, now=now)
         return False
     if credential.status != CD2Credential.Status.ACTIVE or not institution.is_served():
