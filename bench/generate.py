@@ -69,6 +69,11 @@ def key_pool(size: int) -> list[tuple[str, str]]:
     return pairs
 
 
+def fresh_keys(count: int) -> list[tuple[str, str]]:
+    """`count` distinct (client_id, secret) pairs on file nowhere (random, unlike key_pool's seeded ones)."""
+    return [(f"{REGIONS[n % len(REGIONS)]}#{uuid.uuid4()}", secrets.token_urlsafe(32)) for n in range(count)]
+
+
 def copy_rows(table: str, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
     """COPY rows into table through the psycopg connection under Django's."""
     connection.ensure_connection()
