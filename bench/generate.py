@@ -69,6 +69,11 @@ def key_pool(size: int) -> list[tuple[str, str]]:
     return pairs
 
 
+def fresh_keys(count: int) -> list[tuple[str, str]]:
+    """`count` distinct (client_id, secret) pairs on file nowhere (random, unlike key_pool's seeded ones)."""
+    return [(f"{REGIONS[n % len(REGIONS)]}#{uuid.uuid4()}", secrets.token_urlsafe(32)) for n in range(count)]
+
+
 def copy_rows(table: str, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
     """COPY rows into table through the psycopg connection under Django's."""
     connection.ensure_connection()
@@ -222,9 +227,7 @@ def generate(*, institutions: int, today: dt.date, now: dt.datetime | None = Non
                 sent = timezone.make_aware(
                     dt.datetime.combine(today - dt.timedelta(days=threshold - days_left), dt.time(9, 0))
                 )
-                log_rows.append(
-                    (key_id, threshold, "sent", sent, sent, None, 1, "", f"it{n:06d}@inst{n:06d}.example.edu")
-                )
+                log_rows.append((key_id, threshold, "sent", sent, sent, None, f"it{n:06d}@inst{n:06d}.example.edu"))
 
     out.institutions = copy_rows(
         "institutions_institution",
@@ -283,8 +286,6 @@ def generate(*, institutions: int, today: dt.date, now: dt.datetime | None = Non
             "claimed_at",
             "sent_at",
             "failed_at",
-            "attempts",
-            "last_error",
             "recipients",
         ),
         log_rows,

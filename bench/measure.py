@@ -29,7 +29,7 @@ import time
 import traceback
 import tracemalloc
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -423,33 +423,39 @@ SUBMITTER_EMAIL = "ada@bench.example.edu"
 def measure_submission(ctx: Context) -> dict:
     from django.conf import settings
 
-    from bench.generate import submission_links
+    from bench.generate import fresh_keys, submission_links
     from bench.sink import free_port
-    from devtools.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET, FakeGateway
+    from devtools.fake_gateway import FakeGateway
 
     seconds, rounds, connections = ctx.load_seconds, ctx.load_rounds, ctx.load_connections
     # Generous: a link per request at up to 400 requests a second; a run that
     # ran out would reuse links, and the check below would show it.
     per_run = int(400 * seconds) + 200
     tokens = submission_links(count=per_run * (rounds + 2))  # warm-up, rounds, profile
+    # A key of its own per request, which the fake gateway accepts: the same
+    # Client ID twice is refused as on file (one key, one institution), so a
+    # shared key measured refusals, 0.0 accepted submissions a second.
+    fresh = fresh_keys(len(tokens))
     # Django's CSRF secret: 32 letters and digits, sent as the cookie and the form field alike.
     csrf = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
 
-    def form(email: str) -> dict:
+    def form(email: str, client_id: str = "__CLIENT_ID__", secret: str = "__SECRET__") -> dict:  # noqa: S107
         return {
             "csrfmiddlewaretoken": csrf,
-            "client_id": DEMO_ACCEPTED_CLIENT_ID,
-            "secret": DEMO_ACCEPTED_SECRET,
+            "client_id": client_id,
+            "secret": secret,
             "expiry_period": "1y",
             "expires_on": "",
             "submitted_by": "Ada Admin",
             "submitted_by_email": email,
         }
 
+    # wrk_post.lua puts each request's key in place of __CLIENT_ID__ and __SECRET__
+    # (the floor's body keeps them: the floor reads no key).
     body, floor_body = urlencode(form(SUBMITTER_EMAIL)), urlencode(form(FLOOR_EMAIL))
     workers = ctx.workers
     out: dict = {"workers": workers, "connections": connections, "seconds": seconds, "rounds": rounds, "runs": []}
-    with FakeGateway(keys=ctx.generated.key_pool) as gateway:
+    with FakeGateway(keys={**ctx.generated.key_pool, **dict(fresh)}) as gateway:
         port = free_port()
         env = {**os.environ, "CD2_API_URL": gateway.url}
         server_log = log_path("gunicorn").open("w")
@@ -480,7 +486,12 @@ def measure_submission(ctx: Context) -> dict:
             def run(kind: str, warm: bool = False) -> dict:
                 if kind == "submission":
                     start = next(take)
-                    batch = tokens[start : start + per_run]
+                    batch = [
+                        f"{token}\t{quote(client_id, safe='')}\t{quote(secret, safe='')}"
+                        for token, (client_id, secret) in zip(
+                            tokens[start : start + per_run], fresh[start : start + per_run], strict=True
+                        )
+                    ]
                     prefix, run_body = "/k/", body
                     before = _count("SELECT count(*) FROM credentials_submissionlink WHERE used_at IS NOT NULL")
                 else:
@@ -516,13 +527,16 @@ def measure_submission(ctx: Context) -> dict:
                 from django.test import Client
                 from django.test.utils import override_settings
 
-                client, spare = Client(), tokens[next(take) :][:20]
+                start = next(take)
+                client, spare = Client(), list(zip(tokens[start:], fresh[start:], strict=True))[:20]
                 with override_settings(CD2_API_URL=gateway.url):
                     profile_to(
                         ctx.profile_path("submission"),
                         lambda: [
-                            client.post(f"/k/{token}/", form(SUBMITTER_EMAIL), HTTP_X_FORWARDED_FOR=f"198.19.0.{i}")
-                            for i, token in enumerate(spare)
+                            client.post(
+                                f"/k/{token}/", form(SUBMITTER_EMAIL, *key), HTTP_X_FORWARDED_FOR=f"198.19.0.{i}"
+                            )
+                            for i, (token, key) in enumerate(spare)
                         ],
                     )
         except Exception:

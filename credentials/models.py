@@ -4,6 +4,7 @@ import datetime as dt
 import hashlib
 
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -261,7 +262,8 @@ class ReminderLog(models.Model):
 
     threshold is days before expires_on (0 on the day, negative after it).
     claimed_at and sent_at are separate so a run that crashed between the
-    two can be told from one that sent.
+    two can be told from one that sent. Its delivery (attempts, the last
+    error, why a step was skipped) is its notice's (Notice.reminder).
     """
 
     class State(models.TextChoices):
@@ -278,8 +280,6 @@ class ReminderLog(models.Model):
     claimed_at = models.DateTimeField(default=timezone.now)
     sent_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    last_error = models.CharField(max_length=500, blank=True)
     recipients = models.TextField(blank=True)
 
     class Meta:
@@ -295,6 +295,13 @@ class ReminderLog(models.Model):
     def step_label(self) -> str:
         return step_label(self.threshold)
 
+    def delivery_notice(self):
+        """The step's notice (None for steps written before the outbox); select_related("notice") to read many."""
+        try:
+            return self.notice
+        except ObjectDoesNotExist:
+            return None
+
     def delivery(self) -> str:
         """The delivery state in words, for staff: "Sent", "Failed: 550 ...", "Skipped: ...", "Being sent"."""
         if self.state == self.State.CLAIMED:
@@ -302,7 +309,12 @@ class ReminderLog(models.Model):
         if self.state == self.State.SENT:
             return "Sent"
         label = self.get_state_display()
-        return f"{label}: {self.last_error}" if self.last_error else label
+        notice = self.delivery_notice()
+        return f"{label}: {notice.last_error}" if notice is not None and notice.last_error else label
+
+    def attempts(self) -> int:
+        notice = self.delivery_notice()
+        return notice.attempts if notice is not None else 0
 
 
 def step_label(threshold: int) -> str:

@@ -590,7 +590,7 @@ def institution_timeline(*, institution: Institution, limit: int = 200) -> list[
             )
     reminders = (
         ReminderLog.objects.filter(credential__institution=institution)
-        .select_related("credential")
+        .select_related("credential", "notice")
         .defer(*secret_fields_of("credential"))
         .order_by("-claimed_at")[:limit]
     )

@@ -23,7 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict
-from credentials.models import AuditEvent, CD2Credential, ReminderLog
+from credentials.models import AuditEvent, CD2Credential, Notice, ReminderLog
 from credentials.selectors import KeyState
 from credentials.services.keys import credential_check_record, credential_create, credential_set_status
 from credentials.validators import CleanKey
@@ -279,14 +279,30 @@ def _add_contact_and_key(*, institution: Institution, demo: DemoInstitution, now
         on_day = timezone.make_aware(
             dt.datetime.combine(credential.expires_on - dt.timedelta(days=threshold), dt.time(6, 0))
         )
-        ReminderLog.objects.create(
+        reminder = ReminderLog.objects.create(
             credential=credential,
             threshold=threshold,
             state=state,
             claimed_at=on_day,
             sent_at=on_day if state == SENT else None,
             failed_at=on_day if state == FAILED else None,
-            attempts=1 if state == SENT else 3,
-            last_error=FAILED_DELIVERY_ERROR.format(address=contact.email) if state == FAILED else "",
             recipients=contact.email,
+        )
+        # Its delivery, as the outbox recorded it.
+        Notice.objects.create(
+            kind=Notice.Kind.REMINDER,
+            state=Notice.State.SENT if state == SENT else Notice.State.FAILED,
+            dedupe_key=f"reminder:{reminder.pk}",
+            institution=institution,
+            credential=credential,
+            reminder=reminder,
+            day=on_day.date(),
+            as_of=on_day,
+            created_at=on_day,
+            retry_until=on_day + settings.NOTICE_GIVE_UP_AFTER,
+            recipients=contact.email,
+            attempts=1 if state == SENT else 3,
+            sent_at=on_day if state == SENT else None,
+            closed_at=on_day,
+            last_error=FAILED_DELIVERY_ERROR.format(address=contact.email) if state == FAILED else "",
         )

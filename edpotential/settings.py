@@ -293,7 +293,11 @@ REMINDERS_PING_URL = env.str("REMINDERS_PING_URL", default="")
 # ---------------------------------------------------------------------------
 # A notice being sent is leased this long; a worker killed mid-send leaves
 # it to the sweep after the lease. Far longer than one send (EMAIL_TIMEOUT).
-NOTICE_LEASE = dt.timedelta(minutes=env.int("NOTICE_LEASE_MINUTES", default=5))
+# NOTICE_LEASE_SECONDS, when set, overrides the minutes: the kill -9 test
+# (tests/e2e/test_worker_killed_e2e.py) runs its workers with a few seconds.
+NOTICE_LEASE = dt.timedelta(
+    seconds=env.int("NOTICE_LEASE_SECONDS", default=60 * env.int("NOTICE_LEASE_MINUTES", default=5))
+)
 # Retries back off exponentially (first after NOTICE_RETRY_FIRST, doubling,
 # at most NOTICE_RETRY_MAX apart, jittered) until this long after the notice
 # was written: a mail server down for two days still gets every notice.

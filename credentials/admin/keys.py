@@ -134,7 +134,7 @@ class ReminderLogAdmin(ViewOnlyAdmin):
         return (
             super()
             .get_queryset(request)
-            .select_related("credential__institution")
+            .select_related("credential__institution", "notice")
             .defer(*secret_fields_of("credential"))
         )
 
@@ -149,6 +149,16 @@ class ReminderLogAdmin(ViewOnlyAdmin):
     @admin.display(description="Delivery", ordering="state")
     def delivery(self, obj: ReminderLog) -> str:
         return obj.delivery()
+
+    # The step's delivery is its notice's (the outbox records attempts and errors).
+    @admin.display(description="Attempts", ordering="notice__attempts")
+    def attempts(self, obj: ReminderLog) -> int:
+        return obj.attempts()
+
+    @admin.display(description="Last error")
+    def last_error(self, obj: ReminderLog) -> str:
+        notice = obj.delivery_notice()
+        return notice.last_error if notice is not None else ""
 
     @admin.display(description="When", ordering="claimed_at")
     def when(self, obj: ReminderLog) -> str:

@@ -60,7 +60,9 @@ def submission_link_create(
     reason: str = "staff",
     ip_address: str | None = None,
     now: dt.datetime | None = None,
+    sent_to: list[str] | None = None,
 ) -> NewLink:
+    """A new single-use link; `sent_to`: the addresses it is about to be mailed to, in the same transaction."""
     now = now or timezone.now()
     days = settings.SUBMISSION_LINK_DAYS if days is None else days
     if days < 1:
@@ -73,6 +75,7 @@ def submission_link_create(
         created_by=created_by,
         reason=reason,
         expires_at=now + dt.timedelta(days=days),
+        sent_to=", ".join(sent_to or ()),
     )
     audit_record(
         kind=AuditEvent.Kind.LINK_CREATED,

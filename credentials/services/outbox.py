@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from credentials.models import Notice, secret_fields_of
 from credentials.notifications import SEND_ERRORS, drop_connection
+from credentials.selectors import newer_key_pending
 from credentials.services import digest, health, jobs, links, notices, owners, reminders, submission, verification
 from credentials.services.reminders import ReminderRun
 from institutions.models import Contact
@@ -58,10 +59,15 @@ def sender_register(kind: str, sender) -> None:
 
 
 def _loaded():
-    """Notices with what their senders read, in one query plus the contacts' prefetch."""
+    """Notices with what their senders read, in one query plus the contacts' prefetch.
+
+    newer_key_pending is read with the page, as the key's status is (a key
+    handed in while the page is sent is seen by the next run or retry).
+    """
     return (
         Notice.objects.select_related("credential__institution__account_owner", "reminder", "user")
         .defer(*secret_fields_of("credential"))
+        .annotate(newer_key_pending=newer_key_pending("credential__"))
         .prefetch_related(
             Prefetch(
                 "credential__institution__contacts",
@@ -84,10 +90,8 @@ def _deliver(notice: Notice, *, now: dt.datetime, connection=None) -> str:
     except SEND_ERRORS as exc:
         drop_connection(connection)
         state = notices.notice_retry_later(notice_id=notice.pk, error=exc, now=now)
-        if notice.reminder_id:
-            reminders.reminder_note_attempt(
-                reminder_id=notice.reminder_id, error=exc, failed=state == Notice.State.FAILED, now=now
-            )
+        if notice.reminder_id and state == Notice.State.FAILED:
+            reminders.reminder_mark_failed(reminder_id=notice.reminder_id, now=now)
         logger.warning("Notice %s (%s) not sent yet: %s", notice.pk, notice.kind, type(exc).__name__)
         return "failed" if state == Notice.State.FAILED else "retry"
     return "sent" if sent else "closed"

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Prefetch
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from credentials.emails import build_email
@@ -47,7 +47,7 @@ from credentials.notifications import (
 )
 from credentials.selectors import due_credentials, newer_key_pending, reminder_days_before, reminder_step
 from credentials.services import notices
-from credentials.services.links import submission_link_create, submission_link_mark_sent
+from credentials.services.links import submission_link_create
 from credentials.signals import KEY_EXPIRING, key_event_send
 from institutions.models import Contact
 
@@ -129,9 +129,12 @@ def _send_reminder_email(
     institution = credential.institution
     recipients = list(to)
     new_link = submission_link_create(
-        institution=institution, created_by=actor, reason="reminder" if actor is None else "reminder (manual)", now=now
+        institution=institution,
+        created_by=actor,
+        reason="reminder" if actor is None else "reminder (manual)",
+        now=now,
+        sent_to=recipients,
     )
-    submission_link_mark_sent(new_link=new_link, recipients=recipients)
     days_left = (credential.expires_on - today).days
     context = _email_context(credential=credential, days_left=days_left, link_context=new_link.context())
     message = build_email(
@@ -211,7 +214,9 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
     arrived = timezone.localtime(credential.submitted_at).date()
     days_at_arrival = (credential.expires_on - arrived).days
     logs = getattr(credential, "logs", None)  # the scan's prefetch; [] is an answer too
-    existing = {log.threshold for log in (credential.reminders.all() if logs is None else logs)}
+    if logs is None:
+        logs = list(credential.reminders.only("pk", "threshold", "state"))
+    existing = {log.threshold for log in logs}
     missed = []
     for days_left in range(
         min(days_at_arrival, max(reminder_days_before(), default=0)), (credential.expires_on - today).days, -1
@@ -229,15 +234,34 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
     if missed:
         ReminderLog.objects.bulk_create(
             [
-                ReminderLog(
-                    credential=credential, threshold=t, claimed_at=now, state=ReminderLog.State.SKIPPED, last_error=note
-                )
+                ReminderLog(credential=credential, threshold=t, claimed_at=now, state=ReminderLog.State.SKIPPED)
                 for t in missed
             ],
             ignore_conflicts=True,
         )
+        # Each skipped step's notice, superseded: it records why (the step's delivery is its notice's).
+        skipped = ReminderLog.objects.filter(
+            credential=credential, threshold__in=missed, state=ReminderLog.State.SKIPPED, notice__isnull=True
+        ).values_list("pk", flat=True)
+        written = [
+            notices.notice_build(
+                kind=Notice.Kind.REMINDER,
+                dedupe_key=f"reminder:{reminder_id}",
+                day=today,
+                now=now,
+                institution_id=credential.institution_id,
+                credential_id=credential.pk,
+                reminder_id=reminder_id,
+            )
+            for reminder_id in skipped
+        ]
+        for notice in written:
+            notice.state, notice.closed_at, notice.last_error = Notice.State.SUPERSEDED, now, note
+        Notice.objects.bulk_create(written, ignore_conflicts=True)
     superseded = 0
-    if existing:
+    # Only a claimed step can have a notice waiting for its retry (a closed
+    # notice closes its step), so most keys need no query here.
+    if any(log.state == ReminderLog.State.CLAIMED and log.threshold != step for log in logs):
         # An older step of this key still pending (a mail server down for
         # days): the newer step says it all; never mail both in a burst.
         waiting = list(
@@ -248,7 +272,7 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
         for notice_id, reminder_id in waiting:
             notices.notice_close(notice_id=notice_id, state=Notice.State.SUPERSEDED, reason=note, now=now)
             ReminderLog.objects.filter(pk=reminder_id, state=ReminderLog.State.CLAIMED).update(
-                state=ReminderLog.State.SKIPPED, last_error=note
+                state=ReminderLog.State.SKIPPED
             )
         superseded = len(waiting)
     return len(missed), superseded
@@ -277,7 +301,9 @@ def reminders_decide(
                 to_attr="reminder_contacts",
             ),
             Prefetch(
-                "reminders", queryset=ReminderLog.objects.only("pk", "credential_id", "threshold"), to_attr="logs"
+                "reminders",
+                queryset=ReminderLog.objects.only("pk", "credential_id", "threshold", "state"),
+                to_attr="logs",
             ),
         )
     )
@@ -289,8 +315,16 @@ def reminders_decide(
         if not chunk:
             break
         last_pk = chunk[-1].pk
-        for credential in chunk:
-            _decide_one(credential, run=run, today=today, now=now)
+        if dry_run:
+            for credential in chunk:
+                _decide_one(credential, run=run, today=today, now=now)
+            continue
+        # One commit per chunk, a savepoint per key: a step another run
+        # holds rolls back that key alone. A commit waits for the disk, so
+        # one per key was most of the decision's time (bench/RESULTS.md).
+        with transaction.atomic():
+            for credential in chunk:
+                _decide_one(credential, run=run, today=today, now=now)
     return run
 
 
@@ -340,21 +374,24 @@ def reminder_notice_send(*, notice: Notice, now: dt.datetime, actor=None, connec
     credential = notice.credential
     institution = credential.institution
     reminder_id = notice.reminder_id
-    if CD2Credential.objects.filter(pk=credential.pk).filter(newer_key_pending()).exists():
+    newer_pending = getattr(notice, "newer_key_pending", None)  # outbox._loaded() reads it with the page
+    if newer_pending is None:
+        newer_pending = CD2Credential.objects.filter(pk=credential.pk).filter(newer_key_pending()).exists()
+    if newer_pending:
         _release_for_newer_key(notice=notice, now=now)
         return False
     if credential.status != CD2Credential.Status.ACTIVE or not institution.is_served():
         reason = f"Not sent: the key is {credential.status}, institution {institution.status}."
         notices.notice_close(notice_id=notice.pk, state=Notice.State.SUPERSEDED, reason=reason, now=now)
         ReminderLog.objects.filter(pk=reminder_id, state=ReminderLog.State.CLAIMED).update(
-            state=ReminderLog.State.SKIPPED, last_error=reason
+            state=ReminderLog.State.SKIPPED
         )
         return False
     to = reminder_addressees(institution=institution)
     if not to:
         reason = "Nobody to send to: add a contact who receives reminders or an account owner."
         notices.notice_close(notice_id=notice.pk, state=Notice.State.FAILED, reason=reason, now=now)
-        reminder_mark_failed(reminder_id=reminder_id, error=reason, now=now)
+        reminder_mark_failed(reminder_id=reminder_id, now=now)
         return False
     recipients = ", ".join(to)
     with transaction.atomic():
@@ -372,9 +409,7 @@ def reminder_notice_send(*, notice: Notice, now: dt.datetime, actor=None, connec
             state=ReminderLog.State.SENT,
             sent_at=sent_at,
             failed_at=None,
-            attempts=notice.attempts,
             recipients=recipients,
-            last_error="",
         )
     logger.info("Reminder %s sent for key %s (%s)", reminder_id, credential.pk, institution.slug)
     return True
@@ -400,20 +435,10 @@ def _release_for_newer_key(*, notice: Notice, now: dt.datetime) -> None:
     logger.info("Reminder notice %s superseded: a newer key is waiting for its check", notice.pk)
 
 
-def reminder_note_attempt(*, reminder_id: int, error: BaseException | str, failed: bool, now: dt.datetime) -> None:
-    """Mirror a failed attempt on the step's row (staff read attempts and last_error there too)."""
-    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    changes = {"last_error": text[:500], "attempts": F("attempts") + 1}
-    if failed:
-        changes.update(failed_at=now, state=ReminderLog.State.FAILED)
-    ReminderLog.objects.filter(pk=reminder_id, state=ReminderLog.State.CLAIMED).update(**changes)
-
-
-def reminder_mark_failed(*, reminder_id: int, error: BaseException | str, now: dt.datetime | None = None) -> None:
-    """The step's notice gave up (or had nobody to go to): staff see failed_at and last_error."""
-    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+def reminder_mark_failed(*, reminder_id: int, now: dt.datetime | None = None) -> None:
+    """The step's notice gave up (or had nobody to go to): the step is failed; its notice says why."""
     ReminderLog.objects.filter(pk=reminder_id, state=ReminderLog.State.CLAIMED).update(
-        state=ReminderLog.State.FAILED, failed_at=now or timezone.now(), last_error=text[:500]
+        state=ReminderLog.State.FAILED, failed_at=now or timezone.now()
     )
 
 
@@ -457,9 +482,7 @@ def reminder_send_now(*, credential: CD2Credential, actor=None, now: dt.datetime
             reminder = ReminderLog.objects.get(credential=credential, threshold=step)
             if reminder.state != ReminderLog.State.SENT:
                 # Failed, skipped or waiting for a retry: a person asked, so take it over.
-                ReminderLog.objects.filter(pk=reminder.pk).update(
-                    state=ReminderLog.State.CLAIMED, failed_at=None, last_error=""
-                )
+                ReminderLog.objects.filter(pk=reminder.pk).update(state=ReminderLog.State.CLAIMED, failed_at=None)
                 Notice.objects.filter(reminder=reminder).exclude(state=Notice.State.SENT).update(
                     state=Notice.State.PENDING,
                     next_attempt_at=now,
@@ -473,7 +496,6 @@ def reminder_send_now(*, credential: CD2Credential, actor=None, now: dt.datetime
                 sent = reminder_notice_send(notice=notice, now=now, actor=actor)
             except SEND_ERRORS as exc:
                 notices.notice_retry_later(notice_id=notice.pk, error=exc, now=now)
-                reminder_note_attempt(reminder_id=reminder.pk, error=exc, failed=False, now=now)
                 raise
             if sent:
                 return SentReminder(recipients=tuple(to), threshold=step, reminder=reminder)

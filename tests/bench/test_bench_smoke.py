@@ -101,4 +101,7 @@ def test_the_bench_at_200_institutions_reports_every_figure_with_numbers(bench_p
     # Every figure stands next to its floor and a ratio.
     for row in summary:
         assert re.search(r"\d", row[3]) and re.search(r"\d", row[4]), row
+    # Submissions are accepted, not refused: each request hands in a key of its own.
+    [submitted] = [row for row in summary if row[0] == "Submission throughput"]
+    assert float(submitted[2].split()[0].replace(",", "")) > 0, submitted
     assert text.index(OLDER_RUN) > text.index("N = 200 (quick)"), "the older run must stay below the new one"

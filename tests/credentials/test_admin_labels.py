@@ -7,7 +7,7 @@ from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
 
-from credentials.models import AuditEvent, CD2Credential, ReminderLog
+from credentials.models import AuditEvent, CD2Credential, Notice, ReminderLog
 from devtools.fake_gateway import FakeGateway
 from tests.conftest import PLANTED_SECRET
 
@@ -78,8 +78,10 @@ def test_a_wrong_password_on_the_reveal_form_is_not_a_failed_sign_in(
 
 
 def test_a_reminder_says_its_delivery_in_words():
-    log = ReminderLog(threshold=7, state=ReminderLog.State.FAILED, last_error="550 mailbox unavailable")
-    assert (log.step_label(), log.delivery()) == ("7 days before", "Failed: 550 mailbox unavailable")
+    log = ReminderLog(threshold=7, state=ReminderLog.State.FAILED)
+    log.notice = Notice(state=Notice.State.FAILED, attempts=3, last_error="550 mailbox unavailable")
+    assert (log.step_label(), log.delivery(), log.attempts()) == ("7 days before", "Failed: 550 mailbox unavailable", 3)
+    assert ReminderLog(threshold=7, state=ReminderLog.State.FAILED).delivery() == "Failed"  # no notice (yet)
     assert ReminderLog(threshold=-7, state=ReminderLog.State.SKIPPED).delivery() == "Skipped"
     assert ReminderLog(threshold=0, state=ReminderLog.State.SENT, sent_at=timezone.now()).delivery() == "Sent"
     assert ReminderLog(threshold=0).step_label() == "on the day"

@@ -185,3 +185,42 @@ def test_bulk_link_items_become_outbox_notices_and_the_unsent_ones_are_still_sen
         "b3": ("submission_link", "pending", ""),  # queued: the outbox sends it
         "b4": ("submission_link", "pending", ""),
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_0017_moves_old_steps_attempts_and_errors_onto_closed_notices_and_leaves_notices_that_exist():
+    old = _migrate([("credentials", "0016_auditevent_token_and_webhook_kinds")])
+    Institution = old.get_model("institutions", "Institution")
+    Credential = old.get_model("credentials", "CD2Credential")
+    ReminderLog = old.get_model("credentials", "ReminderLog")
+    Notice = old.get_model("credentials", "Notice")
+    now = timezone.now()
+    inst = Institution.objects.create(name="Old", slug="old", canvas_domain="old.instructure.com")
+    key = Credential.objects.create(
+        institution=inst, client_id="x", secret="y", region="us-east-1", hint="h", expires_on=dt.date(2030, 1, 1),
+        status="active", source="admin",
+    )  # fmt: skip
+    sent = ReminderLog.objects.create(credential=key, threshold=30, state="sent", sent_at=now, attempts=2)
+    failed = ReminderLog.objects.create(
+        credential=key, threshold=14, state="failed", failed_at=now, attempts=5, last_error="550 unknown user"
+    )
+    skipped = ReminderLog.objects.create(credential=key, threshold=7, state="skipped", last_error="Not sent on time")
+    claimed = ReminderLog.objects.create(credential=key, threshold=3, state="claimed", attempts=1, last_error="451")
+    Notice.objects.create(
+        kind="reminder", dedupe_key=f"reminder:{claimed.pk}", reminder=claimed, credential=key, institution=inst,
+        day=now.date(), as_of=now, retry_until=now, attempts=1, last_error="451 later",
+    )  # fmt: skip
+
+    new = _migrate([("credentials", "0017_reminderlog_delivery_on_notice")])
+    Notice = new.get_model("credentials", "Notice")
+    moved = {n.reminder_id: n for n in Notice.objects.all()}
+    assert (moved[sent.pk].state, moved[sent.pk].attempts, moved[sent.pk].sent_at) == ("sent", 2, now)
+    assert (moved[failed.pk].state, moved[failed.pk].attempts, moved[failed.pk].last_error) == (
+        "failed",
+        5,
+        "550 unknown user",
+    )
+    assert (moved[skipped.pk].state, moved[skipped.pk].last_error) == ("superseded", "Not sent on time")
+    assert moved[claimed.pk].last_error == "451 later" and moved[claimed.pk].state == "pending"  # left as it was
+    assert all(n.closed_at is not None for pk, n in moved.items() if pk != claimed.pk)
+    _migrate()

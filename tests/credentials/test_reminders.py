@@ -233,7 +233,11 @@ def test_a_week_of_missed_runs_sends_one_catch_up_email(clock, served):
     logs = {log.threshold: log for log in ReminderLog.objects.filter(credential=key)}
     assert sorted(logs) == [3, 7, 14]
     assert logs[7].sent_at is None and logs[7].state == ReminderLog.State.SKIPPED
+    # Recorded as such: the skipped step's notice, superseded, says why (staff read it as the step's delivery).
+    assert logs[7].notice.state == Notice.State.SUPERSEDED and logs[7].notice.sent_at is None
+    assert logs[7].delivery().startswith("Skipped: Not sent on time;") and "sent the 3-day step" in logs[7].delivery()
     assert reminders_send_due().due == 0
+    assert Notice.objects.filter(credential=key, state=Notice.State.PENDING).count() == 0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -325,7 +329,7 @@ def test_smtp_failing_twice_then_working_delivers_one_email(clock, served, flaky
     notice.refresh_from_db()
     assert notice.state == Notice.State.SENT and notice.attempts == 3
     log = ReminderLog.objects.get()
-    assert log.sent_at is not None and log.failed_at is None and log.attempts == 3
+    assert log.sent_at is not None and log.failed_at is None and log.attempts() == 3
     # The two failed attempts rolled their links back: one link, the one mailed.
     assert SubmissionLink.objects.filter(reason="reminder").count() == 1
 
@@ -747,7 +751,7 @@ def test_a_connection_lost_mid_page_fails_that_reminder_and_the_rest_go_out_on_a
     assert (run.sent, run.failed) == (2, 1)
     logs = {log.credential_id: log for log in ReminderLog.objects.all()}
     assert logs[keys[1].pk].state == ReminderLog.State.CLAIMED  # waits in the outbox for its retry
-    assert "SMTPServerDisconnected" in logs[keys[1].pk].last_error
+    assert "SMTPServerDisconnected" in logs[keys[1].pk].notice.last_error
     assert Notice.objects.get(credential=keys[1]).state == Notice.State.PENDING
     assert logs[keys[0].pk].sent_at is not None and logs[keys[2].pk].sent_at is not None
     assert {m.to[0] for m in reminder_mails()} == {

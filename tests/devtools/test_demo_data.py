@@ -94,7 +94,8 @@ def test_the_demo_shows_every_state_staff_will_meet(demo_settings):
     states = dict(ReminderLog.objects.values_list("state").annotate(n=Count("pk")).values_list("state", "n"))
     assert states[ReminderLog.State.SENT] >= 3 and states[ReminderLog.State.FAILED] == 1
     failed = ReminderLog.objects.get(state=ReminderLog.State.FAILED)
-    assert failed.credential.institution.slug == "harbour-city-schools" and "550" in failed.last_error
+    assert failed.credential.institution.slug == "harbour-city-schools" and "550" in failed.notice.last_error
+    assert failed.attempts() == 3 and "550" in failed.delivery()
     assert CD2Credential.objects.filter(status=CD2Credential.Status.PENDING_VERIFICATION).count() == 1
 
 
