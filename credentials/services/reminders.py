@@ -47,6 +47,7 @@ from credentials.notifications import (
 )
 from credentials.selectors import due_credentials, newer_key_pending, reminder_days_before, reminder_step
 from credentials.services import notices
+from credentials.services.keys import institution_key_summary_refresh
 from credentials.services.links import submission_link_create, submission_link_mark_sent
 from institutions.models import Contact
 
@@ -367,6 +368,8 @@ def reminder_notice_send(*, notice: Notice, now: dt.datetime, actor=None, connec
             recipients=recipients,
             last_error="",
         )
+        # The list's "reminded, no new key yet" is stored with the key summary.
+        institution_key_summary_refresh(institution_id=institution.pk)
     logger.info("Reminder %s sent for key %s (%s)", reminder_id, credential.pk, institution.slug)
     return True
 

@@ -175,6 +175,7 @@ def test_drift_in_each_column_is_found(institution, make_credential):
         "key_expires_on": key.expires_on + dt.timedelta(days=1),
         "key_checked_at": None,  # NULL on one side only
         "key_region": "eu-west-1",
+        "key_reminded_unanswered": True,  # never reminded
     }
     for field, value in changes.items():
         before = Institution.objects.filter(pk=institution.pk).values(field).get()[field]

@@ -132,6 +132,24 @@ def test_after_expiry_it_repeats_weekly_and_stops_when_a_new_key_is_active(clock
     assert not CD2Credential.objects.filter(expires_on__lt=timezone.localdate(), status="active").exists()
 
 
+def test_a_sent_reminder_marks_the_institution_reminded_until_a_new_key_arrives(clock, served):
+    add_key(served, days=14)
+    served.refresh_from_db()
+    assert served.key_reminded_unanswered is False
+
+    assert reminders_send_due().sent == 1
+    served.refresh_from_db()
+    assert served.key_reminded_unanswered is True
+    assert list(Institution.objects.filter(selectors.reminded_without_answer())) == [served]
+
+    clock.shift(dt.timedelta(days=1))
+    add_key(served, days=365)  # the answer
+    served.refresh_from_db()
+    assert served.key_reminded_unanswered is False
+    assert not Institution.objects.filter(selectors.reminded_without_answer()).exists()
+    assert selectors.key_summary_drift().count() == 0
+
+
 def test_a_new_key_supersedes_a_reminder_already_claimed_for_the_old_one(clock, served):
     old = add_key(served, days=14)
     with mock.patch.object(jobs, "job_enqueue"):
@@ -666,11 +684,12 @@ def test_each_reminder_sent_costs_a_fixed_small_number_of_queries(clock, make_in
     per_reminder = (six - three) / 3
 
     # The step and its notice (2); claim the notice, link, its audit event,
-    # the link's recipients, notice sent, step sent (6). The test's own
-    # transaction turns the decision's and the send's atomic blocks into
-    # savepoints (4 more). Contacts and earlier steps come from the scan's
-    # and the outbox page's prefetch, never queried again per reminder.
-    assert per_reminder <= 8 + 4
+    # the link's recipients, notice sent, step sent, the institution's stored
+    # "reminded, no answer" (7). The test's own transaction turns the
+    # decision's and the send's atomic blocks into savepoints (4 more).
+    # Contacts and earlier steps come from the scan's and the outbox page's
+    # prefetch, never queried again per reminder.
+    assert per_reminder <= 9 + 4
 
 
 class CountingBackend(LocmemBackend):

@@ -15,6 +15,7 @@ from credentials.admin.institutions import InstitutionAdmin, month_bounds
 from credentials.formatting import format_day
 from credentials.models import ReminderLog
 from credentials.selectors import next_reminder
+from credentials.services.keys import institution_key_summary_refresh
 from institutions.models import Institution
 
 pytestmark = pytest.mark.django_db
@@ -38,8 +39,9 @@ def names(response) -> set[str]:
 
 
 def sent(key, threshold: int, *, days_ago: int = 0, recipients: str = "ada@example.edu") -> ReminderLog:
+    """A reminder logged as sent, the institution's key summary refreshed as the reminder service does."""
     at = timezone.now() - dt.timedelta(days=days_ago)
-    return ReminderLog.objects.create(
+    reminder = ReminderLog.objects.create(
         credential=key,
         threshold=threshold,
         state=ReminderLog.State.SENT,
@@ -47,6 +49,8 @@ def sent(key, threshold: int, *, days_ago: int = 0, recipients: str = "ada@examp
         sent_at=at,
         recipients=recipients,
     )
+    institution_key_summary_refresh(institution_id=key.institution_id)
+    return reminder
 
 
 # --------------------------------------------------------------------------
