@@ -15,6 +15,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
+from credentials.formatting import format_moment
+
 
 class Scope(models.TextChoices):
     KEYS_READ = "keys:read", "keys:read: fetch a Secret"
@@ -147,4 +149,4 @@ class SyncReport(models.Model):
         ordering = ("-created_at",)
 
     def __str__(self) -> str:
-        return f"{self.get_outcome_display()} for {self.institution} at {self.created_at:%Y-%m-%d %H:%M}"
+        return f"{self.get_outcome_display()} for {self.institution} at {format_moment(self.created_at)}"

@@ -18,12 +18,14 @@ from django.db.models.lookups import Exact
 from django.utils import timezone
 
 from credentials.expressions import DaysBetween, DaysUntil, ExpiryState, expiry_state_case
+from credentials.formatting import format_day
 from credentials.models import (
     FAILED_VERDICTS,
     AuditEvent,
     CD2Credential,
     PendingReason,
     ReminderLog,
+    StaffSettings,
     secret_fields_of,
     step_label,
 )
@@ -546,7 +548,7 @@ def institution_timeline(*, institution: Institution, limit: int = 200) -> list[
                 "submission",
                 f"Key {key.hint} handed in ({key.get_source_display().lower()})",
                 who,
-                f"expires {key.expires_on:%Y-%m-%d}; now {key.get_status_display().lower()}",
+                f"expires {format_day(key.expires_on)}; now {key.get_status_display().lower()}",
                 key.pk,
             )
         )
@@ -629,3 +631,9 @@ def submitters_not_on_file(*, institution: Institution) -> list[SubmitterNotOnFi
         if key and key not in on_file and key not in found:
             found[key] = SubmitterNotOnFile(credential_id=pk, name=name, email=address)
     return list(found.values())
+
+
+def staff_time_zone(*, user) -> str:
+    """The zone the staff site writes times in for `user`: their own (StaffSettings), else TIME_ZONE."""
+    zone = StaffSettings.objects.filter(user_id=user.pk).values_list("time_zone", flat=True).first()
+    return zone or settings.TIME_ZONE

@@ -22,6 +22,7 @@ from django.utils.cache import add_never_cache_headers, patch_cache_control
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_POST
 
+from credentials.formatting import format_moment
 from credentials.models import AuditEvent, CD2Credential
 from credentials.notifications import SEND_ERRORS
 from credentials.selectors import current_key, local_today, submitters_not_on_file
@@ -131,7 +132,7 @@ def send_link_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
         sent_to = new_link.link.sent_to or "the institution's contacts"
         messages.success(
             request,
-            f"Submission link sent to {sent_to}; it works until {new_link.link.expires_at:%d %b %Y %H:%M}.",
+            f"Submission link sent to {sent_to}; it works until {format_moment(new_link.link.expires_at)}.",
         )
     return _back(institution)
 

@@ -35,6 +35,7 @@ from django.db.models import F, Prefetch
 from django.utils import timezone
 
 from credentials.emails import build_email
+from credentials.formatting import format_day
 from credentials.models import CD2Credential, Notice, ReminderLog
 from credentials.notifications import (
     SEND_ERRORS,
@@ -217,7 +218,7 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
             and not _came_due_before_arrival(credential, threshold)
         ):
             missed.append(threshold)
-    note = f"Not sent on time; the run on {today:%d %B %Y} sent the {step}-day step instead."
+    note = f"Not sent on time; the run on {format_day(today)} sent the {step}-day step instead."
     if missed:
         ReminderLog.objects.bulk_create(
             [

@@ -31,6 +31,7 @@ from credentials.services.keys import (
     institution_key_summary_refresh,
 )
 from credentials.services.links import submission_link_create, submission_link_mark_sent
+from credentials.services.submission import forbidden_reason
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def _tell_key_invalid(*, credential: CD2Credential, result: CheckResult, now: dt
                 "hint": credential.hint,
                 "expires_on": credential.expires_on,
                 "checked_on": institution_today(institution, now),
-                "reason": result.message,
+                "reason": refusal_for_customers(result),
                 "rejected": result.verdict is Verdict.REJECTED,
                 "admin_url": admin_url(institution),
             }
@@ -166,6 +167,16 @@ def _tell_key_invalid(*, credential: CD2Credential, result: CheckResult, now: dt
             institution.slug,
             type(exc).__name__,
         )
+
+
+def refusal_for_customers(result: CheckResult) -> str:
+    """Why CD2 refused a key, for the customer's mail: in words, without status codes or the gateway's error id.
+
+    Staff keep the full message (status reason, audit log); the id means nothing to a customer.
+    """
+    if result.verdict is Verdict.FORBIDDEN:
+        return f"Instructure recognised the key, but {forbidden_reason(result.error_type)}."
+    return "Instructure no longer accepts its Client ID and Secret."
 
 
 def check_spread_seconds(*, keys: int) -> float:
