@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from django.template import Context, Template
+from django.utils import formats
 
 from credentials.formatting import format_day, format_moment, format_month, format_weekday, possessive
 
@@ -127,3 +128,11 @@ def test_the_template_filters_are_everywhere_without_a_load():
 )
 def test_possessives_read_as_english(name, expected):
     assert possessive(name) == expected
+
+
+def test_djangos_own_admin_display_follows_the_house_formats():
+    """Admin lists and read-only fields render dates with Django's formats (edpotential/formats), not en-gb's."""
+    local = MOMENT.astimezone(zoneinfo.ZoneInfo("UTC"))
+    assert formats.localize(local) == format_moment(MOMENT, "UTC")  # not "3 Dec 2026, 5:25 a.m."
+    assert formats.localize(local.date()) == format_day(MOMENT, "UTC")
+    assert formats.localize(local.time()) == "05:25"
