@@ -8,6 +8,7 @@ import io
 
 import pytest
 import time_machine
+from django.contrib import admin
 from django.urls import reverse
 from django.utils import timezone
 
@@ -202,3 +203,12 @@ def test_every_column_sorts_with_reminders_on_the_page(admin_client, make_instit
             response = admin_client.get(CHANGELIST, {"o": order})
             assert response.status_code == 200, order
             assert len(response.context["cl"].result_list) == 4, order
+
+
+def test_the_lists_row_checkbox_is_the_markup_django_renders(make_institution):
+    institution = make_institution(name='Tom & Jerry "College"')
+    admin_ = InstitutionAdmin(Institution, admin.site)
+
+    ours = admin_.action_checkbox(institution)
+
+    assert ours == admin.ModelAdmin.action_checkbox(admin_, institution)
