@@ -16,6 +16,7 @@ from django.db import models
 from django.utils import timezone
 
 from credentials.fields import EncryptedTextField
+from credentials.formatting import format_moment
 
 
 class Scope(models.TextChoices):
@@ -158,4 +159,4 @@ class SyncReport(models.Model):
         ordering = ("-created_at",)
 
     def __str__(self) -> str:
-        return f"{self.get_outcome_display()} for {self.institution} at {self.created_at:%Y-%m-%d %H:%M}"
+        return f"{self.get_outcome_display()} for {self.institution} at {format_moment(self.created_at)}"

@@ -1,9 +1,14 @@
 """How dates, times and names are written wherever staff or customers read them: one rule, one place.
 
-A day is "3 Dec 2026", a moment "3 Dec 2026, 05:25" (24-hour clock), a
-month "Dec 2026". Moments are shown in the given time zone (the
-institution's for customers), else the current one (the staff member's).
-The template filters in credentials/templatetags/cd2_format.py call these.
+A day is "3 Dec 2026" ("Thursday 3 Dec 2026" in a sentence of a customer's
+mail, where the weekday helps to plan), a moment "3 Dec 2026, 05:25"
+(24-hour clock), a month "Dec 2026". Moments are shown in the given time
+zone (the institution's for customers, then with the zone's abbreviation),
+else the current one (the staff member's, see credentials/middleware.py).
+The template filters in credentials/templatetags/cd2_format.py (a builtin
+library: no {% load %} needed) call these, and Django's own date display in
+the admin follows the same formats (edpotential/formats). Machine formats
+(ISO 8601 in CSV, JSON, the API, .ics) are not for people and stay as they are.
 """
 
 from __future__ import annotations
@@ -31,12 +36,24 @@ def format_day(value: dt.date | dt.datetime | None, tz: str | dt.tzinfo | None =
     return f"{value.day} {value:%b %Y}"
 
 
-def format_moment(value: dt.datetime | None, tz: str | dt.tzinfo | None = None) -> str:
-    """ "3 Dec 2026, 05:25" in `tz` (default: the current time zone)."""
+def format_weekday(value: dt.date | dt.datetime | None, tz: str | dt.tzinfo | None = None) -> str:
+    """ "Thursday 3 Dec 2026"."""
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        value = _local(value, tz)
+    return f"{value:%A} {format_day(value)}"
+
+
+def format_moment(value: dt.datetime | None, tz: str | dt.tzinfo | None = None, *, with_zone: bool = False) -> str:
+    """ "3 Dec 2026, 05:25" in `tz` (default: the current time zone); with_zone adds its abbreviation ("NZDT")."""
     if value is None:
         return ""
     value = _local(value, tz)
-    return f"{format_day(value)}, {value:%H:%M}"
+    text = f"{format_day(value)}, {value:%H:%M}"
+    if with_zone and value.tzinfo is not None:
+        text += f" {value:%Z}"
+    return text
 
 
 def format_month(value: dt.date) -> str:

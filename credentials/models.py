@@ -12,7 +12,9 @@ from django.utils import timezone
 from credentials.cd2 import Verdict
 from credentials.expressions import DaysUntil, expiry_state_case
 from credentials.fields import EncryptedTextField
+from credentials.formatting import format_day, format_moment
 from credentials.validators import is_short_expiry
+from institutions.models import validate_timezone
 
 # The encrypted columns: rows read for display, mail or scans leave them out,
 # so a Secret is decrypted only by the code that uses it.
@@ -179,7 +181,7 @@ class CD2Credential(models.Model):
 
     def __str__(self) -> str:
         # Never the Client ID or the Secret: __str__ ends up in logs and admin history.
-        return f"{self.hint} ({self.get_status_display()}, expires {self.expires_on:%d %b %Y})"
+        return f"{self.hint} ({self.get_status_display()}, expires {format_day(self.expires_on)})"
 
     def __repr__(self) -> str:
         return f"<CD2Credential {self.pk} {self.hint} {self.status}>"
@@ -240,7 +242,7 @@ class SubmissionLink(models.Model):
         permissions = [("send_submission_link", "Can send a submission link to an institution's contacts")]
 
     def __str__(self) -> str:
-        return f"Link for {self.institution} made {self.created_at:%d %b %Y} ({self.state(timezone.now())})"
+        return f"Link for {self.institution} made {format_day(self.created_at)} ({self.state(timezone.now())})"
 
     def is_usable(self, now: dt.datetime | None = None) -> bool:
         now = now or timezone.now()
@@ -382,7 +384,7 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         who = self.actor_username or self.actor_label or "system"
-        return f"{self.get_kind_display()} by {who} at {self.created_at:%Y-%m-%d %H:%M}"
+        return f"{self.get_kind_display()} by {who} at {format_moment(self.created_at)}"
 
 
 class LinkBatch(models.Model):
@@ -398,7 +400,7 @@ class LinkBatch(models.Model):
         verbose_name = "bulk link send"
 
     def __str__(self) -> str:
-        return f"Links sent {self.created_at:%Y-%m-%d %H:%M}"
+        return f"Links sent {format_moment(self.created_at)}"
 
 
 class LinkBatchItem(models.Model):
@@ -500,7 +502,7 @@ class Notice(models.Model):
         permissions = [("resend_notice", "Can resend a notice that failed for good")]
 
     def __str__(self) -> str:
-        return f"{self.get_kind_display()} of {self.day:%Y-%m-%d} ({self.get_state_display().lower()})"
+        return f"{self.get_kind_display()} of {format_day(self.day)} ({self.get_state_display().lower()})"
 
 
 class ScheduledJob(models.Model):
@@ -516,4 +518,28 @@ class ScheduledJob(models.Model):
         ordering = ("name",)
 
     def __str__(self) -> str:
-        return f"{self.name} last ran {self.finished_at:%Y-%m-%d %H:%M}"
+        return f"{self.name} last ran {format_moment(self.finished_at)}"
+
+
+class StaffSettings(models.Model):
+    """A staff member's own settings: the time zone the staff site writes times in.
+
+    One row per staff member who changed something; without a row (or with
+    an empty zone) the site's TIME_ZONE applies.
+    """
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="staff_settings")
+    time_zone = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        validators=[validate_timezone],
+        help_text="Times on the staff site are shown in this zone; empty: the site's own.",
+    )
+
+    class Meta:
+        verbose_name = "staff member's settings"
+        verbose_name_plural = "staff members' settings"
+
+    def __str__(self) -> str:
+        return f"Settings of {self.user}"

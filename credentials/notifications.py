@@ -20,6 +20,7 @@ from django.conf import settings
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
+from credentials.formatting import format_day
 from credentials.models import CD2Credential
 from institutions.models import Contact, Institution, email_key
 
@@ -187,7 +188,7 @@ def expiry_calendar(*, credential: CD2Credential, now: dt.datetime) -> bytes:
     event.add(
         "description",
         f"The Canvas Data 2 key {credential.hint} for {institution.name} expires on "
-        f"{credential.expires_on:%d %B %Y}. Create a new key at identity.instructure.com "
+        f"{format_day(credential.expires_on)}. Create a new key at identity.instructure.com "
         f"and hand it to EdPotential with the link from our reminder email before then.",
     )
     event.add("transp", "TRANSPARENT")

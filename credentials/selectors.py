@@ -18,12 +18,14 @@ from django.db.models.lookups import Exact
 from django.utils import timezone
 
 from credentials.expressions import DaysBetween, DaysUntil, ExpiryState, expiry_state_case
+from credentials.formatting import format_day
 from credentials.models import (
     FAILED_VERDICTS,
     AuditEvent,
     CD2Credential,
     PendingReason,
     ReminderLog,
+    StaffSettings,
     secret_fields_of,
     step_label,
 )
@@ -92,7 +94,24 @@ def key_summary_expected() -> dict:
         "key_expires_on": Subquery(active.values("expires_on")[:1]),
         "key_checked_at": Subquery(active.values("last_verified_at")[:1]),
         "key_region": Coalesce(Subquery(active.values("region")[:1]), Value("")),
+        "key_reminded_unanswered": Exists(_reminded_without_answer(institution=OuterRef("pk"))),
     }
+
+
+def _reminded_without_answer(*, institution):
+    """Sent reminders about `institution`'s active key with no key handed in since they went out.
+
+    One exists exactly when the newest sent reminder has no answer: a later
+    reminder has fewer submissions after it.
+    """
+    answer = CD2Credential.objects.filter(
+        institution=OuterRef("credential__institution"), submitted_at__gt=OuterRef("sent_at")
+    ).exclude(pk=OuterRef("credential"))
+    return ReminderLog.objects.filter(
+        credential__institution=institution,
+        credential__status=CD2Credential.Status.ACTIVE,
+        state=ReminderLog.State.SENT,
+    ).filter(~Exists(answer))
 
 
 def key_summary_drift(*, queryset=None):
@@ -246,18 +265,12 @@ def regions_in_use() -> list[str]:
 
 
 def reminded_without_answer() -> Q:
-    """Institutions whose active key was reminded about and who have handed in no key since the first reminder.
+    """Institutions whose active key was reminded about and who have handed in no key since the newest reminder.
 
-    For .filter() on Institution; no join to the key: the reminders are found by the active key's
-    id stored on the institution (key_pk), the answer by EXISTS on the indexed foreign key.
+    For .filter() on Institution: the stored key_reminded_unanswered (key_summary_expected's rule, kept by
+    the key services and the reminder service), served by a partial index in the list's order.
     """
-    answer = CD2Credential.objects.filter(
-        institution=OuterRef(OuterRef("pk")), submitted_at__gt=OuterRef("sent_at")
-    ).exclude(pk=OuterRef("credential"))
-    reminded = ReminderLog.objects.filter(credential=OuterRef("key_pk"), state=ReminderLog.State.SENT).filter(
-        ~Exists(answer)
-    )
-    return Q(Exists(reminded))
+    return Q(key_reminded_unanswered=True)
 
 
 def current_key(*, institution: Institution, statuses: tuple[str, ...]) -> CD2Credential | None:
@@ -573,7 +586,7 @@ def institution_timeline(*, institution: Institution, limit: int = 200) -> list[
                 "submission",
                 f"Key {key.hint} handed in ({key.get_source_display().lower()})",
                 who,
-                f"expires {key.expires_on:%Y-%m-%d}; now {key.get_status_display().lower()}",
+                f"expires {format_day(key.expires_on)}; now {key.get_status_display().lower()}",
                 key.pk,
             )
         )
@@ -656,3 +669,9 @@ def submitters_not_on_file(*, institution: Institution) -> list[SubmitterNotOnFi
         if key and key not in on_file and key not in found:
             found[key] = SubmitterNotOnFile(credential_id=pk, name=name, email=address)
     return list(found.values())
+
+
+def staff_time_zone(*, user) -> str:
+    """The zone the staff site writes times in for `user`: their own (StaffSettings), else TIME_ZONE."""
+    zone = StaffSettings.objects.filter(user_id=user.pk).values_list("time_zone", flat=True).first()
+    return zone or settings.TIME_ZONE

@@ -141,6 +141,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "edpotential.security.SessionLifetimeMiddleware",
+    # After the user is known: a staff member's own zone on the staff site.
+    "credentials.middleware.StaffTimeZoneMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -167,11 +169,15 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "csp.context_processors.nonce",  # {{ CSP_NONCE }} for the rare inline <script nonce=...>
             ],
+            # |day |weekday |moment |month |possessive in every template: one way to write dates and names.
+            "builtins": ["credentials.templatetags.cd2_format"],
         },
     },
 ]
 
 LANGUAGE_CODE = "en-gb"
+# Django's own date display (admin lists, read-only fields) in the house formats of credentials/formatting.py.
+FORMAT_MODULE_PATH = ["edpotential.formats"]
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True

@@ -115,6 +115,9 @@ class Institution(models.Model):
         null=True, blank=True, editable=False, help_text="When the active key was last checked against CD2."
     )
     key_region = models.CharField(max_length=40, blank=True, default="", db_default="", editable=False)
+    # A reminder was sent about the active key and no key came since (the list's "reminded, no new key
+    # yet"): also rewritten by the reminder service when it marks a reminder sent.
+    key_reminded_unanswered = models.BooleanField(default=False, db_default=False, editable=False)
 
     class Meta:
         ordering = ("name",)
@@ -137,6 +140,11 @@ class Institution(models.Model):
                 fields=("key_expires_on", "name"),
                 condition=models.Q(key_checked_at__isnull=True),
                 name="institution_key_never_checked",
+            ),
+            models.Index(
+                fields=("key_expires_on", "name"),
+                condition=models.Q(key_reminded_unanswered=True),
+                name="institution_key_reminded",
             ),
         ]
         permissions = [("export_institutions", "Can export the institution list (audited)")]

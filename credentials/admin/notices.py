@@ -11,6 +11,7 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from credentials.admin.common import STAFF_CSS, ViewOnlyAdmin
+from credentials.formatting import format_day
 from credentials.models import Notice, secret_fields_of, step_label
 from credentials.services.outbox import notice_resend
 
@@ -53,7 +54,7 @@ class NoticeAdmin(ViewOnlyAdmin):
     def about(self, obj: Notice) -> str:
         if obj.reminder_id:
             return f"{obj.credential.hint}, {step_label(obj.reminder.threshold)}"
-        return obj.day.strftime("%d %b %Y")
+        return format_day(obj.day)
 
     @admin.display(description="")
     def resend(self, obj: Notice) -> str:

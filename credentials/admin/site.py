@@ -17,7 +17,7 @@ from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from credentials.admin import devices
+from credentials.admin import devices, my_settings
 from credentials.admin.dashboard import dashboard_context
 
 DASHBOARD_PERMISSION = "institutions.view_institution"
@@ -146,12 +146,21 @@ class StaffAdminSite(OTPAdminSite):
 
     def get_urls(self):
         reset = self.admin_view(partial(devices.authenticator_reset_view, admin_site=self))
-        return [path("my-authenticator/", reset, name="authenticator_reset"), *super().get_urls()]
+        own = self.admin_view(partial(my_settings.my_settings_view, admin_site=self))
+        return [
+            path("my-authenticator/", reset, name="authenticator_reset"),
+            path("my-settings/", own, name="my_settings"),
+            *super().get_urls(),
+        ]
 
     def each_context(self, request):
         # The "Reset my authenticator" link in base_site.html; other admin
         # sites rendering the same templates (the bench's stock floor) have no such page.
-        return {**super().each_context(request), "authenticator_reset_url": reverse(f"{self.name}:authenticator_reset")}
+        return {
+            **super().each_context(request),
+            "authenticator_reset_url": reverse(f"{self.name}:authenticator_reset"),
+            "my_settings_url": reverse(f"{self.name}:my_settings"),
+        }
 
     def get_app_list(self, request, app_label=None):
         """The index grouped by what staff do (SECTIONS), not by Django app; an app's own page is unchanged."""

@@ -20,6 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict
+from credentials.formatting import format_day, format_moment
 from credentials.models import CD2Credential, SubmissionLink
 from credentials.selectors import key_summary_drift, key_summary_expected, newer_key_in_hand
 from credentials.signals import KEY_ACTIVATED, KEY_INVALID, KEY_REVOKED, key_event_send
@@ -77,7 +78,8 @@ def credential_check_record(
     credential.last_verdict = check.verdict.value
     fields = ["last_verdict", "last_verification"]
     if check.verdict is Verdict.UNAVAILABLE:
-        text = f"{check.summary} at {now:%Y-%m-%d %H:%M} UTC: not a verdict on the key"
+        # Stored text read later by anyone: the zone is named (UTC), not the current one.
+        text = f"{check.summary} at {format_moment(now, 'UTC', with_zone=True)}: not a verdict on the key"
     else:
         text = check.summary
     credential.last_verification = text[:CHECK_TEXT_LENGTH]
@@ -163,7 +165,7 @@ def credential_activate(
         ).exclude(pk=credential.pk).update(
             status=CD2Credential.Status.SUPERSEDED,
             status_changed_at=now,
-            status_reason=f"Superseded by key {credential.hint} on {now:%Y-%m-%d}",
+            status_reason=f"Superseded by key {credential.hint} on {format_day(now)}",
         )
         credential.status = CD2Credential.Status.ACTIVE
         credential.status_changed_at = now

@@ -17,6 +17,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Q
 
 from credentials.emails import build_email
+from credentials.formatting import format_day
 from credentials.models import FAILED_VERDICTS, CD2Credential, Notice, secret_fields_of
 from credentials.notifications import admin_url, expiry_phrase
 from credentials.selectors import KeyState, institutions_with_key_status
@@ -153,7 +154,11 @@ def owner_summary_send(*, notice: Notice, now: dt.datetime, connection=None) -> 
         for n in summary.reminders
     ]
     rows += [
-        {"name": r.name, "what": f"key {r.active_hint} lapsed on {r.active_expires_on:%d %B %Y}", "url": admin_url(r)}
+        {
+            "name": r.name,
+            "what": f"key {r.active_hint} lapsed on {format_day(r.active_expires_on)}",
+            "url": admin_url(r),
+        }
         for r in summary.lapsed
     ]
     rows += [{"name": r.name, "what": "CD2 refused the key at its check", "url": admin_url(r)} for r in summary.failing]

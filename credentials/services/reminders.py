@@ -35,6 +35,7 @@ from django.db.models import Prefetch
 from django.utils import timezone
 
 from credentials.emails import build_email
+from credentials.formatting import format_day
 from credentials.models import CD2Credential, Notice, ReminderLog
 from credentials.notifications import (
     SEND_ERRORS,
@@ -47,6 +48,7 @@ from credentials.notifications import (
 )
 from credentials.selectors import due_credentials, newer_key_pending, reminder_days_before, reminder_step
 from credentials.services import notices
+from credentials.services.keys import institution_key_summary_refresh
 from credentials.services.links import submission_link_create
 from credentials.signals import KEY_EXPIRING, key_event_send
 from institutions.models import Contact
@@ -230,7 +232,7 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
             and not _came_due_before_arrival(credential, threshold)
         ):
             missed.append(threshold)
-    note = f"Not sent on time; the run on {today:%d %B %Y} sent the {step}-day step instead."
+    note = f"Not sent on time; the run on {format_day(today)} sent the {step}-day step instead."
     if missed:
         ReminderLog.objects.bulk_create(
             [
@@ -411,6 +413,8 @@ def reminder_notice_send(*, notice: Notice, now: dt.datetime, actor=None, connec
             failed_at=None,
             recipients=recipients,
         )
+        # The list's "reminded, no new key yet" is stored with the key summary.
+        institution_key_summary_refresh(institution_id=institution.pk)
     logger.info("Reminder %s sent for key %s (%s)", reminder_id, credential.pk, institution.slug)
     return True
 

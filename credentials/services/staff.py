@@ -17,7 +17,8 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
-from credentials.models import VERDICT_LABELS, AuditEvent, CD2Credential, step_label
+from credentials.formatting import format_day
+from credentials.models import VERDICT_LABELS, AuditEvent, CD2Credential, StaffSettings, step_label
 from credentials.selectors import handoff_candidate, institution_next_reminder, local_today
 from credentials.services.audit import audit_record
 from credentials.services.keys import credential_set_status
@@ -237,7 +238,7 @@ def _handoff(
     if candidate.status != CD2Credential.Status.ACTIVE:
         problem = f"its newest key ({candidate.hint}) is {candidate.get_status_display().lower()}"
     elif candidate.expires_on < today:
-        problem = f"its key ({candidate.hint}) expired on {candidate.expires_on:%Y-%m-%d}"
+        problem = f"its key ({candidate.hint}) expired on {format_day(candidate.expires_on)}"
     if problem and not allow_expired:
         raise StaffActionRefused(
             f"{institution.name} has no usable CD2 key: {problem}. Ask them for a new key, or pass "
@@ -366,3 +367,12 @@ def institutions_export(*, queryset, actor, ip_address: str | None = None) -> st
         detail={"what": "institutions", "rows": len(institutions), "at": timezone.now().isoformat()},
     )
     return out.getvalue()
+
+
+def staff_time_zone_set(*, user, time_zone: str) -> StaffSettings:
+    """Save the zone `user` reads the staff site in ("" for the site's own); raises ValidationError for a non-zone."""
+    row = StaffSettings.objects.filter(user=user).first() or StaffSettings(user=user)
+    row.time_zone = (time_zone or "").strip()
+    row.full_clean()
+    row.save()
+    return row

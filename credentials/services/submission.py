@@ -91,7 +91,7 @@ _FORBIDDEN_REASONS = {
 TAKEN_MESSAGE = (
     "This key is already on file with us for another institution, so we cannot accept it for {institution}: "
     "a Canvas Data 2 key belongs to one institution. Nothing was saved, and this link still works. "
-    "Please create a new key at identity.instructure.com, signed in to {institution}'s Canvas ({domain}), "
+    "Please create a new key at identity.instructure.com, signed in to the Canvas of {institution} ({domain}), "
     "name it “{key_name} – {institution}”, and submit that one here. We have told your EdPotential "
     "account team, in case keys were mixed up."
 )

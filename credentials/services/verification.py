@@ -32,6 +32,7 @@ from credentials.services.keys import (
     new_key_request_stale,
 )
 from credentials.services.links import submission_link_create, submission_link_mark_sent
+from credentials.services.submission import forbidden_reason
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def _mark_invalid(*, credential: CD2Credential, result: CheckResult, now: dt.dat
             day=institution_today(credential.institution, now),
             institution_id=locked.institution_id,
             credential_id=locked.pk,
-            payload={"reason": result.message, "rejected": result.verdict is Verdict.REJECTED},
+            payload={"reason": refusal_for_customers(result), "rejected": result.verdict is Verdict.REJECTED},
         )
 
 
@@ -188,6 +189,16 @@ def key_invalid_notice_send(*, notice: Notice, now: dt.datetime, connection=None
         notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(to), now=now)
     logger.info("Key %s (%s): told its contacts it stopped working", credential.pk, institution.slug)
     return True
+
+
+def refusal_for_customers(result: CheckResult) -> str:
+    """Why CD2 refused a key, for the customer's mail: in words, without status codes or the gateway's error id.
+
+    Staff keep the full message (status reason, audit log); the id means nothing to a customer.
+    """
+    if result.verdict is Verdict.FORBIDDEN:
+        return f"Instructure recognised the key, but {forbidden_reason(result.error_type)}."
+    return "Instructure no longer accepts its Client ID and Secret."
 
 
 def check_spread_seconds(*, keys: int) -> float:

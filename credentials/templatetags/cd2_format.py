@@ -1,7 +1,9 @@
 """Template filters for dates and names, written one way everywhere (credentials/formatting.py).
 
-{% load cd2_format %} then {{ key.expires_on|day }}, {{ link.expires_at|moment:institution.timezone }},
-{{ institution.name|possessive }}.
+A builtin library (settings.TEMPLATES), so every template has them:
+{{ key.expires_on|day }}, {{ key.expires_on|weekday }}, {{ event.at|moment }} (the current zone: the
+staff member's), {{ link.expires_at|moment:institution.timezone }} (that zone, named),
+{{ month|month }}, {{ institution.name|possessive }}.
 """
 
 from __future__ import annotations
@@ -19,8 +21,14 @@ def day(value, tz=None) -> str:
 
 
 @register.filter
+def weekday(value, tz=None) -> str:
+    return formatting.format_weekday(value, tz or None)
+
+
+@register.filter
 def moment(value, tz=None) -> str:
-    return formatting.format_moment(value, tz or None)
+    # A zone given by name is a reader's elsewhere (a customer's): say which.
+    return formatting.format_moment(value, tz or None, with_zone=bool(tz))
 
 
 @register.filter

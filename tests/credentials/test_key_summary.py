@@ -175,6 +175,7 @@ def test_drift_in_each_column_is_found(institution, make_credential):
         "key_expires_on": key.expires_on + dt.timedelta(days=1),
         "key_checked_at": None,  # NULL on one side only
         "key_region": "eu-west-1",
+        "key_reminded_unanswered": True,  # never reminded
     }
     for field, value in changes.items():
         before = Institution.objects.filter(pk=institution.pk).values(field).get()[field]
@@ -278,3 +279,46 @@ def test_the_migration_fills_the_summary_of_existing_institutions():
         "none": ("missing", None, None, "", False),
     }
     assert key_summaries_drifted() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_fills_reminded_without_answer_of_existing_institutions():
+    old = _migrate([("credentials", "0017_reminderlog_delivery_on_notice"), ("institutions", "0005_key_summary")])
+    Institution_ = old.get_model("institutions", "Institution")
+    Credential = old.get_model("credentials", "CD2Credential")
+    Reminder = old.get_model("credentials", "ReminderLog")
+    now = timezone.now()
+
+    def key(inst, n, status, minutes_ago):
+        return Credential.objects.create(
+            institution=inst,
+            client_id="x",
+            secret="y",
+            client_id_index=f"index-{n}",
+            region="eu-west-1",
+            hint=f"h{n}",
+            expires_on=dt.date(2030, 1, 1),
+            status=status,
+            source="admin",
+            submitted_at=now - dt.timedelta(minutes=minutes_ago),
+        )
+
+    def reminded(credential, state="sent", minutes_ago=60):
+        at = now - dt.timedelta(minutes=minutes_ago)
+        Reminder.objects.create(credential=credential, threshold=30, state=state, claimed_at=at, sent_at=at)
+
+    silent, answered, unsent, never = (
+        Institution_.objects.create(name=s, slug=s, canvas_domain=f"{s}.instructure.com")
+        for s in ("silent", "answered", "unsent", "never")
+    )
+    reminded(key(silent, 1, "active", 600))
+    reminded(key(answered, 2, "active", 600))
+    key(answered, 3, "pending_verification", 10)  # handed in after the reminder
+    reminded(key(unsent, 4, "active", 600), state="failed")
+    key(never, 5, "active", 600)
+
+    new = _migrate([("credentials", "0018_fill_key_reminded_unanswered")])
+    rows = dict(new.get_model("institutions", "Institution").objects.values_list("slug", "key_reminded_unanswered"))
+    _migrate()  # the newest schema again, for the tests after this one
+
+    assert rows == {"silent": True, "answered": False, "unsent": False, "never": False}

@@ -114,7 +114,7 @@ def test_the_day_of_expiry_reminder_says_today(clock, served):
     assert run.sent == 1
     [message] = reminder_mails()
     assert message.subject == "Action needed: Canvas Data 2 key for Northfield University expires today"
-    assert "expires\ntoday, Wednesday 1 September 2027" in message.body
+    assert "expires\ntoday, Wednesday 1 Sep 2027" in message.body
 
 
 def test_after_expiry_it_repeats_weekly_and_stops_when_a_new_key_is_active(clock, served):
@@ -130,6 +130,24 @@ def test_after_expiry_it_repeats_weekly_and_stops_when_a_new_key_is_active(clock
 
     assert sent == {}
     assert not CD2Credential.objects.filter(expires_on__lt=timezone.localdate(), status="active").exists()
+
+
+def test_a_sent_reminder_marks_the_institution_reminded_until_a_new_key_arrives(clock, served):
+    add_key(served, days=14)
+    served.refresh_from_db()
+    assert served.key_reminded_unanswered is False
+
+    assert reminders_send_due().sent == 1
+    served.refresh_from_db()
+    assert served.key_reminded_unanswered is True
+    assert list(Institution.objects.filter(selectors.reminded_without_answer())) == [served]
+
+    clock.shift(dt.timedelta(days=1))
+    add_key(served, days=365)  # the answer
+    served.refresh_from_db()
+    assert served.key_reminded_unanswered is False
+    assert not Institution.objects.filter(selectors.reminded_without_answer()).exists()
+    assert selectors.key_summary_drift().count() == 0
 
 
 def test_a_new_key_supersedes_a_reminder_already_claimed_for_the_old_one(clock, served):
@@ -432,7 +450,7 @@ def test_the_email_has_the_date_steps_a_working_link_and_a_calendar_file(clock, 
     [message] = reminder_mails()
     html = message.alternatives[0][0]
     for part in (message.body, html):
-        assert "15 September 2027" in part
+        assert "15 Sep 2027" in part
         assert key.hint in part
         assert "identity.instructure.com" in part
         assert "Institutional Use" in part
@@ -539,7 +557,7 @@ def test_a_run_as_of_another_day_dates_the_link_the_wording_and_the_calendar_fro
 
     (message,) = reminder_mails()
     assert message.subject == "Canvas Data 2 key for Northfield University expires in 14 days"
-    assert "until 29 December 2027" in message.body  # the link: 19 December + 10 days, not 11 September
+    assert "until 29 Dec 2027" in message.body  # the link: 19 December + 10 days, not 11 September
     assert "11 September" not in message.body
     link = SubmissionLink.objects.get()
     assert timezone.localdate(link.created_at) == simulated
@@ -559,7 +577,7 @@ def test_a_dry_run_as_of_another_day_lists_what_that_day_sends(clock, served):
     call_command("send_expiry_reminders", "--dry-run", "--today", "2027-12-19", stdout=out)
 
     assert "reminder 7 days before expiry" in out.getvalue()
-    assert "Dry run for 19 December 2027: 1 reminder(s) due" in out.getvalue()
+    assert "Dry run for 19 Dec 2027: 1 reminder(s) due" in out.getvalue()
     assert mail.outbox == [] and SubmissionLink.objects.count() == 0
 
 
@@ -671,11 +689,12 @@ def test_each_reminder_sent_costs_a_fixed_small_number_of_queries(clock, make_in
 
     # The step and its notice (2); the key.expiring event's look-up of the
     # service accounts listening for webhooks (1, api/webhooks.py); claim the
-    # notice, link, its audit event, the link's recipients, notice sent, step
-    # sent (6). The test's own transaction turns the decision's and the
-    # send's atomic blocks into savepoints (4 more). Contacts and earlier
-    # steps come from the scan's and the outbox page's prefetch, never
-    # queried again per reminder.
+    # notice, link (written with its recipients), its audit event, notice
+    # sent, step sent, the institution's stored "reminded, no answer" (6).
+    # The test's own transaction turns the decision's and the send's atomic
+    # blocks into savepoints (4 more). Contacts and earlier steps come from
+    # the scan's and the outbox page's prefetch, never queried again per
+    # reminder.
     assert per_reminder <= 9 + 4
 
 

@@ -21,6 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.debug import SafeExceptionReporterFilter
 
+from credentials.formatting import format_day
 from credentials.forms import SubmissionForm, add_period, period_end
 from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason, SubmissionLink
 from credentials.selectors import PENDING_SWEEP_AFTER, pending_credentials_due
@@ -171,7 +172,7 @@ def test_a_working_key_is_stored_active_the_link_is_used_up_and_a_receipt_is_mai
     assert "the key works" in text
     assert institution.name in text
     assert credential.hint in text
-    assert f"{credential.expires_on:%-d %B %Y}" in text
+    assert format_day(credential.expires_on) in text
     assert "remind you" in text
 
     assert mail.outbox == []  # the outbox sends it, not the request

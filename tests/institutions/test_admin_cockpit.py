@@ -8,6 +8,7 @@ import io
 
 import pytest
 import time_machine
+from django.contrib import admin
 from django.urls import reverse
 from django.utils import timezone
 
@@ -15,6 +16,7 @@ from credentials.admin.institutions import InstitutionAdmin, month_bounds
 from credentials.formatting import format_day
 from credentials.models import ReminderLog
 from credentials.selectors import next_reminder
+from credentials.services.keys import institution_key_summary_refresh
 from institutions.models import Institution
 
 pytestmark = pytest.mark.django_db
@@ -38,8 +40,9 @@ def names(response) -> set[str]:
 
 
 def sent(key, threshold: int, *, days_ago: int = 0, recipients: str = "ada@example.edu") -> ReminderLog:
+    """A reminder logged as sent, the institution's key summary refreshed as the reminder service does."""
     at = timezone.now() - dt.timedelta(days=days_ago)
-    return ReminderLog.objects.create(
+    reminder = ReminderLog.objects.create(
         credential=key,
         threshold=threshold,
         state=ReminderLog.State.SENT,
@@ -47,6 +50,8 @@ def sent(key, threshold: int, *, days_ago: int = 0, recipients: str = "ada@examp
         sent_at=at,
         recipients=recipients,
     )
+    institution_key_summary_refresh(institution_id=key.institution_id)
+    return reminder
 
 
 # --------------------------------------------------------------------------
@@ -198,3 +203,12 @@ def test_every_column_sorts_with_reminders_on_the_page(admin_client, make_instit
             response = admin_client.get(CHANGELIST, {"o": order})
             assert response.status_code == 200, order
             assert len(response.context["cl"].result_list) == 4, order
+
+
+def test_the_lists_row_checkbox_is_the_markup_django_renders(make_institution):
+    institution = make_institution(name='Tom & Jerry "College"')
+    admin_ = InstitutionAdmin(Institution, admin.site)
+
+    ours = admin_.action_checkbox(institution)
+
+    assert ours == admin.ModelAdmin.action_checkbox(admin_, institution)

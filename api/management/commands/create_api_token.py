@@ -15,6 +15,7 @@ from django.db import transaction
 
 from api.models import Scope, ServiceAccount, validate_networks
 from api.services import DEFAULT_TOKEN_DAYS, ApiRefused, api_token_issue
+from credentials.formatting import format_day
 from institutions.models import Institution
 
 
@@ -52,7 +53,7 @@ class Command(BaseCommand):
         seen = "every institution" if account.all_institutions else f"{account.institutions.count()} institution(s)"
         self.stderr.write(
             f"Token {token.prefix}… for {account.name} ({seen}); scopes {', '.join(token.scopes)}; "
-            f"expires {token.expires_at:%Y-%m-%d}. It is shown only now: store it in your secret store."
+            f"expires {format_day(token.expires_at)}. It is shown only now: store it in your secret store."
         )
         self.stdout.write(issued.plaintext)
 

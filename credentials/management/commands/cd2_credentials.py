@@ -21,6 +21,7 @@ import socket
 
 from django.core.management.base import BaseCommand, CommandError
 
+from credentials.formatting import format_day
 from credentials.selectors import local_today
 from credentials.services.staff import StaffActionRefused, credential_handoff
 
@@ -91,5 +92,5 @@ class Command(BaseCommand):
             if credential.status != credential.Status.ACTIVE:
                 problem = f"is {credential.get_status_display().lower()}"
             else:
-                problem = f"expired on {credential.expires_on:%Y-%m-%d}"
+                problem = f"expired on {format_day(credential.expires_on)}"
             self.stderr.write(f"Warning: this key {problem}; handed out only because of --allow-expired.")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from credentials.formatting import format_moment
 from credentials.services import outbox
 from credentials.services.links import submission_link_create, submission_link_send
 from institutions.models import Institution
@@ -52,5 +54,5 @@ class Command(BaseCommand):
                 )
             return
         self.stdout.write(new_link.url)
-        expires = new_link.link.expires_at.strftime("%Y-%m-%d %H:%M %Z")
+        expires = format_moment(new_link.link.expires_at, settings.TIME_ZONE, with_zone=True)
         self.stderr.write(f"Link for {institution.name}, valid until {expires}, single use.")

@@ -6,6 +6,7 @@ import datetime as dt
 
 from django.core.management.base import BaseCommand, CommandError
 
+from credentials.formatting import format_day
 from credentials.services.outbox import reminders_send_due
 
 
@@ -48,12 +49,12 @@ class Command(BaseCommand):
             for owner, count in sorted(owners.items()):
                 self.stdout.write(f"Owner's summary -> {owner}: {count} institution(s) reminded")
             self.stdout.write(
-                f"Dry run for {run.today:%d %B %Y}: {run.due} reminder(s) due, "
+                f"Dry run for {format_day(run.today)}: {run.due} reminder(s) due, "
                 f"{run.owner_summaries} owner summary(ies), nothing sent."
             )
             return
         self.stdout.write(
-            f"Reminders for {run.today:%d %B %Y}: {run.due} due, {run.sent} sent, "
+            f"Reminders for {format_day(run.today)}: {run.due} due, {run.sent} sent, "
             f"{run.skipped} earlier step(s) skipped, {run.superseded} superseded, {run.failed} failed"
             f"{f', {run.queued} queued' if queue else ''}; {run.owner_summaries} owner summary(ies)."
         )

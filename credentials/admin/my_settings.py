@@ -1,0 +1,59 @@
+"""A staff member's own settings page ("My settings" beside "Reset my authenticator"): their time zone."""
+
+from __future__ import annotations
+
+import zoneinfo
+
+from django import forms
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+
+from credentials.formatting import format_moment
+from credentials.middleware import remember_time_zone
+from credentials.selectors import staff_time_zone
+from credentials.services.staff import staff_time_zone_set
+
+
+def _zone_choices() -> list[tuple[str, str]]:
+    return [("", f"The site's own ({settings.TIME_ZONE})"), *((z, z) for z in sorted(zoneinfo.available_timezones()))]
+
+
+class MySettingsForm(forms.Form):
+    time_zone = forms.ChoiceField(
+        label="Time zone",
+        required=False,
+        help_text="Dates and times on the staff site are written in this zone. Customer mail uses the institution's.",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["time_zone"].choices = _zone_choices()
+
+
+def my_settings_view(request: HttpRequest, *, admin_site) -> HttpResponse:
+    user = request.user
+    stored = staff_time_zone(user=user)
+    initial = {"time_zone": "" if stored == settings.TIME_ZONE else stored}
+    form = MySettingsForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            staff_time_zone_set(user=user, time_zone=form.cleaned_data["time_zone"])
+        except ValidationError as exc:
+            form.add_error("time_zone", exc.messages)
+        else:
+            remember_time_zone(request, staff_time_zone(user=user))
+            messages.success(request, "Your settings are saved.")
+            return HttpResponseRedirect(reverse(f"{admin_site.name}:my_settings"))
+    context = {
+        **admin_site.each_context(request),
+        "title": "My settings",
+        "form": form,
+        "zone": timezone.get_current_timezone_name(),
+        "now": format_moment(timezone.now()),
+    }
+    return TemplateResponse(request, "admin/credentials/my_settings.html", context)
