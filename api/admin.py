@@ -15,11 +15,11 @@ from django.contrib import admin, messages
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
 
 from api.models import ApiToken, Scope, ServiceAccount, SyncReport
 from api.services import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, api_token_issue, api_token_revoke
 from api.webhooks import webhook_delivery_log, webhook_secret_rotate, webhook_url_check
+from credentials.formatting import format_moment
 from edpotential.security import client_ip
 
 
@@ -119,7 +119,7 @@ class ServiceAccountAdmin(SuperuserOnly, admin.ModelAdmin):
     @admin.display(description="Signing secret")
     def webhook_secret_state(self, obj: ServiceAccount) -> str:
         if obj.webhook_secret_set_at:
-            return f"Set on {timezone.localtime(obj.webhook_secret_set_at):%Y-%m-%d %H:%M}; it is never shown again."
+            return f"Set on {format_moment(obj.webhook_secret_set_at)}; it is never shown again."
         return 'None yet: no events are sent until the action "Rotate webhook signing secret" gives it one.'
 
     @admin.display(description="Recent deliveries")
@@ -129,10 +129,6 @@ class ServiceAccountAdmin(SuperuserOnly, admin.ModelAdmin):
         rows = webhook_delivery_log(account=obj)
         if not rows:
             return "No webhook sent yet."
-        head = mark_safe(
-            "<tr><th>Event</th><th>Institution</th><th>Event id</th><th>State</th>"
-            "<th>Attempts</th><th>Last error</th><th>Sent at</th></tr>"
-        )
         body = format_html_join(
             "",
             "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -144,12 +140,16 @@ class ServiceAccountAdmin(SuperuserOnly, admin.ModelAdmin):
                     notice.get_state_display(),
                     notice.attempts,
                     notice.last_error or "-",
-                    f"{timezone.localtime(notice.sent_at):%Y-%m-%d %H:%M:%S}" if notice.sent_at else "-",
+                    format_moment(notice.sent_at) or "-",
                 )
                 for notice in rows
             ),
         )
-        return format_html("<table>{}{}</table>", head, body)
+        return format_html(
+            "<table><tr><th>Event</th><th>Institution</th><th>Event id</th><th>State</th>"
+            "<th>Attempts</th><th>Last error</th><th>Sent at</th></tr>{}</table>",
+            body,
+        )
 
     @admin.action(description="Rotate webhook signing secret (shown once)")
     def rotate_webhook_secret(self, request, queryset):
