@@ -7,7 +7,6 @@ import re
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core import mail
 from django.utils import timezone
 
 from credentials.emails import render_email
@@ -17,7 +16,7 @@ from credentials.services.keys import credential_create
 from credentials.services.verification import credential_verify
 from credentials.validators import CleanKey
 from devtools.fake_gateway import FORBIDDEN_DISABLED_CLIENT_ID
-from tests.conftest import PASSED_CHECK, PLANTED_CLIENT_ID, PLANTED_SECRET
+from tests.conftest import PASSED_CHECK, PLANTED_CLIENT_ID, PLANTED_SECRET, delivered
 
 pytestmark = pytest.mark.django_db
 
@@ -47,7 +46,7 @@ def test_the_key_invalid_mail_says_why_in_words_and_shows_no_gateway_error_id(
     with django_capture_on_commit_callbacks(execute=True):
         credential_verify(credential_id=key.pk)
 
-    [message] = mail.outbox
+    [message] = delivered()
     html = message.alternatives[0][0]
     for part in (message.subject, message.body, html):
         assert not UUID.search(part)
@@ -65,7 +64,7 @@ def test_a_key_whose_access_was_turned_off_says_so(cd2_gateway, institution, dja
     with django_capture_on_commit_callbacks(execute=True):
         credential_verify(credential_id=key.pk)
 
-    [message] = mail.outbox
+    [message] = delivered()
     assert (
         "Instructure recognised the key, but Canvas Data 2 access is turned off for your institution's Canvas account."
         in " ".join(message.body.split())
