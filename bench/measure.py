@@ -424,7 +424,6 @@ def measure_submission(ctx: Context) -> dict:
     from django.conf import settings
 
     from bench.generate import fresh_keys, submission_links
-    from bench.sink import free_port
     from devtools.fake_gateway import FakeGateway
 
     seconds, rounds, connections = ctx.load_seconds, ctx.load_rounds, ctx.load_connections
@@ -456,30 +455,8 @@ def measure_submission(ctx: Context) -> dict:
     workers = ctx.workers
     out: dict = {"workers": workers, "connections": connections, "seconds": seconds, "rounds": rounds, "runs": []}
     with FakeGateway(keys={**ctx.generated.key_pool, **dict(fresh)}) as gateway:
-        port = free_port()
         env = {**os.environ, "CD2_API_URL": gateway.url}
-        server_log = log_path("gunicorn").open("w")
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "edpotential.wsgi:application",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                str(workers),
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=server_log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            _wait_http(port)
+        with _gunicorn(workers=workers, env=env, log_name="gunicorn") as port:
             wrk_env = {**env, "BENCH_COOKIE": f"{settings.CSRF_COOKIE_NAME}={csrf}"}
             take = iter(range(0, len(tokens), per_run))
 
@@ -539,13 +516,6 @@ def measure_submission(ctx: Context) -> dict:
                             for i, (token, key) in enumerate(spare)
                         ],
                     )
-        except Exception:
-            print(f"gunicorn's last lines:\n{log_tail('gunicorn')}", file=sys.stderr)
-            raise
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
-            server_log.close()
     for kind in ("floor", "submission"):
         runs = [r for r in out["runs"] if r["kind"] == kind]
         best = max(runs, key=lambda r: r["rps"])
