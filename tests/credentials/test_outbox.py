@@ -334,6 +334,42 @@ def test_a_batch_claim_takes_each_due_notice_once_and_leaves_the_rest(clock, set
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_command_killed_mid_batch_loses_none_of_the_batch_and_duplicates_only_the_one_in_flight(
+    smtp, clock, broker, settings
+):
+    owner = make_owner()
+    for n in range(4):
+        make_customer(n, owner=owner, days=14)
+    original = outbox.SENDERS[Notice.Kind.REMINDER]
+    sends = []
+
+    def killed_after_second_send(*, notice, now, connection=None, **kwargs):
+        sends.append(notice.pk)
+        if len(sends) < 2:
+            return original(notice=notice, now=now, connection=connection, **kwargs)
+        with mock.patch.object(outbox.reminders.notices, "notice_mark_sent", side_effect=SystemExit("kill -9")):
+            return original(notice=notice, now=now, connection=connection, **kwargs)
+
+    with mock.patch.dict(outbox.SENDERS, {Notice.Kind.REMINDER: killed_after_second_send}):
+        with pytest.raises(SystemExit):
+            outbox.reminders_send_due()
+    assert outbox.claim_batch_size() == 5  # the four reminders were claimed together
+    states = Counter(Notice.objects.filter(kind=Notice.Kind.REMINDER).values_list("state", flat=True))
+    assert states == {Notice.State.SENT: 1, Notice.State.SENDING: 3}  # the killed one and the two after it
+
+    beat_sweep(broker)  # within the lease: the dead sender's claims are left alone
+    assert len(smtp.received) == 2
+    clock.shift(settings.NOTICE_LEASE + dt.timedelta(seconds=1))
+    beat_sweep(broker)
+    beat_sweep(broker)
+
+    per_contact = Counter(rcpt for rcpts in smtp.received for rcpt in rcpts if rcpt.startswith("admin"))
+    in_flight = Notice.objects.get(pk=sends[1]).recipients
+    assert per_contact == {f"admin{n}@c{n}.example.edu": 2 if f"admin{n}@" in in_flight else 1 for n in range(4)}
+    assert set(Notice.objects.filter(kind=Notice.Kind.REMINDER).values_list("state", flat=True)) == {"sent"}
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_batch_claim_skips_a_notice_another_sender_holds_without_waiting_for_it(clock):
     if connection.vendor != "postgresql":
         pytest.skip("SQLite has no row locks; the skip needs PostgreSQL (set DATABASE_URL)")
