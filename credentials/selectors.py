@@ -64,7 +64,7 @@ def local_today() -> dt.date:
 # --------------------------------------------------------------------------
 
 
-def key_summary_expected() -> dict:
+def key_summary_expected(*, fields: tuple[str, ...] | None = None) -> dict:
     """The institution's key summary (Institution.key_*) as it should be, as expressions over OuterRef("pk").
 
     The one rule for the stored summary: the key services write it with
@@ -73,15 +73,19 @@ def key_summary_expected() -> dict:
     is not history awaits its check (a new key is on its way, whatever the
     old active key says); else failing when the active key's last check said
     it does not work; else active; without an active key, failing when the
-    newest key was found invalid, else missing.
+    newest key was found invalid, else missing. `fields`: only these columns.
     """
+    reminded = Exists(_reminded_without_answer(institution=OuterRef("pk")))
+    if fields == ("key_reminded_unanswered",):
+        # A sent reminder's refresh (one per reminder): the other expressions cost more to build than the UPDATE.
+        return {"key_reminded_unanswered": reminded}
     Condition = Institution.KeyCondition
     keys = CD2Credential.objects.filter(institution=OuterRef("pk"))
     active = keys.filter(status=CD2Credential.Status.ACTIVE)
     newest_status = Subquery(
         keys.exclude(status=CD2Credential.Status.SUPERSEDED).order_by("-submitted_at", "-pk").values("status")[:1]
     )
-    return {
+    expected = {
         "key_condition": Case(
             When(Exact(newest_status, CD2Credential.Status.PENDING_VERIFICATION), then=Value(Condition.PENDING)),
             When(Exists(active.filter(last_verdict__in=FAILED_VERDICTS)), then=Value(Condition.FAILING)),
@@ -94,8 +98,9 @@ def key_summary_expected() -> dict:
         "key_expires_on": Subquery(active.values("expires_on")[:1]),
         "key_checked_at": Subquery(active.values("last_verified_at")[:1]),
         "key_region": Coalesce(Subquery(active.values("region")[:1]), Value("")),
-        "key_reminded_unanswered": Exists(_reminded_without_answer(institution=OuterRef("pk"))),
+        "key_reminded_unanswered": reminded,
     }
+    return expected if fields is None else {field: expected[field] for field in fields}
 
 
 def _reminded_without_answer(*, institution):

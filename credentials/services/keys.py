@@ -31,14 +31,19 @@ from institutions.models import Institution
 CHECK_TEXT_LENGTH = 200
 
 
-def institution_key_summary_refresh(*, institution_id: int, changed_at: dt.datetime | None = None) -> None:
+def institution_key_summary_refresh(
+    *, institution_id: int, changed_at: dt.datetime | None = None, fields: tuple[str, ...] | None = None
+) -> None:
     """Rewrite the institution's key summary from its keys (one UPDATE); with `changed_at`, move updated_at too.
 
     Call it in the transaction that changed a key's status, expiry or check
     result, after the change. `changed_at` says which key the institution
-    has changed (a queryset update: auto_now only runs on save()).
+    has changed (a queryset update: auto_now only runs on save()). `fields`
+    rewrites only those columns of the summary: a sent reminder changes
+    key_reminded_unanswered alone, and the whole summary's subqueries were
+    most of a reminder's database time (bench/RESULTS.md).
     """
-    values = key_summary_expected()
+    values = key_summary_expected(fields=fields)
     if changed_at is not None:
         values["updated_at"] = changed_at
     Institution.objects.filter(pk=institution_id).update(**values)

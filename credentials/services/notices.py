@@ -119,6 +119,26 @@ def notice_claim(*, notice_id: int, now: dt.datetime) -> bool:
     )
 
 
+def notices_claim(*, notice_ids: list[int], now: dt.datetime) -> set[int]:
+    """Take several notices for this sender in one transaction; the ids taken (due, and no other sender has them).
+
+    Rows another sender holds locked are skipped, not waited for. The caller
+    sends them one after the other, so the last one's lease must outlast the
+    sends before it (outbox.claim_batch_size keeps a batch within half the lease).
+    """
+    with transaction.atomic():
+        taken = list(
+            Notice.objects.select_for_update(skip_locked=True)
+            .filter(notice_due(now), pk__in=notice_ids)
+            .values_list("pk", flat=True)
+        )
+        if taken:
+            Notice.objects.filter(pk__in=taken).update(
+                state=Notice.State.SENDING, lease_until=now + settings.NOTICE_LEASE, attempts=F("attempts") + 1
+            )
+    return set(taken)
+
+
 def notice_mark_sent(*, notice_id: int, recipients: str, now: dt.datetime) -> None:
     Notice.objects.filter(pk=notice_id, state=Notice.State.SENDING).update(
         state=Notice.State.SENT, sent_at=now, closed_at=now, lease_until=None, last_error="", recipients=recipients

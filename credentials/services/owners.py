@@ -20,7 +20,7 @@ from credentials.emails import build_email
 from credentials.formatting import format_day
 from credentials.models import FAILED_VERDICTS, CD2Credential, Notice, secret_fields_of
 from credentials.notifications import admin_url, expiry_phrase
-from credentials.selectors import KeyState, institutions_with_key_status
+from credentials.selectors import KeyState, institutions_with_key_summary
 from credentials.services import notices
 from institutions.models import Institution
 
@@ -104,25 +104,36 @@ def owner_summaries_decide(*, day: dt.date, now: dt.datetime) -> list[int]:
 
 
 def owner_summary_build(*, user, day: dt.date, now: dt.datetime) -> OwnerSummary:
+    """What the owner's summary lists, in two queries: their notices, then their institutions.
+
+    Each query reads two of the summary's lists at once and they are split
+    here, keeping the database's order (its collation sorts the names); a
+    query per list was most of a summary's time (bench/RESULTS.md).
+    """
     institutions = Institution.objects.filter(account_owner=user, status__in=Institution.SERVED_STATUSES)
     since = now - SUMMARY_WINDOW
-    with_status = institutions_with_key_status(queryset=institutions, today=day)
-    return OwnerSummary(
-        reminders=list(
-            Notice.objects.filter(kind=Notice.Kind.REMINDER, day=day, state__in=_LIVE, institution__in=institutions)
-            .select_related("institution", "credential", "reminder")
-            .defer(*secret_fields_of("credential"))
-            .order_by("institution__name")
-        ),
-        lapsed=list(with_status.filter(active_expires_on__lt=day).order_by("-active_expires_on", "name")),
-        failing=list(with_status.filter(key_state=KeyState.FAILING).order_by("name")),
-        failed_notices=list(
-            Notice.objects.filter(state=Notice.State.FAILED, closed_at__gte=since, institution__in=institutions)
-            .exclude(kind=Notice.Kind.OWNER_SUMMARY)
-            .select_related("institution")
-            .order_by("institution__name")
-        ),
+    reminded = Q(kind=Notice.Kind.REMINDER, day=day, state__in=_LIVE)
+    failed = Q(state=Notice.State.FAILED, closed_at__gte=since) & ~Q(kind=Notice.Kind.OWNER_SUMMARY)
+    summary = OwnerSummary()
+    for notice in (
+        Notice.objects.filter(reminded | failed, institution__in=institutions)
+        .select_related("institution", "credential", "reminder")
+        .defer(*secret_fields_of("credential"))
+        .order_by("institution__name")
+    ):
+        is_reminder = notice.kind == Notice.Kind.REMINDER and notice.day == day and notice.state in _LIVE
+        (summary.reminders if is_reminder else summary.failed_notices).append(notice)
+    # The stored key summary says which key lapsed or fails (no join to the keys but for the hint).
+    rows = list(
+        institutions_with_key_summary(queryset=institutions, today=day)
+        .filter(Q(key_expires_on__lt=day) | Q(key_state=KeyState.FAILING))
+        .order_by("name")
     )
+    lapsed = [row for row in rows if row.active_expires_on is not None and row.active_expires_on < day]
+    # sorted() is stable: the newest lapse first, then by name as the database sorted them.
+    summary.lapsed = sorted(lapsed, key=lambda row: row.active_expires_on, reverse=True)
+    summary.failing = [row for row in rows if row.key_state == KeyState.FAILING]
+    return summary
 
 
 def owner_summary_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:

@@ -413,8 +413,8 @@ def reminder_notice_send(*, notice: Notice, now: dt.datetime, actor=None, connec
             failed_at=None,
             recipients=recipients,
         )
-        # The list's "reminded, no new key yet" is stored with the key summary.
-        institution_key_summary_refresh(institution_id=institution.pk)
+        # The list's "reminded, no new key yet" is stored with the key summary; a reminder changes only it.
+        institution_key_summary_refresh(institution_id=institution.pk, fields=("key_reminded_unanswered",))
     logger.info("Reminder %s sent for key %s (%s)", reminder_id, credential.pk, institution.slug)
     return True
 

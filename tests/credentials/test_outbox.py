@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import threading
 from collections import Counter
 from unittest import mock
 
@@ -20,12 +21,12 @@ import time_machine
 from aiosmtpd.controller import Controller
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, connections, transaction
 from django.utils import timezone
 
 from credentials import tasks
 from credentials.models import CD2Credential, Notice, ReminderLog, ScheduledJob
-from credentials.services import health, jobs, outbox
+from credentials.services import health, jobs, notices, outbox, reminders
 from credentials.services.keys import credential_create, credential_set_status
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
@@ -286,6 +287,118 @@ def test_an_owner_with_thirty_institutions_due_the_same_day_gets_one_mail(smtp, 
     assert len(smtp.to("olivia@edpotential.example")) == 1
     assert smtp.to("olivia@edpotential.example")[0].startswith("Canvas Data 2 keys today: 30 of your")
     assert sum(1 for rcpt in smtp.received if "olivia@edpotential.example" not in rcpt) == 30
+
+
+# --------------------------------------------------------------------------
+# Claiming a few notices at once (a page delivered in this process)
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lease_s", "email_timeout", "webhook_timeout", "expected"),
+    [(300, 30, 5.0, 5), (300, 60, 5.0, 2), (300, 30, 100.0, 1), (4, 30, 5.0, 1), (3600, 10, 5.0, 5)],
+)
+def test_a_claimed_batch_waits_at_most_half_the_lease_for_its_last_send(
+    settings, lease_s, email_timeout, webhook_timeout, expected
+):
+    settings.NOTICE_LEASE = dt.timedelta(seconds=lease_s)
+    settings.EMAIL_TIMEOUT, settings.WEBHOOK_TIMEOUT_SECONDS = email_timeout, webhook_timeout
+
+    batch = outbox.claim_batch_size()
+
+    assert batch == expected
+    assert batch == 1 or batch * 2 * max(email_timeout, webhook_timeout) <= lease_s
+
+
+@pytest.mark.django_db
+def test_a_batch_claim_takes_each_due_notice_once_and_leaves_the_rest(clock, settings):
+    owner = make_owner()
+    for n in range(3):
+        make_customer(n, owner=owner, days=14)
+    reminders.reminders_decide(today=timezone.localdate(), now=timezone.now())
+    due, later, taken_elsewhere = Notice.objects.filter(kind=Notice.Kind.REMINDER).order_by("pk")
+    Notice.objects.filter(pk=later.pk).update(next_attempt_at=timezone.now() + dt.timedelta(hours=1))
+    assert notices.notice_claim(notice_id=taken_elsewhere.pk, now=timezone.now())
+    ids = [due.pk, later.pk, taken_elsewhere.pk]
+
+    assert notices.notices_claim(notice_ids=ids, now=timezone.now()) == {due.pk}
+    assert notices.notices_claim(notice_ids=ids, now=timezone.now()) == set()
+
+    due.refresh_from_db()
+    assert (due.state, due.attempts, due.lease_until) == (
+        Notice.State.SENDING,
+        1,
+        timezone.now() + settings.NOTICE_LEASE,
+    )
+    assert Notice.objects.get(pk=later.pk).state == Notice.State.PENDING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_command_killed_mid_batch_loses_none_of_the_batch_and_duplicates_only_the_one_in_flight(
+    smtp, clock, broker, settings
+):
+    owner = make_owner()
+    for n in range(4):
+        make_customer(n, owner=owner, days=14)
+    original = outbox.SENDERS[Notice.Kind.REMINDER]
+    sends = []
+
+    def killed_after_second_send(*, notice, now, connection=None, **kwargs):
+        sends.append(notice.pk)
+        if len(sends) < 2:
+            return original(notice=notice, now=now, connection=connection, **kwargs)
+        with mock.patch.object(outbox.reminders.notices, "notice_mark_sent", side_effect=SystemExit("kill -9")):
+            return original(notice=notice, now=now, connection=connection, **kwargs)
+
+    with mock.patch.dict(outbox.SENDERS, {Notice.Kind.REMINDER: killed_after_second_send}):
+        with pytest.raises(SystemExit):
+            outbox.reminders_send_due()
+    assert outbox.claim_batch_size() == 5  # the four reminders were claimed together
+    states = Counter(Notice.objects.filter(kind=Notice.Kind.REMINDER).values_list("state", flat=True))
+    assert states == {Notice.State.SENT: 1, Notice.State.SENDING: 3}  # the killed one and the two after it
+
+    beat_sweep(broker)  # within the lease: the dead sender's claims are left alone
+    assert len(smtp.received) == 2
+    clock.shift(settings.NOTICE_LEASE + dt.timedelta(seconds=1))
+    beat_sweep(broker)
+    beat_sweep(broker)
+
+    per_contact = Counter(rcpt for rcpts in smtp.received for rcpt in rcpts if rcpt.startswith("admin"))
+    in_flight = Notice.objects.get(pk=sends[1]).recipients
+    assert per_contact == {f"admin{n}@c{n}.example.edu": 2 if f"admin{n}@" in in_flight else 1 for n in range(4)}
+    assert set(Notice.objects.filter(kind=Notice.Kind.REMINDER).values_list("state", flat=True)) == {"sent"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_claim_skips_a_notice_another_sender_holds_without_waiting_for_it(clock):
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has no row locks; the skip needs PostgreSQL (set DATABASE_URL)")
+    owner = make_owner()
+    for n in range(2):
+        make_customer(n, owner=owner, days=14)
+    reminders.reminders_decide(today=timezone.localdate(), now=timezone.now())
+    held, free = Notice.objects.filter(kind=Notice.Kind.REMINDER).order_by("pk")
+    locked, release = threading.Event(), threading.Event()
+
+    def other_sender():
+        try:
+            with transaction.atomic():
+                list(Notice.objects.select_for_update().filter(pk=held.pk))
+                locked.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=other_sender)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        # Waiting for the lock instead would return both, after the other sender let go.
+        assert notices.notices_claim(notice_ids=[held.pk, free.pk], now=timezone.now()) == {free.pk}
+    finally:
+        release.set()
+        thread.join()
+    assert Notice.objects.get(pk=held.pk).state == Notice.State.PENDING
 
 
 # --------------------------------------------------------------------------
