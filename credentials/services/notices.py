@@ -109,11 +109,21 @@ def notice_write(
     return notice.pk
 
 
+def lease_end(now: dt.datetime) -> dt.datetime:
+    """When a claim made now runs out: NOTICE_LEASE from the claim itself.
+
+    `now` is the run's clock (its start, or a test's); a run that has been
+    sending for longer than the lease would otherwise claim with a lease
+    already over, and another sender could take the notice mid-send.
+    """
+    return max(now, timezone.now()) + settings.NOTICE_LEASE
+
+
 def notice_claim(*, notice_id: int, now: dt.datetime) -> bool:
     """Take the notice for this sender (lease NOTICE_LEASE); False when it is not due or another has it."""
     return (
         Notice.objects.filter(notice_due(now), pk=notice_id).update(
-            state=Notice.State.SENDING, lease_until=now + settings.NOTICE_LEASE, attempts=F("attempts") + 1
+            state=Notice.State.SENDING, lease_until=lease_end(now), attempts=F("attempts") + 1
         )
         == 1
     )
@@ -134,7 +144,7 @@ def notices_claim(*, notice_ids: list[int], now: dt.datetime) -> set[int]:
         )
         if taken:
             Notice.objects.filter(pk__in=taken).update(
-                state=Notice.State.SENDING, lease_until=now + settings.NOTICE_LEASE, attempts=F("attempts") + 1
+                state=Notice.State.SENDING, lease_until=lease_end(now), attempts=F("attempts") + 1
             )
     return set(taken)
 

@@ -333,6 +333,25 @@ def test_a_batch_claim_takes_each_due_notice_once_and_leaves_the_rest(clock, set
     assert Notice.objects.get(pk=later.pk).state == Notice.State.PENDING
 
 
+@pytest.mark.django_db
+def test_a_claim_late_in_a_long_run_holds_its_lease_from_the_claim_not_from_the_runs_start(clock, settings):
+    owner = make_owner()
+    for n in range(2):
+        make_customer(n, owner=owner, days=14)
+    run_started = timezone.now()
+    reminders.reminders_decide(today=timezone.localdate(), now=run_started)
+    one, two = Notice.objects.filter(kind=Notice.Kind.REMINDER).order_by("pk")
+    clock.shift(settings.NOTICE_LEASE * 3)  # the run has been sending for three leases
+
+    assert notices.notice_claim(notice_id=one.pk, now=run_started)
+    assert notices.notices_claim(notice_ids=[two.pk], now=run_started) == {two.pk}
+
+    leases = set(Notice.objects.filter(pk__in=[one.pk, two.pk]).values_list("lease_until", flat=True))
+    assert leases == {timezone.now() + settings.NOTICE_LEASE}
+    # So a sweep now, or another sender on the run's clock, leaves them alone.
+    assert notices.due_notice_ids(now=timezone.now()) == []
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_command_killed_mid_batch_loses_none_of_the_batch_and_duplicates_only_the_one_in_flight(
     smtp, clock, broker, settings
