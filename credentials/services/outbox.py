@@ -160,11 +160,23 @@ def outbox_deliver_due(*, now: dt.datetime | None = None, chunk_size: int = CHUN
 
 
 def outbox_enqueue_due(*, now: dt.datetime | None = None) -> int:
-    """Queue a deliver_notice task per due notice (after the current transaction commits)."""
-    ids = notices.due_notice_ids(now=now or timezone.now())
-    for notice_id in ids:
-        jobs.job_enqueue_on_commit(jobs.DELIVER_NOTICE, args=(notice_id,), robust=True)
-    return len(ids)
+    """Queue a deliver_notice task per due notice (after the current transaction commits).
+
+    Submission links keep the bulk pace on their retries too: after an outage
+    a whole batch falls due at once, and without a countdown it would go out
+    at worker concurrency. The sweep spaces them LINK_BULK_PER_SECOND apart,
+    as link_batch_create spaces first attempts. (A spread longer than the
+    sweep interval queues some twice; the claim lets only one send.)
+    """
+    due = notices.due_notices(now=now or timezone.now())
+    rate = max(float(settings.LINK_BULK_PER_SECOND), 0.1)
+    links = 0
+    for notice_id, kind in due:
+        countdown = None
+        if kind == Notice.Kind.SUBMISSION_LINK:
+            countdown, links = links / rate, links + 1
+        jobs.job_enqueue_on_commit(jobs.DELIVER_NOTICE, args=(notice_id,), countdown=countdown, robust=True)
+    return len(due)
 
 
 def outbox_sweep(*, now: dt.datetime | None = None) -> int:

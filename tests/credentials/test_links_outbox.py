@@ -17,6 +17,7 @@ from unittest import mock
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from credentials import tasks
 from credentials.models import AuditEvent, LinkBatchItem, Notice, SubmissionLink
@@ -245,3 +246,25 @@ def test_a_sender_killed_after_the_server_took_the_link_sends_once_more_and_the_
     assert submission_link_get(token=first) is None and submission_link_get(token=second) is not None
     assert SubmissionLink.objects.count() == 1
     assert Notice.objects.get(pk=notice_id).state == Notice.State.SENT
+
+
+@pytest.mark.django_db
+def test_a_sweep_after_an_outage_paces_the_links_it_requeues_at_the_bulk_rate(
+    clock,  # noqa: F811
+    broker,  # noqa: F811
+    settings,
+    django_capture_on_commit_callbacks,
+):
+    settings.LINK_BULK_PER_SECOND = 4
+    colleges = make_colleges(12)
+    link_batch_create(institution_ids=[c.pk for c in colleges])
+    broker.messages.clear()
+    broker.countdowns.clear()
+    # The outage is over: every link's retry falls due at the same moment.
+    Notice.objects.update(attempts=1, last_error="SMTPServerDisconnected", next_attempt_at=timezone.now())
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert outbox.outbox_enqueue_due() == 12
+
+    ids = Notice.objects.order_by("next_attempt_at", "pk").values_list("pk", flat=True)
+    assert [broker.countdowns[(pk,)] for pk in ids] == [n / 4 for n in range(12)]  # 4 a second, as the first send

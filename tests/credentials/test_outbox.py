@@ -85,9 +85,11 @@ class Broker:
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, tuple]] = []
+        self.countdowns: dict[tuple, float | None] = {}  # the last countdown each task's args were published with
 
     def publish(self, name, *, args=(), countdown=None):
         self.messages.append((name, tuple(args)))
+        self.countdowns[tuple(args)] = countdown
 
     def drain(self) -> None:
         while self.messages:
