@@ -379,10 +379,14 @@ def _wait_http(port: int, timeout: float = 30.0) -> None:
             time.sleep(0.2)
 
 
-def _wrk(*, port: int, prefix: str, tokens: list[str], seconds: float, connections: int, env: dict) -> dict:
-    with tempfile.NamedTemporaryFile("w", suffix=".tokens", delete=False) as handle:
-        handle.write("\n".join(tokens) + "\n")
-        tokens_path = handle.name
+def _wrk_script(*, script: str, port: int, lines: list[str], seconds: float, connections: int, env: dict) -> dict:
+    """Run wrk with one of bench/*.lua for `seconds`; `lines` reach the script as the file named in BENCH_LINES.
+
+    The script prints its figures as one "BENCH_JSON {...}" line (wrk_post.lua, wrk_get.lua).
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".lines", delete=False) as handle:
+        handle.write("\n".join(lines) + "\n")
+        lines_path = handle.name
     try:
         result = subprocess.run(
             [
@@ -393,19 +397,31 @@ def _wrk(*, port: int, prefix: str, tokens: list[str], seconds: float, connectio
                 "--timeout",
                 "30s",
                 "-s",
-                str(BENCH_DIR / "wrk_post.lua"),
+                str(BENCH_DIR / script),
                 f"http://127.0.0.1:{port}",
             ],
-            env={**env, "BENCH_TOKENS": tokens_path, "BENCH_PATH_PREFIX": prefix},
+            env={**env, "BENCH_LINES": lines_path},
             capture_output=True,
             text=True,
             timeout=seconds + 60,
             check=True,
         )
     finally:
-        os.unlink(tokens_path)
+        os.unlink(lines_path)
     line = next(line for line in result.stdout.splitlines() if line.startswith("BENCH_JSON "))
     return json.loads(line.removeprefix("BENCH_JSON "))
+
+
+def _wrk(*, port: int, prefix: str, tokens: list[str], seconds: float, connections: int, env: dict) -> dict:
+    """POSTs to prefix + token (wrk_post.lua), one line of `tokens` per request."""
+    return _wrk_script(
+        script="wrk_post.lua",
+        port=port,
+        lines=tokens,
+        seconds=seconds,
+        connections=connections,
+        env={**env, "BENCH_PATH_PREFIX": prefix},
+    )
 
 
 def _count(sql: str, params=()) -> int:
@@ -866,32 +882,15 @@ def _gunicorn(*, workers: int, env: dict, log_name: str):
 
 
 def _wrk_get(*, port: int, paths: list[str], auth: str, seconds: float, connections: int) -> dict:
-    with tempfile.NamedTemporaryFile("w", suffix=".paths", delete=False) as handle:
-        handle.write("\n".join(paths) + "\n")
-        paths_file = handle.name
-    try:
-        result = subprocess.run(
-            [
-                "wrk",
-                "-t1",
-                f"-c{connections}",
-                f"-d{seconds:g}s",
-                "--timeout",
-                "30s",
-                "-s",
-                str(BENCH_DIR / "wrk_get.lua"),
-                f"http://127.0.0.1:{port}",
-            ],
-            env={**os.environ, "BENCH_PATHS": paths_file, "BENCH_AUTH": auth},
-            capture_output=True,
-            text=True,
-            timeout=seconds + 60,
-            check=True,
-        )
-    finally:
-        os.unlink(paths_file)
-    line = next(line for line in result.stdout.splitlines() if line.startswith("BENCH_JSON "))
-    return json.loads(line.removeprefix("BENCH_JSON "))
+    """GETs of `paths` with an Authorization header (wrk_get.lua)."""
+    return _wrk_script(
+        script="wrk_get.lua",
+        port=port,
+        lines=paths,
+        seconds=seconds,
+        connections=connections,
+        env={**os.environ, "BENCH_AUTH": auth},
+    )
 
 
 API_LIST_VIEWS = {

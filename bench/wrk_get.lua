@@ -1,9 +1,9 @@
 -- wrk script for bench/measure.py's API figure: every request GETs the next
--- path from BENCH_PATHS (one per line, in turn) with the bearer token of
+-- path from BENCH_LINES (one per line, in turn) with the bearer token of
 -- BENCH_AUTH, as the pipeline does.
 
 local paths = {}
-for line in io.lines(os.getenv("BENCH_PATHS")) do
+for line in io.lines(os.getenv("BENCH_LINES")) do
   paths[#paths + 1] = line
 end
 local headers = { ["Authorization"] = os.getenv("BENCH_AUTH"), ["Accept"] = "application/json" }

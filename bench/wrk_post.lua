@@ -1,17 +1,17 @@
 -- wrk script for bench/measure.py: every request POSTs the submission form to
--- a fresh single-use link (one token per request, from BENCH_TOKENS), with
+-- a fresh single-use link (one token per request, from BENCH_LINES), with
 -- the CSRF cookie and field, and a made-up client address in X-Forwarded-For
 -- (198.18.0.0/15, the range set aside for benchmarks; only a header value,
 -- nothing is sent there), as the trusted proxy would add it, so the per-IP
 -- rate limits see many clients.
 --
--- A line of BENCH_TOKENS is "token" or "token<TAB>client_id<TAB>secret"
+-- A line of BENCH_LINES is "token" or "token<TAB>client_id<TAB>secret"
 -- (URL-encoded): with a key, it replaces __CLIENT_ID__ and __SECRET__ in the body,
 -- so each request hands in a key of its own (one Client ID, one
 -- institution: the same key twice is refused as already on file).
 
 local tokens, keys = {}, {}
-for line in io.lines(os.getenv("BENCH_TOKENS")) do
+for line in io.lines(os.getenv("BENCH_LINES")) do
   local token, client_id, secret = line:match("^([^\t]+)\t([^\t]+)\t([^\t]+)$")
   if token then
     tokens[#tokens + 1] = token
