@@ -340,16 +340,8 @@ def measure_admin(ctx: Context) -> dict:
             "slowest_queries": [{"ms": 1000 * float(q["time"]), "sql": q["sql"][:4000]} for q in slowest],
             "rows_reported": int(shown.group(1).replace(",", "")) if shown else None,
             "bytes": len(response.content),
-            "times": [],
         }
-    # Interleaved rounds: a burst of noise on the shared machine hits every view alike.
-    for _ in range(ctx.repeats):
-        for name, url in views.items():
-            started = time.perf_counter()
-            client.get(url)
-            out[name]["times"].append(time.perf_counter() - started)
-    for name in views:
-        out[name]["median_s"] = statistics.median(out[name].pop("times"))
+    _time_interleaved(client, views, out, repeats=ctx.repeats)
     if ctx.profile_dir:
         for name in ("default", "expiring_30", "floor"):
             profile_to(ctx.profile_path(f"admin-{name}"), client.get, views[name])
@@ -422,6 +414,21 @@ def _wrk(*, port: int, prefix: str, tokens: list[str], seconds: float, connectio
         connections=connections,
         env={**env, "BENCH_PATH_PREFIX": prefix},
     )
+
+
+def _time_interleaved(client, views: dict[str, str], out: dict, *, repeats: int) -> None:
+    """GET each view `repeats` times in interleaved rounds and store out[name]["median_s"].
+
+    Interleaved: a burst of noise on the shared machine hits every view alike.
+    """
+    times: dict[str, list[float]] = {name: [] for name in views}
+    for _ in range(repeats):
+        for name, url in views.items():
+            started = time.perf_counter()
+            client.get(url)
+            times[name].append(time.perf_counter() - started)
+    for name in views:
+        out[name]["median_s"] = statistics.median(times[name])
 
 
 def _count(sql: str, params=()) -> int:
@@ -933,15 +940,8 @@ def measure_api(ctx: Context) -> dict:
             "queries": len(captured.captured_queries),
             "rows": len(response.json()["results"]),
             "bytes": len(response.content),
-            "times": [],
         }
-    for _ in range(ctx.repeats):
-        for name, url in API_LIST_VIEWS.items():
-            started = time.perf_counter()
-            client.get(url)
-            out[name]["times"].append(time.perf_counter() - started)
-    for name in API_LIST_VIEWS:
-        out[name]["median_s"] = statistics.median(out[name].pop("times"))
+    _time_interleaved(client, API_LIST_VIEWS, out, repeats=ctx.repeats)
     out["ratio_list"] = ratio(out["list"]["median_s"], out["floor"]["median_s"])
     out["ratio_list_500"] = ratio(out["list_500"]["median_s"], out["floor_500"]["median_s"])
 
