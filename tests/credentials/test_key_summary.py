@@ -322,3 +322,28 @@ def test_the_migration_fills_reminded_without_answer_of_existing_institutions():
     _migrate()  # the newest schema again, for the tests after this one
 
     assert rows == {"silent": True, "answered": False, "unsent": False, "never": False}
+
+
+@pytest.mark.django_db
+def test_the_compiled_refresh_writes_each_institutions_own_summary_as_the_rule_says(make_institution, make_credential):
+    """The refresh's statement is compiled once per process; each call must still write its own institution."""
+    from credentials.services.keys import institution_key_summary_refresh
+
+    near, far, none = make_institution(), make_institution(), make_institution()
+    near_key, far_key = make_credential(near, days=10), make_credential(far, days=300)
+    wrong = {"key_condition": Condition.FAILING, "key_pk": None, "key_expires_on": None, "key_region": "x"}
+    Institution.objects.update(**wrong, key_reminded_unanswered=True)
+    assert sorted(key_summaries_drifted()) == sorted([near.pk, far.pk, none.pk])
+
+    for institution in (near, far):
+        institution_key_summary_refresh(institution_id=institution.pk)
+        assert summary(institution)[:3] == (
+            Condition.ACTIVE,
+            *((near_key.pk, near_key.expires_on) if institution == near else (far_key.pk, far_key.expires_on)),
+        )
+    assert key_summaries_drifted() == [none.pk]  # untouched by the others' refreshes
+    institution_key_summary_refresh(institution_id=none.pk, fields=("key_reminded_unanswered",))
+    none.refresh_from_db()
+    assert none.key_reminded_unanswered is False and none.key_condition == Condition.FAILING  # that column only
+    institution_key_summary_refresh(institution_id=none.pk)
+    assert key_summaries_drifted() == []
