@@ -185,7 +185,7 @@ def webhook_event_body(
 
 
 def webhook_notices_write(sender, *, events: Sequence[KeyEvent], **kwargs) -> int:
-    """The key_events listener: write the events' webhook notices; how many were written.
+    """The key_events listener: write the events' webhook notices; how many rows it offered (conflicts included).
 
     One account query for the whole batch (a reminder run sends a chunk of
     500 keys' events at once), one insert for its notices.
