@@ -9,12 +9,12 @@ class ApiConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # credentials never imports api: it sends key_event and keeps a table of
+        # credentials never imports api: it sends key_events and keeps a table of
         # senders; the API listens and adds the webhook sender here.
         from api import webhooks
         from credentials.models import Notice
         from credentials.services import outbox
-        from credentials.signals import key_event
+        from credentials.signals import key_events
 
-        key_event.connect(webhooks.webhook_notices_write, dispatch_uid="api.webhooks.webhook_notices_write")
+        key_events.connect(webhooks.webhook_notices_write, dispatch_uid="api.webhooks.webhook_notices_write")
         outbox.sender_register(Notice.Kind.WEBHOOK, webhooks.webhook_notice_send)

@@ -1,11 +1,12 @@
 """Webhooks: a service account hears of key events at its URL, signed, through the outbox.
 
-credentials sends `key_event` inside the transaction that decides a key's
-change (credentials/signals.py); `webhook_notices_write` (connected in
+credentials sends `key_events` inside the transaction that decides keys'
+changes (credentials/signals.py); `webhook_notices_write` (connected in
 ApiConfig.ready) writes, in that same transaction, one outbox Notice of kind
-WEBHOOK per active account with a URL and a signing secret that may see the
-institution. So a rolled-back decision announces nothing, and a decision
-taken twice writes one notice (dedupe key "webhook:<event id>:<account id>",
+WEBHOOK per event and active account with a URL and a signing secret that
+may see the institution (one account query per batch of events). So a
+rolled-back decision announces nothing, and a decision taken twice writes
+one notice (dedupe key "webhook:<event id>:<account id>",
 the event id being stable for the fact). The outbox delivers it with its
 claim, retries and backoff (`webhook_notice_send`, registered for the kind
 in ApiConfig.ready): a receiver that fails or answers non-2xx is tried again
@@ -32,20 +33,21 @@ import logging
 import secrets
 import socket
 import uuid
+from collections.abc import Collection, Sequence
 from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Q
 from django.utils import timezone
 
 from api.models import ServiceAccount
 from credentials.models import AuditEvent, CD2Credential, Notice
 from credentials.services import notices
 from credentials.services.audit import audit_record
-from credentials.signals import KEY_EXPIRING
+from credentials.signals import KEY_EXPIRING, KeyEvent
 
 logger = logging.getLogger(__name__)
 
@@ -139,16 +141,31 @@ def webhook_sign(*, secret: str, timestamp: int, body: bytes) -> str:
 # --------------------------------------------------------------------------
 
 
-def webhook_accounts(*, institution_id: int) -> QuerySet[ServiceAccount]:
-    """Active accounts with a URL and a secret that may see this institution (the API's scope rule)."""
-    return (
+def webhook_accounts(*, institution_ids: Collection[int]) -> dict[int, list[ServiceAccount]]:
+    """Per institution, the active accounts with a URL and a secret that may see it (the API's scope rule).
+
+    One query for any number of institutions: an account that sees every
+    institution, or one of these through its list. An institution nobody
+    listens for is absent. Accounts come in name order, with pk and name only.
+    """
+    wanted = set(institution_ids)
+    if not wanted:
+        return {}
+    rows = (
         ServiceAccount.objects.filter(is_active=True)
         .exclude(webhook_url="")
         .filter(webhook_secret_set_at__isnull=False)
-        .filter(Q(all_institutions=True) | Q(institutions=institution_id))
+        .filter(Q(all_institutions=True) | Q(institutions__in=wanted))
+        # The filter's join to the account's institutions, reused: which of them it has.
+        .values_list("pk", "name", "all_institutions", "institutions")
+        .order_by("name", "pk")
         .distinct()
-        .only("pk", "name")
     )
+    found: dict[int, dict[int, ServiceAccount]] = {}
+    for pk, name, all_institutions, institution_id in rows:
+        for seen in wanted if all_institutions else {institution_id} & wanted:
+            found.setdefault(seen, {}).setdefault(pk, ServiceAccount(pk=pk, name=name))
+    return {institution_id: list(accounts.values()) for institution_id, accounts in found.items()}
 
 
 def webhook_event_body(
@@ -167,37 +184,38 @@ def webhook_event_body(
     return body
 
 
-def webhook_notices_write(
-    sender,
-    *,
-    event_id: uuid.UUID,
-    event_type: str,
-    credential: CD2Credential,
-    occurred_at: dt.datetime,
-    days_left: int | None = None,
-    **kwargs,
-) -> int:
-    """The key_event listener: write the event's webhook notices; how many were new."""
-    accounts = list(webhook_accounts(institution_id=credential.institution_id))
-    if not accounts:
-        return 0
-    body = webhook_event_body(
-        event_id=event_id, event_type=event_type, credential=credential, occurred_at=occurred_at, days_left=days_left
-    )
-    day = timezone.localdate(occurred_at)
+def webhook_notices_write(sender, *, events: Sequence[KeyEvent], **kwargs) -> int:
+    """The key_events listener: write the events' webhook notices; how many rows it offered (conflicts included).
+
+    One account query for the whole batch (a reminder run sends a chunk of
+    500 keys' events at once), one insert for its notices.
+    """
+    listening = webhook_accounts(institution_ids={event.credential.institution_id for event in events})
     rows = [
         notices.notice_build(
             kind=Notice.Kind.WEBHOOK,
-            dedupe_key=f"webhook:{event_id}:{account.pk}",
-            day=day,
-            now=occurred_at,
-            institution_id=credential.institution_id,
-            credential_id=credential.pk,
+            dedupe_key=f"webhook:{event.event_id}:{account.pk}",
+            day=timezone.localdate(event.occurred_at),
+            now=event.occurred_at,
+            institution_id=event.credential.institution_id,
+            credential_id=event.credential.pk,
             recipients=account.name,
-            payload={"account_id": account.pk, "body": body},
+            payload={
+                "account_id": account.pk,
+                "body": webhook_event_body(
+                    event_id=event.event_id,
+                    event_type=event.event_type,
+                    credential=event.credential,
+                    occurred_at=event.occurred_at,
+                    days_left=event.days_left,
+                ),
+            },
         )
-        for account in accounts
+        for event in events
+        for account in listening.get(event.credential.institution_id, ())
     ]
+    if not rows:
+        return 0
     # ignore_conflicts: the same fact decided again (a retried task) is one notice,
     # and a conflict must not break the deciding transaction.
     created = Notice.objects.bulk_create(rows, ignore_conflicts=True)
@@ -222,7 +240,8 @@ def webhook_notice_send(*, notice: Notice, now: dt.datetime, connection=None) ->
     WebhookRefused (retried by the outbox) for a refused address or a
     non-2xx answer; requests' errors are OSErrors too.
     """
-    account = webhook_accounts(institution_id=notice.institution_id).filter(pk=notice.payload.get("account_id")).first()
+    listening = webhook_accounts(institution_ids=[notice.institution_id]).get(notice.institution_id, [])
+    account = next((a for a in listening if a.pk == notice.payload.get("account_id")), None)
     if account is None:
         reason = (
             "Not sent: the service account is gone, inactive, has no webhook URL or secret any more, "

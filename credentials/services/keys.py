@@ -7,7 +7,7 @@ institution's `updated_at`: the API's `changed_at`, which a pipeline polls
 with `?changed_since=`. `institution_key_summary_refresh` is the one writer
 of the institution's stored key summary (Institution.key_*), called in the
 same transaction as every change of a key's status, expiry or check.
-Activation, invalid and revoked send credentials.signals.key_event inside
+Activation, invalid and revoked send credentials.signals.key_events inside
 that transaction (the API's webhooks listen).
 """
 

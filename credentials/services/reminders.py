@@ -50,7 +50,7 @@ from credentials.selectors import due_credentials, newer_key_pending, reminder_d
 from credentials.services import notices
 from credentials.services.keys import institution_key_summary_refresh
 from credentials.services.links import submission_link_create
-from credentials.signals import KEY_EXPIRING, key_event_send
+from credentials.signals import KEY_EXPIRING, KeyEvent, key_event_build, key_events_send
 from institutions.models import Contact
 
 logger = logging.getLogger(__name__)
@@ -169,6 +169,14 @@ def _claim_rows(
     reminder = ReminderLog.objects.create(
         credential=credential, threshold=threshold, claimed_at=now, recipients=recipients
     )
+    notice = _step_notice(credential=credential, reminder=reminder, day=day, now=now)
+    notice.save(force_insert=True)
+    key_events_send(events=[_step_event(credential=credential, threshold=threshold, day=day, now=now)])
+    return notice
+
+
+def _step_notice(*, credential: CD2Credential, reminder: ReminderLog, day: dt.date, now: dt.datetime) -> Notice:
+    """The claimed step's notice, unsaved (one claim or a chunk's bulk insert)."""
     notice = notices.notice_build(
         kind=Notice.Kind.REMINDER,
         dedupe_key=f"reminder:{reminder.pk}",
@@ -177,19 +185,21 @@ def _claim_rows(
         institution_id=credential.institution_id,
         credential_id=credential.pk,
         reminder_id=reminder.pk,
-        recipients=recipients,
+        recipients=reminder.recipients,
     )
     notice.reminder = reminder
-    notice.save(force_insert=True)
-    # The step is decided once (the claim's unique constraint), so is its event.
-    key_event_send(
+    return notice
+
+
+def _step_event(*, credential: CD2Credential, threshold: int, day: dt.date, now: dt.datetime) -> KeyEvent:
+    """The claimed step's key.expiring event (decided once, as its step is: the claim's unique constraint)."""
+    return key_event_build(
         event_type=KEY_EXPIRING,
         credential=credential,
         occurred_at=now,
         days_left=(credential.expires_on - day).days,
         discriminator=str(threshold),
     )
-    return notice
 
 
 def _claim(
@@ -321,13 +331,67 @@ def reminders_decide(
             for credential in chunk:
                 _decide_one(credential, run=run, today=today, now=now)
             continue
-        # One commit per chunk, a savepoint per key: a step another run
-        # holds rolls back that key alone. A commit waits for the disk, so
-        # one per key was most of the decision's time (bench/RESULTS.md).
+        # One commit per chunk: a commit waits for the disk, so one per key
+        # was most of the decision's time (bench/RESULTS.md). The chunk is
+        # decided in bulk; only when another run holds a step of it is it
+        # decided key by key, a savepoint each, so that key alone rolls back.
         with transaction.atomic():
-            for credential in chunk:
-                _decide_one(credential, run=run, today=today, now=now)
+            if not _decide_chunk(chunk, run=run, today=today, now=now):
+                for credential in chunk:
+                    _decide_one(credential, run=run, today=today, now=now)
     return run
+
+
+def _decide_chunk(chunk: list[CD2Credential], *, run: ReminderRun, today: dt.date, now: dt.datetime) -> bool:
+    """Claim every key's step of the chunk at once, with its notice, event and skipped steps; False if one is taken.
+
+    A handful of queries for the chunk, however many keys: one insert of the
+    steps, one of their notices, one batch of key.expiring events (the
+    webhook listener reads its accounts once), and _record_skipped, which
+    queries only for a key that jumped steps or has an older one waiting.
+    When another run already holds a step of the chunk (a concurrent run),
+    the insert fails and nothing of the chunk is written: the caller decides
+    it key by key, which skips the taken steps. Call inside a transaction.
+    """
+    recipients = {
+        credential.pk: ", ".join(reminder_addressees(institution=credential.institution)) for credential in chunk
+    }
+    try:
+        with transaction.atomic():
+            steps = ReminderLog.objects.bulk_create(
+                [
+                    ReminderLog(
+                        credential=credential,
+                        threshold=credential.step,
+                        claimed_at=now,
+                        recipients=recipients[credential.pk],
+                    )
+                    for credential in chunk
+                ]
+            )
+            written = Notice.objects.bulk_create(
+                [
+                    _step_notice(credential=credential, reminder=step, day=today, now=now)
+                    for credential, step in zip(chunk, steps, strict=True)
+                ]
+            )
+            key_events_send(
+                events=[
+                    _step_event(credential=credential, threshold=credential.step, day=today, now=now)
+                    for credential in chunk
+                ]
+            )
+            counts = [
+                _record_skipped(credential=credential, step=credential.step, today=today, now=now)
+                for credential in chunk
+            ]
+    except IntegrityError:
+        return False
+    run.due += len(chunk)
+    run.skipped += sum(skipped for skipped, _ in counts)
+    run.superseded += sum(superseded for _, superseded in counts)
+    run.notice_ids.extend(notice.pk for notice in written)
+    return True
 
 
 def _decide_one(credential: CD2Credential, *, run: ReminderRun, today: dt.date, now: dt.datetime) -> None:

@@ -29,6 +29,7 @@ from credentials.models import AuditEvent, CD2Credential, Notice
 from credentials.services import outbox
 from credentials.services.keys import credential_set_status
 from credentials.services.reminders import reminders_decide
+from credentials.signals import KEY_EXPIRING, key_event_build, key_event_send, key_events_send
 from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
 
 START = dt.datetime(2027, 9, 1, 9, 0, tzinfo=dt.UTC)
@@ -307,6 +308,94 @@ def test_accounts_without_a_secret_or_inactive_get_no_webhooks(receiver, clock, 
     inactive.is_active = False
     inactive.save()
     make_credential(institution)
+    assert webhooks() == []
+
+
+def test_a_batch_of_events_writes_for_each_institution_the_notices_one_event_at_a_time_writes(
+    clock, make_institution, make_credential, django_assert_num_queries
+):
+    a, b, c, d = (make_institution(slug=slug) for slug in ("alpha", "beta", "gamma", "delta"))
+    keys = [make_credential(institution, days=14) for institution in (a, b, c, d)]
+    url = "https://hooks.example/cd2"  # nothing is delivered in this test
+    subscribe(url, all_institutions=True, name="sees-all")
+    subscribe(url, institutions=[a], name="scoped-a")
+    subscribe(url, institutions=[b, c], name="scoped-b-c")
+    subscribe(url, institutions=[b], all_institutions=True, name="all-and-listed-b")  # one notice per event still
+    inactive, _ = subscribe(url, all_institutions=True, name="inactive")
+    ServiceAccount.objects.filter(pk=inactive.pk).update(is_active=False)
+    no_secret = ServiceAccount.objects.create(name="no-secret", all_institutions=True, webhook_url=url)
+    no_secret.institutions.set([a])
+    subscribe("", institutions=[a, b, c, d], name="no-url")
+
+    def events():
+        return [
+            key_event_build(
+                event_type=KEY_EXPIRING, credential=key, occurred_at=now(), days_left=14, discriminator="14"
+            )
+            for key in keys
+        ]
+
+    def written() -> list[tuple]:
+        return sorted(
+            (
+                n.dedupe_key,
+                n.institution_id,
+                n.credential_id,
+                n.recipients,
+                n.payload,
+                n.day,
+                n.state,
+                n.as_of,
+                n.next_attempt_at,
+                n.retry_until,
+            )
+            for n in webhooks()
+        )
+
+    with django_assert_num_queries(2):  # the listening accounts, once for the batch; their notices
+        key_events_send(events=events())
+    batched = written()
+    Notice.objects.filter(kind=Notice.Kind.WEBHOOK).delete()
+    for event in events():
+        key_event_send(
+            event_type=event.event_type,
+            credential=event.credential,
+            occurred_at=event.occurred_at,
+            days_left=event.days_left,
+            discriminator="14",
+        )
+
+    assert written() == batched
+    heard = {(n.institution.slug, n.recipients) for n in webhooks()}
+    assert heard == {
+        ("alpha", "sees-all"),
+        ("alpha", "scoped-a"),
+        ("alpha", "all-and-listed-b"),
+        ("beta", "sees-all"),
+        ("beta", "scoped-b-c"),
+        ("beta", "all-and-listed-b"),
+        ("gamma", "sees-all"),
+        ("gamma", "scoped-b-c"),
+        ("gamma", "all-and-listed-b"),
+        ("delta", "sees-all"),
+        ("delta", "all-and-listed-b"),
+    }
+    assert len(webhooks()) == len(heard)
+    for notice in webhooks():
+        account = ServiceAccount.objects.get(name=notice.recipients)
+        body = notice.payload["body"]
+        assert notice.dedupe_key == f"webhook:{body['id']}:{account.pk}"
+        assert notice.payload["account_id"] == account.pk
+        assert (body["type"], body["days_left"], body["key_id"]) == ("key.expiring", 14, notice.credential_id)
+
+
+def test_a_batch_nobody_listens_for_costs_one_query_and_writes_nothing(
+    clock, make_institution, make_credential, django_assert_num_queries
+):
+    keys = [make_credential(make_institution(), days=14) for _ in range(3)]
+    events = [key_event_build(event_type=KEY_EXPIRING, credential=key, occurred_at=now(), days_left=14) for key in keys]
+    with django_assert_num_queries(1):
+        key_events_send(events=events)
     assert webhooks() == []
 
 

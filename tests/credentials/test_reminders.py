@@ -18,14 +18,15 @@ from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from api.models import ServiceAccount
 from credentials import selectors
 from credentials.models import CD2Credential, Notice, ReminderLog, SubmissionLink
 from credentials.selectors import reminder_step
-from credentials.services import jobs, notices, outbox
+from credentials.services import jobs, notices, outbox, reminders
 from credentials.services.keys import credential_create
 from credentials.services.links import submission_link_get
 from credentials.services.outbox import reminders_send_due
-from credentials.services.reminders import reminder_send_now
+from credentials.services.reminders import reminder_send_now, reminders_decide
 from credentials.tasks import deliver_notice
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
@@ -285,6 +286,83 @@ def test_two_runs_at_once_send_one_email(served, settings):
     assert sum(r.sent for r in runs) == 1
     assert len(reminder_mails()) == 1
     assert ReminderLog.objects.count() == 1
+
+
+def listening_account() -> ServiceAccount:
+    """A service account that hears every institution's key events by webhook (nothing is delivered here)."""
+    return ServiceAccount.objects.create(
+        name="sees-all",
+        all_institutions=True,
+        webhook_url="https://hooks.example/cd2",
+        webhook_secret="whsec_test",
+        webhook_secret_set_at=timezone.now(),
+    )
+
+
+def expiring_webhooks() -> list[Notice]:
+    return list(Notice.objects.filter(kind=Notice.Kind.WEBHOOK, payload__body__type="key.expiring"))
+
+
+def test_a_step_another_run_claimed_after_our_scan_is_skipped_and_the_rest_of_the_chunk_claimed_once(
+    clock, make_institution
+):
+    add_due_institutions(make_institution, 5)
+    listening_account()
+    keys = list(CD2Credential.objects.order_by("pk"))
+    taken = keys[2]
+    decide_chunk = reminders._decide_chunk
+
+    def raced(chunk, **kwargs):
+        # Another run claims one key's step between our scan and our decision.
+        assert taken in chunk
+        ReminderLog.objects.create(credential=taken, threshold=14, claimed_at=timezone.now())
+        return decide_chunk(chunk, **kwargs)
+
+    with mock.patch.object(reminders, "_decide_chunk", raced):
+        run = reminders_decide(today=timezone.localdate(), now=timezone.now())
+
+    # Counted as the per-key path always counted: every key scanned is due, the taken one has no notice of ours.
+    assert (run.due, run.skipped, run.superseded) == (5, 0, 0)
+    assert len(run.notice_ids) == 4
+    claimed = Notice.objects.filter(kind=Notice.Kind.REMINDER)
+    assert sorted(claimed.values_list("pk", flat=True)) == sorted(run.notice_ids)
+    assert sorted(claimed.values_list("credential_id", flat=True)) == sorted(k.pk for k in keys if k != taken)
+    assert ReminderLog.objects.count() == 5
+    assert ReminderLog.objects.get(credential=taken).delivery_notice() is None  # the other run's, untouched
+    assert sorted(n.credential_id for n in expiring_webhooks()) == sorted(k.pk for k in keys if k != taken)
+    # The next run finds nothing left to decide.
+    assert reminders_decide(today=timezone.localdate(), now=timezone.now()).due == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_four_runs_deciding_the_same_chunk_at_once_claim_each_step_once(make_institution):
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite serialises writers; the race needs PostgreSQL")
+    add_due_institutions(make_institution, 20)
+    listening_account()
+    barrier = threading.Barrier(4)
+    runs, errors = [], []
+
+    def run():
+        try:
+            barrier.wait()
+            runs.append(reminders_decide(today=timezone.localdate(), now=timezone.now()))
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert sum(len(r.notice_ids) for r in runs) == 20
+    assert ReminderLog.objects.count() == 20
+    assert Notice.objects.filter(kind=Notice.Kind.REMINDER).count() == 20
+    assert len(expiring_webhooks()) == 20
 
 
 # --------------------------------------------------------------------------
@@ -687,15 +765,37 @@ def test_each_reminder_sent_costs_a_fixed_small_number_of_queries(clock, make_in
     six = queries_for_run(6)
     per_reminder = (six - three) / 3
 
-    # The step and its notice (2); the key.expiring event's look-up of the
-    # service accounts listening for webhooks (1, api/webhooks.py); claim the
-    # notice, link (written with its recipients), its audit event, notice
-    # sent, step sent, the institution's stored "reminded, no answer" (6).
-    # The test's own transaction turns the decision's and the send's atomic
-    # blocks into savepoints (4 more). Contacts and earlier steps come from
-    # the scan's and the outbox page's prefetch, never queried again per
-    # reminder.
-    assert per_reminder <= 9 + 4
+    # Deciding costs no query per reminder: a chunk's steps, notices and
+    # key.expiring events are written in bulk (the test below). Delivering:
+    # claim the notice, link (written with its recipients), its audit event,
+    # notice sent, step sent, the institution's stored "reminded, no answer"
+    # (6). The test's own transaction turns the send's atomic block into a
+    # savepoint (2 more). Contacts and earlier steps come from the scan's
+    # and the outbox page's prefetch, never queried again per reminder.
+    assert per_reminder <= 6 + 2
+
+
+def test_deciding_forty_due_keys_costs_the_same_queries_as_deciding_five(clock, make_institution):
+    def queries_to_decide(expected: int) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            run = reminders_decide(today=timezone.localdate(), now=timezone.now())
+        assert run.due == len(run.notice_ids) == expected
+        return len(captured)
+
+    listening_account()  # the key.expiring events have a listener to write webhook notices for
+    add_due_institutions(make_institution, 5)
+    five = queries_to_decide(5)
+    add_due_institutions(make_institution, 40)
+    forty = queries_to_decide(40)
+
+    # A chunk is decided in bulk: its steps, their notices, one look-up of
+    # the listening accounts and their webhook notices, whatever its size
+    # (key by key it was five queries a key: 36 and 246 here). The rest:
+    # the scan's page and its two prefetches, the empty page that ends it,
+    # the chunk's transaction and savepoint (4 under the test's transaction).
+    assert forty == five
+    assert five <= 12
+    assert len(expiring_webhooks()) == 45
 
 
 class CountingBackend(LocmemBackend):
