@@ -310,6 +310,12 @@ NOTICE_LEASE = dt.timedelta(
 NOTICE_RETRY_FIRST = dt.timedelta(minutes=1)
 NOTICE_RETRY_MAX = dt.timedelta(hours=4)
 NOTICE_GIVE_UP_AFTER = dt.timedelta(hours=env.int("NOTICE_GIVE_UP_AFTER_HOURS", default=72))
+# Senders (threads) that deliver the due notices when the reminder command
+# delivers in its own process; each has its own SMTP and database
+# connection. A send mostly waits for the mail server, so a few senders
+# overlap those waits (bench/RESULTS.md). The beat path is Celery's
+# concurrency instead. 1 on SQLite, and inside a caller's transaction.
+OUTBOX_DELIVERY_THREADS = env.int("OUTBOX_DELIVERY_THREADS", default=3)
 
 # ---------------------------------------------------------------------------
 # Email

@@ -13,6 +13,10 @@ the mail server's acceptance. A sender killed between the two leaves the
 row in "sending"; after NOTICE_LEASE the sweep hands it to another sender,
 which sends it again. So each crash in that window (milliseconds wide) can
 cost one duplicate of that one message; nothing else sends a notice twice.
+A sender has one message in flight at a time: a process that dies with
+several senders (a worker's concurrency, the command's
+OUTBOX_DELIVERY_THREADS) can cost one duplicate per sender, each of a
+different message, never two of one.
 The lease is far longer than a send (EMAIL_TIMEOUT), so a slow sender is
 not overtaken by a second one.
 """

@@ -5,7 +5,8 @@ summaries; the digest writes itself) and the outbox delivers: each notice
 is claimed (services/notices.py), rendered and sent by its kind's sender,
 and the result recorded. The beat task queues one deliver_notice task per
 due notice; the command delivers the same notices in its own process, with
-the same claim, backoff and give-up rule, so the two doors behave alike.
+the same claim, backoff and give-up rule, so the two doors behave alike
+(with OUTBOX_DELIVERY_THREADS sender threads, as a worker has its concurrency).
 The sweep (beat, every few minutes) queues notices whose retry is due and
 those left in "sending" by a killed sender past their lease.
 """
@@ -14,11 +15,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
+import threading
 from collections import Counter
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.mail import get_connection
+from django.db import connections, router
 from django.db.models import Prefetch
 from django.utils import timezone
 
@@ -31,7 +35,7 @@ from institutions.models import Contact
 
 logger = logging.getLogger(__name__)
 
-# Notices read per query when delivering in this process (one SMTP connection each).
+# Notices read per query when delivering in this process.
 CHUNK_SIZE = 500
 # At most this many notices claimed at once (claim_batch_size: fewer with a short lease).
 CLAIM_BATCH_MAX = 5
@@ -134,29 +138,115 @@ class Delivery:
         return self.outcomes[(kind, outcome)]
 
 
-def outbox_deliver_due(*, now: dt.datetime | None = None, chunk_size: int = CHUNK_SIZE) -> Delivery:
-    """Deliver every due notice in this process, a page at a time over one SMTP connection per page."""
-    now = now or timezone.now()
-    outcomes: Counter = Counter()
+def delivery_threads() -> int:
+    """How many threads deliver a page in this process (OUTBOX_DELIVERY_THREADS; 1 where others cannot help).
+
+    One when the caller holds a transaction (another thread's connection
+    would not see the notices it has not committed yet) and on SQLite (one
+    writer at a time: threads would only queue for its lock).
+    """
+    wanted = max(1, int(getattr(settings, "OUTBOX_DELIVERY_THREADS", 1)))
+    connection = connections[router.db_for_write(Notice)]
+    if wanted == 1 or connection.in_atomic_block or connection.vendor == "sqlite":
+        return 1
+    return wanted
+
+
+def _due_batches(*, now: dt.datetime, chunk_size: int):
+    """The due notices, loaded a page at a time (keyset), in batches of claim_batch_size()."""
+    batch = claim_batch_size()
     last_pk = 0
     while True:
         page = list(_loaded().filter(notices.notice_due(now), pk__gt=last_pk).order_by("pk")[:chunk_size])
         if not page:
-            break
+            return
         last_pk = page[-1].pk
-        connection = get_connection()
-        batch = claim_batch_size()
-        try:
+        for start in range(0, len(page), batch):
+            yield page[start : start + batch]
+
+
+def _deliver_batches(batches, *, now: dt.datetime, per_connection: int = CHUNK_SIZE) -> Counter:
+    """Claim and send batches of loaded notices over this thread's own SMTP connection.
+
+    The connection is renewed after `per_connection` notices (a page's
+    worth): mail servers limit the messages of one session, and a long run
+    should not stake everything on one.
+    """
+    outcomes: Counter = Counter()
+    connection = get_connection()
+    handled = 0
+    try:
+        for claimed in batches:
             # One claim (and one commit) per few notices, not per notice: most of a claim's time was its commit.
-            for start in range(0, len(page), batch):
-                claimed = page[start : start + batch]
-                taken = notices.notices_claim(notice_ids=[notice.pk for notice in claimed], now=now)
-                for notice in claimed:
-                    if notice.pk in taken:
-                        outcomes[(notice.kind, _send_claimed(notice, now=now, connection=connection))] += 1
+            taken = notices.notices_claim(notice_ids=[notice.pk for notice in claimed], now=now)
+            for notice in claimed:
+                if notice.pk not in taken:
+                    continue
+                outcomes[(notice.kind, _send_claimed(notice, now=now, connection=connection))] += 1
+                handled += 1
+                if handled % per_connection == 0:
+                    drop_connection(connection)  # the next send opens a fresh one
+    finally:
+        drop_connection(connection)
+    return outcomes
+
+
+def _deliver_threaded(batches, *, now: dt.datetime, threads: int, per_connection: int) -> Counter:
+    """Hand the batches to `threads` senders, each with its own database and SMTP connections.
+
+    A send spends most of its time waiting (for the mail server, for the
+    database's commit), which another thread's rendering can use. Each
+    notice is claimed by one sender (SKIP LOCKED), so the exactly-once rule
+    and the duplicate bound are the same as with one sender. The queue is
+    short, so memory stays one page; a sender that fails stops the run, and
+    what it had claimed waits for its lease, as after a crash.
+    """
+    work: queue.Queue = queue.Queue(maxsize=2 * threads)
+    results: list[Counter] = []
+    errors: list[BaseException] = []
+
+    def sender() -> None:
+        try:
+            results.append(_deliver_batches(iter(work.get, None), now=now, per_connection=per_connection))
+        except BaseException as exc:  # re-raised by the caller's thread
+            errors.append(exc)
+            while work.get() is not None:  # drain, so the producer never blocks on a dead sender
+                pass
         finally:
-            drop_connection(connection)
-    return Delivery(outcomes=outcomes)
+            connections.close_all()
+
+    workers = [threading.Thread(target=sender, name=f"outbox-sender-{n}", daemon=True) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        for batch in batches:
+            if errors:
+                break
+            work.put(batch)
+    finally:
+        for _ in workers:
+            work.put(None)
+        for worker in workers:
+            worker.join()
+    if errors:
+        raise errors[0]
+    return sum(results, Counter())
+
+
+def outbox_deliver_due(
+    *, now: dt.datetime | None = None, chunk_size: int = CHUNK_SIZE, threads: int | None = None
+) -> Delivery:
+    """Deliver every due notice in this process: pages of notices, claimed a few at a time, by a few senders.
+
+    threads: the senders (default delivery_threads()); each has its own SMTP
+    connection, renewed every chunk_size notices.
+    """
+    now = now or timezone.now()
+    threads = delivery_threads() if threads is None else threads
+    batches = _due_batches(now=now, chunk_size=chunk_size)
+    if threads <= 1:
+        return Delivery(outcomes=_deliver_batches(batches, now=now, per_connection=chunk_size))
+    return Delivery(outcomes=_deliver_threaded(batches, now=now, threads=threads, per_connection=chunk_size))
 
 
 def outbox_enqueue_due(*, now: dt.datetime | None = None) -> int:

@@ -1,0 +1,128 @@
+"""Several senders in one process (OUTBOX_DELIVERY_THREADS): each notice once, nothing lost when one fails.
+
+The reminder command delivers what it decided in its own process; a send
+mostly waits (for the mail server, for the commit), so a few sender threads
+share the pages, each with its own database and SMTP connection, each notice
+claimed by one of them. A real SMTP server on loopback (aiosmtpd). Threads
+need connections that see committed rows: PostgreSQL, outside a transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import Counter
+
+import pytest
+from django.conf import settings as django_settings
+from django.db import connection, transaction
+
+from credentials.models import Notice, ReminderLog
+from credentials.services import outbox, reminders
+from tests.credentials import test_outbox
+from tests.credentials.test_outbox import START, make_customer, make_owner
+
+# test_outbox.py's fixtures: the loopback SMTP server, the frozen clock.
+smtp, clock = test_outbox.smtp, test_outbox.clock
+
+needs_postgres = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="sender threads need PostgreSQL (set DATABASE_URL)"
+)
+
+
+def backends() -> int:
+    """Open connections to this test database (ours and any a sender thread left behind)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+        return cursor.fetchone()[0]
+
+
+def recording_senders(monkeypatch, *, fail_once: int | None = None) -> list[str]:
+    """Record which thread sends each reminder; optionally break the send of one notice, once."""
+    seen: list[str] = []
+    real = outbox.SENDERS[Notice.Kind.REMINDER]
+
+    def sender(*, notice, **kwargs):
+        seen.append(threading.current_thread().name)
+        if notice.pk == fail_once and seen.count("broken") == 0:
+            seen.append("broken")
+            raise RuntimeError("a bug in a sender, not a mail server's refusal")
+        return real(notice=notice, **kwargs)
+
+    monkeypatch.setitem(outbox.SENDERS, Notice.Kind.REMINDER, sender)
+    return seen
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True)
+def test_three_senders_deliver_each_due_reminder_once_and_close_their_connections(smtp, clock, settings, monkeypatch):
+    settings.OUTBOX_DELIVERY_THREADS = 3
+    owner = make_owner()
+    for n in range(24):
+        make_customer(n, owner=owner, days=14)
+    senders = recording_senders(monkeypatch)
+    before = backends()
+
+    run = outbox.reminders_send_due()
+
+    assert run.due == 24 and run.sent == 24 and run.failed == 0
+    reminders = Counter(rcpt for rcpt in smtp.received if rcpt != ("olivia@edpotential.example",))
+    assert sorted(reminders) == sorted((f"admin{n}@c{n}.example.edu",) for n in range(24))
+    assert set(reminders.values()) == {1}  # each once
+    assert smtp.received.count(("olivia@edpotential.example",)) == 1  # the owner's one summary
+    assert set(Notice.objects.values_list("state", "attempts")) == {(Notice.State.SENT, 1)}
+    assert set(ReminderLog.objects.values_list("state", flat=True)) == {ReminderLog.State.SENT}
+    assert len({name for name in senders if name.startswith("outbox-sender-")}) >= 2  # the page was shared
+    assert backends() == before  # each sender closed its database connection
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_sender_that_breaks_stops_the_run_and_its_notice_goes_out_once_after_the_lease(
+    smtp, clock, settings, monkeypatch
+):
+    settings.OUTBOX_DELIVERY_THREADS = 3
+    owner = make_owner()
+    for n in range(12):
+        make_customer(n, owner=owner, days=14)
+    reminders.reminders_decide(today=START.date(), now=START)
+    victim = Notice.objects.filter(kind=Notice.Kind.REMINDER).order_by("pk")[5]
+    recording_senders(monkeypatch, fail_once=victim.pk)
+    before = backends()
+
+    with pytest.raises(RuntimeError, match="a bug in a sender"):
+        outbox.outbox_deliver_due()
+
+    assert backends() == before
+    # The broken sender's claimed batch waits for its lease, as after a crash: the victim and the
+    # notices claimed with it. The other senders went on with theirs; the rest were never claimed.
+    held = set(Notice.objects.filter(state=Notice.State.SENDING).values_list("pk", flat=True))
+    assert victim.pk in held and len(held) <= outbox.claim_batch_size()
+    assert Notice.objects.get(pk=victim.pk).sent_at is None
+    sent_first = len(smtp.received)
+    pending = Notice.objects.filter(state=Notice.State.PENDING).count()
+    assert sent_first + len(held) + pending == 12 and sent_first < 12
+
+    assert outbox.outbox_deliver_due().count(Notice.Kind.REMINDER, "sent") == pending  # not the held ones
+    clock.shift(django_settings.NOTICE_LEASE + dt.timedelta(seconds=1))
+    assert outbox.outbox_deliver_due().count(Notice.Kind.REMINDER, "sent") == len(held)  # after their lease
+    assert sorted(smtp.received) == sorted((f"admin{n}@c{n}.example.edu",) for n in range(12))  # once each
+    assert set(Notice.objects.values_list("state", flat=True)) == {Notice.State.SENT}
+
+
+@pytest.mark.django_db
+def test_one_sender_inside_a_transaction_and_on_sqlite(settings):
+    """Another thread's connection cannot see rows the caller has not committed; SQLite has one writer."""
+    settings.OUTBOX_DELIVERY_THREADS = 3
+    assert outbox.delivery_threads() == 1  # the test runs inside a transaction
+    settings.OUTBOX_DELIVERY_THREADS = 1
+    assert outbox.delivery_threads() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_the_setting_decides_on_postgresql(settings):
+    settings.OUTBOX_DELIVERY_THREADS = 3
+    expected = 3 if connection.vendor == "postgresql" else 1
+    assert outbox.delivery_threads() == expected
+    with transaction.atomic():
+        assert outbox.delivery_threads() == 1
