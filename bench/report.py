@@ -123,8 +123,8 @@ def _summary(sizes: list[dict]) -> list[str]:
         if r:
             lines.append(
                 f"| Reminder run, wall | {n} | {_s(r['wall_s'])} | {_ms(r['floor_sql_s'])} SQL + "
-                f"{_s(r['send_floor_s'])} sending | {_x(r['ratio_to_target'])} of target | ≤ 5× SQL + sending | "
-                f"{_met(r['ratio_to_target'] <= 1 if r['ratio_to_target'] is not None else None)} |"
+                f"{_s(r['send_floor_s'])} sending | {_x(r['ratio_to_target'])} | ≤ 2 × (5× SQL + sending) | "
+                f"{_met(r['ratio_to_target'] <= 2 if r['ratio_to_target'] is not None else None)} |"
             )
             lines.append(
                 f"| Reminder scan (dry run) | {n} | {_ms(r['dry_run_s'])} | {_ms(r['floor_sql_s'])} | "
@@ -214,7 +214,9 @@ def render(*, started: dt.datetime, machine: dict, sizes: list[dict], quick: boo
         "",
         "Floor: the bare SQL that selects the due keys with the institution, owner and contact addresses "
         "(median of repeats). Sending floor: as many bare messages of the same size handed to the same sink over "
-        "one SMTP connection. Target: wall ≤ 5 × SQL floor + sending floor.",
+        "one SMTP connection. Target (issue 11): wall ≤ 2 × (5 × SQL floor + sending floor). Each round runs "
+        "from the same state and measures its sending floor right after it (the machine's speed drifts); "
+        "wall and floor are the rounds' medians, the ratio the median of the rounds' ratios.",
         "",
     ]
     out += _table(
@@ -226,7 +228,16 @@ def render(*, started: dt.datetime, machine: dict, sizes: list[dict], quick: boo
                 lambda s: f"{s['due']:,} ({s['due_expected']:,} / {s['floor_rows']:,})",
             ),
             ("reminders sent / messages at the sink", lambda s: f"{s['sent']:,} / {s['mail_messages']:,}"),
-            ("wall time", lambda s: _s(s["wall_s"])),
+            ("sender threads (OUTBOX_DELIVERY_THREADS)", lambda s: _n(s.get("sender_threads"))),
+            ("wall time (median of rounds)", lambda s: _s(s["wall_s"])),
+            (
+                "wall time, each round (the first: a cold process)",
+                lambda s: " / ".join(_s(t) for t in s.get("wall_each_round_s", [s["wall_s"]])),
+            ),
+            (
+                "sending floor, each round",
+                lambda s: " / ".join(_s(t) for t in s.get("send_floor_each_round_s", [s["send_floor_s"]])),
+            ),
             ("time per reminder sent", lambda s: _ms(s["per_reminder_ms"] / 1000)),
             ("queries (per reminder sent)", lambda s: f"{s['queries']:,} ({s['queries_per_sent']:.2f})"),
             ("peak memory (tracemalloc)", lambda s: _n(s["peak_memory_mb"], 1, " MiB")),
@@ -239,7 +250,7 @@ def render(*, started: dt.datetime, machine: dict, sizes: list[dict], quick: boo
                 lambda s: f"{_s(s['send_floor_s'])} ({_ms(s['send_floor_per_message_ms'] / 1000)})",
             ),
             ("target: 5 × SQL floor + sending", lambda s: _s(s["target_s"])),
-            ("wall / target", lambda s: _x(s["ratio_to_target"])),
+            ("wall / target (median of the rounds' ratios; issue 11 asks ≤ 2×)", lambda s: _x(s["ratio_to_target"])),
         ],
     )
     out += [
