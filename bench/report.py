@@ -228,7 +228,10 @@ def render(*, started: dt.datetime, machine: dict, sizes: list[dict], quick: boo
                 lambda s: f"{s['due']:,} ({s['due_expected']:,} / {s['floor_rows']:,})",
             ),
             ("reminders sent / messages at the sink", lambda s: f"{s['sent']:,} / {s['mail_messages']:,}"),
-            ("sender threads (OUTBOX_DELIVERY_THREADS)", lambda s: _n(s.get("sender_threads"))),
+            (
+                "delivering processes × sender threads",
+                lambda s: f"{_n(s.get('delivery_processes', 1))} × {_n(s.get('sender_threads'))}",
+            ),
             ("wall time (median of rounds)", lambda s: _s(s["wall_s"])),
             (
                 "wall time, each round (the first: a cold process)",
@@ -239,8 +242,11 @@ def render(*, started: dt.datetime, machine: dict, sizes: list[dict], quick: boo
                 lambda s: " / ".join(_s(t) for t in s.get("send_floor_each_round_s", [s["send_floor_s"]])),
             ),
             ("time per reminder sent", lambda s: _ms(s["per_reminder_ms"] / 1000)),
-            ("queries (per reminder sent)", lambda s: f"{s['queries']:,} ({s['queries_per_sent']:.2f})"),
-            ("peak memory (tracemalloc)", lambda s: _n(s["peak_memory_mb"], 1, " MiB")),
+            (
+                "queries (per reminder sent; a run in one process)",
+                lambda s: f"{s['queries']:,} ({s['queries_per_sent']:.2f})",
+            ),
+            ("peak memory (tracemalloc; a run in one process)", lambda s: _n(s["peak_memory_mb"], 1, " MiB")),
             ("dry run (the scan alone): wall", lambda s: _ms(s["dry_run_s"])),
             ("dry run: queries", lambda s: _n(s["dry_run_queries"])),
             ("floor: due-rows SQL", lambda s: _ms(s["floor_sql_s"])),

@@ -316,6 +316,10 @@ NOTICE_GIVE_UP_AFTER = dt.timedelta(hours=env.int("NOTICE_GIVE_UP_AFTER_HOURS", 
 # overlap those waits (bench/RESULTS.md). The beat path is Celery's
 # concurrency instead. 1 on SQLite, and inside a caller's transaction.
 OUTBOX_DELIVERY_THREADS = env.int("OUTBOX_DELIVERY_THREADS", default=3)
+# Processes the command forks for that delivery, each with its part of the
+# notices and OUTBOX_DELIVERY_THREADS senders: threads share one interpreter
+# lock, and rendering a mail is work, not waiting. 1 where threads are 1.
+OUTBOX_DELIVERY_PROCESSES = env.int("OUTBOX_DELIVERY_PROCESSES", default=2)
 
 # ---------------------------------------------------------------------------
 # Email

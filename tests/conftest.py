@@ -38,10 +38,10 @@ def pytest_configure(config) -> None:
     from django.conf import settings
 
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    # One sender thread: tests read mail in the order it was sent. The
-    # senders' threads have their own tests (test_outbox_threads.py), and the
+    # One sender: tests read mail in the order it was sent. Sender threads and
+    # delivering processes have their own tests (test_outbox_threads.py); the
     # e2e tests run the command as production does.
-    settings.OUTBOX_DELIVERY_THREADS = 1
+    settings.OUTBOX_DELIVERY_THREADS = settings.OUTBOX_DELIVERY_PROCESSES = 1
 
 
 @pytest.fixture

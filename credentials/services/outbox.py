@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import multiprocessing
+import os
 import queue
 import threading
 from collections import Counter
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.mail import get_connection
 from django.db import connections, router
-from django.db.models import Prefetch
+from django.db.models import F, Prefetch
 from django.utils import timezone
 
 from credentials.models import Notice, secret_fields_of
@@ -138,26 +140,50 @@ class Delivery:
         return self.outcomes[(kind, outcome)]
 
 
-def delivery_threads() -> int:
-    """How many threads deliver a page in this process (OUTBOX_DELIVERY_THREADS; 1 where others cannot help).
+def _senders_can_share() -> bool:
+    """Whether other connections may deliver for this caller: PostgreSQL, and no transaction of the caller's.
 
-    One when the caller holds a transaction (another thread's connection
-    would not see the notices it has not committed yet) and on SQLite (one
-    writer at a time: threads would only queue for its lock).
+    Another connection would not see the notices the caller has not
+    committed yet; SQLite has one writer at a time, so more senders would
+    only queue for its lock.
     """
-    wanted = max(1, int(getattr(settings, "OUTBOX_DELIVERY_THREADS", 1)))
     connection = connections[router.db_for_write(Notice)]
-    if wanted == 1 or connection.in_atomic_block or connection.vendor == "sqlite":
+    return not connection.in_atomic_block and connection.vendor != "sqlite"
+
+
+def delivery_threads() -> int:
+    """Sender threads per delivering process (OUTBOX_DELIVERY_THREADS; 1 where others cannot help)."""
+    wanted = max(1, int(getattr(settings, "OUTBOX_DELIVERY_THREADS", 1)))
+    return wanted if wanted > 1 and _senders_can_share() else 1
+
+
+def delivery_processes() -> int:
+    """Processes the command forks to deliver (OUTBOX_DELIVERY_PROCESSES; 1 where forking cannot help or is unsafe).
+
+    One, besides where threads cannot share (_senders_can_share), inside a
+    daemonic process (a Celery prefork child may not have children) and
+    where the platform has no fork().
+    """
+    wanted = max(1, int(getattr(settings, "OUTBOX_DELIVERY_PROCESSES", 1)))
+    if wanted == 1 or not hasattr(os, "fork") or multiprocessing.current_process().daemon:
         return 1
-    return wanted
+    return wanted if _senders_can_share() else 1
 
 
-def _due_batches(*, now: dt.datetime, chunk_size: int):
-    """The due notices, loaded a page at a time (keyset), in batches of claim_batch_size()."""
+def _due_batches(*, now: dt.datetime, chunk_size: int, share: tuple[int, int] = (0, 1)):
+    """The due notices, loaded a page at a time (keyset), in batches of claim_batch_size().
+
+    share=(i, n): only the notices whose id is i modulo n (one delivering
+    process's part; the parts never overlap, and each is still claimed).
+    """
     batch = claim_batch_size()
+    due = _loaded().filter(notices.notice_due(now))
+    index, parts = share
+    if parts > 1:
+        due = due.alias(share=F("pk") % parts).filter(share=index)
     last_pk = 0
     while True:
-        page = list(_loaded().filter(notices.notice_due(now), pk__gt=last_pk).order_by("pk")[:chunk_size])
+        page = list(due.filter(pk__gt=last_pk).order_by("pk")[:chunk_size])
         if not page:
             return
         last_pk = page[-1].pk
@@ -233,20 +259,97 @@ def _deliver_threaded(batches, *, now: dt.datetime, threads: int, per_connection
     return sum(results, Counter())
 
 
-def outbox_deliver_due(
-    *, now: dt.datetime | None = None, chunk_size: int = CHUNK_SIZE, threads: int | None = None
-) -> Delivery:
-    """Deliver every due notice in this process: pages of notices, claimed a few at a time, by a few senders.
+def _deliver_share(*, now: dt.datetime, chunk_size: int, threads: int, share: tuple[int, int]) -> Counter:
+    """Deliver one part of the due notices (all of them with share (0, 1)) with `threads` senders."""
+    batches = _due_batches(now=now, chunk_size=chunk_size, share=share)
+    if threads <= 1:
+        return _deliver_batches(batches, now=now, per_connection=chunk_size)
+    return _deliver_threaded(batches, now=now, threads=threads, per_connection=chunk_size)
 
-    threads: the senders (default delivery_threads()); each has its own SMTP
-    connection, renewed every chunk_size notices.
+
+def _share_process(*, pipe, **kwargs) -> None:
+    """A forked delivering process: deliver its part, send back the outcomes (or what broke), close its connections."""
+    try:
+        outcomes = _deliver_share(**kwargs)
+        pipe.send(({(str(kind), outcome): n for (kind, outcome), n in outcomes.items()}, ""))
+    except BaseException as exc:  # told to the parent, which raises
+        pipe.send(({}, f"{type(exc).__name__}: {exc}"))
+    finally:
+        connections.close_all()
+        pipe.close()
+
+
+def _deliver_forked(*, now: dt.datetime, chunk_size: int, threads: int, processes: int) -> Counter:
+    """Fork `processes` delivering processes, each with its part of the due notices and `threads` senders.
+
+    Threads share one interpreter lock, and rendering and MIME are most of a
+    send's own time; processes use the other cores (bench/RESULTS.md). Each
+    child opens its own database and SMTP connections (the parent closes
+    its database connection first, so no socket is shared) and reports its
+    outcomes through a pipe. A child that fails or dies makes the run fail
+    after the others finished; what it had claimed waits for its lease, as
+    after a crash, and nothing is sent twice but the one message a sender
+    may have had in flight.
+    """
+    connections.close_all()
+    context = multiprocessing.get_context("fork")
+    children = []
+    for index in range(processes):
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(
+            target=_share_process,
+            name=f"outbox-delivery-{index}",
+            kwargs={
+                "pipe": sender,
+                "now": now,
+                "chunk_size": chunk_size,
+                "threads": threads,
+                "share": (index, processes),
+            },
+        )
+        child.start()
+        sender.close()
+        children.append((child, receiver))
+    outcomes: Counter = Counter()
+    errors = []
+    for child, receiver in children:
+        try:
+            report = receiver.recv()  # until the child reports, or dies (EOF)
+        except EOFError:
+            report = None
+        child.join()
+        if isinstance(report, tuple):
+            counts, error = report
+            outcomes.update({tuple(key): n for key, n in counts.items()})
+            if error:
+                errors.append(f"{child.name}: {error}")
+        else:
+            errors.append(f"{child.name} died (exit code {child.exitcode})")
+    if errors:
+        raise RuntimeError("; ".join(errors) + " (what it had claimed waits for its lease)")
+    return outcomes
+
+
+def outbox_deliver_due(
+    *,
+    now: dt.datetime | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    threads: int | None = None,
+    processes: int | None = None,
+) -> Delivery:
+    """Deliver every due notice from this process: pages of notices, claimed a few at a time, by a few senders.
+
+    threads: sender threads per process (default delivery_threads()), each
+    with its own SMTP connection, renewed every chunk_size notices.
+    processes: delivering processes forked for the run (default
+    delivery_processes()), each with its part of the notices.
     """
     now = now or timezone.now()
     threads = delivery_threads() if threads is None else threads
-    batches = _due_batches(now=now, chunk_size=chunk_size)
-    if threads <= 1:
-        return Delivery(outcomes=_deliver_batches(batches, now=now, per_connection=chunk_size))
-    return Delivery(outcomes=_deliver_threaded(batches, now=now, threads=threads, per_connection=chunk_size))
+    processes = delivery_processes() if processes is None else processes
+    if processes > 1:
+        return Delivery(outcomes=_deliver_forked(now=now, chunk_size=chunk_size, threads=threads, processes=processes))
+    return Delivery(outcomes=_deliver_share(now=now, chunk_size=chunk_size, threads=threads, share=(0, 1)))
 
 
 def outbox_enqueue_due(*, now: dt.datetime | None = None) -> int:

@@ -1,16 +1,20 @@
-"""Several senders in one process (OUTBOX_DELIVERY_THREADS): each notice once, nothing lost when one fails.
+"""Several senders (OUTBOX_DELIVERY_THREADS, OUTBOX_DELIVERY_PROCESSES): each notice once, nothing lost.
 
-The reminder command delivers what it decided in its own process; a send
+The reminder command delivers what it decided from its own process; a send
 mostly waits (for the mail server, for the commit), so a few sender threads
 share the pages, each with its own database and SMTP connection, each notice
-claimed by one of them. A real SMTP server on loopback (aiosmtpd). Threads
-need connections that see committed rows: PostgreSQL, outside a transaction.
+claimed by one of them; and the command forks a few delivering processes,
+each with its part of the notices (threads share one interpreter lock). A
+real SMTP server on loopback (aiosmtpd). Senders need connections that see
+committed rows: PostgreSQL, outside a transaction.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -25,16 +29,26 @@ from tests.credentials.test_outbox import START, make_customer, make_owner
 # test_outbox.py's fixtures: the loopback SMTP server, the frozen clock.
 smtp, clock = test_outbox.smtp, test_outbox.clock
 
+REMINDER_SENDER = outbox.SENDERS[Notice.Kind.REMINDER]
+
 needs_postgres = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="sender threads need PostgreSQL (set DATABASE_URL)"
 )
 
 
 def backends() -> int:
-    """Open connections to this test database (ours and any a sender thread left behind)."""
+    """Open connections to this test database (ours and any a sender left behind)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
         return cursor.fetchone()[0]
+
+
+def backends_settle_at(expected: int, *, seconds: float = 5.0) -> int:
+    """The backends' count once it reaches `expected` (a closed connection's backend ends a moment later)."""
+    deadline = time.monotonic() + seconds
+    while (count := backends()) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return count
 
 
 def recording_senders(monkeypatch, *, fail_once: int | None = None) -> list[str]:
@@ -73,7 +87,7 @@ def test_three_senders_deliver_each_due_reminder_once_and_close_their_connection
     assert set(Notice.objects.values_list("state", "attempts")) == {(Notice.State.SENT, 1)}
     assert set(ReminderLog.objects.values_list("state", flat=True)) == {ReminderLog.State.SENT}
     assert len({name for name in senders if name.startswith("outbox-sender-")}) >= 2  # the page was shared
-    assert backends() == before  # each sender closed its database connection
+    assert backends_settle_at(before) == before  # each sender closed its database connection
 
 
 @needs_postgres
@@ -93,7 +107,7 @@ def test_a_sender_that_breaks_stops_the_run_and_its_notice_goes_out_once_after_t
     with pytest.raises(RuntimeError, match="a bug in a sender"):
         outbox.outbox_deliver_due()
 
-    assert backends() == before
+    assert backends_settle_at(before) == before
     # The broken sender's claimed batch waits for its lease, as after a crash: the victim and the
     # notices claimed with it. The other senders went on with theirs; the rest were never claimed.
     held = set(Notice.objects.filter(state=Notice.State.SENDING).values_list("pk", flat=True))
@@ -126,3 +140,88 @@ def test_outside_a_transaction_the_setting_decides_on_postgresql(settings):
     assert outbox.delivery_threads() == expected
     with transaction.atomic():
         assert outbox.delivery_threads() == 1
+
+
+def pid_recording_senders(monkeypatch, log, *, die_at: int | None = None) -> None:
+    """Log the process that sends each reminder (a file: the senders are other processes); die at one notice."""
+    real = outbox.SENDERS[Notice.Kind.REMINDER]
+
+    def sender(*, notice, **kwargs):
+        if notice.pk == die_at:
+            os._exit(3)  # as a kill -9 would: no cleanup, no report
+        with open(log, "a") as out:
+            out.write(f"{os.getpid()}\n")
+        return real(notice=notice, **kwargs)
+
+    monkeypatch.setitem(outbox.SENDERS, Notice.Kind.REMINDER, sender)
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_delivering_processes_send_each_due_reminder_once_and_close_their_connections(
+    smtp, clock, settings, monkeypatch, tmp_path
+):
+    settings.OUTBOX_DELIVERY_PROCESSES, settings.OUTBOX_DELIVERY_THREADS = 2, 2
+    owner = make_owner()
+    for n in range(24):
+        make_customer(n, owner=owner, days=14)
+    log = tmp_path / "senders.log"
+    pid_recording_senders(monkeypatch, log)
+    before = backends()
+
+    run = outbox.reminders_send_due()
+
+    assert run.due == 24 and run.sent == 24 and run.failed == 0  # the children's outcomes, summed
+    reminders_sent = [rcpt for rcpt in smtp.received if rcpt != ("olivia@edpotential.example",)]
+    assert sorted(reminders_sent) == sorted((f"admin{n}@c{n}.example.edu",) for n in range(24))  # each once
+    assert smtp.received.count(("olivia@edpotential.example",)) == 1
+    assert set(Notice.objects.values_list("state", "attempts")) == {(Notice.State.SENT, 1)}
+    senders = Counter(log.read_text().split())
+    assert len(senders) == 2 and str(os.getpid()) not in senders  # two children, each its part
+    assert sum(senders.values()) == 24
+    assert backends_settle_at(before) == before  # each child closed its connections
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_delivering_process_that_dies_fails_the_run_and_its_notices_go_out_once_after_the_lease(
+    smtp, clock, settings, monkeypatch, tmp_path
+):
+    settings.OUTBOX_DELIVERY_PROCESSES, settings.OUTBOX_DELIVERY_THREADS = 2, 1
+    owner = make_owner()
+    for n in range(12):
+        make_customer(n, owner=owner, days=14)
+    reminders.reminders_decide(today=START.date(), now=START)
+    victim = Notice.objects.filter(kind=Notice.Kind.REMINDER).order_by("pk")[4]
+    pid_recording_senders(monkeypatch, tmp_path / "senders.log", die_at=victim.pk)
+
+    with pytest.raises(RuntimeError, match=r"outbox-delivery-\d died \(exit code 3\)"):
+        outbox.outbox_deliver_due()
+
+    # The dead child's claimed batch waits for its lease; its sibling delivered its whole part.
+    held = set(Notice.objects.filter(state=Notice.State.SENDING).values_list("pk", flat=True))
+    assert victim.pk in held and len(held) <= outbox.claim_batch_size()
+    pending = Notice.objects.filter(state=Notice.State.PENDING).count()
+    sent_first = len(smtp.received)
+    assert sent_first + len(held) + pending == 12 and sent_first >= 6
+    monkeypatch.setitem(outbox.SENDERS, Notice.Kind.REMINDER, REMINDER_SENDER)  # no more dying
+    assert outbox.outbox_deliver_due().count(Notice.Kind.REMINDER, "sent") == pending
+    clock.shift(django_settings.NOTICE_LEASE + dt.timedelta(seconds=1))
+    assert outbox.outbox_deliver_due().count(Notice.Kind.REMINDER, "sent") == len(held)
+    assert sorted(smtp.received) == sorted((f"admin{n}@c{n}.example.edu",) for n in range(12))  # once each
+
+
+@pytest.mark.django_db
+def test_one_delivering_process_inside_a_transaction_or_when_set_to_one(settings):
+    settings.OUTBOX_DELIVERY_PROCESSES, settings.OUTBOX_DELIVERY_THREADS = 2, 3
+    assert outbox.delivery_processes() == 1  # the test runs inside a transaction
+    settings.OUTBOX_DELIVERY_PROCESSES = 1
+    assert outbox.delivery_processes() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_the_process_setting_decides_on_postgresql(settings):
+    settings.OUTBOX_DELIVERY_PROCESSES = 2
+    assert outbox.delivery_processes() == (2 if connection.vendor == "postgresql" else 1)
+    with transaction.atomic():
+        assert outbox.delivery_processes() == 1
