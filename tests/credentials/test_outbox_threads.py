@@ -36,6 +36,13 @@ needs_postgres = pytest.mark.skipif(
 )
 
 
+def customers(count: int) -> None:
+    """`count` colleges of one owner (olivia), each with a key 14 days from expiry: a reminder each is due."""
+    owner = make_owner()
+    for n in range(count):
+        make_customer(n, owner=owner, days=14)
+
+
 def backends() -> int:
     """Open connections to this test database (ours and any a sender left behind)."""
     with connection.cursor() as cursor:
@@ -71,9 +78,7 @@ def recording_senders(monkeypatch, *, fail_once: int | None = None) -> list[str]
 @pytest.mark.django_db(transaction=True)
 def test_three_senders_deliver_each_due_reminder_once_and_close_their_connections(smtp, clock, settings, monkeypatch):
     settings.OUTBOX_DELIVERY_THREADS = 3
-    owner = make_owner()
-    for n in range(24):
-        make_customer(n, owner=owner, days=14)
+    customers(24)
     senders = recording_senders(monkeypatch)
     before = backends()
 
@@ -96,9 +101,7 @@ def test_a_sender_that_breaks_stops_the_run_and_its_notice_goes_out_once_after_t
     smtp, clock, settings, monkeypatch
 ):
     settings.OUTBOX_DELIVERY_THREADS = 3
-    owner = make_owner()
-    for n in range(12):
-        make_customer(n, owner=owner, days=14)
+    customers(12)
     reminders.reminders_decide(today=START.date(), now=START)
     victim = Notice.objects.filter(kind=Notice.Kind.REMINDER).order_by("pk")[5]
     recording_senders(monkeypatch, fail_once=victim.pk)
@@ -124,24 +127,6 @@ def test_a_sender_that_breaks_stops_the_run_and_its_notice_goes_out_once_after_t
     assert set(Notice.objects.values_list("state", flat=True)) == {Notice.State.SENT}
 
 
-@pytest.mark.django_db
-def test_one_sender_inside_a_transaction_and_on_sqlite(settings):
-    """Another thread's connection cannot see rows the caller has not committed; SQLite has one writer."""
-    settings.OUTBOX_DELIVERY_THREADS = 3
-    assert outbox.delivery_threads() == 1  # the test runs inside a transaction
-    settings.OUTBOX_DELIVERY_THREADS = 1
-    assert outbox.delivery_threads() == 1
-
-
-@pytest.mark.django_db(transaction=True)
-def test_outside_a_transaction_the_setting_decides_on_postgresql(settings):
-    settings.OUTBOX_DELIVERY_THREADS = 3
-    expected = 3 if connection.vendor == "postgresql" else 1
-    assert outbox.delivery_threads() == expected
-    with transaction.atomic():
-        assert outbox.delivery_threads() == 1
-
-
 def pid_recording_senders(monkeypatch, log, *, die_at: int | None = None) -> None:
     """Log the process that sends each reminder (a file: the senders are other processes); die at one notice."""
     real = outbox.SENDERS[Notice.Kind.REMINDER]
@@ -162,9 +147,7 @@ def test_two_delivering_processes_send_each_due_reminder_once_and_close_their_co
     smtp, clock, settings, monkeypatch, tmp_path
 ):
     settings.OUTBOX_DELIVERY_PROCESSES, settings.OUTBOX_DELIVERY_THREADS = 2, 2
-    owner = make_owner()
-    for n in range(24):
-        make_customer(n, owner=owner, days=14)
+    customers(24)
     log = tmp_path / "senders.log"
     pid_recording_senders(monkeypatch, log)
     before = backends()
@@ -188,9 +171,7 @@ def test_a_delivering_process_that_dies_fails_the_run_and_its_notices_go_out_onc
     smtp, clock, settings, monkeypatch, tmp_path
 ):
     settings.OUTBOX_DELIVERY_PROCESSES, settings.OUTBOX_DELIVERY_THREADS = 2, 1
-    owner = make_owner()
-    for n in range(12):
-        make_customer(n, owner=owner, days=14)
+    customers(12)
     reminders.reminders_decide(today=START.date(), now=START)
     victim = Notice.objects.filter(kind=Notice.Kind.REMINDER).order_by("pk")[4]
     pid_recording_senders(monkeypatch, tmp_path / "senders.log", die_at=victim.pk)
@@ -211,17 +192,27 @@ def test_a_delivering_process_that_dies_fails_the_run_and_its_notices_go_out_onc
     assert sorted(smtp.received) == sorted((f"admin{n}@c{n}.example.edu",) for n in range(12))  # once each
 
 
+SENDER_COUNTS = pytest.mark.parametrize(
+    ("setting", "count"),
+    [("OUTBOX_DELIVERY_THREADS", outbox.delivery_threads), ("OUTBOX_DELIVERY_PROCESSES", outbox.delivery_processes)],
+)
+
+
+@SENDER_COUNTS
 @pytest.mark.django_db
-def test_one_delivering_process_inside_a_transaction_or_when_set_to_one(settings):
-    settings.OUTBOX_DELIVERY_PROCESSES, settings.OUTBOX_DELIVERY_THREADS = 2, 3
-    assert outbox.delivery_processes() == 1  # the test runs inside a transaction
-    settings.OUTBOX_DELIVERY_PROCESSES = 1
-    assert outbox.delivery_processes() == 1
+def test_one_sender_inside_a_transaction_or_when_set_to_one(settings, setting, count):
+    """Another connection cannot see rows the caller has not committed."""
+    setattr(settings, setting, 3)
+    assert count() == 1  # the test runs inside a transaction
+    setattr(settings, setting, 1)
+    assert count() == 1
 
 
+@SENDER_COUNTS
 @pytest.mark.django_db(transaction=True)
-def test_outside_a_transaction_the_process_setting_decides_on_postgresql(settings):
-    settings.OUTBOX_DELIVERY_PROCESSES = 2
-    assert outbox.delivery_processes() == (2 if connection.vendor == "postgresql" else 1)
+def test_outside_a_transaction_the_setting_decides_on_postgresql(settings, setting, count):
+    """SQLite has one writer at a time: more senders would only queue for its lock."""
+    setattr(settings, setting, 3)
+    assert count() == (3 if connection.vendor == "postgresql" else 1)
     with transaction.atomic():
-        assert outbox.delivery_processes() == 1
+        assert count() == 1

@@ -259,28 +259,34 @@ def test_a_week_of_missed_runs_sends_one_catch_up_email(clock, served):
     assert Notice.objects.filter(credential=key, state=Notice.State.PENDING).count() == 0
 
 
-@pytest.mark.django_db(transaction=True)
-def test_two_runs_at_once_send_one_email(served, settings):
-    if connection.vendor != "postgresql":
-        pytest.skip("SQLite serialises writers; the race needs PostgreSQL")
-    add_key(served, days=14)
-    barrier = threading.Barrier(4)
-    runs, errors = [], []
+def at_once(run, *, runs: int = 4) -> tuple[list, list]:
+    """Start `runs` calls of run() in threads at the same instant (each its own connection): (results, errors)."""
+    barrier = threading.Barrier(runs)
+    results, errors = [], []
 
-    def run():
+    def one():
         try:
             barrier.wait()
-            runs.append(reminders_send_due())
+            results.append(run())
         except Exception as exc:
             errors.append(exc)
         finally:
             connections.close_all()
 
-    threads = [threading.Thread(target=run) for _ in range(4)]
+    threads = [threading.Thread(target=one) for _ in range(runs)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return results, errors
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_runs_at_once_send_one_email(served, settings):
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite serialises writers; the race needs PostgreSQL")
+    add_key(served, days=14)
+    runs, errors = at_once(reminders_send_due)
 
     assert errors == []
     assert sum(r.sent for r in runs) == 1
@@ -340,23 +346,7 @@ def test_four_runs_deciding_the_same_chunk_at_once_claim_each_step_once(make_ins
         pytest.skip("SQLite serialises writers; the race needs PostgreSQL")
     add_due_institutions(make_institution, 20)
     listening_account()
-    barrier = threading.Barrier(4)
-    runs, errors = [], []
-
-    def run():
-        try:
-            barrier.wait()
-            runs.append(reminders_decide(today=timezone.localdate(), now=timezone.now()))
-        except Exception as exc:
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    runs, errors = at_once(lambda: reminders_decide(today=timezone.localdate(), now=timezone.now()))
 
     assert errors == []
     assert sum(len(r.notice_ids) for r in runs) == 20
