@@ -411,7 +411,10 @@ def reminders_send_due(
     if queue:
         run.queued = outbox_enqueue_due(now=now)
     else:
-        delivery = outbox_deliver_due(now=now, chunk_size=chunk_size)
+        run.delivery_processes, run.delivery_threads = delivery_processes(), delivery_threads()
+        delivery = outbox_deliver_due(
+            now=now, chunk_size=chunk_size, processes=run.delivery_processes, threads=run.delivery_threads
+        )
         run.sent = delivery.count(Notice.Kind.REMINDER, "sent")
         run.failed = delivery.count(Notice.Kind.REMINDER, "retry") + delivery.count(Notice.Kind.REMINDER, "failed")
         run.superseded += delivery.count(Notice.Kind.REMINDER, "closed")

@@ -82,6 +82,9 @@ class ReminderRun:
     # Attempts that failed this run: the notice waits for its retry (or gave up).
     failed: int = 0
     owner_summaries: int = 0
+    # Who delivered in this process (processes × sender threads; 0 when queued or a dry run).
+    delivery_processes: int = 0
+    delivery_threads: int = 0
     notice_ids: list[int] = field(default_factory=list)
     planned: list[PlannedReminder] = field(default_factory=list)
 

@@ -97,10 +97,9 @@ def _database_url() -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-@pytest.fixture
-def worker(real_services, smtp_server, tmp_path):
-    controller, _ = smtp_server
-    env = {
+def _process_env(controller) -> dict:
+    """The environment of a registry process of this test: its database, broker and SMTP server."""
+    return {
         **os.environ,
         "DEBUG": "true",
         # pytest-django's test database (test_<name>), not the development one.
@@ -112,6 +111,12 @@ def worker(real_services, smtp_server, tmp_path):
         "SITE_URL": settings.SITE_URL,
         "DEFAULT_FROM_EMAIL": "registry@edpotential.example",
     }
+
+
+@pytest.fixture
+def worker(real_services, smtp_server, tmp_path):
+    controller, _ = smtp_server
+    env = _process_env(controller)
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -196,3 +201,46 @@ def test_beats_reminder_task_reaches_a_real_smtp_server_once_with_its_calendar_f
     log = ReminderLog.objects.get()
     assert log.threshold == 14 and log.sent_at is not None
     assert set(Notice.objects.values_list("state", flat=True)) == {Notice.State.SENT}
+
+
+def test_the_command_in_its_own_process_delivers_each_reminder_once_with_its_forked_senders(real_services, smtp_server):
+    """`manage.py send_expiry_reminders` as cron runs it: 2 delivering processes × 3 sender threads."""
+    owner = get_user_model().objects.create_user(username="olivia", email="olivia@edpotential.example")
+    expires_on = timezone.localdate() + dt.timedelta(days=14)
+    for n in range(30):
+        institution = Institution.objects.create(
+            name=f"College {n}", slug=f"college-{n}", canvas_domain=f"c{n}.instructure.com", account_owner=owner
+        )
+        Contact.objects.create(institution=institution, name="Admin", email=f"admin{n}@c{n}.example.edu")
+        credential_create(
+            institution=institution,
+            key=CleanKey(client_id=f"us-east-1#e2e00000-0000-4000-8000-{n:012d}", secret=PLANTED_SECRET,
+                         expires_on=expires_on),
+            source=CD2Credential.Source.ADMIN,
+            status=CD2Credential.Status.ACTIVE,
+            check=PASSED_CHECK,
+        )  # fmt: skip
+    controller, inbox = smtp_server
+    env = {**_process_env(controller), "OUTBOX_DELIVERY_PROCESSES": "2", "OUTBOX_DELIVERY_THREADS": "3"}
+
+    def command() -> str:
+        done = subprocess.run(
+            [sys.executable, "manage.py", "send_expiry_reminders"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE_SECONDS,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    first = command()
+    second = command()  # cron firing twice sends nothing twice
+
+    assert "30 due, 30 sent" in first, first
+    assert "Delivered by 2 process(es) × 3 sender thread(s)." in first, first
+    assert "0 due, 0 sent" in second, second
+    recipients = sorted(tuple(rcpt) for _, rcpt in inbox.envelopes)
+    expected = sorted([(f"admin{n}@c{n}.example.edu",) for n in range(30)] + [("olivia@edpotential.example",)])
+    assert recipients == expected  # each reminder once, the owner's one summary
+    assert set(Notice.objects.values_list("state", "attempts")) == {(Notice.State.SENT, 1)}
+    assert ReminderLog.objects.filter(state=ReminderLog.State.SENT).count() == 30
+    for sent in inbox.messages:
+        assert PLANTED_SECRET not in sent.as_string()

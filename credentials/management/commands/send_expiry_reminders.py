@@ -58,6 +58,10 @@ class Command(BaseCommand):
             f"{run.skipped} earlier step(s) skipped, {run.superseded} superseded, {run.failed} failed"
             f"{f', {run.queued} queued' if queue else ''}; {run.owner_summaries} owner summary(ies)."
         )
+        if run.delivery_processes:
+            self.stdout.write(
+                f"Delivered by {run.delivery_processes} process(es) × {run.delivery_threads} sender thread(s)."
+            )
         if run.failed:
             self.stderr.write(
                 "Failed sends wait in the outbox and are retried with backoff (admin: Notices); "
