@@ -153,24 +153,28 @@ def _succeeded(log: Path, task: str) -> int:
     return sum(1 for line in lines if f"Task {task}[" in line and "succeeded" in line)
 
 
-def test_beats_reminder_task_reaches_a_real_smtp_server_once_with_its_calendar_file(real_services, smtp_server, worker):
-    owner = get_user_model().objects.create_user(username="olivia", email="olivia@edpotential.example")
+def _customer(*, name: str, slug: str, contact: str, owner, client_id: str, expires_on: dt.date) -> None:
+    """An active institution of `owner` with one contact who gets reminders and an active key (the planted Secret)."""
     institution = Institution.objects.create(
-        name="Northfield University",
-        slug="northfield",
-        canvas_domain="northfield.instructure.com",
-        status=Institution.Status.ACTIVE,
+        name=name, slug=slug, canvas_domain=f"{slug}.instructure.com", status=Institution.Status.ACTIVE,
         account_owner=owner,
-    )
-    Contact.objects.create(institution=institution, name="Ada Admin", email="ada@northfield.example.edu")
-    expires_on = timezone.localdate() + dt.timedelta(days=14)
+    )  # fmt: skip
+    Contact.objects.create(institution=institution, name="Ada Admin", email=contact)
     credential_create(
         institution=institution,
-        key=CleanKey(client_id="us-east-1#e2e00000-0000-4000-8000-00000000e2e1", secret=PLANTED_SECRET,
-                     expires_on=expires_on),
+        key=CleanKey(client_id=client_id, secret=PLANTED_SECRET, expires_on=expires_on),
         source=CD2Credential.Source.ADMIN,
         status=CD2Credential.Status.ACTIVE,
         check=PASSED_CHECK,
+    )
+
+
+def test_beats_reminder_task_reaches_a_real_smtp_server_once_with_its_calendar_file(real_services, smtp_server, worker):
+    owner = get_user_model().objects.create_user(username="olivia", email="olivia@edpotential.example")
+    expires_on = timezone.localdate() + dt.timedelta(days=14)
+    _customer(
+        name="Northfield University", slug="northfield", contact="ada@northfield.example.edu", owner=owner,
+        client_id="us-east-1#e2e00000-0000-4000-8000-00000000e2e1", expires_on=expires_on,
     )  # fmt: skip
     _, inbox = smtp_server
     _, log = worker
@@ -208,17 +212,9 @@ def test_the_command_in_its_own_process_delivers_each_reminder_once_with_its_for
     owner = get_user_model().objects.create_user(username="olivia", email="olivia@edpotential.example")
     expires_on = timezone.localdate() + dt.timedelta(days=14)
     for n in range(30):
-        institution = Institution.objects.create(
-            name=f"College {n}", slug=f"college-{n}", canvas_domain=f"c{n}.instructure.com", account_owner=owner
-        )
-        Contact.objects.create(institution=institution, name="Admin", email=f"admin{n}@c{n}.example.edu")
-        credential_create(
-            institution=institution,
-            key=CleanKey(client_id=f"us-east-1#e2e00000-0000-4000-8000-{n:012d}", secret=PLANTED_SECRET,
-                         expires_on=expires_on),
-            source=CD2Credential.Source.ADMIN,
-            status=CD2Credential.Status.ACTIVE,
-            check=PASSED_CHECK,
+        _customer(
+            name=f"College {n}", slug=f"college-{n}", contact=f"admin{n}@c{n}.example.edu", owner=owner,
+            client_id=f"us-east-1#e2e00000-0000-4000-8000-{n:012d}", expires_on=expires_on,
         )  # fmt: skip
     controller, inbox = smtp_server
     env = {**_process_env(controller), "OUTBOX_DELIVERY_PROCESSES": "2", "OUTBOX_DELIVERY_THREADS": "3"}
