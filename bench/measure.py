@@ -419,7 +419,7 @@ def _wait_http(port: int, timeout: float = 30.0) -> None:
 def _wrk_script(*, script: str, port: int, lines: list[str], seconds: float, connections: int, env: dict) -> dict:
     """Run wrk with one of bench/*.lua for `seconds`; `lines` reach the script as the file named in BENCH_LINES.
 
-    The script prints its figures as one "BENCH_JSON {...}" line (wrk_post.lua, wrk_get.lua).
+    The script prints its figures as one "BENCH_JSON {...}" line (bench/wrk_report.lua, which both scripts load).
     """
     with tempfile.NamedTemporaryFile("w", suffix=".lines", delete=False) as handle:
         handle.write("\n".join(lines) + "\n")

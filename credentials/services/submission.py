@@ -66,7 +66,7 @@ from credentials.services.keys import (
     credential_create,
     credential_set_status,
     institution_key_summary_refresh,
-    new_key_request_stale,
+    new_key_request_superseded,
 )
 from credentials.services.links import submission_link_create, submission_link_mark_sent
 from credentials.validators import CleanKey, validate_key_input
@@ -675,9 +675,7 @@ def key_rejected_notice_send(*, notice: Notice, now: dt.datetime, connection=Non
     """
     credential = notice.credential
     institution = credential.institution
-    stale = new_key_request_stale(credential=credential)
-    if stale:
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.SUPERSEDED, reason=stale, now=now)
+    if new_key_request_superseded(notice=notice, now=now):
         return False
     recipients = link_recipients(institution=institution)
     base = {"credential": credential, "message": RECHECK_REJECTED_MESSAGE, "rejected": True, "institution": institution}

@@ -29,7 +29,7 @@ from credentials.services.keys import (
     credential_check_record,
     credential_set_status,
     institution_key_summary_refresh,
-    new_key_request_stale,
+    new_key_request_superseded,
 )
 from credentials.services.links import submission_link_create, submission_link_mark_sent
 from credentials.services.submission import forbidden_reason
@@ -160,9 +160,7 @@ def key_invalid_notice_send(*, notice: Notice, now: dt.datetime, connection=None
     """
     credential = notice.credential
     institution = credential.institution
-    stale = new_key_request_stale(credential=credential)
-    if stale:
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.SUPERSEDED, reason=stale, now=now)
+    if new_key_request_superseded(notice=notice, now=now):
         return False
     to = reminder_addressees(institution=institution)
     if not to:
