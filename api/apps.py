@@ -10,11 +10,11 @@ class ApiConfig(AppConfig):
 
     def ready(self) -> None:
         # credentials never imports api: it sends key_events and keeps a table of
-        # senders; the API listens and adds the webhook sender here.
+        # senders; the API listens and registers the webhook sender it owns here.
         from api import webhooks
         from credentials.models import Notice
-        from credentials.services import outbox
+        from credentials.outgoing import sender_register
         from credentials.signals import key_events
 
         key_events.connect(webhooks.webhook_notices_write, dispatch_uid="api.webhooks.webhook_notices_write")
-        outbox.sender_register(Notice.Kind.WEBHOOK, webhooks.webhook_notice_send)
+        sender_register(Notice.Kind.WEBHOOK, webhooks.webhook_notice_write)

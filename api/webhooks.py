@@ -8,7 +8,7 @@ may see the institution (one account query per batch of events). So a
 rolled-back decision announces nothing, and a decision taken twice writes
 one notice (dedupe key "webhook:<event id>:<account id>",
 the event id being stable for the fact). The outbox delivers it with its
-claim, retries and backoff (`webhook_notice_send`, registered for the kind
+claim, retries and backoff (`webhook_notice_write`, registered for the kind
 in ApiConfig.ready): a receiver that fails or answers non-2xx is tried again
 with the same event id and body until it answers 2xx or the outbox gives up.
 
@@ -34,6 +34,7 @@ import secrets
 import socket
 import uuid
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import requests
@@ -45,6 +46,7 @@ from django.utils import timezone
 
 from api.models import ServiceAccount
 from credentials.models import AuditEvent, CD2Credential, Notice
+from credentials.outgoing import Send, Skip
 from credentials.services import notices
 from credentials.services.audit import audit_record
 from credentials.signals import KEY_EXPIRING, KeyEvent
@@ -232,13 +234,47 @@ def webhook_body_bytes(notice: Notice) -> bytes:
     return json.dumps(notice.payload["body"], separators=(",", ":"), sort_keys=True).encode()
 
 
-def webhook_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
-    """POST a claimed webhook notice to its account's URL; True when the receiver answered 2xx.
+@dataclass(frozen=True)
+class WebhookPost:
+    """One signed POST of a webhook notice: what the outbox sends for Notice.Kind.WEBHOOK."""
+
+    url: str
+    secret: str = field(repr=False)
+    event_id: str
+    body: bytes
+    account_name: str
+
+    def send(self, fail_silently: bool = False) -> int:
+        """POST it; WebhookRefused (an OSError, retried by the outbox) unless the receiver answers 2xx."""
+        # The clock at this send, not the run's `now`: a page of slow receivers
+        # can take minutes, and the receiver refuses a timestamp 5 minutes old.
+        timestamp = int(timezone.now().timestamp())
+        response = requests.post(
+            self.url,
+            data=self.body,
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": "cd2-registry-webhooks/1",
+                SIGNATURE_HEADER: webhook_sign(secret=self.secret, timestamp=timestamp, body=self.body),
+                EVENT_ID_HEADER: self.event_id,
+            },
+            timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
+            allow_redirects=False,
+        )
+        response.close()
+        if not 200 <= response.status_code < 300:
+            what = "a redirect (not followed)" if 300 <= response.status_code < 400 else "an error"
+            raise WebhookRefused(f"The receiver answered {response.status_code}, {what}.")
+        logger.info("Webhook %s delivered to %s", self.event_id, self.account_name)
+        return 1
+
+
+def webhook_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
+    """The outbox's sender of a webhook notice: the signed POST to its account's URL, or why not to send it.
 
     Closed unsent (cancelled) when the account is gone, inactive, has no
     URL or secret any more, or may no longer see the institution.
-    WebhookRefused (retried by the outbox) for a refused address or a
-    non-2xx answer; requests' errors are OSErrors too.
+    WebhookRefused (retried by the outbox) for a refused address.
     """
     listening = webhook_accounts(institution_ids=[notice.institution_id]).get(notice.institution_id, [])
     account = next((a for a in listening if a.pk == notice.payload.get("account_id")), None)
@@ -247,36 +283,20 @@ def webhook_notice_send(*, notice: Notice, now: dt.datetime, connection=None) ->
             "Not sent: the service account is gone, inactive, has no webhook URL or secret any more, "
             "or may no longer see this institution."
         )
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.CANCELLED, reason=reason, now=now)
-        return False
+        return Skip(state=Notice.State.CANCELLED, reason=reason)
     account = ServiceAccount.objects.get(pk=account.pk)  # with its URL and secret
     try:
         webhook_url_check(account.webhook_url)
     except ValidationError as exc:
         raise WebhookRefused(f"Receiver address refused: {' '.join(exc.messages)}") from None
-    body = webhook_body_bytes(notice)
-    # The clock at this send, not the run's `now`: a page of slow receivers
-    # can take minutes, and the receiver refuses a timestamp 5 minutes old.
-    timestamp = int(timezone.now().timestamp())
-    response = requests.post(
-        account.webhook_url,
-        data=body,
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "cd2-registry-webhooks/1",
-            SIGNATURE_HEADER: webhook_sign(secret=account.webhook_secret, timestamp=timestamp, body=body),
-            EVENT_ID_HEADER: notice.payload["body"]["id"],
-        },
-        timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
-        allow_redirects=False,
+    post = WebhookPost(
+        url=account.webhook_url,
+        secret=account.webhook_secret,
+        event_id=notice.payload["body"]["id"],
+        body=webhook_body_bytes(notice),
+        account_name=account.name,
     )
-    response.close()
-    if not 200 <= response.status_code < 300:
-        what = "a redirect (not followed)" if 300 <= response.status_code < 400 else "an error"
-        raise WebhookRefused(f"The receiver answered {response.status_code}, {what}.")
-    notices.notice_mark_sent(notice_id=notice.pk, recipients=account.name, now=now)
-    logger.info("Webhook %s (%s) delivered to %s", notice.payload["body"]["id"], notice.pk, account.name)
-    return True
+    return Send(message=post, recipients=[account.name])
 
 
 def webhook_delivery_log(*, account: ServiceAccount, limit: int = DELIVERY_LOG_SIZE) -> list[Notice]:

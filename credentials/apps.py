@@ -13,7 +13,20 @@ class CredentialsConfig(AppConfig):
             checks,  # noqa: F401  (registers the system checks)
             middleware,
         )
-        from credentials.services import audit
+        from credentials.models import Notice
+        from credentials.outgoing import sender_register
+        from credentials.services import audit, digest, links, owners, reminders, submission, verification
+
+        # The senders credentials owns (api registers the webhook's): the outbox imports none of them.
+        kinds = Notice.Kind
+        sender_register(kinds.REMINDER, reminders.reminder_notice_write, gave_up=reminders.reminder_gave_up)
+        sender_register(kinds.OWNER_SUMMARY, owners.owner_summary_write)
+        sender_register(kinds.STAFF_DIGEST, digest.staff_digest_write)
+        sender_register(kinds.RECEIPT, submission.receipt_notice_write)
+        sender_register(kinds.KEY_INVALID, verification.key_invalid_notice_write)
+        sender_register(kinds.KEY_REJECTED, submission.key_rejected_notice_write)
+        sender_register(kinds.KEY_CONFLICT, submission.key_conflict_notice_write)
+        sender_register(kinds.SUBMISSION_LINK, links.link_notice_write)
 
         user_logged_in.connect(audit.audit_login, dispatch_uid="edp-audit-login")
         user_login_failed.connect(audit.audit_login_failed, dispatch_uid="edp-audit-login-failed")

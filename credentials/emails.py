@@ -49,19 +49,3 @@ def build_email(
     for filename, content, mimetype in attachments:
         message.attach(filename, content, mimetype)
     return message
-
-
-def send_email(name: str, **kwargs) -> int:
-    """Render and send; SMTP errors propagate so a Celery task can retry them."""
-    return build_email(name, **kwargs).send(fail_silently=False)
-
-
-def send_built(message: EmailMultiAlternatives) -> int:
-    """Send a built message; SMTP errors propagate (the outbox retries them).
-
-    A shared connection (an outbox page's) is opened first: a no-op while it
-    is open, a fresh one after a failed send closed it.
-    """
-    if message.connection is not None:
-        message.connection.open()
-    return message.send(fail_silently=False)

@@ -436,8 +436,8 @@ class Notice(models.Model):
     The outbox (credentials.services.outbox). A row is the fact "this must be
     said"; its state says how far delivery got. `dedupe_key` is unique, so a
     decision taken twice (two runs, a retried task) writes one notice.
-    Each kind has one sender (services/outbox.SENDERS; an app outside
-    credentials adds its own with outbox.sender_register). `payload` holds
+    Each kind has one sender, registered by the app that owns it
+    (credentials.outgoing.sender_register). `payload` holds
     what a kind must fix at decision time (never a secret).
     """
 

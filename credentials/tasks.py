@@ -14,7 +14,7 @@ import logging
 from celery import shared_task
 
 from credentials.selectors import pending_credentials_due
-from credentials.services import health, jobs, links, outbox, submission, verification
+from credentials.services import digest, health, jobs, links, outbox, reminders, submission, verification
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def send_batch_link(item_id: int) -> bool:
 @shared_task
 def send_expiry_reminders() -> int:
     """Daily (beat): decide every reminder now due (and the owners' summaries); queue their delivery."""
-    return outbox.reminders_send_due(queue=True).queued
+    return reminders.reminders_send_due().queued
 
 
 # No Celery retry: a failed send goes back to the outbox with its next
@@ -95,6 +95,12 @@ def send_expiry_reminders() -> int:
 def deliver_notice(notice_id: int) -> bool:
     """Claim, render, send and record one outbox notice."""
     return outbox.notice_deliver(notice_id=notice_id)
+
+
+@shared_task(name=jobs.DELIVER_NOTICES)
+def deliver_notices(notice_ids: list[int]) -> int:
+    """Claim, render, send and record a few outbox notices over one SMTP connection; how many were sent."""
+    return outbox.notices_deliver(notice_ids=notice_ids).sent
 
 
 @shared_task
@@ -132,4 +138,4 @@ def verify_credential(self, credential_id: int) -> str:
 @shared_task
 def send_staff_digest() -> bool:
     """Weekly (beat): write the staff digest to the outbox and queue its delivery."""
-    return outbox.staff_digest_send(queue=True) is not None
+    return digest.staff_digest_send(queue=True) is not None

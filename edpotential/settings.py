@@ -310,16 +310,10 @@ NOTICE_LEASE = dt.timedelta(
 NOTICE_RETRY_FIRST = dt.timedelta(minutes=1)
 NOTICE_RETRY_MAX = dt.timedelta(hours=4)
 NOTICE_GIVE_UP_AFTER = dt.timedelta(hours=env.int("NOTICE_GIVE_UP_AFTER_HOURS", default=72))
-# Senders (threads) that deliver the due notices when the reminder command
-# delivers in its own process; each has its own SMTP and database
-# connection. A send mostly waits for the mail server, so a few senders
-# overlap those waits (bench/RESULTS.md). The beat path is Celery's
-# concurrency instead. 1 on SQLite, and inside a caller's transaction.
-OUTBOX_DELIVERY_THREADS = env.int("OUTBOX_DELIVERY_THREADS", default=3)
-# Processes the command forks for that delivery, each with its part of the
-# notices and OUTBOX_DELIVERY_THREADS senders: threads share one interpreter
-# lock, and rendering a mail is work, not waiting. 1 where threads are 1.
-OUTBOX_DELIVERY_PROCESSES = env.int("OUTBOX_DELIVERY_PROCESSES", default=2)
+# Due notices per delivery task (deliver_notices): a task sends its few over
+# one SMTP connection; the workers' concurrency sends tasks side by side
+# (how many send at once is the worker's --concurrency, docs/RUNBOOK.md).
+OUTBOX_TASK_BATCH = env.int("OUTBOX_TASK_BATCH", default=20)
 
 # ---------------------------------------------------------------------------
 # Email

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict
 from credentials.models import CD2Credential
-from credentials.services import outbox
+from credentials.services import outbox, reminders
 from credentials.services.keys import credential_create
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
@@ -31,6 +31,19 @@ def delivered() -> list:
     return mail.outbox
 
 
+def reminders_run(**kwargs) -> reminders.ReminderRun:
+    """The daily run as the workers complete it: decide and queue, deliver here what was queued, report.
+
+    The queued tasks would deliver the same due notices with the same claim;
+    delivering them in this process keeps unit tests free of a broker.
+    """
+    run = reminders.reminders_send_due(**kwargs)
+    if run.dry_run:
+        return run
+    outbox.outbox_deliver_due(now=run.now, chunk_size=kwargs.get("chunk_size", outbox.CHUNK_SIZE))
+    return reminders.reminders_report(run)
+
+
 def pytest_configure(config) -> None:
     # Test settings only: MD5 hashing for the many users the tests make and
     # sign in (healthchecks' test runner does the same "for speed"); the
@@ -38,10 +51,6 @@ def pytest_configure(config) -> None:
     from django.conf import settings
 
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    # One sender: tests read mail in the order it was sent. Sender threads and
-    # delivering processes have their own tests (test_outbox_threads.py); the
-    # e2e tests run the command as production does.
-    settings.OUTBOX_DELIVERY_THREADS = settings.OUTBOX_DELIVERY_PROCESSES = 1
 
 
 @pytest.fixture
@@ -252,3 +261,26 @@ def isolated_cache(settings, tmp_path):
     cache.clear()
     yield cache
     cache.clear()
+
+
+@pytest.fixture
+def inline_worker():
+    """Stands in for the Celery workers: a delivery task published runs at once, in this process.
+
+    For the doors that queue and then wait (send_expiry_reminders --wait);
+    the real workers have their own end-to-end tests (tests/e2e).
+    """
+    from unittest import mock
+
+    from credentials import tasks
+    from credentials.services import jobs
+
+    run = {jobs.DELIVER_NOTICE: tasks.deliver_notice, jobs.DELIVER_NOTICES: tasks.deliver_notices}
+
+    def publish(name, *, args=(), countdown=None, robust=False):
+        if name in run:
+            run[name].apply(args=list(args))
+
+    # At once rather than on commit: a unit test's transaction never commits.
+    with mock.patch.object(jobs, "job_enqueue", publish), mock.patch.object(jobs, "job_enqueue_on_commit", publish):
+        yield

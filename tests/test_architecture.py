@@ -161,3 +161,87 @@ def test_function_level_imports_of_project_modules_only_in_app_configs():
 @pytest.mark.parametrize("name", jobs.TASK_NAMES)
 def test_every_task_a_service_queues_by_name_is_a_registered_task(name):
     assert name in app.tasks
+
+
+# --------------------------------------------------------------------------
+# The delivery wing: one engine, senders that only write mail
+# --------------------------------------------------------------------------
+
+# The outbox: the only code that writes a notice's delivery state.
+OUTBOX_MODULES = {"credentials.services.outbox", "credentials.services.notices"}
+# The only code that builds an email message (credentials/emails.py renders the templates).
+MAIL_MODULES = {"credentials.emails"}
+DELIVERY_CALLS = {"notice_mark_sent", "notice_close", "notice_retry_later", "notice_claim", "notices_claim"}
+MESSAGE_CLASSES = {"EmailMessage", "EmailMultiAlternatives"}
+SENDER_MODULES = {
+    "credentials.services.reminders",
+    "credentials.services.owners",
+    "credentials.services.digest",
+    "credentials.services.links",
+    "credentials.services.submission",
+    "credentials.services.verification",
+    "api.webhooks",
+}
+
+
+def _called_names(path: Path) -> list[tuple[int, str]]:
+    """(line, name) of every call by name or attribute (`f(...)`, `x.f(...)`) in a file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            found.append((node.lineno, name))
+    return found
+
+
+def _production_modules():
+    return ((m, p) for m, p in MODULES.items() if m.split(".")[0] in PRODUCTION_PACKAGES)
+
+
+def test_only_the_outbox_claims_marks_sent_closes_or_retries_a_notice():
+    offenders = [
+        f"{module}:{line} calls {name}"
+        for module, path in _production_modules()
+        if module not in OUTBOX_MODULES
+        for line, name in _called_names(path)
+        if name in DELIVERY_CALLS
+    ]
+    assert offenders == [], "senders return Send or Skip (credentials.outgoing); the outbox records the outcome"
+
+
+def test_only_the_mail_module_builds_an_email_message():
+    offenders = [
+        f"{module}:{line} builds {name}"
+        for module, path in _production_modules()
+        if module not in MAIL_MODULES
+        for line, name in _called_names(path)
+        if name in MESSAGE_CLASSES
+    ]
+    assert offenders == [], "build mail with credentials.emails.build_email"
+
+
+def test_the_outbox_imports_no_sender_module():
+    imported = {name for module in OUTBOX_MODULES for _, name in _all_imports(MODULES[module], module)}
+    assert imported & SENDER_MODULES == set(), "each app registers its senders (credentials.outgoing.sender_register)"
+
+
+def test_every_notice_kind_has_a_registered_sender():
+    from credentials.models import Notice
+    from credentials.outgoing import registered_kinds
+
+    assert registered_kinds() == set(Notice.Kind.values)
+
+
+def test_the_delivery_checks_find_what_they_forbid(tmp_path):
+    """The checks above would see a sender that marks its notice sent or builds its own message."""
+    sender = tmp_path / "sender.py"
+    sender.write_text(
+        "from django.core.mail import EmailMultiAlternatives\n"
+        "def write(notice):\n"
+        "    message = EmailMultiAlternatives(subject='x')\n"
+        "    notices.notice_mark_sent(notice_id=notice.pk)\n"
+    )
+    names = {name for _, name in _called_names(sender)}
+    assert {"EmailMultiAlternatives", "notice_mark_sent"} <= names

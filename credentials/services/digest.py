@@ -1,7 +1,7 @@
 """The weekly staff digest: who is late, what is failing, what is missing, what could not be delivered.
 
 Beat writes the week's digest to the outbox (staff_digest_decide, one notice
-per day by its dedupe key); delivery renders it then (staff_digest_notice_send).
+per day by its dedupe key); delivery renders it then (staff_digest_write).
 A section past its row limit says how many more and links to the admin list
 filtered to exactly those rows; nothing is dropped silently.
 """
@@ -19,8 +19,9 @@ from django.utils import timezone
 
 from credentials.emails import build_email
 from credentials.models import Notice
+from credentials.outgoing import Send, Skip
 from credentials.selectors import KeyState, institutions_with_key_status
-from credentials.services import notices
+from credentials.services import health, jobs, notices, outbox
 from institutions.models import Institution
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ class StaffDigest:
     today: dt.date
     recipients: list[str]
     sections: dict[str, Section]
-    sent: bool = False
 
 
 def _section(title: str, queryset, *, more: str = "") -> Section:
@@ -123,17 +123,13 @@ def staff_digest_decide(*, today: dt.date | None = None, now: dt.datetime | None
     return created[0].pk
 
 
-def staff_digest_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
-    """Build the digest and mail it to STAFF_DIGEST_RECIPIENTS (or every staff user with an email).
-
-    SMTP errors propagate to the outbox, which retries.
-    """
+def staff_digest_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
+    """The outbox's sender of the digest: to STAFF_DIGEST_RECIPIENTS (or every staff user with an email)."""
     digest = staff_digest_build(today=notice.day)
     if not digest.recipients:
         reason = "Not sent: set STAFF_DIGEST_RECIPIENTS or give a staff user an email address."
         logger.warning("Staff digest not sent: %s", reason)
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.CANCELLED, reason=reason, now=now)
-        return False
+        return Skip(state=Notice.State.CANCELLED, reason=reason)
     attention = sum(section.total for section in digest.sections.values())
     message = build_email(
         "staff-digest",
@@ -145,12 +141,19 @@ def staff_digest_notice_send(*, notice: Notice, now: dt.datetime, connection=Non
             "attention": attention,
             "admin_url": settings.SITE_URL + "/admin/",
         },
-        connection=connection,
     )
-    if connection is not None:
-        connection.open()
-    message.send(fail_silently=False)
-    notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(digest.recipients), now=now)
-    digest.sent = True
-    logger.info("Staff digest sent to %s recipients (%s items)", len(digest.recipients), attention)
-    return True
+    logger.info("Staff digest for %s recipients (%s items)", len(digest.recipients), attention)
+    return Send(message=message, recipients=digest.recipients)
+
+
+def staff_digest_send(*, today: dt.date | None = None, queue: bool = False) -> int | None:
+    """The weekly digest: write it to the outbox and deliver it (queue=True: through a task). Its notice id."""
+    with health.job_run(health.JOB_DIGEST) as counts:
+        notice_id = staff_digest_decide(today=today)
+        counts["written"] = int(notice_id is not None)
+        if notice_id is not None:
+            if queue:
+                jobs.job_enqueue_on_commit(jobs.DELIVER_NOTICE, args=(notice_id,), robust=True)
+            else:
+                outbox.notice_deliver(notice_id=notice_id)
+    return notice_id

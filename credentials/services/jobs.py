@@ -21,14 +21,19 @@ VERIFY_PENDING_CREDENTIAL = "credentials.tasks.verify_pending_credential"
 VERIFY_CREDENTIAL = "credentials.tasks.verify_credential"
 VERIFY_CREDENTIALS_BATCH = "credentials.tasks.verify_credentials_batch"
 DELIVER_NOTICE = "credentials.tasks.deliver_notice"
+DELIVER_NOTICES = "credentials.tasks.deliver_notices"
 REQUEST_SUBMISSION_LINK = "credentials.tasks.request_submission_link"
 SEND_BATCH_LINK = "credentials.tasks.send_batch_link"
+
+# The outbox's delivery tasks: one notice (a decision's own, a paced link), or a few due ones.
+DELIVERY_TASKS = (DELIVER_NOTICE, DELIVER_NOTICES)
 
 TASK_NAMES = (
     VERIFY_PENDING_CREDENTIAL,
     VERIFY_CREDENTIAL,
     VERIFY_CREDENTIALS_BATCH,
     DELIVER_NOTICE,
+    DELIVER_NOTICES,
     REQUEST_SUBMISSION_LINK,
     SEND_BATCH_LINK,
 )

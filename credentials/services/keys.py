@@ -23,9 +23,8 @@ from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict
 from credentials.formatting import format_day, format_moment
-from credentials.models import CD2Credential, Notice, SubmissionLink
+from credentials.models import CD2Credential, SubmissionLink
 from credentials.selectors import key_summary_drift, key_summary_expected, newer_key_in_hand
-from credentials.services import notices
 from credentials.signals import KEY_ACTIVATED, KEY_INVALID, KEY_REVOKED, key_event_send
 from credentials.validators import CleanKey
 from institutions.models import Institution
@@ -257,11 +256,3 @@ def new_key_request_stale(*, credential: CD2Credential) -> str:
     if not institution.is_served():
         return f"Not sent: {institution.name} is {institution.get_status_display().lower()}."
     return ""
-
-
-def new_key_request_superseded(*, notice, now: dt.datetime) -> bool:
-    """Close a claimed notice asking for a new key as superseded when new_key_request_stale says so; True if closed."""
-    stale = new_key_request_stale(credential=notice.credential)
-    if stale:
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.SUPERSEDED, reason=stale, now=now)
-    return bool(stale)

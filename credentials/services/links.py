@@ -23,6 +23,7 @@ from django.utils import timezone
 from credentials.emails import build_email
 from credentials.models import AuditEvent, LinkBatch, LinkBatchItem, Notice, SubmissionLink, hash_token
 from credentials.notifications import contact_emails, link_context, reply_to
+from credentials.outgoing import Send, Skip
 from credentials.services import jobs, notices
 from credentials.services.audit import audit_record
 from institutions.models import Contact, Institution, email_key
@@ -219,46 +220,36 @@ def _link_addressees(*, notice: Notice, institution: Institution) -> tuple[list[
     return [], "The address asked for is no longer a contact of the institution: not sent."
 
 
-def link_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
-    """The outbox's sender of a SUBMISSION_LINK notice: make the link, mail it, record both; True if sent.
+def link_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
+    """The outbox's sender of a SUBMISSION_LINK notice: make the link and the mail around it, or say why not.
 
     A request or a bulk send for an institution no longer served (paused,
     offboarded since) is superseded; a notice whose addressees are gone is
-    cancelled. In both cases no link is made. SMTP errors propagate to the
-    outbox (which retries) after rolling the link back.
+    cancelled. In both cases no link is made. The link is made in the
+    outbox's transaction, so a failed send rolls it back.
     """
     institution = Institution.objects.select_related("account_owner").get(pk=notice.institution_id)
     reason = notice.payload.get("reason", "staff")
     if reason not in LINK_REASONS_ALWAYS_SENT and not institution.is_served():
         why = f"Not sent: the institution is {institution.get_status_display().lower()}."
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.SUPERSEDED, reason=why, now=now)
-        return False
+        return Skip(state=Notice.State.SUPERSEDED, reason=why)
     to, why = _link_addressees(notice=notice, institution=institution)
     if not to:
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.CANCELLED, reason=why, now=now)
-        return False
+        return Skip(state=Notice.State.CANCELLED, reason=why)
     asked_by = notice.payload.get("created_by")
     created_by = get_user_model().objects.filter(pk=asked_by).first() if asked_by else None
-    with transaction.atomic():
-        new_link = submission_link_create(
-            institution=institution,
-            created_by=created_by,
-            days=notice.payload.get("days"),
-            reason=reason,
-            ip_address=notice.payload.get("ip_address"),
-            now=now,
-        )
-        message = build_email(
-            "link", to=to, reply_to=reply_to(institution), context=new_link.context(), connection=connection
-        )
-        if connection is not None:
-            connection.open()  # no-op when open; after a failure, a fresh connection
-        message.send(fail_silently=False)
-        submission_link_mark_sent(new_link=new_link, recipients=to)
-        sent_at = max(timezone.now(), now)
-        notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(to), now=sent_at)
-    logger.info("Submission link %s mailed to %d address(es) of %s", new_link.link.pk, len(to), institution.pk)
-    return True
+    new_link = submission_link_create(
+        institution=institution,
+        created_by=created_by,
+        days=notice.payload.get("days"),
+        reason=reason,
+        ip_address=notice.payload.get("ip_address"),
+        now=now,
+    )
+    submission_link_mark_sent(new_link=new_link, recipients=to)
+    message = build_email("link", to=to, reply_to=reply_to(institution), context=new_link.context())
+    logger.info("Submission link %s for %d address(es) of %s", new_link.link.pk, len(to), institution.pk)
+    return Send(message=message, recipients=to)
 
 
 def submission_link_revoke(*, link: SubmissionLink, actor=None, now: dt.datetime | None = None) -> bool:

@@ -13,10 +13,9 @@ the mail server's acceptance. A sender killed between the two leaves the
 row in "sending"; after NOTICE_LEASE the sweep hands it to another sender,
 which sends it again. So each crash in that window (milliseconds wide) can
 cost one duplicate of that one message; nothing else sends a notice twice.
-A sender has one message in flight at a time: a process that dies with
-several senders (a worker's concurrency, the command's
-OUTBOX_DELIVERY_THREADS) can cost one duplicate per sender, each of a
-different message, never two of one.
+A sender has one message in flight at a time: a worker that dies with
+several senders (its concurrency) can cost one duplicate per sender, each
+of a different message, never two of one.
 The lease is far longer than a send (EMAIL_TIMEOUT), so a slow sender is
 not overtaken by a second one.
 """
@@ -58,14 +57,19 @@ def notice_build(
     recipients: str = "",
     payload: dict | None = None,
 ) -> Notice:
-    """An unsaved notice (for create or bulk_create in the deciding transaction)."""
+    """An unsaved notice (for create or bulk_create in the deciding transaction).
+
+    A decision "as of" a later day (send_expiry_reminders --today) is due at
+    once all the same: the workers claim by the real clock, and the outbox
+    renders it as of `as_of`.
+    """
     return Notice(
         kind=kind,
         dedupe_key=dedupe_key,
         day=day,
         as_of=now,
         created_at=now,
-        next_attempt_at=now,
+        next_attempt_at=min(now, timezone.now()),
         retry_until=now + settings.NOTICE_GIVE_UP_AFTER,
         institution_id=institution_id,
         credential_id=credential_id,
@@ -164,6 +168,11 @@ def notice_close(*, notice_id: int, state: str, reason: str, now: dt.datetime) -
     Notice.objects.filter(pk=notice_id, state__in=Notice.OPEN_STATES).update(
         state=state, closed_at=now, lease_until=None, last_error=reason[:500]
     )
+
+
+def notice_supersede(*, notice_id: int, reason: str, now: dt.datetime) -> None:
+    """A decision replaced an open notice (a newer step of the same key): close it unsent, as superseded."""
+    notice_close(notice_id=notice_id, state=Notice.State.SUPERSEDED, reason=reason, now=now)
 
 
 def retry_delay(attempts: int) -> dt.timedelta:

@@ -20,6 +20,7 @@ from credentials.emails import build_email
 from credentials.formatting import format_day
 from credentials.models import FAILED_VERDICTS, CD2Credential, Notice, secret_fields_of
 from credentials.notifications import admin_url, expiry_phrase
+from credentials.outgoing import Send, Skip
 from credentials.selectors import KeyState, institutions_with_key_summary
 from credentials.services import notices
 from institutions.models import Institution
@@ -136,19 +137,18 @@ def owner_summary_build(*, user, day: dt.date, now: dt.datetime) -> OwnerSummary
     return summary
 
 
-def owner_summary_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
-    """Render and send a claimed owner summary; True if sent. SMTP errors propagate to the outbox."""
+def owner_summary_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
+    """The outbox's sender of an owner's daily summary: the mail, or why not to send it."""
     user = notice.user
     address = (user.email or "").strip() if user is not None and user.is_active else ""
     if not address:
-        reason = "Not sent: the owner is deactivated or has no email address."
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.CANCELLED, reason=reason, now=now)
-        return False
+        return Skip(state=Notice.State.CANCELLED, reason="Not sent: the owner is deactivated or has no email address.")
     summary = owner_summary_build(user=user, day=notice.day, now=now)
     if not summary:
-        reason = "Not sent: nothing needs attention any more (the reminders were superseded)."
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.SUPERSEDED, reason=reason, now=now)
-        return False
+        return Skip(
+            state=Notice.State.SUPERSEDED,
+            reason="Not sent: nothing needs attention any more (the reminders were superseded).",
+        )
     context = {
         "owner": user,
         "day": notice.day,
@@ -182,9 +182,4 @@ def owner_summary_send(*, notice: Notice, now: dt.datetime, connection=None) -> 
         for n in summary.failed_notices
     ]
     context["rows"] = rows
-    message = build_email("owner-summary", to=[address], context=context, connection=connection)
-    if connection is not None:
-        connection.open()
-    message.send(fail_silently=False)
-    notices.notice_mark_sent(notice_id=notice.pk, recipients=address, now=now)
-    return True
+    return Send(message=build_email("owner-summary", to=[address], context=context), recipients=[address])

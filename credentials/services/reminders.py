@@ -12,9 +12,10 @@ of them in one daily summary (services/owners.py).
 Deciding and delivering are apart (the outbox, services/outbox.py): a run
 decides, writing in one transaction the ReminderLog row per (key, step),
 whose unique constraint makes the step "exactly once", and its Notice.
-Delivery claims the notice, sends it and marks both rows sent; failures are
-retried by the outbox for hours. The command and the beat task decide with
-the same function here.
+The outbox claims the notice, has reminder_notice_write build the mail,
+sends it and records both rows sent; failures are retried by the outbox for
+hours. The command and the beat task decide and queue with the same function
+here (reminders_send_due); the Celery workers deliver.
 
 Missed days: each key has one *current* step, the most urgent threshold that
 has come due (selectors.reminder_step; the scan is selectors.due_credentials).
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -38,7 +41,6 @@ from credentials.emails import build_email
 from credentials.formatting import format_day
 from credentials.models import CD2Credential, Notice, ReminderLog
 from credentials.notifications import (
-    SEND_ERRORS,
     expiry_calendar,
     expiry_phrase,
     institution_today,
@@ -46,8 +48,9 @@ from credentials.notifications import (
     reminder_addressees,
     reply_to,
 )
+from credentials.outgoing import Send, Skip
 from credentials.selectors import due_credentials, newer_key_pending, reminder_days_before, reminder_step
-from credentials.services import notices
+from credentials.services import health, notices, outbox, owners
 from credentials.services.keys import institution_key_summary_refresh
 from credentials.services.links import submission_link_create
 from credentials.signals import KEY_EXPIRING, KeyEvent, key_event_build, key_events_send
@@ -82,10 +85,15 @@ class ReminderRun:
     # Attempts that failed this run: the notice waits for its retry (or gave up).
     failed: int = 0
     owner_summaries: int = 0
-    # Who delivered in this process (processes × sender threads; 0 when queued or a dry run).
-    delivery_processes: int = 0
-    delivery_threads: int = 0
+    # Read back from the notices' states (outbox.reminders_report): not attempted yet,
+    # owner summaries sent, and the older steps' notices the decision itself superseded.
+    waiting: int = 0
+    summaries_sent: int = 0
+    decided_superseded: int = 0
+    now: dt.datetime | None = None
+    # The reminder notices and owner summaries this run wrote.
     notice_ids: list[int] = field(default_factory=list)
+    summary_ids: list[int] = field(default_factory=list)
     planned: list[PlannedReminder] = field(default_factory=list)
 
 
@@ -116,20 +124,11 @@ def _email_context(*, credential: CD2Credential, days_left: int, link_context: d
     }
 
 
-def _send_reminder_email(
-    *,
-    credential: CD2Credential,
-    to: list[str],
-    today: dt.date,
-    now: dt.datetime,
-    actor=None,
-    connection=None,
-) -> None:
-    """Make a fresh single-use link and mail the reminder. SMTP errors propagate.
+def _reminder_email(*, credential: CD2Credential, to: list[str], today: dt.date, now: dt.datetime, actor=None):
+    """Make a fresh single-use link and build the reminder around it.
 
-    Call inside a transaction: if the send fails, the link is rolled back
-    with it and no unused link is left behind. `connection` is an open (or
-    openable) mail backend shared by a run's page; None opens one for this message.
+    Call inside the transaction that records the send: if the send fails,
+    the link is rolled back with it and no unused link is left behind.
     """
     institution = credential.institution
     recipients = list(to)
@@ -142,7 +141,7 @@ def _send_reminder_email(
     )
     days_left = (credential.expires_on - today).days
     context = _email_context(credential=credential, days_left=days_left, link_context=new_link.context())
-    message = build_email(
+    return build_email(
         "reminder",
         to=to,
         reply_to=reply_to(institution),
@@ -150,11 +149,7 @@ def _send_reminder_email(
         attachments=[
             (f"cd2-key-expiry-{institution.slug}.ics", expiry_calendar(credential=credential, now=now), "text/calendar")
         ],
-        connection=connection,
     )
-    if connection is not None:
-        connection.open()  # no-op when open; after a failure, a fresh connection
-    message.send(fail_silently=False)
 
 
 # --------------------------------------------------------------------------
@@ -285,7 +280,7 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
             .values_list("pk", "reminder_id")
         )
         for notice_id, reminder_id in waiting:
-            notices.notice_close(notice_id=notice_id, state=Notice.State.SUPERSEDED, reason=note, now=now)
+            notices.notice_supersede(notice_id=notice_id, reason=note, now=now)
             ReminderLog.objects.filter(pk=reminder_id, state=ReminderLog.State.CLAIMED).update(
                 state=ReminderLog.State.SKIPPED
             )
@@ -431,8 +426,8 @@ def _decide_one(credential: CD2Credential, *, run: ReminderRun, today: dt.date, 
 # --------------------------------------------------------------------------
 
 
-def reminder_notice_send(*, notice: Notice, now: dt.datetime, actor=None, connection=None) -> bool:
-    """Render and send a claimed reminder notice; True if sent. SMTP errors propagate to the outbox.
+def reminder_notice_write(*, notice: Notice, now: dt.datetime, actor=None) -> Send | Skip:
+    """The outbox's sender of a reminder: the mail with its fresh link, or why not to send it.
 
     Superseded, not sent, when the key is no longer active or the
     institution no longer served (a new key arrived, the key was revoked,
@@ -447,63 +442,63 @@ def reminder_notice_send(*, notice: Notice, now: dt.datetime, actor=None, connec
     if newer_pending is None:
         newer_pending = CD2Credential.objects.filter(pk=credential.pk).filter(newer_key_pending()).exists()
     if newer_pending:
-        _release_for_newer_key(notice=notice, now=now)
-        return False
-    if credential.status != CD2Credential.Status.ACTIVE or not institution.is_served():
-        reason = f"Not sent: the key is {credential.status}, institution {institution.status}."
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.SUPERSEDED, reason=reason, now=now)
-        ReminderLog.objects.filter(pk=reminder_id, state=ReminderLog.State.CLAIMED).update(
-            state=ReminderLog.State.SKIPPED
+        return Skip(
+            state=Notice.State.SUPERSEDED,
+            reason=(
+                "Not sent: a newer key for this institution arrived and is waiting for its check; "
+                "this key's reminders pause until that check ends."
+            ),
+            closed_with=lambda: _release_for_newer_key(notice=notice),
         )
-        return False
+    if credential.status != CD2Credential.Status.ACTIVE or not institution.is_served():
+        return Skip(
+            state=Notice.State.SUPERSEDED,
+            reason=f"Not sent: the key is {credential.status}, institution {institution.status}.",
+            closed_with=lambda: ReminderLog.objects.filter(pk=reminder_id, state=ReminderLog.State.CLAIMED).update(
+                state=ReminderLog.State.SKIPPED
+            ),
+        )
     to = reminder_addressees(institution=institution)
     if not to:
-        reason = "Nobody to send to: add a contact who receives reminders or an account owner."
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.FAILED, reason=reason, now=now)
-        reminder_mark_failed(reminder_id=reminder_id, now=now)
-        return False
-    recipients = ", ".join(to)
-    with transaction.atomic():
-        _send_reminder_email(
-            credential=credential,
-            to=to,
-            today=institution_today(institution, now),
-            now=now,
-            actor=actor,
-            connection=connection,
+        return Skip(
+            state=Notice.State.FAILED,
+            reason="Nobody to send to: add a contact who receives reminders or an account owner.",
+            closed_with=lambda: reminder_mark_failed(reminder_id=reminder_id, now=now),
         )
-        sent_at = timezone.now() if now < timezone.now() else now
-        notices.notice_mark_sent(notice_id=notice.pk, recipients=recipients, now=sent_at)
+    message = _reminder_email(
+        credential=credential, to=to, today=institution_today(institution, now), now=now, actor=actor
+    )
+
+    def sent_with(sent_at: dt.datetime) -> None:
         ReminderLog.objects.filter(pk=reminder_id).update(
-            state=ReminderLog.State.SENT,
-            sent_at=sent_at,
-            failed_at=None,
-            recipients=recipients,
+            state=ReminderLog.State.SENT, sent_at=sent_at, failed_at=None, recipients=", ".join(to)
         )
         # The list's "reminded, no new key yet" is stored with the key summary; a reminder changes only it.
         institution_key_summary_refresh(institution_id=institution.pk, fields=("key_reminded_unanswered",))
-    logger.info("Reminder %s sent for key %s (%s)", reminder_id, credential.pk, institution.slug)
-    return True
+        logger.info("Reminder %s sent for key %s (%s)", reminder_id, credential.pk, institution.slug)
+
+    return Send(message=message, recipients=to, sent_with=sent_with)
 
 
-def _release_for_newer_key(*, notice: Notice, now: dt.datetime) -> None:
-    """Supersede a reminder whose institution handed over a newer key, still waiting for its check.
+def _release_for_newer_key(*, notice: Notice) -> None:
+    """Give back the step of a reminder superseded because a newer key is waiting for its check.
 
-    The step is given back (its claim row removed, the notice kept as the
-    record): when the newer key becomes active the old key is superseded and
-    nothing is due; when it ends invalid, the next run claims this step again
-    and the reminders go on where they stopped.
+    The claim row is removed and the notice kept as the record: when the
+    newer key becomes active the old key is superseded and nothing is due;
+    when it ends invalid, the next run claims this step again and the
+    reminders go on where they stopped.
     """
-    reason = (
-        "Not sent: a newer key for this institution arrived and is waiting for its check; "
-        "this key's reminders pause until that check ends."
-    )
-    with transaction.atomic():
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.SUPERSEDED, reason=reason, now=now)
-        if notice.reminder_id is not None:
-            Notice.objects.filter(pk=notice.pk).update(reminder=None)
-            ReminderLog.objects.filter(pk=notice.reminder_id, state=ReminderLog.State.CLAIMED).delete()
+    if notice.reminder_id is not None:
+        Notice.objects.filter(pk=notice.pk).update(reminder=None)
+        ReminderLog.objects.filter(pk=notice.reminder_id, state=ReminderLog.State.CLAIMED).delete()
     logger.info("Reminder notice %s superseded: a newer key is waiting for its check", notice.pk)
+
+
+def reminder_gave_up(*, notice_id: int, now: dt.datetime) -> None:
+    """The outbox gave a reminder's notice up for good: its step is failed too."""
+    reminder_id = Notice.objects.filter(pk=notice_id).values_list("reminder_id", flat=True).first()
+    if reminder_id is not None:
+        reminder_mark_failed(reminder_id=reminder_id, now=now)
 
 
 def reminder_mark_failed(*, reminder_id: int, now: dt.datetime | None = None) -> None:
@@ -517,6 +512,105 @@ def simulated_now(day: dt.date) -> dt.datetime:
     """`day` at the current wall-clock time in TIME_ZONE: "now", as of another day."""
     wall_clock = timezone.localtime().time().replace(tzinfo=None)
     return timezone.make_aware(dt.datetime.combine(day, wall_clock))
+
+
+# --------------------------------------------------------------------------
+# The daily run: decide, then queue for the workers
+# --------------------------------------------------------------------------
+
+
+def reminders_send_due(
+    *,
+    today: dt.date | None = None,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> ReminderRun:
+    """The daily reminder run: decide every reminder step now due and the owners' summaries, and queue them.
+
+    The beat task and the command both call this; the workers deliver
+    (reminders_report reads how far they got, reminders_wait waits for
+    them). Failures wait in the outbox for their retry.
+
+    `today` alone runs as of that day: `now` becomes that day at the current
+    wall-clock time (TIME_ZONE), so every date the run computes (the link's
+    end, the "N days" wording, the .ics stamp) moves with it and a dry run
+    for a future day shows exactly what that day will send.
+    """
+    if now is None:
+        now = simulated_now(today) if today is not None else timezone.now()
+    today = today or timezone.localdate(now)
+    started = timezone.now()
+    run = reminders_decide(today=today, now=now, dry_run=dry_run, chunk_size=chunk_size)
+    run.now, run.decided_superseded = now, run.superseded
+    if dry_run:
+        planned = {item.owner for item in run.planned if item.owner}
+        run.owner_summaries = len(planned | owners.owner_summaries_planned(day=today, now=now))
+        return run
+    run.summary_ids = owners.owner_summaries_decide(day=today, now=now)
+    run.owner_summaries = len(run.summary_ids)
+    run.queued = outbox.outbox_enqueue_due(now=now)
+    logger.info(
+        "Reminder run for %s: due=%s queued=%s skipped=%s superseded=%s owner_summaries=%s",
+        today,
+        run.due,
+        run.queued,
+        run.skipped,
+        run.superseded,
+        run.owner_summaries,
+    )
+    counts = {"due": run.due, "queued": run.queued, "skipped": run.skipped}
+    health.job_record(name=health.JOB_REMINDERS, started_at=started, finished_at=timezone.now(), counts=counts)
+    health.job_ping(url=settings.REMINDERS_PING_URL)
+    return run
+
+
+def reminders_report(run: ReminderRun) -> ReminderRun:
+    """Fill the run's sent / failed / superseded / waiting from the states of the notices it decided.
+
+    failed: gave up, or waiting for a retry after a failed attempt; waiting:
+    not attempted yet (queued, or in a worker's hands now).
+    """
+    states = Counter(
+        (kind, state, attempts > 0)
+        for kind, state, attempts in Notice.objects.filter(pk__in=[*run.notice_ids, *run.summary_ids]).values_list(
+            "kind", "state", "attempts"
+        )
+    )
+    reminder = Notice.Kind.REMINDER
+
+    def count(*wanted) -> int:
+        return sum(n for key, n in states.items() if key in wanted)
+
+    run.sent = count((reminder, Notice.State.SENT, True))
+    run.failed = count((reminder, Notice.State.FAILED, True), (reminder, Notice.State.FAILED, False))
+    run.failed += count((reminder, Notice.State.PENDING, True))
+    run.superseded = run.decided_superseded + sum(
+        n
+        for (kind, state, _), n in states.items()
+        if kind == reminder and state in (Notice.State.SUPERSEDED, Notice.State.CANCELLED)
+    )
+    run.waiting = sum(
+        n
+        for (_, state, attempted), n in states.items()
+        if state == Notice.State.SENDING or (state == Notice.State.PENDING and not attempted)
+    )
+    run.summaries_sent = sum(
+        n for (kind, state, _), n in states.items() if kind == Notice.Kind.OWNER_SUMMARY and state == Notice.State.SENT
+    )
+    return run
+
+
+def reminders_wait(run: ReminderRun, *, timeout: float, poll: float = 0.5) -> bool:
+    """Wait until the workers have tried every notice the run decided (or `timeout` seconds); True if they did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reminders_report(run)
+        if not run.waiting:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
 
 
 # --------------------------------------------------------------------------
@@ -560,17 +654,21 @@ def reminder_send_now(*, credential: CD2Credential, actor=None, now: dt.datetime
                     closed_at=None,
                     retry_until=now + (settings.NOTICE_GIVE_UP_AFTER),
                 )
-        notice = Notice.objects.filter(reminder_id=reminder.pk).select_related("credential__institution").first()
-        if notice is not None and notices.notice_claim(notice_id=notice.pk, now=now):
-            notice.refresh_from_db()
-            try:
-                sent = reminder_notice_send(notice=notice, now=now, actor=actor)
-            except SEND_ERRORS as exc:
-                notices.notice_retry_later(notice_id=notice.pk, error=exc, now=now)
-                raise
-            if sent:
-                return SentReminder(recipients=tuple(to), threshold=step, reminder=reminder)
-    with transaction.atomic():
-        _send_reminder_email(credential=credential, to=to, today=today, now=now, actor=actor)
+        notice_id = Notice.objects.filter(reminder_id=reminder.pk).values_list("pk", flat=True).first()
+        if notice_id is not None and outbox.notice_send_now(notice_id=notice_id, now=now, actor=actor) == "sent":
+            return SentReminder(recipients=tuple(to), threshold=step, reminder=reminder)
+    # An extra reminder, beside the schedule: a notice of its own, delivered now like any other.
+    extra = notices.notice_build(
+        kind=Notice.Kind.REMINDER,
+        dedupe_key=f"reminder-extra:{credential.pk}:{now.isoformat()}",
+        day=today,
+        now=now,
+        institution_id=institution.pk,
+        credential_id=credential.pk,
+        recipients=", ".join(to),
+        payload={"extra": True},
+    )
+    extra.save(force_insert=True)
+    outbox.notice_send_now(notice_id=extra.pk, now=now, actor=actor)
     logger.info("Extra reminder sent for key %s (%s)", credential.pk, institution.slug)
     return SentReminder(recipients=tuple(to), threshold=None, reminder=None)

@@ -44,7 +44,7 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
-from credentials.emails import build_email, send_built
+from credentials.emails import build_email
 from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason, SubmissionLink
 from credentials.notifications import (
     admin_url,
@@ -57,6 +57,7 @@ from credentials.notifications import (
     unique_addresses,
     without,
 )
+from credentials.outgoing import Send, Skip
 from credentials.selectors import local_today, reminder_days_before
 from credentials.services import jobs, notices
 from credentials.services.audit import audit_record
@@ -66,7 +67,7 @@ from credentials.services.keys import (
     credential_create,
     credential_set_status,
     institution_key_summary_refresh,
-    new_key_request_superseded,
+    new_key_request_stale,
 )
 from credentials.services.links import submission_link_create, submission_link_mark_sent
 from credentials.validators import CleanKey, validate_key_input
@@ -364,20 +365,19 @@ def _key_conflict_write(*, door: Door, on_file: CD2Credential) -> None:
     )
 
 
-def key_conflict_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
-    """Render and send a claimed key-conflict notice to both account owners (possible mix-up); True if sent.
+def key_conflict_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
+    """The outbox's sender of a key conflict: the note to both account owners (possible mix-up).
 
     `notice.credential` is the key on file, `notice.institution` the one it
-    was handed over for. SMTP errors propagate to the outbox.
+    was handed over for.
     """
     on_file = notice.credential
     submitted = Institution.objects.select_related("account_owner").get(pk=notice.institution_id)
     recipients = key_conflict_recipients(institutions=[on_file.institution, submitted])
     if not recipients:
         reason = "Nobody to tell: neither institution has an account owner and STAFF_DIGEST_RECIPIENTS is empty."
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.FAILED, reason=reason, now=now)
         logger.warning("A key was refused as on file for another institution; nobody to tell")
-        return False
+        return Skip(state=Notice.State.FAILED, reason=reason)
     context = {
         "hint": on_file.hint,
         "submitted": submitted,
@@ -389,9 +389,7 @@ def key_conflict_notice_send(*, notice: Notice, now: dt.datetime, connection=Non
         "submitted_by": notice.payload.get("submitted_by", ""),
         "submitted_by_email": notice.payload.get("submitted_by_email", ""),
     }
-    send_built(build_email("key-conflict", to=recipients, context=context, connection=connection))
-    notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(recipients), now=now)
-    return True
+    return Send(message=build_email("key-conflict", to=recipients, context=context), recipients=recipients)
 
 
 def _claim_link(link: SubmissionLink, now: dt.datetime) -> bool:
@@ -647,7 +645,7 @@ def _invalidate_checked(credential: CD2Credential, check: CheckResult, now: dt.d
     )
     # The outbox tells the people on file, with a new link
     # (notifications.link_recipients), and whoever typed an address not on
-    # file into the form, without one (key_rejected_notice_send).
+    # file into the form, without one (key_rejected_notice_write).
     audiences = [AUDIENCE_ON_FILE]
     if without([credential.submitted_by_email], excluded=link_recipients(institution=institution)):
         audiences.append(AUDIENCE_SUBMITTER)
@@ -664,8 +662,8 @@ def _invalidate_checked(credential: CD2Credential, check: CheckResult, now: dt.d
     return VerifyResult.INVALID
 
 
-def key_rejected_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
-    """Render and send a claimed "your new key does not work" notice; True if sent. SMTP errors propagate.
+def key_rejected_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
+    """The outbox's sender of "your new key does not work": the mail, or why not to send it.
 
     Audience AUDIENCE_ON_FILE: the people on file get a fresh link, made in the
     transaction that marks the notice sent. AUDIENCE_SUBMITTER: a submitter
@@ -675,41 +673,33 @@ def key_rejected_notice_send(*, notice: Notice, now: dt.datetime, connection=Non
     """
     credential = notice.credential
     institution = credential.institution
-    if new_key_request_superseded(notice=notice, now=now):
-        return False
+    stale = new_key_request_stale(credential=credential)
+    if stale:
+        return Skip(state=Notice.State.SUPERSEDED, reason=stale)
     recipients = link_recipients(institution=institution)
     base = {"credential": credential, "message": RECHECK_REJECTED_MESSAGE, "rejected": True, "institution": institution}
     if notice.payload.get("audience") == AUDIENCE_SUBMITTER:
         to = without([credential.submitted_by_email], excluded=recipients)
         if not to:
             reason = "Not sent: the submitter is on file now and gets the mail with the new link."
-            notices.notice_close(notice_id=notice.pk, state=Notice.State.CANCELLED, reason=reason, now=now)
-            return False
+            return Skip(state=Notice.State.CANCELLED, reason=reason)
         context = {**base, "owner": mail_owner(institution), "link_sent_to_contacts": bool(recipients)}
-        message = build_email(
-            "submission-rejected", to=to, reply_to=reply_to(institution), context=context, connection=connection
-        )
-        send_built(message)
-        notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(to), now=now)
-        return True
+        message = build_email("submission-rejected", to=to, reply_to=reply_to(institution), context=context)
+        return Send(message=message, recipients=to)
     if not recipients:
         reason = "Nobody on file to send a new link to: add a contact who receives reminders or an account owner."
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.FAILED, reason=reason, now=now)
         logger.warning("Key %s refused on re-check; nobody on file for institution %s", credential.pk, institution.pk)
-        return False
-    with transaction.atomic():
-        new_link = submission_link_create(institution=institution, reason="rejected", now=now)
-        submission_link_mark_sent(new_link=new_link, recipients=recipients)
-        message = build_email(
-            "submission-rejected",
-            to=recipients,
-            reply_to=reply_to(institution),
-            context={**new_link.context(), **base},
-            connection=connection,
-        )
-        send_built(message)
-        notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(recipients), now=now)
-    return True
+        return Skip(state=Notice.State.FAILED, reason=reason)
+    # Made in the outbox's transaction: rolled back with a failed send.
+    new_link = submission_link_create(institution=institution, reason="rejected", now=now)
+    submission_link_mark_sent(new_link=new_link, recipients=recipients)
+    message = build_email(
+        "submission-rejected",
+        to=recipients,
+        reply_to=reply_to(institution),
+        context={**new_link.context(), **base},
+    )
+    return Send(message=message, recipients=recipients)
 
 
 # --------------------------------------------------------------------------
@@ -759,34 +749,29 @@ def receipt_write(*, credential: CD2Credential, now: dt.datetime, error_type: st
     )
 
 
-def receipt_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
-    """Render and send a claimed receipt (no secret, no Client ID beyond its hint); True if sent.
+def receipt_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
+    """The outbox's sender of a receipt (no secret, no Client ID beyond its hint): the mail, or why not.
 
     To the submitter (else the account owner), the owner in copy. A receipt
     speaks of the key's status when it was written: if the key has moved on
     by delivery (a pending key checked since, which writes its own "now
     active" receipt or refusal; an active key replaced or revoked), it is
-    superseded rather than saying what is no longer true. SMTP errors
-    propagate to the outbox.
+    superseded rather than saying what is no longer true.
     """
     credential = notice.credential
     institution = credential.institution
     announced = notice.payload.get("status")
     if credential.status != announced:
-        reason = f"Not sent: the key is {credential.get_status_display().lower()} now."
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.SUPERSEDED, reason=reason, now=now)
-        return False
+        return Skip(
+            state=Notice.State.SUPERSEDED, reason=f"Not sent: the key is {credential.get_status_display().lower()} now."
+        )
     owner = owner_email(institution)
     to = unique_addresses([credential.submitted_by_email]) or unique_addresses([owner])
     if not to:
-        reason = "Nobody to send to: no submitter address and no account owner."
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.CANCELLED, reason=reason, now=now)
-        return False
+        return Skip(
+            state=Notice.State.CANCELLED, reason="Nobody to send to: no submitter address and no account owner."
+        )
     cc = without([owner], excluded=to)
     context = receipt_context(credential, error_type=notice.payload.get("error_type") or None, now=now)
-    message = build_email(
-        "receipt", to=to, cc=cc, reply_to=reply_to(institution), context=context, connection=connection
-    )
-    send_built(message)
-    notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join([*to, *cc]), now=now)
-    return True
+    message = build_email("receipt", to=to, cc=cc, reply_to=reply_to(institution), context=context)
+    return Send(message=message, recipients=[*to, *cc])

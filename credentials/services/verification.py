@@ -19,9 +19,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
-from credentials.emails import build_email, send_built
+from credentials.emails import build_email
 from credentials.models import AuditEvent, CD2Credential, Notice
 from credentials.notifications import admin_url, institution_today, reminder_addressees, reply_to
+from credentials.outgoing import Send, Skip
 from credentials.selectors import served_active_keys
 from credentials.services import jobs, notices
 from credentials.services.audit import audit_record
@@ -29,7 +30,7 @@ from credentials.services.keys import (
     credential_check_record,
     credential_set_status,
     institution_key_summary_refresh,
-    new_key_request_superseded,
+    new_key_request_stale,
 )
 from credentials.services.links import submission_link_create, submission_link_mark_sent
 from credentials.services.submission import forbidden_reason
@@ -78,7 +79,7 @@ def credential_verify(*, credential_id: int, now: dt.datetime | None = None, act
 
     401/403: the key is marked invalid, an audit event is written and, in
     the same transaction, the outbox gets the notice that brings the
-    contacts a fresh link (key_invalid_notice_send). Anything else only records
+    contacts a fresh link (key_invalid_notice_write). Anything else only records
     the check: the gateway's trouble is not a verdict on the key. `actor` is
     the staff member who asked for the check (None: the daily run).
     """
@@ -148,45 +149,42 @@ def _mark_invalid(*, credential: CD2Credential, result: CheckResult, now: dt.dat
         )
 
 
-def key_invalid_notice_send(*, notice: Notice, now: dt.datetime, connection=None) -> bool:
-    """Render and send a claimed "your key stopped working" notice; True if sent. SMTP errors propagate.
+def key_invalid_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
+    """The outbox's sender of "your key stopped working": the mail with a fresh link, or why not to send it.
 
     It goes to whom reminders go (notifications.reminder_addressees: the
     contacts, Reply-To the account owner, who hears of it in the daily
-    summary's failing checks) with a fresh link, made in the transaction
-    that marks the notice sent, so a failed send leaves no unused link.
-    Superseded, not sent, when a newer key arrived, the key was revoked or
-    the institution paused before delivery (keys.new_key_request_stale).
+    summary's failing checks) with a fresh link, made in the outbox's
+    transaction that marks the notice sent, so a failed send leaves no
+    unused link. Superseded, not sent, when a newer key arrived, the key
+    was revoked or the institution paused before delivery
+    (keys.new_key_request_stale).
     """
     credential = notice.credential
     institution = credential.institution
-    if new_key_request_superseded(notice=notice, now=now):
-        return False
+    stale = new_key_request_stale(credential=credential)
+    if stale:
+        return Skip(state=Notice.State.SUPERSEDED, reason=stale)
     to = reminder_addressees(institution=institution)
     if not to:
-        reason = "Nobody to send to: add a contact who receives reminders or an account owner."
-        notices.notice_close(notice_id=notice.pk, state=Notice.State.FAILED, reason=reason, now=now)
         logger.warning("Key %s (%s) is invalid and nobody can be told", credential.pk, institution.slug)
-        return False
-    with transaction.atomic():
-        new_link = submission_link_create(institution=institution, reason="key invalid", now=now)
-        submission_link_mark_sent(new_link=new_link, recipients=to)
-        context = {
-            **new_link.context(),
-            "hint": credential.hint,
-            "expires_on": credential.expires_on,
-            "checked_on": notice.day,
-            "reason": notice.payload.get("reason", ""),
-            "rejected": bool(notice.payload.get("rejected")),
-            "admin_url": admin_url(institution),
-        }
-        message = build_email(
-            "key-invalid", to=to, reply_to=reply_to(institution), context=context, connection=connection
+        return Skip(
+            state=Notice.State.FAILED,
+            reason="Nobody to send to: add a contact who receives reminders or an account owner.",
         )
-        send_built(message)
-        notices.notice_mark_sent(notice_id=notice.pk, recipients=", ".join(to), now=now)
-    logger.info("Key %s (%s): told its contacts it stopped working", credential.pk, institution.slug)
-    return True
+    new_link = submission_link_create(institution=institution, reason="key invalid", now=now)
+    submission_link_mark_sent(new_link=new_link, recipients=to)
+    context = {
+        **new_link.context(),
+        "hint": credential.hint,
+        "expires_on": credential.expires_on,
+        "checked_on": notice.day,
+        "reason": notice.payload.get("reason", ""),
+        "rejected": bool(notice.payload.get("rejected")),
+        "admin_url": admin_url(institution),
+    }
+    message = build_email("key-invalid", to=to, reply_to=reply_to(institution), context=context)
+    return Send(message=message, recipients=to)
 
 
 def refusal_for_customers(result: CheckResult) -> str:

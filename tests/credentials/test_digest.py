@@ -8,7 +8,7 @@ from django.core import mail
 from django.utils import timezone
 
 from credentials.models import CD2Credential, Notice
-from credentials.services import digest, outbox
+from credentials.services import digest
 from credentials.services.keys import credential_set_status
 from credentials.services.notices import notice_build
 from institutions.models import Institution
@@ -37,7 +37,7 @@ def landscape(make_institution, make_credential):
 
 
 def sent_digest():
-    outbox.staff_digest_send()
+    digest.staff_digest_send()
     return Notice.objects.get(kind=Notice.Kind.STAFF_DIGEST)
 
 
@@ -107,8 +107,8 @@ def test_with_nobody_to_tell_it_sends_nothing_and_says_why(landscape, settings):
 def test_the_digest_is_written_once_a_day_however_often_beat_fires(landscape, settings):
     settings.STAFF_DIGEST_RECIPIENTS = ["cs-team@edpotential.example"]
 
-    outbox.staff_digest_send()
-    outbox.staff_digest_send()
+    digest.staff_digest_send()
+    digest.staff_digest_send()
 
     assert len(mail.outbox) == 1
     assert Notice.objects.filter(kind=Notice.Kind.STAFF_DIGEST).count() == 1

@@ -18,11 +18,10 @@ from django.utils import timezone
 from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason, ReminderLog, SubmissionLink
 from credentials.selectors import KeyState, institutions_with_key_status, pending_credentials_due
 from credentials.services.links import submission_link_create
-from credentials.services.outbox import reminders_send_due
 from credentials.services.staff import institutions_export
 from credentials.services.submission import Door, Result, VerifyResult, credential_submit, credential_verify_pending
 from institutions.models import Contact
-from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET, delivered
+from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET, delivered, reminders_run
 
 
 @pytest.fixture
@@ -208,7 +207,7 @@ def test_a_403_keeps_the_key_pending_pauses_reminders_and_a_later_200_clears_pen
     django_capture_on_commit_callbacks,
 ):
     old = make_credential(north, days=14)  # the 14-day reminder is due today
-    assert reminders_send_due(dry_run=True).due == 1
+    assert reminders_run(dry_run=True).due == 1
     clock.shift(dt.timedelta(minutes=5))
     cd2_gateway.set_mode("forbidden")
 
@@ -236,7 +235,7 @@ def test_a_403_keeps_the_key_pending_pauses_reminders_and_a_later_200_clears_pen
     assert ",pending," in csv
     # Reminders pause: the old key's 14-day step is not sent, not spent.
     mail.outbox.clear()
-    assert reminders_send_due().sent == 0
+    assert reminders_run().sent == 0
     assert not ReminderLog.objects.exists()
     # Checked daily by the sweep (no backoff chain for "not enabled").
     assert pending_credentials_due() == []
@@ -292,14 +291,14 @@ def test_when_the_recheck_finds_the_key_invalid_reminders_resume_at_once(
         secret="whatever-Zz9",
         expires_on=timezone.localdate() + dt.timedelta(days=365),
     ).credential
-    assert reminders_send_due().sent == 0
+    assert reminders_run().sent == 0
     cd2_gateway.set_mode(None)
 
     assert credential_verify_pending(credential_id=pending.pk) == VerifyResult.INVALID
 
     assert "does not work" in delivered()[-1].subject
     mail.outbox.clear()
-    assert reminders_send_due().sent == 1
+    assert reminders_run().sent == 1
     assert mail.outbox[0].to == ["ada@northfield.example.edu"]
 
 

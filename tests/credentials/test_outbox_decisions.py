@@ -35,7 +35,7 @@ from credentials.services.submission import (
 from credentials.services.verification import credential_verify
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
-from tests.conftest import PASSED_CHECK, PLANTED_CLIENT_ID, PLANTED_SECRET
+from tests.conftest import PASSED_CHECK, PLANTED_CLIENT_ID, PLANTED_SECRET, reminders_run
 from tests.credentials import test_outbox
 from tests.credentials.test_outbox import add_key, beat_sweep, make_owner
 from tests.credentials.test_submission_concurrency import RACERS, _post_at_once
@@ -209,7 +209,7 @@ def test_a_pending_receipt_not_yet_delivered_when_the_key_is_checked_gives_way_t
     smtp.down = True
     cd2_gateway.set_mode("down")
     assert hand_over(link).result is Result.PENDING  # stored, "being checked"
-    broker.messages = [m for m in broker.messages if m[0] == outbox.jobs.DELIVER_NOTICE]  # the re-check runs below
+    broker.messages = [m for m in broker.messages if m[0] in outbox.jobs.DELIVERY_TASKS]  # the re-check runs below
     broker.drain()
     cd2_gateway.set_mode(None)
     clock.shift(dt.timedelta(minutes=10))
@@ -239,7 +239,7 @@ def test_a_key_refused_at_its_recheck_while_the_mail_server_is_down_reaches_both
     link = submission_link_create(institution=prairie).link
     cd2_gateway.set_mode("down")
     hand_over(link, email="someone@else.example")  # an address not on file
-    broker.messages = [m for m in broker.messages if m[0] == outbox.jobs.DELIVER_NOTICE]
+    broker.messages = [m for m in broker.messages if m[0] in outbox.jobs.DELIVERY_TASKS]
     broker.drain()  # the "being checked" receipt goes out
     assert len(smtp.to("someone@else.example")) == 1
     cd2_gateway.set_mode(None)
@@ -315,7 +315,7 @@ def test_the_owner_hears_of_a_key_that_stopped_working_in_their_daily_summary_no
     assert (told.to, told.cc, told.reply_to) == (["ada@north.example.edu"], [], ["olivia@edpotential.example"])
 
     clock.shift(dt.timedelta(hours=23))  # the next daily run, within the summary's day
-    outbox.reminders_send_due()
+    reminders_run()
 
     (summary,) = mail.outbox[1:]
     assert summary.to == ["olivia@edpotential.example"]

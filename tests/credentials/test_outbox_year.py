@@ -25,7 +25,7 @@ from credentials.services import outbox
 from credentials.services.keys import credential_create
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
-from tests.conftest import PASSED_CHECK
+from tests.conftest import PASSED_CHECK, reminders_run
 
 START = dt.datetime(2027, 1, 4, 6, 0, tzinfo=dt.UTC)
 INSTITUTIONS = 200
@@ -92,7 +92,7 @@ def test_a_simulated_year_loses_no_notice_and_duplicates_none(settings):
             clock.move_to(START + dt.timedelta(days=day, hours=3))  # 09:00 UTC
             SwitchedBackend.down = day in SMTP_DOWN
             if day not in NO_RUN_DAYS:
-                outbox.reminders_send_due()
+                reminders_run()
             for hour in range(11, 24, 4):
                 clock.move_to(START + dt.timedelta(days=day, hours=hour - 6))
                 SwitchedBackend.down = day in SMTP_DOWN and hour < SMTP_DOWN[day]

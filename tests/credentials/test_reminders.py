@@ -22,15 +22,14 @@ from api.models import ServiceAccount
 from credentials import selectors
 from credentials.models import CD2Credential, Notice, ReminderLog, SubmissionLink
 from credentials.selectors import reminder_step
-from credentials.services import jobs, notices, outbox, reminders
+from credentials.services import digest, jobs, notices, outbox, reminders
 from credentials.services.keys import credential_create
 from credentials.services.links import submission_link_get
-from credentials.services.outbox import reminders_send_due
 from credentials.services.reminders import reminder_send_now, reminders_decide
-from credentials.tasks import deliver_notice
+from credentials.tasks import deliver_notice, deliver_notices
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
-from tests.conftest import PASSED_CHECK, PLANTED_SECRET
+from tests.conftest import PASSED_CHECK, PLANTED_SECRET, reminders_run
 
 START = dt.datetime(2027, 9, 1, 9, 0, tzinfo=dt.UTC)
 PLANTED_CLIENT_ID = "us-east-1#0a1b2c3d-4e5f-4000-8000-00000000abcd"
@@ -82,7 +81,7 @@ def run_each_day(clock, days: int) -> dict[int, list[str]]:
     sent = {}
     for day in range(days):
         before = len(reminder_mails())
-        reminders_send_due()
+        reminders_run()
         subjects = [m.subject for m in reminder_mails()[before:]]
         if subjects:
             sent[day] = subjects
@@ -110,7 +109,7 @@ def test_it_sends_each_threshold_once_on_its_day_then_weekly_after_expiry(clock,
 def test_the_day_of_expiry_reminder_says_today(clock, served):
     add_key(served, days=0)
 
-    run = reminders_send_due()
+    run = reminders_run()
 
     assert run.sent == 1
     [message] = reminder_mails()
@@ -121,7 +120,7 @@ def test_the_day_of_expiry_reminder_says_today(clock, served):
 def test_after_expiry_it_repeats_weekly_and_stops_when_a_new_key_is_active(clock, served):
     add_key(served, days=-6)
     clock.shift(dt.timedelta(days=1))
-    reminders_send_due()
+    reminders_run()
     assert [m.subject for m in reminder_mails()] == [
         "Action needed: Canvas Data 2 key for Northfield University expired 7 days ago"
     ]
@@ -138,7 +137,7 @@ def test_a_sent_reminder_marks_the_institution_reminded_until_a_new_key_arrives(
     served.refresh_from_db()
     assert served.key_reminded_unanswered is False
 
-    assert reminders_send_due().sent == 1
+    assert reminders_run().sent == 1
     served.refresh_from_db()
     assert served.key_reminded_unanswered is True
     assert list(Institution.objects.filter(selectors.reminded_without_answer())) == [served]
@@ -154,7 +153,7 @@ def test_a_sent_reminder_marks_the_institution_reminded_until_a_new_key_arrives(
 def test_a_new_key_supersedes_a_reminder_already_claimed_for_the_old_one(clock, served):
     old = add_key(served, days=14)
     with mock.patch.object(jobs, "job_enqueue"):
-        reminders_send_due(queue=True)
+        reminders.reminders_send_due()
     notice = Notice.objects.get(credential=old)
     add_key(served, days=365)
 
@@ -185,9 +184,9 @@ def test_python_and_sql_agree_on_the_current_step(clock, make_institution, setti
 def test_a_step_that_passed_before_the_key_arrived_is_not_sent(clock, served):
     add_key(served, days=40)  # handed over 20 days after its 60-day step
 
-    assert reminders_send_due().due == 0
+    assert reminders_run().due == 0
     clock.shift(dt.timedelta(days=10))
-    assert reminders_send_due().sent == 1
+    assert reminders_run().sent == 1
     assert ReminderLog.objects.get().threshold == 30
 
 
@@ -196,7 +195,7 @@ def test_paused_and_offboarded_institutions_get_nothing(clock, served, make_inst
     add_key(make_institution(status=Institution.Status.OFFBOARDED), days=-7)
     add_key(served, days=14)
 
-    run = reminders_send_due()
+    run = reminders_run()
 
     assert run.due == 1
     assert [m.to for m in reminder_mails()] == [["ada@northfield.example.edu"]]
@@ -210,8 +209,8 @@ def test_paused_and_offboarded_institutions_get_nothing(clock, served, make_inst
 def test_it_sends_one_reminder_when_run_twice(clock, served):
     add_key(served, days=14)
 
-    first = reminders_send_due()
-    second = reminders_send_due()
+    first = reminders_run()
+    second = reminders_run()
 
     assert (first.sent, second.due, second.sent) == (1, 0, 0)
     assert len(reminder_mails()) == 1
@@ -221,7 +220,7 @@ def test_it_sends_one_reminder_when_run_twice(clock, served):
 def test_a_sender_killed_mid_send_is_sent_again_once_its_lease_runs_out(clock, served, settings):
     add_key(served, days=14)
     with mock.patch.object(jobs, "job_enqueue"):
-        reminders_send_due(queue=True)
+        reminders.reminders_send_due()
     notice = Notice.objects.get(kind=Notice.Kind.REMINDER)
     # What a worker killed after claiming the notice leaves behind.
     assert notices.notice_claim(notice_id=notice.pk, now=timezone.now())
@@ -240,10 +239,10 @@ def test_a_sender_killed_mid_send_is_sent_again_once_its_lease_runs_out(clock, s
 
 def test_a_week_of_missed_runs_sends_one_catch_up_email(clock, served):
     key = add_key(served, days=14)
-    reminders_send_due()  # the 14-day step
+    reminders_run()  # the 14-day step
     clock.shift(dt.timedelta(days=12))  # worker down while the 7- and 3-day steps came due
 
-    run = reminders_send_due()
+    run = reminders_run()
 
     assert (run.sent, run.skipped) == (1, 1)
     subjects = [m.subject for m in reminder_mails()]
@@ -255,7 +254,7 @@ def test_a_week_of_missed_runs_sends_one_catch_up_email(clock, served):
     # Recorded as such: the skipped step's notice, superseded, says why (staff read it as the step's delivery).
     assert logs[7].notice.state == Notice.State.SUPERSEDED and logs[7].notice.sent_at is None
     assert logs[7].delivery().startswith("Skipped: Not sent on time;") and "sent the 3-day step" in logs[7].delivery()
-    assert reminders_send_due().due == 0
+    assert reminders_run().due == 0
     assert Notice.objects.filter(credential=key, state=Notice.State.PENDING).count() == 0
 
 
@@ -286,7 +285,7 @@ def test_two_runs_at_once_send_one_email(served, settings):
     if connection.vendor != "postgresql":
         pytest.skip("SQLite serialises writers; the race needs PostgreSQL")
     add_key(served, days=14)
-    runs, errors = at_once(reminders_send_due)
+    runs, errors = at_once(reminders_run)
 
     assert errors == []
     assert sum(r.sent for r in runs) == 1
@@ -383,10 +382,10 @@ def flaky(settings):
 def claim_one(served, days=14) -> Notice:
     add_key(served, days=days)
     with mock.patch.object(jobs, "job_enqueue_on_commit") as queued:
-        run = reminders_send_due(queue=True)
+        run = reminders.reminders_send_due()
     assert run.queued == 2  # the reminder and the owner's summary
     notice = Notice.objects.get(kind=Notice.Kind.REMINDER)
-    assert notice.pk in [c.kwargs["args"][0] for c in queued.call_args_list]
+    assert any(notice.pk in c.kwargs["args"][0] for c in queued.call_args_list)
     # These tests follow the reminder alone through the flaky server.
     Notice.objects.filter(kind=Notice.Kind.OWNER_SUMMARY).delete()
     return notice
@@ -397,7 +396,8 @@ def sweep_and_deliver(queued) -> None:
     queued.reset_mock()
     outbox.outbox_sweep()
     for call in queued.call_args_list:
-        deliver_notice.apply(args=call.kwargs["args"])
+        assert call.args == (jobs.DELIVER_NOTICES,)
+        deliver_notices.apply(args=call.kwargs["args"])
 
 
 def test_smtp_failing_twice_then_working_delivers_one_email(clock, served, flaky):
@@ -441,7 +441,7 @@ def test_a_reminder_that_never_gets_through_is_failed_for_staff_after_the_retry_
     assert flaky.calls == notice.attempts and 15 < notice.attempts < 40  # backoff: not one try a minute
     log = ReminderLog.objects.get()
     assert log.failed_at is not None and log.state == ReminderLog.State.FAILED
-    assert reminders_send_due().due == 0  # not retried behind staff's back
+    assert reminders_run().due == 0  # not retried behind staff's back
     assert reminder_mails() == []
     assert notices.notice_resend(notice_id=notice.pk)  # staff's one click
     flaky.failures = 0
@@ -449,19 +449,20 @@ def test_a_reminder_that_never_gets_through_is_failed_for_staff_after_the_retry_
     assert len(reminder_mails()) == 1
 
 
-def test_the_command_leaves_a_failed_send_in_the_outbox_for_its_retry_and_says_so(clock, served, flaky):
+def test_the_command_leaves_a_failed_send_in_the_outbox_for_its_retry_and_says_so(clock, served, flaky, inline_worker):
     flaky.failures = 1
     add_key(served, days=14)
     out, err = StringIO(), StringIO()
 
-    call_command("send_expiry_reminders", stdout=out, stderr=err)
+    call_command("send_expiry_reminders", "--wait", stdout=out, stderr=err)
 
-    assert "1 due, 0 sent, 0 earlier step(s) skipped, 0 superseded, 1 failed" in out.getvalue()
+    assert "1 due, 0 earlier step(s) skipped, 0 superseded; 1 owner summary(ies); 2 notice(s) queued" in out.getvalue()
+    assert "Delivered: 0 reminder(s) sent, 1 failed, 0 superseded; 1 owner summary(ies) sent." in out.getvalue()
     assert "retried with backoff" in err.getvalue()
     notice = Notice.objects.get(kind=Notice.Kind.REMINDER)
     assert notice.state == Notice.State.PENDING and "SMTPServerDisconnected" in notice.last_error
     clock.shift(dt.timedelta(minutes=2))
-    call_command("send_expiry_reminders", stdout=out, stderr=err)  # the next run delivers the retry
+    call_command("send_expiry_reminders", stdout=out, stderr=err)  # the next run queues the retry
     assert ReminderLog.objects.get().state == ReminderLog.State.SENT
     assert len(reminder_mails()) == 1
 
@@ -478,7 +479,7 @@ def owner_mails():
 def test_contacts_get_it_with_reply_to_the_owner_and_no_copy(clock, served):
     add_key(served, days=30)
 
-    reminders_send_due()
+    reminders_run()
 
     [message] = reminder_mails()
     assert message.to == ["ada@northfield.example.edu"]
@@ -489,8 +490,8 @@ def test_contacts_get_it_with_reply_to_the_owner_and_no_copy(clock, served):
 def test_the_owner_gets_one_summary_a_day_instead_of_copies(clock, served):
     add_key(served, days=7)
 
-    reminders_send_due()
-    reminders_send_due()
+    reminders_run()
+    reminders_run()
 
     [note] = owner_mails()
     assert note.to == ["olivia@edpotential.example"]
@@ -503,7 +504,7 @@ def test_without_contacts_the_owner_is_the_addressee(clock, make_institution, ow
     lonely = make_institution(account_owner=owner)
     add_key(lonely, days=14)
 
-    reminders_send_due()
+    reminders_run()
 
     assert [(m.to, m.cc) for m in reminder_mails()] == [(["olivia@edpotential.example"], [])]
 
@@ -513,7 +514,7 @@ def test_the_email_has_the_date_steps_a_working_link_and_a_calendar_file(clock, 
     served.save()
     key = add_key(served, days=14)
 
-    reminders_send_due()
+    reminders_run()
 
     [message] = reminder_mails()
     html = message.alternatives[0][0]
@@ -539,7 +540,7 @@ def test_names_with_ampersands_are_not_html_escaped_in_the_text_parts(clock, mak
     Contact.objects.create(institution=odd, name="A", email="a@oneill.example.edu")
     add_key(odd, days=14)
 
-    reminders_send_due()
+    reminders_run()
 
     [message] = reminder_mails()
     assert message.subject == "Canvas Data 2 key for O'Neill & Sons College expires in 14 days"
@@ -557,11 +558,11 @@ def test_the_secret_and_full_client_id_are_in_no_email_task_argument_or_log_line
         mock.patch("credentials.services.jobs.job_enqueue") as enqueue,
         django_capture_on_commit_callbacks(execute=True),
     ):
-        reminders_send_due(queue=True)
-    task_args = [c.kwargs["args"] for c in enqueue.call_args_list if c.args == (jobs.DELIVER_NOTICE,)]
-    assert len(task_args) == 2  # the reminder and the owner's summary
+        reminders.reminders_send_due()
+    task_args = [c.kwargs["args"] for c in enqueue.call_args_list if c.args == (jobs.DELIVER_NOTICES,)]
+    assert [len(ids) for (ids,) in task_args] == [2]  # the reminder and the owner's summary, in one task
     for args in task_args:
-        deliver_notice.apply(args=args)
+        deliver_notices.apply(args=args)
     clock.shift(dt.timedelta(minutes=5))
     outbox.outbox_deliver_due()
     call_command("send_expiry_reminders", "--dry-run", stdout=StringIO())
@@ -603,19 +604,22 @@ def test_a_dry_run_lists_who_would_get_what_and_sends_nothing(clock, served):
     assert mail.outbox == [] and ReminderLog.objects.count() == 0 and Notice.objects.count() == 0
 
 
-def test_the_command_can_run_as_of_another_day(clock, served):
+def test_the_command_can_run_as_of_another_day(clock, served, inline_worker):
     add_key(served, days=40)
     out = StringIO()
 
-    call_command("send_expiry_reminders", "--today", "2027-09-11", stdout=out)
+    call_command("send_expiry_reminders", "--today", "2027-09-11", "--wait", stdout=out)
 
-    assert "1 due, 1 sent" in out.getvalue()
+    assert "Reminders for 11 Sep 2027: 1 due" in out.getvalue()
+    assert "Delivered: 1 reminder(s) sent, 0 failed" in out.getvalue()
     assert ReminderLog.objects.get().threshold == 30
     with pytest.raises(Exception, match="YYYY-MM-DD"):
         call_command("send_expiry_reminders", "--today", "11/10/2027")
 
 
-def test_a_run_as_of_another_day_dates_the_link_the_wording_and_the_calendar_from_that_day(clock, served, settings):
+def test_a_run_as_of_another_day_dates_the_link_the_wording_and_the_calendar_from_that_day(
+    clock, served, settings, inline_worker
+):
     # The real clock says 1 September 2027; the key expires 14 days after the simulated day.
     settings.SUBMISSION_LINK_DAYS = 10
     simulated = dt.date(2027, 12, 19)
@@ -655,14 +659,14 @@ def test_send_now_sends_the_current_step_and_the_daily_run_does_not_repeat_it(cl
     result = reminder_send_now(credential=key, actor=owner)
 
     assert result.threshold == 14 and result.reminder is not None
-    assert reminders_send_due().due == 0
+    assert reminders_run().due == 0
     assert len(reminder_mails()) == 1
     assert SubmissionLink.objects.get().created_by == owner
 
 
 def test_send_now_after_the_step_was_sent_sends_an_extra_one_and_keeps_the_schedule(clock, served):
     key = add_key(served, days=14)
-    reminders_send_due()
+    reminders_run()
 
     result = reminder_send_now(credential=key)
 
@@ -670,7 +674,7 @@ def test_send_now_after_the_step_was_sent_sends_an_extra_one_and_keeps_the_sched
     assert len(reminder_mails()) == 2
     assert ReminderLog.objects.count() == 1
     clock.shift(dt.timedelta(days=7))
-    assert reminders_send_due().sent == 1  # the 7-day step still comes
+    assert reminders_run().sent == 1  # the 7-day step still comes
 
 
 def test_send_now_refuses_a_paused_institution(clock, served):
@@ -690,7 +694,7 @@ def test_send_now_refuses_a_paused_institution(clock, served):
 def test_the_scan_query_count_does_not_grow_with_the_number_of_institutions(clock, make_institution):
     def queries_for_dry_run() -> int:
         with CaptureQueriesContext(connection) as captured:
-            run = reminders_send_due(dry_run=True, chunk_size=50)
+            run = reminders_run(dry_run=True, chunk_size=50)
         return len(captured), run.due
 
     for _ in range(5):
@@ -723,8 +727,8 @@ def test_a_reminder_run_and_the_digest_decrypt_no_secret(clock, served, monkeypa
     monkeypatch.setattr(fields, "decrypt_str", refuse)
     settings.STAFF_DIGEST_RECIPIENTS = ["staff@example.com"]
 
-    assert reminders_send_due().sent == 1
-    outbox.staff_digest_send()
+    assert reminders_run().sent == 1
+    digest.staff_digest_send()
     assert Notice.objects.get(kind=Notice.Kind.STAFF_DIGEST).state == Notice.State.SENT
     assert decrypted == []
     assert len(reminder_mails()) == 1
@@ -745,7 +749,7 @@ def add_due_institutions(make_institution, count: int, *, days: int = 14) -> Non
 def test_each_reminder_sent_costs_a_fixed_small_number_of_queries(clock, make_institution):
     def queries_for_run(expected: int) -> int:
         with CaptureQueriesContext(connection) as captured:
-            run = reminders_send_due()
+            run = reminders_run()
         assert run.sent == expected
         return len(captured)
 
@@ -841,7 +845,7 @@ def test_a_run_sends_a_page_of_reminders_over_one_smtp_connection(clock, make_in
     add_due_institutions(make_institution, 3, days=14)
     add_due_institutions(make_institution, 2, days=7)  # these also send the owner a note (no owner here)
 
-    run = reminders_send_due(chunk_size=50)
+    run = reminders_run(chunk_size=50)
 
     assert run.sent == 5
     assert len(reminder_mails()) == 5
@@ -855,7 +859,7 @@ def test_a_connection_lost_mid_page_fails_that_reminder_and_the_rest_go_out_on_a
     keys = list(CD2Credential.objects.order_by("pk"))
     counting.breaks_on = (2,)
 
-    run = reminders_send_due(chunk_size=50)
+    run = reminders_run(chunk_size=50)
 
     assert (run.sent, run.failed) == (2, 1)
     logs = {log.credential_id: log for log in ReminderLog.objects.all()}
@@ -875,7 +879,7 @@ def test_a_connection_lost_mid_page_fails_that_reminder_and_the_rest_go_out_on_a
 def test_each_page_of_keys_opens_its_own_connection(clock, make_institution, counting):
     add_due_institutions(make_institution, 5, days=14)
 
-    run = reminders_send_due(chunk_size=2)
+    run = reminders_run(chunk_size=2)
 
     assert run.sent == 5
     assert counting.opened == 3

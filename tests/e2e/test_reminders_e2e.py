@@ -113,31 +113,39 @@ def _process_env(controller) -> dict:
     }
 
 
+def _start_worker(env: dict, log_path: Path, *, name: str, pool: str = "solo", concurrency: int = 1):
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "edpotential", "worker",
+                f"--pool={pool}", f"--concurrency={concurrency}", "--purge",
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "--loglevel=INFO", f"--hostname={name}-{os.getpid()}@%h",
+            ],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def _stop(process) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture
 def worker(real_services, smtp_server, tmp_path):
     controller, _ = smtp_server
     env = _process_env(controller)
     log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "celery", "-A", "edpotential", "worker",
-                "--pool=solo", "--concurrency=1", "--purge",
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "--loglevel=INFO", f"--hostname=e2e-reminders-{os.getpid()}@%h",
-            ],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    process = _start_worker(env, log_path, name="e2e-reminders")
     try:
         _wait_for(lambda: b"ready." in log_path.read_bytes(), what="the worker to start", log=log_path)
         yield process, log_path
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
 
 
 def _wait_for(condition, *, what: str, log: Path) -> None:
@@ -207,8 +215,15 @@ def test_beats_reminder_task_reaches_a_real_smtp_server_once_with_its_calendar_f
     assert set(Notice.objects.values_list("state", flat=True)) == {Notice.State.SENT}
 
 
-def test_the_command_in_its_own_process_delivers_each_reminder_once_with_its_forked_senders(real_services, smtp_server):
-    """`manage.py send_expiry_reminders` as cron runs it: 2 delivering processes × 3 sender threads."""
+def test_the_command_queues_and_two_workers_of_three_threads_deliver_each_reminder_once(
+    real_services, smtp_server, tmp_path
+):
+    """`manage.py send_expiry_reminders --wait` as cron runs it, with two Celery workers of three threads each.
+
+    The command decides and queues; the workers deliver, six sends at once,
+    each notice claimed by one of them. A second run (cron firing twice)
+    decides nothing and sends nothing.
+    """
     owner = get_user_model().objects.create_user(username="olivia", email="olivia@edpotential.example")
     expires_on = timezone.localdate() + dt.timedelta(days=14)
     for n in range(30):
@@ -217,26 +232,39 @@ def test_the_command_in_its_own_process_delivers_each_reminder_once_with_its_for
             client_id=f"us-east-1#e2e00000-0000-4000-8000-{n:012d}", expires_on=expires_on,
         )  # fmt: skip
     controller, inbox = smtp_server
-    env = {**_process_env(controller), "OUTBOX_DELIVERY_PROCESSES": "2", "OUTBOX_DELIVERY_THREADS": "3"}
+    env = {**_process_env(controller), "OUTBOX_TASK_BATCH": "4"}  # several tasks, so both workers take some
+    logs = [tmp_path / f"worker-{n}.log" for n in range(2)]
+    workers = [
+        _start_worker(env, log, name=f"e2e-command-{n}", pool="threads", concurrency=3) for n, log in enumerate(logs)
+    ]
+    try:
+        for log in logs:
+            _wait_for(lambda log=log: b"ready." in log.read_bytes(), what="a worker to start", log=log)
 
-    def command() -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", "send_expiry_reminders"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE_SECONDS,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
+        def command() -> str:
+            done = subprocess.run(
+                [sys.executable, "manage.py", "send_expiry_reminders", "--wait", "--wait-timeout", "60"],
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE_SECONDS,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+            return done.stdout
 
-    first = command()
-    second = command()  # cron firing twice sends nothing twice
+        first = command()
+        second = command()
+    finally:
+        for process in workers:
+            _stop(process)
 
-    assert "30 due, 30 sent" in first, first
-    assert "Delivered by 2 process(es) × 3 sender thread(s)." in first, first
-    assert "0 due, 0 sent" in second, second
+    assert "30 due" in first and "31 notice(s) queued for the workers" in first, first
+    assert "Delivered: 30 reminder(s) sent, 0 failed, 0 superseded; 1 owner summary(ies) sent." in first, first
+    assert "0 due" in second and "0 notice(s) queued" in second, second
     recipients = sorted(tuple(rcpt) for _, rcpt in inbox.envelopes)
     expected = sorted([(f"admin{n}@c{n}.example.edu",) for n in range(30)] + [("olivia@edpotential.example",)])
     assert recipients == expected  # each reminder once, the owner's one summary
     assert set(Notice.objects.values_list("state", "attempts")) == {(Notice.State.SENT, 1)}
     assert ReminderLog.objects.filter(state=ReminderLog.State.SENT).count() == 30
+    # Both workers delivered: the parallelism is Celery's.
+    for log in logs:
+        assert _succeeded(log, "credentials.tasks.deliver_notices") >= 1, log.read_text(errors="replace")[-3000:]
     for sent in inbox.messages:
         assert PLANTED_SECRET not in sent.as_string()

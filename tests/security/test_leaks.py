@@ -404,10 +404,10 @@ def path_key_checks(leak: Surfaces, world: World) -> None:
 
 @leak_path
 def path_reminders(leak: Surfaces, world: World) -> None:
-    from credentials.services.outbox import reminders_send_due
+    from tests.conftest import reminders_run
 
     world.credential = world.planted_key(days=7)
-    leak.add("reminder run", repr(reminders_send_due(queue=False)))
+    leak.add("reminder run", repr(reminders_run()))
     assert mail.outbox, "a reminder should have been sent for a key 7 days from expiry"
     out = io.StringIO()
     call_command("send_expiry_reminders", stdout=out, stderr=out)
@@ -417,8 +417,7 @@ def path_reminders(leak: Surfaces, world: World) -> None:
 @leak_path
 def path_staff_digest(leak: Surfaces, world: World) -> None:
     from credentials.models import Notice
-    from credentials.services.digest import staff_digest_build
-    from credentials.services.outbox import staff_digest_send
+    from credentials.services.digest import staff_digest_build, staff_digest_send
 
     world.settings.STAFF_DIGEST_RECIPIENTS = ["cs@registry.example"]
     world.credential = world.planted_key(days=10)
@@ -548,10 +547,10 @@ def test_celery_messages_in_redis_hold_no_secret(institution, monkeypatch):
             gateway.set_mode(None)
             credential = CD2Credential.objects.get(institution=institution)
             CD2Credential.objects.filter(pk=credential.pk).update(status="active")
-            from credentials.services.outbox import reminders_send_due
+            from credentials.services.reminders import reminders_send_due
             from credentials.services.verification import credentials_verify_active
 
-            reminders_send_due(queue=True)
+            reminders_send_due()
             credentials_verify_active(run_now=False)
             Client().post("/link/", {"email": "ada@northfield.example.edu"})
         messages = []

@@ -1,13 +1,14 @@
-"""Send the expiry reminders now due: the same service as the daily beat task, delivered in this process."""
+"""Decide the expiry reminders now due and queue them for the workers: the same service as the daily beat task."""
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 
 from django.core.management.base import BaseCommand, CommandError
 
 from credentials.formatting import format_day
-from credentials.services.outbox import reminders_send_due
+from credentials.services.reminders import reminders_report, reminders_send_due, reminders_wait
 
 
 def _date(value: str) -> dt.date:
@@ -20,7 +21,8 @@ def _date(value: str) -> dt.date:
 class Command(BaseCommand):
     help = (
         "Write every expiry reminder that has come due (each step exactly once) and the owners' daily "
-        "summaries to the outbox, then deliver what the outbox holds. --dry-run only lists them."
+        "summaries to the outbox and queue them for the Celery workers, as beat does. --wait waits for the "
+        "workers and says what they did; --dry-run only lists them."
     )
 
     def add_arguments(self, parser) -> None:
@@ -33,11 +35,30 @@ class Command(BaseCommand):
             "link expiry, wording and the .ics are dated from it.",
         )
         parser.add_argument(
-            "--queue", action="store_true", help="Queue the deliveries for the Celery worker instead (as beat does)."
+            "--wait",
+            action="store_true",
+            help="Wait until the workers have tried every notice this run queued, then say what was sent.",
         )
+        parser.add_argument(
+            "--wait-timeout",
+            type=float,
+            default=600.0,
+            metavar="SECONDS",
+            help="How long --wait waits for the workers (default 600); exit code 1 when they have not finished.",
+        )
+        # Queueing is what the command always does now; --queue is accepted for crontabs that still pass it.
+        parser.add_argument("--queue", action="store_true", help=argparse.SUPPRESS)
 
-    def handle(self, *args, dry_run: bool = False, today: str | None = None, queue: bool = False, **options) -> None:
-        run = reminders_send_due(today=_date(today) if today else None, dry_run=dry_run, queue=queue)
+    def handle(
+        self,
+        *args,
+        dry_run: bool = False,
+        today: str | None = None,
+        wait: bool = False,
+        wait_timeout: float = 600.0,
+        **options,
+    ) -> None:
+        run = reminders_send_due(today=_date(today) if today else None, dry_run=dry_run)
         if dry_run:
             owners: dict[str, int] = {}
             for item in run.planned:
@@ -54,16 +75,25 @@ class Command(BaseCommand):
             )
             return
         self.stdout.write(
-            f"Reminders for {format_day(run.today)}: {run.due} due, {run.sent} sent, "
-            f"{run.skipped} earlier step(s) skipped, {run.superseded} superseded, {run.failed} failed"
-            f"{f', {run.queued} queued' if queue else ''}; {run.owner_summaries} owner summary(ies)."
+            f"Reminders for {format_day(run.today)}: {run.due} due, {run.skipped} earlier step(s) skipped, "
+            f"{run.superseded} superseded; {run.owner_summaries} owner summary(ies); "
+            f"{run.queued} notice(s) queued for the workers."
         )
-        if run.delivery_processes:
-            self.stdout.write(
-                f"Delivered by {run.delivery_processes} process(es) × {run.delivery_threads} sender thread(s)."
-            )
+        if not wait:
+            return
+        finished = reminders_wait(run, timeout=wait_timeout)
+        reminders_report(run)
+        self.stdout.write(
+            f"Delivered: {run.sent} reminder(s) sent, {run.failed} failed, {run.superseded} superseded; "
+            f"{run.summaries_sent} owner summary(ies) sent."
+        )
         if run.failed:
             self.stderr.write(
                 "Failed sends wait in the outbox and are retried with backoff (admin: Notices); "
                 "those that give up show on the dashboard and in the staff digest."
+            )
+        if not finished:
+            raise CommandError(
+                f"{run.waiting} notice(s) not tried by the workers within {wait_timeout:g} s: is a Celery worker "
+                "running (celery -A edpotential worker)? They stay queued and are sent when one is."
             )
