@@ -38,7 +38,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # Benchmarks (not tests): needs PostgreSQL and Redis on 127.0.0.1 and wrk
-# (apt-get install wrk). Puts the figures on top of bench/RESULTS.md.
+# (apt-get install wrk). Updates the current table in bench/RESULTS.md and puts
+# the run's full log on top of bench/HISTORY.md.
 BENCH_INSTITUTIONS ?= 10000 100000
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --institutions $(BENCH_INSTITUTIONS)

@@ -1,4 +1,9 @@
-"""bench/RESULTS.md: each run's figures on top, older runs kept below."""
+"""bench/RESULTS.md holds one current table; bench/HISTORY.md each run's full log.
+
+A run rewrites the table's rows it measured (figure and N) and keeps the
+others with the date of the run that measured them, so the table says where
+every figure stands today; the run's full log goes on top of the history.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,28 @@ import datetime as dt
 import re
 from pathlib import Path
 
-HEADER = """# Benchmark results
+RESULTS_HEADER = """# Benchmark results
 
-Written by `python bench/run.py` (`make bench`); newest run first. Each figure
-is measured next to its floor in the same run on the same data, because the
-machine is small and shared: compare ratios, not raw times, across runs.
+Where each figure stands today: the newest measurement of every figure at each
+size, next to its floor (measured in the same run, on the same data) and its
+target. `make bench` (`python bench/run.py`) rewrites the rows it measured and
+keeps the others, with the date of the run that measured them. Each run's full
+log (machine, setup, every table, findings) is in [HISTORY.md](HISTORY.md),
+newest first. The machine is small and shared, and its speed drifts: compare
+ratios, not raw times, and mind the load average. See bench/measure.py for what
+each figure and floor is exactly.
+
+"""
+CURRENT_START = "<!-- current figures: bench/report.py rewrites the rows of this table -->\n"
+CURRENT_END = "<!-- end of current figures -->\n"
+CURRENT_COLUMNS = ("Figure", "N", "Value", "Floor", "Ratio", "Target", "Met?", "Measured on")
+
+HISTORY_HEADER = """# Benchmark history
+
+Written by `python bench/run.py` (`make bench`); newest run first. Where each
+figure stands today is in [RESULTS.md](RESULTS.md). Each figure is measured
+next to its floor in the same run on the same data, because the machine is
+small and shared: compare ratios, not raw times, across runs.
 See bench/measure.py for what each figure and floor is exactly.
 
 """
@@ -107,9 +129,133 @@ ADMIN_LABELS = {
 }
 
 
+# The current table's order: each figure with its sizes together, in this order
+# (a figure not listed here goes last).
+FIGURE_ORDER = (
+    "Reminder run, wall",
+    "Reminder scan (dry run)",
+    "Reminder run, statements per reminder sent",
+    "Reminder run, peak memory",
+    *(f"Admin list, {label}" for label in ADMIN_LABELS.values()),
+    "Submission throughput",
+    "Key rotation",
+    "Key checks, gateway requests/s the design needs",
+    "API key reads (gunicorn)",
+    "API key list, page of 100",
+    "API key list, page of 500",
+)
+
+
 def _admin_views(admin: dict) -> list[tuple[str, str]]:
     """(key, "Admin list, label") for each view the run measured."""
     return [(key, f"Admin list, {label}") for key, label in ADMIN_LABELS.items() if key in admin]
+
+
+# One row of a summary: figure, measured, floor, ratio, target, met (None: no verdict).
+Figure = tuple[str, str, str, str, str, bool | None]
+
+
+def _figures(size: dict) -> list[Figure]:
+    """The figures one size measured, each beside its floor and target (the run's summary)."""
+    rows: list[Figure] = []
+    r = size.get("reminders")
+    if r:
+        rows.append(
+            (
+                "Reminder run, wall",
+                _s(r["wall_s"]),
+                f"{_ms(r['floor_sql_s'])} SQL + {_s(r['send_floor_s'])} sending",
+                _x(r["ratio_to_target"]),
+                "≤ 2 × (5× SQL + sending)",
+                r["ratio_to_target"] <= 2 if r["ratio_to_target"] is not None else None,
+            )
+        )
+        rows.append(
+            (
+                "Reminder scan (dry run)",
+                _ms(r["dry_run_s"]),
+                _ms(r["floor_sql_s"]),
+                _x(r["scan_ratio"]),
+                "≤ 5×",
+                r["scan_ratio"] <= 5 if r["scan_ratio"] else None,
+            )
+        )
+    a = size.get("admin")
+    if a:
+        for key, label in _admin_views(a):
+            ratio_key = f"ratio_{key}"
+            rows.append(
+                (
+                    label,
+                    f"{_ms(a[key]['median_s'])}, {a[key]['queries']} queries",
+                    f"{_ms(a['floor']['median_s'])}, {a['floor']['queries']} queries",
+                    _x(a[ratio_key]),
+                    "≤ 1.5×",
+                    a[ratio_key] <= 1.5 if a[ratio_key] else None,
+                )
+            )
+    s = size.get("submission")
+    if s:
+        rows.append(
+            (
+                "Submission throughput",
+                f"{_n(s['submission']['rps'], 1)} req/s",
+                f"{_n(s['floor']['rps'], 1)} req/s",
+                _x(s["throughput_ratio"]),
+                "≥ 0.80×",
+                s["throughput_ratio"] >= 0.8 if s["throughput_ratio"] else None,
+            )
+        )
+    k = size.get("rotation")
+    if k:
+        rows.append(
+            (
+                "Key rotation",
+                f"{_n(k['command_rows_per_s'])} rows/s",
+                f"{_n(k['floor_rows_per_s'])} rows/s",
+                _x(k["speed_ratio"]),
+                "≥ 0.50×",
+                k["speed_ratio"] >= 0.5 if k["speed_ratio"] else None,
+            )
+        )
+    p = size.get("api")
+    if p:
+        rows.append(
+            (
+                "API key reads (gunicorn)",
+                f"{_n(p['read_load']['rps'], 1)} req/s",
+                f"{_n(p['floor_load']['rps'], 1)} req/s (trivial authenticated view)",
+                _x(p["read_ratio"]),
+                "≥ 0.50×",
+                p["read_ratio"] >= 0.5 if p["read_ratio"] else None,
+            )
+        )
+        for key, label in (("list", "100"), ("list_500", "500")):
+            floor = p["floor" if key == "list" else "floor_500"]
+            rows.append(
+                (
+                    f"API key list, page of {label}",
+                    f"{_ms(p[key]['median_s'])}, {p[key]['queries']} queries",
+                    f"{_ms(floor['median_s'])}, {floor['queries']} queries (stock DRF list)",
+                    _x(p["ratio_" + key]),
+                    "≤ 1.5×",
+                    p["ratio_" + key] <= 1.5 if p["ratio_" + key] else None,
+                )
+            )
+    c = size.get("key_checks")
+    if c:
+        need, limit = c["required_gateway_rps"], c["gateway_rate_limit"]
+        rows.append(
+            (
+                "Key checks, gateway requests/s the design needs",
+                f"{_n(need, 1)} req/s",
+                f"limit {_n(limit, 1)} req/s",
+                _x(need / limit if limit else None),
+                "≤ 1×",
+                need <= limit if limit else None,
+            )
+        )
+    return rows
 
 
 def _summary(sizes: list[dict]) -> list[str]:
@@ -119,62 +265,8 @@ def _summary(sizes: list[dict]) -> list[str]:
     ]
     for size in sizes:
         n = f"{size['institutions']:,}"
-        r = size.get("reminders")
-        if r:
-            lines.append(
-                f"| Reminder run, wall | {n} | {_s(r['wall_s'])} | {_ms(r['floor_sql_s'])} SQL + "
-                f"{_s(r['send_floor_s'])} sending | {_x(r['ratio_to_target'])} | ≤ 2 × (5× SQL + sending) | "
-                f"{_met(r['ratio_to_target'] <= 2 if r['ratio_to_target'] is not None else None)} |"
-            )
-            lines.append(
-                f"| Reminder scan (dry run) | {n} | {_ms(r['dry_run_s'])} | {_ms(r['floor_sql_s'])} | "
-                f"{_x(r['scan_ratio'])} | ≤ 5× | {_met(r['scan_ratio'] <= 5 if r['scan_ratio'] else None)} |"
-            )
-        a = size.get("admin")
-        if a:
-            for key, label in _admin_views(a):
-                ratio_key = f"ratio_{key}"
-                lines.append(
-                    f"| {label} | {n} | {_ms(a[key]['median_s'])}, {a[key]['queries']} queries | "
-                    f"{_ms(a['floor']['median_s'])}, {a['floor']['queries']} queries | {_x(a[ratio_key])} | ≤ 1.5× | "
-                    f"{_met(a[ratio_key] <= 1.5 if a[ratio_key] else None)} |"
-                )
-        s = size.get("submission")
-        if s:
-            lines.append(
-                f"| Submission throughput | {n} | {_n(s['submission']['rps'], 1)} req/s | "
-                f"{_n(s['floor']['rps'], 1)} req/s | {_x(s['throughput_ratio'])} | ≥ 0.80× | "
-                f"{_met(s['throughput_ratio'] >= 0.8 if s['throughput_ratio'] else None)} |"
-            )
-        k = size.get("rotation")
-        if k:
-            lines.append(
-                f"| Key rotation | {n} | {_n(k['command_rows_per_s'])} rows/s | {_n(k['floor_rows_per_s'])} rows/s | "
-                f"{_x(k['speed_ratio'])} | ≥ 0.50× | {_met(k['speed_ratio'] >= 0.5 if k['speed_ratio'] else None)} |"
-            )
-        p = size.get("api")
-        if p:
-            lines.append(
-                f"| API key reads (gunicorn) | {n} | {_n(p['read_load']['rps'], 1)} req/s | "
-                f"{_n(p['floor_load']['rps'], 1)} req/s (trivial authenticated view) | {_x(p['read_ratio'])} | "
-                f"≥ 0.50× | {_met(p['read_ratio'] >= 0.5 if p['read_ratio'] else None)} |"
-            )
-            for key, label in (("list", "100"), ("list_500", "500")):
-                floor = p["floor" if key == "list" else "floor_500"]
-                lines.append(
-                    f"| API key list, page of {label} | {n} | {_ms(p[key]['median_s'])}, {p[key]['queries']} queries | "
-                    f"{_ms(floor['median_s'])}, {floor['queries']} queries (stock DRF list) | "
-                    f"{_x(p['ratio_' + key])} | ≤ 1.5× | "
-                    f"{_met(p['ratio_' + key] <= 1.5 if p['ratio_' + key] else None)} |"
-                )
-        c = size.get("key_checks")
-        if c:
-            need, limit = c["required_gateway_rps"], c["gateway_rate_limit"]
-            lines.append(
-                f"| Key checks, gateway requests/s the design needs | {n} | {_n(need, 1)} req/s | "
-                f"limit {_n(limit, 1)} req/s | {_x(need / limit if limit else None)} | ≤ 1× | "
-                f"{_met(need <= limit if limit else None)} |"
-            )
+        for label, measured, floor, ratio, target, met in _figures(size):
+            lines.append(f"| {label} | {n} | {measured} | {floor} | {ratio} | {target} | {_met(met)} |")
     return lines
 
 
@@ -468,11 +560,89 @@ def _without_unmeasured(text: str, sizes: list[dict]) -> str:
     return "\n### ".join(kept)
 
 
+def _verdict(met: bool | None) -> str:
+    return "—" if met is None else ("met" if met else "**not met**")
+
+
+def _current_figures(size: dict) -> list[Figure]:
+    """The run's summary figures, and what the reminder run costs beside them (no target set)."""
+    rows = _figures(size)
+    r = size.get("reminders")
+    if r and r.get("queries_per_sent") is not None:
+        rows.append(
+            (
+                "Reminder run, statements per reminder sent",
+                f"{r['queries_per_sent']:.2f} ({r['queries']:,} in a run in one process)",
+                "—",
+                "—",
+                "none set",
+                None,
+            )
+        )
+    if r and r.get("peak_memory_mb") is not None:
+        rows.append(
+            (
+                "Reminder run, peak memory",
+                f"{_n(r['peak_memory_mb'], 1, ' MiB')} (tracemalloc, a run in one process)",
+                "—",
+                "—",
+                "none set",
+                None,
+            )
+        )
+    return rows
+
+
+def current_rows(sizes: list[dict], *, measured_on: str) -> list[list[str]]:
+    """The current table's rows for what this run measured, each with the run's date."""
+    return [
+        [label, f"{size['institutions']:,}", measured, floor, ratio, target, _verdict(met), measured_on]
+        for size in sizes
+        for label, measured, floor, ratio, target, met in _current_figures(size)
+    ]
+
+
+def _parse_rows(table: str) -> list[list[str]]:
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table.splitlines()]
+    return [row for row in rows if len(row) > 1 and row[0] != CURRENT_COLUMNS[0] and not row[0].startswith("---")]
+
+
+def _order(row: list[str]) -> tuple[int, str, int]:
+    known = row[0] in FIGURE_ORDER
+    size = row[1].replace(",", "")
+    return (
+        FIGURE_ORDER.index(row[0]) if known else len(FIGURE_ORDER),
+        "" if known else row[0],
+        int(size) if size.isdigit() else 0,
+    )
+
+
+def current_table_update(text: str, measured: list[list[str]]) -> str:
+    """The results text with the rows of (figure, N) this run measured replaced or added; every other row,
+    and the text around the table, kept as it was."""
+    if CURRENT_START in text and CURRENT_END in text:
+        before, rest = text.split(CURRENT_START, 1)
+        table, after = rest.split(CURRENT_END, 1)
+    else:
+        # No table yet (a new file): the table on top, whatever text there was kept below it.
+        before, table, after = RESULTS_HEADER, "", ("\n" + text if text.strip() else "")
+    rows = {(row[0], row[1]): row for row in _parse_rows(table)}
+    rows.update({(row[0], row[1]): row for row in measured})
+    lines = ["| " + " | ".join(CURRENT_COLUMNS) + " |", "|---|---:|---:|---:|---:|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in sorted(rows.values(), key=_order)]
+    return before + CURRENT_START + "\n".join(lines) + "\n" + CURRENT_END + after
+
+
 def write_results(path: Path, *, started: dt.datetime, machine: dict, sizes: list[dict], quick: bool) -> None:
-    """Put this run on top of the report; keep every older run below it."""
+    """Put this run's full log on top of the history (HISTORY.md beside `path`, every older run kept below
+    it), then rewrite the rows it measured in the current table at `path`."""
     block = render(started=started, machine=machine, sizes=sizes, quick=quick)
+    history = path.with_name("HISTORY.md")
     older = ""
-    if path.exists():
-        text = path.read_text()
+    if history.exists():
+        text = history.read_text()
         older = text.split(MARKER, 1)[1] if MARKER in text else text
-    path.write_text(HEADER + MARKER + "\n" + block + ("\n" + older.lstrip("\n") if older.strip() else ""))
+    history.write_text(HISTORY_HEADER + MARKER + "\n" + block + ("\n" + older.lstrip("\n") if older.strip() else ""))
+    measured_on = f"{started:%Y-%m-%d %H:%M} UTC, load {machine['load_average'][0]:.2f}{', quick' if quick else ''}"
+    text = path.read_text() if path.exists() else ""
+    path.write_text(current_table_update(text, current_rows(sizes, measured_on=measured_on)))

@@ -2,9 +2,10 @@
 
 For each size N: create a throwaway PostgreSQL database (bench_<pid>_<N> on
 postgres@127.0.0.1:5432), migrate it, generate N institutions with contacts
-and keys, measure the five figures next to their floors (bench/measure.py,
-in a process of its own), drop the database, and put the figures on top of
-bench/RESULTS.md (older results stay below).
+and keys, measure each figure next to its floor (bench/measure.py,
+in a process of its own), drop the database, rewrite the rows of
+bench/RESULTS.md's current table that the run measured (the others stay, with
+their older date), and put the run's full log on top of bench/HISTORY.md.
 
 Needs PostgreSQL and Redis on 127.0.0.1 and wrk (Debian: apt-get install wrk).
 """
@@ -156,7 +157,11 @@ def run_size(n: int, args, *, redis_available: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--institutions", type=int, nargs="+", default=[10_000, 100_000], metavar="N")
-    parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"), help="The report to update.")
+    parser.add_argument(
+        "--results",
+        default=str(ROOT / "bench" / "RESULTS.md"),
+        help="The current table to update; the run's full log goes on top of HISTORY.md beside it.",
+    )
     parser.add_argument("--quick", action="store_true", help="Fewer repeats, short load runs (the smoke test).")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gunicorn workers.")
     parser.add_argument(

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import MARKER, SECTIONS
+from bench.report import CURRENT_END, CURRENT_START, MARKER, SECTIONS, current_table_update
 
 ROOT = Path(__file__).resolve().parents[2]
 OLDER_RUN = "## 2001-01-01 00:00 UTC: N = 1 (an older run that must stay below the new one)\n"
+# A row of the current table that the run does not measure (N = 1): it must stay.
+KEPT_ROW = ["Key rotation", "1", "1 rows/s", "1 rows/s", "1.00×", "≥ 0.50×", "met", "2001-01-01 00:00 UTC, load 0.00"]
 
 
 def _missing() -> str | None:
@@ -66,8 +68,9 @@ def _table_rows(section: str) -> list[list[str]]:
 
 
 def test_the_bench_at_200_institutions_reports_every_figure_with_numbers(bench_prerequisites, tmp_path):
-    results = tmp_path / "RESULTS.md"
-    results.write_text(f"# Benchmark results\n\n{MARKER}\n{OLDER_RUN}\nolder figures\n")
+    results, history = tmp_path / "RESULTS.md", tmp_path / "HISTORY.md"
+    results.write_text(current_table_update("", [KEPT_ROW]))
+    history.write_text(f"# Benchmark history\n\n{MARKER}\n{OLDER_RUN}\nolder figures\n")
 
     run = subprocess.run(
         [sys.executable, "bench/run.py", "--institutions", "200", "--quick", "--results", str(results)],
@@ -79,7 +82,7 @@ def test_the_bench_at_200_institutions_reports_every_figure_with_numbers(bench_p
     )
 
     assert run.returncode == 0, run.stderr[-4000:]
-    text = results.read_text()
+    text = history.read_text()
     newest = text[text.index(MARKER) : text.index(OLDER_RUN)]
     assert "N = 200 (quick)" in newest
     assert "Errors" not in newest
@@ -105,3 +108,9 @@ def test_the_bench_at_200_institutions_reports_every_figure_with_numbers(bench_p
     [submitted] = [row for row in summary if row[0] == "Submission throughput"]
     assert float(submitted[2].split()[0].replace(",", "")) > 0, submitted
     assert text.index(OLDER_RUN) > text.index("N = 200 (quick)"), "the older run must stay below the new one"
+    # The current table: this run's rows at N = 200, dated, and the row it did not measure kept.
+    current = _table_rows(results.read_text().split(CURRENT_START, 1)[1].split(CURRENT_END, 1)[0])
+    assert KEPT_ROW in current
+    mine = {row[0]: row for row in current if row[1] == "200"}
+    assert set(mine) >= {row[0] for row in summary}
+    assert all(row[-1].endswith(", quick") for row in mine.values()), mine
