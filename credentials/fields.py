@@ -20,8 +20,6 @@ from django.core import checks
 from django.core.exceptions import FieldError, ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.db import models
-from django.db.models.expressions import Col
-from django.db.models.lookups import IsNull
 from django.dispatch import receiver
 
 
@@ -98,29 +96,16 @@ def decrypt_str(token: str, *, what: str = "an encrypted value") -> str:
         ) from None
 
 
-class EncryptedCol(Col):
-    """A column whose database value is ciphertext: it cannot be ordered by."""
-
-    def resolve_expression(self, *args, **kwargs):
-        # Ordering (order_by("secret")) resolves the column again; plain
-        # selects do not. Ciphertext order is random, so refuse it.
-        raise FieldError(f"{self.target.name} is encrypted: it cannot be used to order or compare rows.")
-
-
-class EncryptedIsNull(IsNull):
-    """isnull compares no ciphertext, so it stays allowed, on a plain column."""
-
-    def __init__(self, lhs, rhs):
-        if isinstance(lhs, EncryptedCol):
-            lhs = Col(lhs.alias, lhs.target, lhs.output_field)
-        super().__init__(lhs, rhs)
-
-
 class EncryptedTextField(models.TextField):
     """A text field stored as a Fernet token; the plaintext lives only in memory.
 
-    No lookups (the ciphertext of equal values differs every time), no
-    ordering, no index, no uniqueness.
+    No lookups but isnull (the ciphertext of equal values differs every
+    time), no index, no uniqueness: all refused loudly. No ordering either
+    (ciphertext order is random): the system check
+    credentials.checks.check_no_ordering_by_encrypted_fields refuses every
+    ordering it can see (Meta.ordering, the admins' ordering, sortable
+    columns and searches); Django offers fields no public hook to refuse an
+    order_by() at run time.
     """
 
     description = "Text encrypted at rest with Fernet"
@@ -140,35 +125,19 @@ class EncryptedTextField(models.TextField):
                         id="credentials.E010",
                     )
                 )
-        ordering = getattr(self.model._meta, "ordering", None) or []
-        if any(str(o).lstrip("-") == self.name for o in ordering):
-            errors.append(
-                checks.Error(
-                    f"{self.model.__name__}.Meta.ordering uses the encrypted field {self.name}.",
-                    obj=self,
-                    id="credentials.E011",
-                )
-            )
         return errors
 
+    # Django's documented hooks for which lookups and transforms a field has
+    # (docs: "How Django determines the lookups and transforms which are
+    # used"). Raising instead of returning None names the encrypted field in
+    # the error, where Django's own would only say "Unsupported lookup".
     def get_lookup(self, lookup_name):
-        if lookup_name == "isnull":
-            return EncryptedIsNull
+        if lookup_name == "isnull":  # compares no ciphertext
+            return super().get_lookup(lookup_name)
         raise FieldError(f"{self.name} is encrypted: it cannot be filtered with __{lookup_name}.")
 
     def get_transform(self, lookup_name):
         raise FieldError(f"{self.name} is encrypted: it cannot be filtered with __{lookup_name}.")
-
-    def get_col(self, alias, output_field=None):
-        if output_field is None:
-            output_field = self
-        if alias == self.model._meta.db_table and output_field is self:
-            return self.cached_col
-        return EncryptedCol(alias, self, output_field)
-
-    @functools.cached_property
-    def cached_col(self):
-        return EncryptedCol(self.model._meta.db_table, self)
 
     def get_db_prep_save(self, value, connection):
         value = super().get_db_prep_save(value, connection)

@@ -125,6 +125,47 @@ def test_production_code_never_imports_devtools():
     assert offenders == []
 
 
+# Django's query internals (Query, UpdateQuery, the compilers): no deprecation
+# policy covers them. Production code uses QuerySet and expressions.
+DJANGO_INTERNALS = "django.db.models.sql"
+
+
+def _internals_imported(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, name) of every import statement that brings in DJANGO_INTERNALS or a module below it, at any level."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        internal = [name for name in names if f"{name}.".startswith(f"{DJANGO_INTERNALS}.")]
+        if internal:
+            found.append((node.lineno, internal[0]))
+    return found
+
+
+def test_the_internals_finder_finds_every_spelling_of_the_import():
+    source = (
+        "from django.db.models.sql import UpdateQuery\n"
+        "from django.db.models import sql\n"
+        "def f():\n    import django.db.models.sql.compiler\n"
+        "from django.db.models import Count, sql_ok\n"
+        "from django.db import models\n"
+    )
+    assert [line for line, _ in _internals_imported(ast.parse(source))] == [1, 2, 4]
+
+
+def test_production_code_never_imports_djangos_query_internals():
+    offenders = [
+        f"{module}:{line} imports {name}"
+        for module, path in _modules(PRODUCTION_PACKAGES).items()
+        for line, name in _internals_imported(ast.parse(path.read_text(), filename=str(path)))
+    ]
+    assert offenders == []
+
+
 def test_institutions_depend_on_nothing_in_credentials():
     offenders = [
         f"{module}:{line} imports {name}"

@@ -14,11 +14,12 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from credentials.models import CD2Credential
-from credentials.selectors import KeyState, institutions_with_key_status
+from credentials.selectors import KeyState, institutions_with_key_status, key_summary_expected
 from credentials.services.keys import (
     credential_activate,
     credential_create,
     credential_set_status,
+    institution_key_summary_refresh,
     key_summaries_drifted,
 )
 from credentials.services.submission import VerifyResult, credential_verify_pending
@@ -326,9 +327,7 @@ def test_the_migration_fills_reminded_without_answer_of_existing_institutions():
 
 @pytest.mark.django_db
 def test_the_compiled_refresh_writes_each_institutions_own_summary_as_the_rule_says(make_institution, make_credential):
-    """The refresh's statement is compiled once per process; each call must still write its own institution."""
-    from credentials.services.keys import institution_key_summary_refresh
-
+    """The refresh's subqueries are compiled once per process; each call must still write its own institution."""
     near, far, none = make_institution(), make_institution(), make_institution()
     near_key, far_key = make_credential(near, days=10), make_credential(far, days=300)
     wrong = {"key_condition": Condition.FAILING, "key_pk": None, "key_expires_on": None, "key_region": "x"}
@@ -347,3 +346,24 @@ def test_the_compiled_refresh_writes_each_institutions_own_summary_as_the_rule_s
     assert none.key_reminded_unanswered is False and none.key_condition == Condition.FAILING  # that column only
     institution_key_summary_refresh(institution_id=none.pk)
     assert key_summaries_drifted() == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("fields", [None, ("key_reminded_unanswered",)])
+@pytest.mark.parametrize("changed", [False, True])
+def test_the_refresh_runs_the_statement_django_compiles_afresh_from_the_rule(make_institution, fields, changed):
+    """The refresh reuses its compiled subqueries (keys._CompiledOnce): its statement must be Django's to the letter."""
+    first, second = make_institution(), make_institution()
+    moved = {"changed_at": timezone.now()} if changed else {}
+    institution_key_summary_refresh(institution_id=first.pk, fields=fields, **moved)  # compiles, if no test did
+    with CaptureQueriesContext(connection) as reused:
+        institution_key_summary_refresh(institution_id=second.pk, fields=fields, **moved)
+    with CaptureQueriesContext(connection) as fresh:
+        values = key_summary_expected(fields=fields)
+        if changed:
+            values["updated_at"] = moved["changed_at"]
+        Institution.objects.filter(pk=second.pk).update(**values)
+
+    assert len(reused) == 1
+    assert [q["sql"] for q in reused] == [q["sql"] for q in fresh]
+    assert f"{second.pk}" in reused[0]["sql"].rsplit("WHERE", 1)[1]
