@@ -157,6 +157,16 @@ def test_outside_the_settings_package_only_the_celery_app_and_the_log_mask_are_i
     assert offenders == []
 
 
+def test_the_request_helpers_import_nothing_of_ours():
+    # Every door and django-axes read the client's address through them: they must not pull an app in.
+    offenders = [
+        f"{module}:{line} imports {name}"
+        for module, path in _modules(("requestinfo",)).items()
+        for line, name in _all_imports(path, module)
+    ]
+    assert offenders == []
+
+
 # Function-level imports of our own modules hide the dependency graph; only
 # Django's hooks that must run after the apps load may have them.
 # edpotential.celery: its start-up signal handlers run once Django is set up,
@@ -186,8 +196,8 @@ def test_every_task_a_service_queues_by_name_is_a_registered_task(name):
 
 
 # README's "Layout" table names every module of production code (and devtools).
-# A row's folder is that of the first path in its first cell (`credentials/models.py`:
-# credentials/; `credentials/services/`: credentials/services/). A module is named
+# A row's folder is that of the first code span in its first cell (`credentials/models.py`:
+# credentials/; `credentials/services/`: credentials/services/; `Procfile.dev`: none). A module is named
 # when a row of the deepest folder holding it names it: by its path (from the
 # repository or from the row's folder; a path also names the folders along it),
 # or by its file name with or without ".py" (a package: `name/`). Each migrations/
