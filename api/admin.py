@@ -20,7 +20,7 @@ from api.models import ApiToken, Scope, ServiceAccount, SyncReport
 from api.services import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, api_token_issue, api_token_revoke
 from api.webhooks import webhook_delivery_log, webhook_secret_rotate, webhook_url_check
 from credentials.formatting import format_moment
-from edpotential.security import client_ip
+from requestinfo import client_ip
 
 
 class SuperuserOnly:

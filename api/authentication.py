@@ -16,7 +16,7 @@ from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle
 
 from api.models import ApiToken, ServiceAccount
 from api.services import api_token_authenticate
-from edpotential.security import client_ip
+from requestinfo import client_ip
 
 # Requests per minute from one address without a valid token (the schema).
 ANONYMOUS_RATE = "60/min"

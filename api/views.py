@@ -22,7 +22,7 @@ from api.serializers import (
     SyncReportOutSerializer,
 )
 from api.services import ApiRefused, account_keys, api_key_read, api_sync_report
-from edpotential.security import client_ip
+from requestinfo import client_ip
 
 # What each refusal of the services is, in HTTP.
 REFUSALS = {

@@ -26,8 +26,8 @@ from credentials.services.health import health_check
 from credentials.services.links import link_request_queue, submission_link_get
 from credentials.services.submission import Door, Result, credential_submit, receipt_context
 from credentials.validators import SHORT_EXPIRY_MONTHS, add_months
-from edpotential.security import client_ip, declared_length, too_large
 from institutions.models import email_key
+from requestinfo import client_ip, declared_length
 
 # A customer retyping a Client ID a few times stays far below these; a script
 # trying keys or addresses does not.
@@ -65,6 +65,11 @@ def private_page(view=None, *, referrer_policy: str = "no-referrer"):
         return wrapped
 
     return decorate(view) if view is not None else decorate
+
+
+def too_large(request: HttpRequest) -> HttpResponse:
+    """The one 413 page for a body over a limit, whichever guard caught it (limit_body or the middleware)."""
+    return render(request, "credentials/too_large.html", status=413)
 
 
 def limit_body(view):

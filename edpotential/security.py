@@ -1,7 +1,5 @@
 """Project-wide protections that are not one feature's business.
 
-- the client's address, read from X-Forwarded-For only behind our own proxy,
-  the same way everywhere (lockouts, rate limits, audit);
 - staff sign-in lockouts by username and IP together and, at a higher count,
   by IP alone (django-axes); the second factor itself is the staff admin
   site's (credentials/admin/site.py);
@@ -15,7 +13,6 @@ Wired by settings (middleware, backends) and `edpotential.apps.SecurityConfig.re
 from __future__ import annotations
 
 import codecs
-import ipaddress
 import logging
 import time
 
@@ -29,63 +26,16 @@ from django.contrib import auth
 from django.db import InterfaceError, OperationalError
 from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
-from django.shortcuts import render
 from django.template import loader
 from django.urls import reverse
+
+from credentials.views import too_large
+from requestinfo import declared_length
 
 logger = logging.getLogger(__name__)
 
 # Session key holding the Unix time of sign-in, for the absolute cap.
 SESSION_STARTED_KEY = "_edp_signed_in_at"
-
-
-# ---------------------------------------------------------------------------
-# Client address
-# ---------------------------------------------------------------------------
-
-
-def client_ip(request: HttpRequest | None) -> str | None:
-    """The client's IP address, trusting X-Forwarded-For only behind our own proxy; None when unknown.
-
-    Behind the trusted proxy (BEHIND_TRUSTED_PROXY) the proxy appends the
-    address it saw as the last X-Forwarded-For entry; anything before it was
-    written by the client and could be forged, so only that last entry is
-    read. Some proxies append "ip:port" ("203.0.113.9:5678", "[2001:db8::1]:443"):
-    the port is dropped. When the last entry is not an address at all, the
-    earlier ones are not consulted (the client wrote them); the connection's
-    own address (REMOTE_ADDR, the proxy) is used instead. Without a proxy
-    the header is ignored, so nobody escapes a lockout by inventing addresses.
-
-    Whatever the headers hold, the answer is a valid address or None, so the
-    lockout, the rate limits and the audit log can store it as it is.
-    """
-    if request is None:
-        return None
-    if getattr(settings, "BEHIND_TRUSTED_PROXY", False):
-        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-        address = _ip_address(forwarded.rsplit(",", 1)[-1])
-        if address:
-            return address
-    return _ip_address(request.META.get("REMOTE_ADDR", ""))
-
-
-def _ip_address(entry: str) -> str | None:
-    """`entry` as a normalised IP address, its port dropped; None if it is not one."""
-    host, port = entry.strip(), ""
-    if host.startswith("["):  # [IPv6] or [IPv6]:port
-        host, bracket, rest = host[1:].partition("]")
-        if not bracket or rest[:1] not in ("", ":"):
-            return None
-        port = rest[1:]
-    elif host.count(":") == 1:  # IPv4:port (a bare IPv6 address has several colons)
-        host, _, port = host.partition(":")
-    if port and not port.isdigit():
-        return None
-    try:
-        # The zone of a link-local address ("%eth0") names an interface of the proxy, not the client.
-        return str(ipaddress.ip_address(host.partition("%")[0]))
-    except ValueError:
-        return None
 
 
 # ---------------------------------------------------------------------------
@@ -227,26 +177,14 @@ def _is_utf8(charset: str) -> bool:
         return False
 
 
-def too_large(request: HttpRequest) -> HttpResponse:
-    """The one 413 page for a body over a limit, whichever guard caught it."""
-    return render(request, "credentials/too_large.html", status=413)
-
-
-def declared_length(request: HttpRequest) -> int | None:
-    """The request's Content-Length, or None when it is missing or not a number."""
-    try:
-        return int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return None
-
-
 class BodySizeLimitMiddleware:
     """Answer 413 to a body over DATA_UPLOAD_MAX_MEMORY_SIZE before anything reads it.
 
     Without it, CsrfViewMiddleware reads request.POST for its token and
     Django raises RequestDataTooBig: a bare 400 and a warning, instead of the
     page bodies just over a view's own limit get (the public views answer
-    413 above 16 KB, credentials.views.limit_body). It checks in __call__,
+    413 above 16 KB, credentials.views.limit_body; both answer with
+    credentials.views.too_large). It checks in __call__,
     which runs before any middleware's process_view (where the CSRF check
     reads the body), so it can sit after CSPMiddleware and the 413 page
     still carries the security headers. The body is never read: Django's

@@ -509,7 +509,7 @@ AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
 LOCKOUT_IP_FAILURE_LIMIT = env.int("LOCKOUT_IP_FAILURE_LIMIT", default=10)
 AXES_COOLOFF_TIME = dt.timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=30))
 AXES_RESET_ON_SUCCESS = True
-AXES_CLIENT_IP_CALLABLE = "edpotential.security.client_ip"
+AXES_CLIENT_IP_CALLABLE = "requestinfo.client_ip"
 # Staff passwords (createsuperuser, the admin's password forms): at least 12
 # characters, not a common password, not all digits, not like the username,
 # name or email address.

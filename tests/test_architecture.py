@@ -1,12 +1,14 @@
-"""The layout's rules, checked on the source: imports run one way, devtools stays out of production.
+"""The layout's rules, checked on the source: imports run one way, devtools stays out of production,
+the settings package is wiring only, and README's layout table names every module.
 
-See ../README.md "Layout". Production code: api/, credentials/, institutions/ and
-edpotential/. Migrations are history and are left out.
+See ../README.md "Layout". Production code: api/, credentials/, institutions/,
+edpotential/ and requestinfo/. Migrations are history and are left out.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,8 @@ from credentials.services import jobs
 from edpotential.celery import app
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_PACKAGES = ("api", "credentials", "institutions", "edpotential", "devtools")
-PRODUCTION_PACKAGES = ("api", "credentials", "institutions", "edpotential")
+PROJECT_PACKAGES = ("api", "credentials", "institutions", "edpotential", "requestinfo", "devtools")
+PRODUCTION_PACKAGES = ("api", "credentials", "institutions", "edpotential", "requestinfo")
 
 
 def _modules(packages=PROJECT_PACKAGES) -> dict[str, Path]:
@@ -176,6 +178,36 @@ def test_institutions_depend_on_nothing_in_credentials():
     assert offenders == []
 
 
+# What code outside the settings package may import from it: the Celery app
+# (tasks register on it; services queue tasks by name and ask it for the
+# broker's health) and the log mask (the one rule for what looks secret, which
+# the API also applies to a pipeline's words). Anything else there is wiring
+# that settings, urls and wsgi reach by name: request helpers live in
+# requestinfo/, not in edpotential.security.
+SETTINGS_PACKAGE_IMPORTABLE = {"edpotential.celery", "edpotential.logging"}
+
+
+def test_outside_the_settings_package_only_the_celery_app_and_the_log_mask_are_imported_from_it():
+    offenders = [
+        f"{module}:{line} imports {name}"
+        for module, path in MODULES.items()
+        if module.split(".")[0] != "edpotential"
+        for line, name in _all_imports(path, module)
+        if name.split(".")[0] == "edpotential" and name not in SETTINGS_PACKAGE_IMPORTABLE
+    ]
+    assert offenders == []
+
+
+def test_the_request_helpers_import_nothing_of_ours():
+    # Every door and django-axes read the client's address through them: they must not pull an app in.
+    offenders = [
+        f"{module}:{line} imports {name}"
+        for module, path in _modules(("requestinfo",)).items()
+        for line, name in _all_imports(path, module)
+    ]
+    assert offenders == []
+
+
 # Function-level imports of our own modules hide the dependency graph; only
 # Django's hooks that must run after the apps load may have them.
 # edpotential.celery: its start-up signal handlers run once Django is set up,
@@ -286,3 +318,115 @@ def test_the_delivery_checks_find_what_they_forbid(tmp_path):
     )
     names = {name for _, name in _called_names(sender)}
     assert {"EmailMultiAlternatives", "notice_mark_sent"} <= names
+
+
+# README's "Layout" table names every module of production code (and devtools).
+# A row's folder is that of the first code span in its first cell (`credentials/models.py`:
+# credentials/; `credentials/services/`: credentials/services/; `Procfile.dev`: none). A module is named
+# when a row of the deepest folder holding it names it: by its path (from the
+# repository or from the row's folder; a path also names the folders along it),
+# or by its file name with or without ".py" (a package: `name/`). Each migrations/
+# package is named as a whole; its files are history.
+LAYOUT_PACKAGES = (*PRODUCTION_PACKAGES, "devtools")
+CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def _layout_rows(readme: str) -> list[tuple[str, list[str]]]:
+    """README's Layout table as (folder, code spans of the whole row) pairs."""
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = line.strip().strip("|").split("|")
+        if not line.startswith("|") or len(cells) < 2:
+            continue
+        first = CODE_SPAN.findall(cells[0])
+        if not first:  # the header and the --- line
+            continue
+        path = first[0]
+        folder = path.rstrip("/") if path.endswith("/") else path.rpartition("/")[0]
+        rows.append((folder, CODE_SPAN.findall(line)))
+    return rows
+
+
+def _named(module_path: str, rows: list[tuple[str, list[str]]]) -> bool:
+    """Whether `module_path` ("credentials/services/reminders.py", or "credentials/admin/" for a package) is named."""
+    key = module_path.rstrip("/").removesuffix(".py")
+    holding = [folder for folder, _ in rows if folder and (key == folder or key.startswith(folder + "/"))]
+    if not holding:
+        return False
+    deepest = max(holding, key=len)
+    if key == deepest:
+        return True
+    for folder, spans in rows:
+        if folder != deepest:
+            continue
+        for span in spans:
+            name = span.rstrip("/").removesuffix(".py")
+            if "/" not in name:
+                if name == key.rsplit("/", 1)[-1]:
+                    return True
+            elif any(path == key or path.startswith(key + "/") for path in (name, f"{folder}/{name}")):
+                return True
+    return False
+
+
+def _layout_modules() -> list[str]:
+    """Every module and package of LAYOUT_PACKAGES as a path ("api/views.py", "api/management/")."""
+    found = set()
+    for package in LAYOUT_PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            relative = path.relative_to(ROOT)
+            if "migrations" in relative.parts:
+                found.add(f"{Path(*relative.parts[: relative.parts.index('migrations') + 1]).as_posix()}/")
+            elif relative.name == "__init__.py":
+                found.add(f"{relative.parent.as_posix()}/")
+            else:
+                found.add(relative.as_posix())
+    return sorted(found)
+
+
+def test_the_layout_rule_reads_folders_names_and_paths():
+    readme = """intro
+## Layout
+
+| where | what is there |
+| --- | --- |
+| `app/` | `models.py`, `migrations/`, `management/commands/go.py` |
+| `app/services/` | one module per area: `billing`, `other_app/tax.py` |
+| `Procfile` | `notes/` |
+
+## Next
+| `app/` | `after.py` |
+"""
+    rows = _layout_rows(readme)
+    assert [folder for folder, _ in rows] == ["app", "app/services", ""]
+    for named in ("app/", "app/models.py", "app/migrations/", "app/management/", "app/management/commands/go.py"):
+        assert _named(named, rows), named
+    assert _named("app/services/", rows)
+    assert _named("app/services/billing.py", rows)
+    for unnamed in (
+        "app/views.py",  # named nowhere
+        "app/after.py",  # named after the table
+        "app/management/commands/stop.py",  # a path names its folders, not their other files
+        "app/services/models.py",  # named in app/'s row, not in app/services/'s
+        "app/services/tax.py",  # that path is another app's
+        "other/",  # no row holds it
+        "notes/",  # a root row names no production module
+    ):
+        assert not _named(unnamed, rows), unnamed
+
+
+def test_the_layout_table_in_the_readme_names_every_module():
+    rows = _layout_rows((ROOT / "README.md").read_text())
+    assert [path for path in _layout_modules() if not _named(path, rows)] == []
+
+
+def test_every_file_the_layout_table_names_exists():
+    missing = [
+        span
+        for folder, spans in _layout_rows((ROOT / "README.md").read_text())
+        for span in spans
+        if span.endswith((".py", "/"))
+        and not any((ROOT / base / span).exists() for base in ({"", folder} if folder else {""}))
+    ]
+    assert missing == []

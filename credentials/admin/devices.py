@@ -32,7 +32,7 @@ from credentials.services.two_factor import (
     authenticator_reset_start,
     two_factor_device_delete,
 )
-from edpotential.security import client_ip
+from requestinfo import client_ip
 
 # --------------------------------------------------------------------------
 # Device admins (TOTP authenticators and recovery codes)

@@ -53,8 +53,8 @@ from credentials.services.staff import (
     StaffActionRefused,
     institutions_export,
 )
-from edpotential.security import client_ip
 from institutions.models import Contact, Institution
+from requestinfo import client_ip
 
 # --------------------------------------------------------------------------
 # List filters

@@ -45,8 +45,8 @@ from credentials.services.staff import (
 )
 from credentials.services.submission import Door, VerifyResult, credential_submit, credential_verify_pending
 from credentials.services.verification import credential_verify
-from edpotential.security import client_ip
 from institutions.models import Institution
+from requestinfo import client_ip
 
 logger = logging.getLogger(__name__)
 

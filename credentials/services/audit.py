@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from credentials.models import AuditEvent, CD2Credential
-from edpotential.security import client_ip
 from institutions.models import Institution
+from requestinfo import client_ip
 
 
 def audit_record(

@@ -2,7 +2,7 @@
 
 Non-UTF-8 charsets (edpotential.security.MalformedRequestMiddleware), NUL in
 a query string, and X-Forwarded-For entries that are not bare addresses
-(edpotential.security.client_ip) behind the trusted proxy.
+(requestinfo.client_ip) behind the trusted proxy.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from credentials.models import AuditEvent, CD2Credential, SubmissionLink
 from credentials.services.links import submission_link_create
 from credentials.tasks import request_submission_link
-from edpotential.security import client_ip
 from institutions.models import Contact
+from requestinfo import client_ip
 from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
 
 PASSWORD = "correct horse battery staple 42"

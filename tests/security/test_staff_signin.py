@@ -18,7 +18,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from credentials.admin.site import SIGN_IN_FAILED
 from credentials.models import AuditEvent
 from devtools.demo import demo_two_factor_enrol, totp_current_code
-from edpotential.security import client_ip
+from requestinfo import client_ip
 
 LOGIN = "/admin/login/"
 PASSWORD = "correct horse battery staple 42"
