@@ -288,7 +288,8 @@ def test_two_runs_at_once_send_one_email(served, settings):
     runs, errors = at_once(reminders_run)
 
     assert errors == []
-    assert sum(r.sent for r in runs) == 1
+    # Read once all have finished: one run's notice may be delivered by another's sender.
+    assert sum(reminders.reminders_report(r).sent for r in runs) == 1
     assert len(reminder_mails()) == 1
     assert ReminderLog.objects.count() == 1
 
