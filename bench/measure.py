@@ -217,21 +217,81 @@ def _send_floor(*, messages: int, size: int) -> float:
     return time.perf_counter() - started
 
 
-def measure_reminders(ctx: Context) -> dict:
-    """The reminder run from the same starting state in rounds, each beside its own sending floor.
+# The delivering side of the reminder run, as issue 22 sets it: two Celery
+# workers of three threads each.
+BENCH_WORKERS, BENCH_WORKER_THREADS = 2, 3
 
-    The machine is shared and its speed drifts by the minute (the sending
-    floor alone has measured 2.1 s and 4.4 s for the same 886 messages an
-    hour apart), so each round times the run and then, at once, the floor
-    for the messages that run sent; the figures are the medians, the ratio
-    the median of the rounds' ratios. The first round is the process's
-    first run (templates, the URL map and compiled statements still cold),
-    reported apart.
+
+@contextlib.contextmanager
+def _celery_workers(*, count: int, concurrency: int, env: dict):
+    """`count` Celery workers (thread pool, `concurrency` each) on the run's own queue, for the block."""
+    logs = [f"celery-worker-{n}" for n in range(count)]
+    workers = []
+    for n, name in enumerate(logs):
+        handle = log_path(name).open("w")
+        workers.append(
+            (
+                subprocess.Popen(
+                    [
+                        sys.executable, "-m", "celery", "-A", "edpotential", "worker",
+                        "--pool", "threads", "--concurrency", str(concurrency), "--purge",
+                        "--without-gossip", "--without-mingle", "--without-heartbeat",
+                        "--loglevel", "INFO", "--hostname", f"bench-{n}-{os.getpid()}@%h",
+                    ],
+                    cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                ),
+                handle,
+            )
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        for name in logs:
+            while "ready." not in log_tail(name, lines=200):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"A Celery worker did not start:\n{log_tail(name)}")
+                time.sleep(0.1)
+        yield
+    finally:
+        for process, _handle in workers:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process, handle in workers:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            handle.close()
+
+
+def _in_one_process(*, today, now):
+    """The run decided and delivered in this process (tasks not published), as the workers would deliver it."""
+    from unittest import mock
+
+    from credentials.services import jobs, outbox, reminders
+
+    with mock.patch.object(jobs, "job_enqueue"):
+        run = reminders.reminders_send_due(today=today, now=now)
+    outbox.outbox_deliver_due(now=run.now)
+    return reminders.reminders_report(run)
+
+
+def measure_reminders(ctx: Context) -> dict:
+    """The reminder run, from decision to last mail delivered by two Celery workers, beside its floors.
+
+    Each round starts from the same state: the run decides and queues
+    (reminders_send_due, as beat and the command do), BENCH_WORKERS workers
+    of BENCH_WORKER_THREADS threads deliver, and the round ends when the
+    last notice the run decided is sent (reminders_wait). The machine is
+    shared and its speed drifts by the minute, so each round is followed at
+    once by its own sending floor for the messages it sent; the figures are
+    the medians, the ratio the median of the rounds' ratios. Without Redis
+    (a memory broker cannot reach another process) the run delivers in this
+    process instead, and says so.
     """
-    from django.test.utils import override_settings
+    from django.conf import settings
     from django.utils import timezone
 
-    from credentials.services.outbox import delivery_processes, delivery_threads, reminders_send_due
+    from credentials.services.reminders import reminders_send_due, reminders_wait
 
     today, now = ctx.today, timezone.now()
     floor_s, floor_rows = _reminder_floor(today=today, now=now, repeats=ctx.repeats)
@@ -241,34 +301,52 @@ def measure_reminders(ctx: Context) -> dict:
         dry_s, dry = timed(reminders_send_due, today=today, now=now, dry_run=True)
 
     marks = {table: max_id(table) for table in REMINDER_TABLES}
-    rounds = []
-    for _ in range(1 if ctx.quick else 3):
-        delete_after(marks)
-        ctx.sink.reset()
-        run_s, run = timed(reminders_send_due, today=today, now=now)
-        mail = ctx.sink.count()
-        per_message = mail["bytes"] // mail["messages"] if mail["messages"] else 2000
-        ctx.sink.reset()
-        send_floor_s = _send_floor(messages=mail["messages"], size=per_message) if mail["messages"] else 0.0
-        target_s = 5 * floor_s + send_floor_s
-        rounds.append(
-            {"wall_s": run_s, "send_floor_s": send_floor_s, "ratio": ratio(run_s, target_s), "run": run, "mail": mail}
-        )
+    with_workers = settings.CELERY_BROKER_URL.startswith("redis://")
 
-    # Again from the same state in one delivering process (its threads'
-    # statements are counted and its memory traced; a forked child's are
-    # not), for the statements and the peak memory (tracemalloc slows the
-    # run, so it is not a timed one) and, if asked, the profile.
+    def one_round():
+        if not with_workers:
+            return _in_one_process(today=today, now=now)
+        run = reminders_send_due(today=today, now=now)
+        if not reminders_wait(run, timeout=600, poll=0.02):
+            raise RuntimeError(f"The workers left {run.waiting} notice(s) untried after 600 s")
+        return run
+
+    rounds = []
+    workers = _celery_workers(count=BENCH_WORKERS, concurrency=BENCH_WORKER_THREADS, env=dict(os.environ))
+    with workers if with_workers else contextlib.nullcontext():
+        for _ in range(1 if ctx.quick else 3):
+            delete_after(marks)
+            ctx.sink.reset()
+            run_s, run = timed(one_round)
+            mail = ctx.sink.count()
+            per_message = mail["bytes"] // mail["messages"] if mail["messages"] else 2000
+            ctx.sink.reset()
+            send_floor_s = _send_floor(messages=mail["messages"], size=per_message) if mail["messages"] else 0.0
+            target_s = 5 * floor_s + send_floor_s
+            rounds.append(
+                {
+                    "wall_s": run_s,
+                    "send_floor_s": send_floor_s,
+                    "ratio": ratio(run_s, target_s),
+                    "run": run,
+                    "mail": mail,
+                }
+            )
+
+    # Again from the same state, decided and delivered in this process (its
+    # statements are counted and its memory traced; a worker's are not), for
+    # the statements and the peak memory (tracemalloc slows the run, so it
+    # is not a timed one) and, if asked, the profile.
     delete_after(marks)
     one_process = QueryCounter()
-    with override_settings(OUTBOX_DELIVERY_PROCESSES=1), one_process.counting():
+    with one_process.counting():
         tracemalloc.start()
-        again = reminders_send_due(today=today, now=now)
+        again = _in_one_process(today=today, now=now)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     if ctx.profile_dir:
         delete_after(marks)
-        profile_to(ctx.profile_path("reminders"), reminders_send_due, today=today, now=now)
+        profile_to(ctx.profile_path("reminders"), _in_one_process, today=today, now=now)
 
     run, mail, queries = rounds[0]["run"], rounds[0]["mail"], one_process.count
     sent = run.sent
@@ -286,8 +364,8 @@ def measure_reminders(ctx: Context) -> dict:
         "sent_each_round": [r["run"].sent for r in rounds],
         "mail_messages": mail["messages"],
         "mail_recipients": mail["recipients"],
-        "sender_threads": delivery_threads(),
-        "delivery_processes": delivery_processes(),
+        "celery_workers": BENCH_WORKERS if with_workers else 0,
+        "sender_threads": BENCH_WORKER_THREADS if with_workers else 1,
         "rounds": len(rounds),
         "wall_s": wall_s,
         "wall_each_round_s": [r["wall_s"] for r in rounds],

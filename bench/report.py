@@ -321,8 +321,8 @@ def render(*, started: dt.datetime, machine: dict, sizes: list[dict], quick: boo
             ),
             ("reminders sent / messages at the sink", lambda s: f"{s['sent']:,} / {s['mail_messages']:,}"),
             (
-                "delivering processes × sender threads",
-                lambda s: f"{_n(s.get('delivery_processes', 1))} × {_n(s.get('sender_threads'))}",
+                "Celery workers × threads (0: delivered in the bench's process)",
+                lambda s: f"{_n(s.get('celery_workers', 0))} × {_n(s.get('sender_threads'))}",
             ),
             ("wall time (median of rounds)", lambda s: _s(s["wall_s"])),
             (
