@@ -15,7 +15,7 @@ class CredentialsConfig(AppConfig):
         )
         from credentials.models import Notice
         from credentials.outgoing import sender_register
-        from credentials.services import audit, digest, links, owners, reminders, submission, verification
+        from credentials.services import audit, digest, links, owners, pending, reminders, submission, verification
 
         # The senders credentials owns (api registers the webhook's): the outbox imports none of them.
         kinds = Notice.Kind
@@ -24,7 +24,7 @@ class CredentialsConfig(AppConfig):
         sender_register(kinds.STAFF_DIGEST, digest.staff_digest_write)
         sender_register(kinds.RECEIPT, submission.receipt_notice_write)
         sender_register(kinds.KEY_INVALID, verification.key_invalid_notice_write)
-        sender_register(kinds.KEY_REJECTED, submission.key_rejected_notice_write)
+        sender_register(kinds.KEY_REJECTED, pending.key_rejected_notice_write)
         sender_register(kinds.KEY_CONFLICT, submission.key_conflict_notice_write)
         sender_register(kinds.SUBMISSION_LINK, links.link_notice_write)
 

@@ -14,7 +14,7 @@ import logging
 from celery import shared_task
 
 from credentials.selectors import pending_credentials_due
-from credentials.services import digest, health, jobs, links, outbox, reminders, submission, verification
+from credentials.services import digest, health, jobs, links, outbox, pending, reminders, verification
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +38,9 @@ class CD2StillUnavailable(Exception):
     max_retries=12,
 )
 def verify_pending_credential(credential_id: int) -> str:
-    """Re-check a key stored while CD2 was unavailable (submission.credential_verify_pending)."""
-    result = submission.credential_verify_pending(credential_id=credential_id)
-    if result == submission.VerifyResult.UNAVAILABLE:
+    """Re-check a key stored while CD2 was unavailable (pending.credential_verify_pending)."""
+    result = pending.credential_verify_pending(credential_id=credential_id)
+    if result == pending.VerifyResult.UNAVAILABLE:
         raise CD2StillUnavailable(f"CD2 still unavailable for key {credential_id}")
     return str(result)
 

@@ -28,6 +28,7 @@ from credentials.selectors import current_key, local_today, submitters_not_on_fi
 from credentials.services import outbox
 from credentials.services.audit import audit_record
 from credentials.services.links import submission_link_send
+from credentials.services.pending import VerifyResult, credential_verify_pending
 from credentials.services.reminders import reminder_send_now
 from credentials.services.staff import (
     ADD_CONTACT_PERMISSION,
@@ -43,7 +44,7 @@ from credentials.services.staff import (
     credential_revoke,
     submitter_contact_add,
 )
-from credentials.services.submission import Door, VerifyResult, credential_submit, credential_verify_pending
+from credentials.services.submission import Door, credential_submit
 from credentials.services.verification import credential_verify
 from institutions.models import Institution
 from requestinfo import client_ip

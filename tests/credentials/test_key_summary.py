@@ -22,7 +22,7 @@ from credentials.services.keys import (
     institution_key_summary_refresh,
     key_summaries_drifted,
 )
-from credentials.services.submission import VerifyResult, credential_verify_pending
+from credentials.services.pending import VerifyResult, credential_verify_pending
 from credentials.services.verification import credential_verify
 from credentials.validators import CleanKey
 from devtools.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET

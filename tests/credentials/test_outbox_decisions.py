@@ -24,14 +24,8 @@ from credentials.models import AuditEvent, CD2Credential, Notice, SubmissionLink
 from credentials.services import outbox
 from credentials.services.keys import credential_create
 from credentials.services.links import submission_link_create
-from credentials.services.submission import (
-    Door,
-    Result,
-    VerifyResult,
-    credential_submit,
-    credential_verify_pending,
-    receipt_write,
-)
+from credentials.services.pending import VerifyResult, credential_verify_pending
+from credentials.services.submission import Door, Result, credential_submit, receipt_write
 from credentials.services.verification import credential_verify
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution

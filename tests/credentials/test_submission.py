@@ -27,13 +27,8 @@ from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason,
 from credentials.selectors import PENDING_SWEEP_AFTER, pending_credentials_due
 from credentials.services import jobs, outbox
 from credentials.services.links import submission_link_create, submission_link_get
-from credentials.services.submission import (
-    Door,
-    Result,
-    VerifyResult,
-    credential_submit,
-    credential_verify_pending,
-)
+from credentials.services.pending import VerifyResult, credential_verify_pending
+from credentials.services.submission import Door, Result, credential_submit
 from credentials.tasks import CD2StillUnavailable, verify_pending_credential, verify_pending_credentials
 from devtools import fake_gateway
 from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET, delivered
@@ -563,7 +558,7 @@ def test_a_broker_outage_still_shows_the_customer_their_receipt_and_the_sweep_qu
     ]
     with django_capture_on_commit_callbacks(execute=True):
         assert outbox.outbox_sweep() == 1
-    assert [(m["task"], list(m["args"])) for m in celery_messages][-1] == (jobs.DELIVER_NOTICE, [receipt.pk])
+    assert [(m["task"], list(m["args"])) for m in celery_messages][-1] == (jobs.DELIVER_NOTICES, [[receipt.pk]])
 
 
 # --------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from django.db.models import Count
 
 from credentials.models import CD2Credential, ReminderLog
 from credentials.selectors import KeyState, institutions_with_key_status
-from credentials.services.submission import credential_verify_pending
+from credentials.services.pending import credential_verify_pending
 from devtools.demo_data import DEMO_INSTITUTIONS, DEMO_SLUGS, demo_gateway_keys, demo_key
 from institutions.models import Institution
 from tests.conftest import delivered
