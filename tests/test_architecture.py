@@ -430,3 +430,50 @@ def test_every_file_the_layout_table_names_exists():
         and not any((ROOT / base / span).exists() for base in ({"", folder} if folder else {""}))
     ]
     assert missing == []
+
+
+# --------------------------------------------------------------------------
+# One key lifecycle: every status change of a key goes through services/keys.py
+# --------------------------------------------------------------------------
+
+LIFECYCLE_MODULE = "credentials.services.keys"
+
+
+def _key_status_writes(path: Path) -> list[tuple[int, str]]:
+    """Writes of a key's status: `status=CD2Credential.Status.X` in update(), `x.status = CD2Credential.Status.X`."""
+
+    def is_key_status(node: ast.AST) -> bool:
+        return "CD2Credential.Status" in ast.unparse(node)
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update":
+            for keyword in node.keywords:
+                if keyword.arg == "status" and is_key_status(keyword.value):
+                    found.append((node.lineno, ast.unparse(node)[:80]))
+        if isinstance(node, ast.Assign) and is_key_status(node.value):
+            for target in node.targets:
+                if isinstance(target, ast.Attribute) and target.attr == "status":
+                    found.append((node.lineno, ast.unparse(node)[:80]))
+    return found
+
+
+def test_only_the_lifecycle_service_writes_a_keys_status():
+    offenders = [
+        f"{module}:{line} {code}"
+        for module, path in _production_modules()
+        if module != LIFECYCLE_MODULE
+        for line, code in _key_status_writes(path)
+    ]
+    assert offenders == [], "change a key's status through credentials.services.keys (it refreshes the key summary)"
+
+
+def test_the_status_check_finds_a_direct_write(tmp_path):
+    source = tmp_path / "elsewhere.py"
+    source.write_text(
+        "CD2Credential.objects.filter(pk=1).update(status=CD2Credential.Status.SUPERSEDED)\n"
+        "key.status = CD2Credential.Status.REVOKED\n"
+        "Institution.objects.filter(pk=1).update(status=Institution.Status.PAUSED)\n"
+    )
+    assert sorted(line for line, _ in _key_status_writes(source)) == [1, 2]

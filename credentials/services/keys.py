@@ -234,6 +234,25 @@ def credential_activate(
     return credential
 
 
+def credential_check_save(*, credential: CD2Credential, check: CheckResult, now: dt.datetime) -> None:
+    """Record a check that leaves the key's status as it is (passed, or CD2 could not say), with its summary."""
+    fields = credential_check_record(credential=credential, check=check, now=now)
+    with transaction.atomic():
+        CD2Credential.objects.filter(pk=credential.pk).update(**{name: getattr(credential, name) for name in fields})
+        institution_key_summary_refresh(institution_id=credential.institution_id)
+
+
+def credential_supersede(*, credential: CD2Credential, reason: str, now: dt.datetime | None = None) -> None:
+    """A pending key that will never be used: a newer key became active before it could be checked."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        CD2Credential.objects.filter(pk=credential.pk).update(
+            status=CD2Credential.Status.SUPERSEDED, status_changed_at=now, status_reason=reason[:500]
+        )
+        credential.status = CD2Credential.Status.SUPERSEDED
+        institution_key_summary_refresh(institution_id=credential.institution_id, changed_at=now)
+
+
 def credential_set_status(
     *, credential: CD2Credential, status: str, reason: str = "", now: dt.datetime | None = None
 ) -> CD2Credential:

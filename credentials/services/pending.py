@@ -37,7 +37,7 @@ from credentials.services.keys import (
     credential_activate,
     credential_check_record,
     credential_set_status,
-    institution_key_summary_refresh,
+    credential_supersede,
     new_key_request_stale,
 )
 from credentials.services.links import submission_link_create, submission_link_mark_sent
@@ -132,12 +132,9 @@ def _activate_checked(credential: CD2Credential, check: CheckResult, now: dt.dat
     ).exists()
     if newer_active:
         # Activating would replace a key the customer handed us later.
-        CD2Credential.objects.filter(pk=credential.pk).update(
-            status=CD2Credential.Status.SUPERSEDED,
-            status_changed_at=now,
-            status_reason="A newer key became active before this one could be checked.",
+        credential_supersede(
+            credential=credential, reason="A newer key became active before this one could be checked.", now=now
         )
-        institution_key_summary_refresh(institution_id=credential.institution_id)
         return VerifyResult.SUPERSEDED
     credential_activate(credential=credential, now=now)
     audit_record(

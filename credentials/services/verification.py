@@ -28,8 +28,8 @@ from credentials.services import jobs, notices
 from credentials.services.audit import audit_record
 from credentials.services.keys import (
     credential_check_record,
+    credential_check_save,
     credential_set_status,
-    institution_key_summary_refresh,
     new_key_request_stale,
 )
 from credentials.services.links import submission_link_create, submission_link_mark_sent
@@ -93,12 +93,7 @@ def credential_verify(*, credential_id: int, now: dt.datetime | None = None, act
         return None
     result = check_key_with_settings(client_id=credential.client_id, secret=credential.secret)
     if result.verdict in (Verdict.OK, Verdict.UNAVAILABLE):
-        fields = credential_check_record(credential=credential, check=result, now=now)
-        with transaction.atomic():
-            CD2Credential.objects.filter(pk=credential.pk).update(
-                **{name: getattr(credential, name) for name in fields}
-            )
-            institution_key_summary_refresh(institution_id=credential.institution_id)
+        credential_check_save(credential=credential, check=result, now=now)
         if actor is not None:
             # The daily run's passing checks are in the key's columns; a staff member's is an act.
             audit_record(
