@@ -32,15 +32,12 @@ def delivered() -> list:
 
 
 def pytest_configure(config) -> None:
-    # Test settings only: MD5 hashing for the many users the tests make and
-    # sign in (healthchecks' test runner does the same "for speed"); the
-    # default PBKDF2 takes a good part of a second per hash.
-    from django.conf import settings
-
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     # One sender: tests read mail in the order it was sent. Sender threads and
     # delivering processes have their own tests (test_outbox_threads.py); the
-    # e2e tests run the command as production does.
+    # e2e tests run the command as production does. (Other test settings:
+    # tests/settings.py.)
+    from django.conf import settings
+
     settings.OUTBOX_DELIVERY_THREADS = settings.OUTBOX_DELIVERY_PROCESSES = 1
 
 
