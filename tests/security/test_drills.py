@@ -210,6 +210,10 @@ credential_create(institution=i, source="admin", key=CleanKey(
 READ_IT = "from credentials.models import CD2Credential; print(CD2Credential.objects.get().secret)"
 
 
+# Its users share one xdist worker (make test's --dist loadgroup), or each worker would migrate its own.
+ONE_WORKER = pytest.mark.xdist_group("fernet-drill")
+
+
 @pytest.fixture(scope="module")
 def database_written_with_key_a(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("fernet-drill")
@@ -220,6 +224,7 @@ def database_written_with_key_a(tmp_path_factory):
     return tmp_path, key_a
 
 
+@ONE_WORKER
 def test_missing_fernet_keys_stop_start_up_with_a_message_naming_the_variable(database_written_with_key_a):
     tmp_path, _ = database_written_with_key_a
     result = manage(tmp_path, "check", FERNET_KEYS=None)
@@ -227,6 +232,7 @@ def test_missing_fernet_keys_stop_start_up_with_a_message_naming_the_variable(da
     assert "FERNET_KEYS is not set" in result.stderr
 
 
+@ONE_WORKER
 def test_a_wrong_fernet_key_fails_the_start_up_check_instead_of_showing_garbage(database_written_with_key_a):
     tmp_path, _ = database_written_with_key_a
     wrong = Fernet.generate_key().decode()
@@ -239,6 +245,7 @@ def test_a_wrong_fernet_key_fails_the_start_up_check_instead_of_showing_garbage(
     assert "gAAAAA" not in read.stderr + read.stdout  # never the ciphertext in its place
 
 
+@ONE_WORKER
 def test_the_right_key_reads_the_key_back(database_written_with_key_a):
     tmp_path, key_a = database_written_with_key_a
     read = manage(tmp_path, "shell", "-c", READ_IT, FERNET_KEYS=key_a)
