@@ -17,20 +17,25 @@ from cryptography.fernet import Fernet
 from django.core.cache import caches
 from django.db import OperationalError, connection
 from django.test import Client
+from django.utils import timezone
 
 from credentials.models import AuditEvent, CD2Credential, SubmissionLink
 from credentials.services.links import submission_link_create
+from credentials.validators import add_months
 from devtools.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET, FakeGateway
 
 ROOT = Path(__file__).resolve().parents[2]
 
-FORM = {
-    "client_id": DEMO_ACCEPTED_CLIENT_ID,
-    "secret": DEMO_ACCEPTED_SECRET,
-    "expires_on": "2027-06-30",
-    "submitted_by": "Ada Admin",
-    "submitted_by_email": "ada@northfield.example.edu",
-}
+
+def form() -> dict:
+    """A submission that is accepted at once: its key runs a year from today (no short-expiry question)."""
+    return {
+        "client_id": DEMO_ACCEPTED_CLIENT_ID,
+        "secret": DEMO_ACCEPTED_SECRET,
+        "expires_on": add_months(timezone.localdate(), 12).isoformat(),
+        "submitted_by": "Ada Admin",
+        "submitted_by_email": "ada@northfield.example.edu",
+    }
 
 
 @pytest.fixture
@@ -72,7 +77,7 @@ def test_database_down_mid_submission_gives_a_clear_503_and_leaves_nothing_half_
     before = stored_rows()
     # The key row and the link claim are written; the audit insert then fails.
     with database_fails(lambda sql: "credentials_auditevent" in sql and sql.lstrip().upper().startswith("INSERT")):
-        response = client.post(f"/k/{link.token}/", FORM)
+        response = client.post(f"/k/{link.token}/", form())
     assert response.status_code == 503
     assert response["Retry-After"]
     page = response.content.decode()
@@ -82,7 +87,7 @@ def test_database_down_mid_submission_gives_a_clear_503_and_leaves_nothing_half_
     link.link.refresh_from_db()
     assert link.link.used_at is None
     # When the database is back, the same link and form work.
-    assert client.post(f"/k/{link.token}/", FORM).status_code == 302
+    assert client.post(f"/k/{link.token}/", form()).status_code == 302
     assert stored_rows() == (before[0] + 1, before[1] + 1, before[2] + 2)
 
 
@@ -140,7 +145,7 @@ def redis_down(settings, monkeypatch):
 @pytest.mark.django_db(transaction=True)
 def test_redis_down_still_stores_a_submission_checked_inline(gateway, institution, redis_down):
     link = submission_link_create(institution=institution)
-    response = Client(raise_request_exception=False).post(f"/k/{link.token}/", FORM)
+    response = Client(raise_request_exception=False).post(f"/k/{link.token}/", form())
     assert response.status_code == 302, response.content.decode()[:500]
     credential = CD2Credential.objects.get(institution=institution)
     assert (credential.status, credential.secret) == (CD2Credential.Status.ACTIVE, DEMO_ACCEPTED_SECRET)
@@ -150,7 +155,7 @@ def test_redis_down_still_stores_a_submission_checked_inline(gateway, institutio
 def test_redis_and_cd2_down_still_store_the_key_as_pending(gateway, institution, redis_down):
     gateway.set_mode("down")
     link = submission_link_create(institution=institution)
-    Client(raise_request_exception=False).post(f"/k/{link.token}/", FORM)
+    Client(raise_request_exception=False).post(f"/k/{link.token}/", form())
     credential = CD2Credential.objects.get(institution=institution)
     assert credential.status == CD2Credential.Status.PENDING_VERIFICATION
     assert SubmissionLink.objects.get(pk=link.link.pk).used_at is not None
@@ -160,13 +165,11 @@ def test_redis_and_cd2_down_still_store_the_key_as_pending(gateway, institution,
 def test_redis_and_cd2_down_still_show_the_receipt_and_the_check_is_picked_up_later(gateway, institution, redis_down):
     import datetime as dt
 
-    from django.utils import timezone
-
     from credentials.selectors import PENDING_SWEEP_AFTER, pending_credentials_due
 
     gateway.set_mode("down")
     link = submission_link_create(institution=institution)
-    response = Client(raise_request_exception=False).post(f"/k/{link.token}/", FORM)
+    response = Client(raise_request_exception=False).post(f"/k/{link.token}/", form())
     assert response.status_code == 302
     credential = CD2Credential.objects.get(institution=institution)
     # The queued re-check was lost with Redis; the hourly sweep finds the key once Redis is back.
