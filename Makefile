@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install bench
+.PHONY: run test test-dates lint install bench
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,25 @@ run: $(STAMP) .env
 	@# passing demo keys load_demo_data lists in var/fake-gateway-keys.txt) unless CD2_API_URL is set.
 	PATH="$(abspath $(BIN)):$$PATH" CD2_API_URL="$${CD2_API_URL:-http://127.0.0.1:8765}" $(BIN)/honcho -f Procfile.dev start
 
+# One pytest-xdist worker per core; tests/settings.py gives each its own var/
+# folder and Redis databases. loadgroup keeps tests marked with the same
+# xdist_group on one worker.
+TEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 test: $(STAMP) .env
-	$(BIN)/python -m pytest
+	$(PYTEST)
+
+# The suite again with the wall clock of every Python process moved
+# (tests/clock/sitecustomize.py): a new year in UTC that is still the old one
+# west of it, 29 February, and a Sunday of a DST change in America. Each date
+# runs even when an earlier one fails; the exit status says if any did.
+TEST_DATES ?= 2027-01-01T00:30:00Z 2028-02-29T12:00:00Z 2027-03-14T07:30:00Z
+test-dates: $(STAMP) .env
+	@failed=""; for at in $(TEST_DATES); do \
+	  echo "== make test with every clock at $$at"; \
+	  PYTHONPATH="$(abspath tests/clock)$${PYTHONPATH:+:$$PYTHONPATH}" CLOCK_AT=$$at $(PYTEST) -q || failed="$$failed $$at"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "FAILED at:$$failed" >&2; exit 1; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

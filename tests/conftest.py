@@ -44,15 +44,6 @@ def reminders_run(**kwargs) -> reminders.ReminderRun:
     return reminders.reminders_report(run)
 
 
-def pytest_configure(config) -> None:
-    # Test settings only: MD5 hashing for the many users the tests make and
-    # sign in (healthchecks' test runner does the same "for speed"); the
-    # default PBKDF2 takes a good part of a second per hash.
-    from django.conf import settings
-
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def today() -> dt.date:
     return timezone.localdate()

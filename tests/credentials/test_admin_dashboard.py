@@ -4,6 +4,7 @@ import datetime as dt
 import re
 
 import pytest
+import time_machine
 from django.urls import reverse
 
 from credentials.admin.dashboard import dashboard_context, expiry_chart
@@ -63,6 +64,7 @@ def test_the_dashboard_counts_served_institutions_per_key_state(make_institution
     assert len(context["latest_submissions"]) == 5  # every key, served or not
 
 
+@time_machine.travel(dt.datetime.combine(TODAY, dt.time(12), tzinfo=dt.UTC))  # the page charts from today: TODAY's
 def test_the_admin_index_shows_the_dashboard_as_svg_without_inline_styles_or_scripts(
     client, make_staff, verified_login, make_institution
 ):

@@ -4,7 +4,10 @@ import datetime as dt
 import getpass
 import io
 import json
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -15,6 +18,8 @@ from credentials.services.keys import credential_create, credential_set_status
 from credentials.validators import CleanKey
 from devtools.fake_gateway import FakeGateway
 from tests.conftest import PLANTED_SECRET
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.django_db
 
@@ -131,10 +136,13 @@ def test_no_key_at_all_exits_non_zero_with_a_clear_message(institution):
 
 def test_a_real_run_without_a_usable_key_exits_non_zero_and_prints_nothing_on_stdout(tmp_path):
     # A fresh database of its own (SQLite under tmp_path): the process cannot see the test database.
-    env = {"PATH": "/usr/bin:/bin", "DEBUG": "true", "VAR_DIR": str(tmp_path)}
-    subprocess.run([".venv/bin/python", "manage.py", "migrate", "-v0"], env=env, check=True, capture_output=True)
+    env = {**os.environ, "DEBUG": "true", "VAR_DIR": str(tmp_path)}
+    env.pop("DATABASE_URL", None)
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True, capture_output=True)
     result = subprocess.run(
-        [".venv/bin/python", "manage.py", "cd2_credentials", "nowhere", "--as", "nobody", "--reason", "nightly load"],
+        [*manage, "cd2_credentials", "nowhere", "--as", "nobody", "--reason", "nightly load"],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         env=env,

@@ -17,20 +17,25 @@ from cryptography.fernet import Fernet
 from django.core.cache import caches
 from django.db import OperationalError, connection
 from django.test import Client
+from django.utils import timezone
 
 from credentials.models import AuditEvent, CD2Credential, SubmissionLink
 from credentials.services.links import submission_link_create
+from credentials.validators import add_months
 from devtools.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET, FakeGateway
 
 ROOT = Path(__file__).resolve().parents[2]
 
-FORM = {
-    "client_id": DEMO_ACCEPTED_CLIENT_ID,
-    "secret": DEMO_ACCEPTED_SECRET,
-    "expires_on": "2027-06-30",
-    "submitted_by": "Ada Admin",
-    "submitted_by_email": "ada@northfield.example.edu",
-}
+
+def form() -> dict:
+    """A submission that is accepted at once: its key runs a year from today (no short-expiry question)."""
+    return {
+        "client_id": DEMO_ACCEPTED_CLIENT_ID,
+        "secret": DEMO_ACCEPTED_SECRET,
+        "expires_on": add_months(timezone.localdate(), 12).isoformat(),
+        "submitted_by": "Ada Admin",
+        "submitted_by_email": "ada@northfield.example.edu",
+    }
 
 
 @pytest.fixture
@@ -72,7 +77,7 @@ def test_database_down_mid_submission_gives_a_clear_503_and_leaves_nothing_half_
     before = stored_rows()
     # The key row and the link claim are written; the audit insert then fails.
     with database_fails(lambda sql: "credentials_auditevent" in sql and sql.lstrip().upper().startswith("INSERT")):
-        response = client.post(f"/k/{link.token}/", FORM)
+        response = client.post(f"/k/{link.token}/", form())
     assert response.status_code == 503
     assert response["Retry-After"]
     page = response.content.decode()
@@ -82,7 +87,7 @@ def test_database_down_mid_submission_gives_a_clear_503_and_leaves_nothing_half_
     link.link.refresh_from_db()
     assert link.link.used_at is None
     # When the database is back, the same link and form work.
-    assert client.post(f"/k/{link.token}/", FORM).status_code == 302
+    assert client.post(f"/k/{link.token}/", form()).status_code == 302
     assert stored_rows() == (before[0] + 1, before[1] + 1, before[2] + 2)
 
 
@@ -140,7 +145,7 @@ def redis_down(settings, monkeypatch):
 @pytest.mark.django_db(transaction=True)
 def test_redis_down_still_stores_a_submission_checked_inline(gateway, institution, redis_down):
     link = submission_link_create(institution=institution)
-    response = Client(raise_request_exception=False).post(f"/k/{link.token}/", FORM)
+    response = Client(raise_request_exception=False).post(f"/k/{link.token}/", form())
     assert response.status_code == 302, response.content.decode()[:500]
     credential = CD2Credential.objects.get(institution=institution)
     assert (credential.status, credential.secret) == (CD2Credential.Status.ACTIVE, DEMO_ACCEPTED_SECRET)
@@ -150,7 +155,7 @@ def test_redis_down_still_stores_a_submission_checked_inline(gateway, institutio
 def test_redis_and_cd2_down_still_store_the_key_as_pending(gateway, institution, redis_down):
     gateway.set_mode("down")
     link = submission_link_create(institution=institution)
-    Client(raise_request_exception=False).post(f"/k/{link.token}/", FORM)
+    Client(raise_request_exception=False).post(f"/k/{link.token}/", form())
     credential = CD2Credential.objects.get(institution=institution)
     assert credential.status == CD2Credential.Status.PENDING_VERIFICATION
     assert SubmissionLink.objects.get(pk=link.link.pk).used_at is not None
@@ -160,13 +165,11 @@ def test_redis_and_cd2_down_still_store_the_key_as_pending(gateway, institution,
 def test_redis_and_cd2_down_still_show_the_receipt_and_the_check_is_picked_up_later(gateway, institution, redis_down):
     import datetime as dt
 
-    from django.utils import timezone
-
     from credentials.selectors import PENDING_SWEEP_AFTER, pending_credentials_due
 
     gateway.set_mode("down")
     link = submission_link_create(institution=institution)
-    response = Client(raise_request_exception=False).post(f"/k/{link.token}/", FORM)
+    response = Client(raise_request_exception=False).post(f"/k/{link.token}/", form())
     assert response.status_code == 302
     credential = CD2Credential.objects.get(institution=institution)
     # The queued re-check was lost with Redis; the hourly sweep finds the key once Redis is back.
@@ -210,6 +213,10 @@ credential_create(institution=i, source="admin", key=CleanKey(
 READ_IT = "from credentials.models import CD2Credential; print(CD2Credential.objects.get().secret)"
 
 
+# Its users share one xdist worker (make test's --dist loadgroup), or each worker would migrate its own.
+ONE_WORKER = pytest.mark.xdist_group("fernet-drill")
+
+
 @pytest.fixture(scope="module")
 def database_written_with_key_a(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("fernet-drill")
@@ -220,6 +227,7 @@ def database_written_with_key_a(tmp_path_factory):
     return tmp_path, key_a
 
 
+@ONE_WORKER
 def test_missing_fernet_keys_stop_start_up_with_a_message_naming_the_variable(database_written_with_key_a):
     tmp_path, _ = database_written_with_key_a
     result = manage(tmp_path, "check", FERNET_KEYS=None)
@@ -227,6 +235,7 @@ def test_missing_fernet_keys_stop_start_up_with_a_message_naming_the_variable(da
     assert "FERNET_KEYS is not set" in result.stderr
 
 
+@ONE_WORKER
 def test_a_wrong_fernet_key_fails_the_start_up_check_instead_of_showing_garbage(database_written_with_key_a):
     tmp_path, _ = database_written_with_key_a
     wrong = Fernet.generate_key().decode()
@@ -239,6 +248,7 @@ def test_a_wrong_fernet_key_fails_the_start_up_check_instead_of_showing_garbage(
     assert "gAAAAA" not in read.stderr + read.stdout  # never the ciphertext in its place
 
 
+@ONE_WORKER
 def test_the_right_key_reads_the_key_back(database_written_with_key_a):
     tmp_path, key_a = database_written_with_key_a
     read = manage(tmp_path, "shell", "-c", READ_IT, FERNET_KEYS=key_a)

@@ -14,12 +14,13 @@ from urllib.parse import quote
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
+from django.utils import timezone
 from hypothesis import event, given
 from hypothesis import strategies as st
 
 from credentials.models import AuditEvent, CD2Credential, SubmissionLink
 from credentials.services.links import submission_link_create
-from credentials.validators import validate_key_input
+from credentials.validators import add_months, validate_key_input
 from devtools.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET, FakeGateway
 
 pytestmark = pytest.mark.django_db
@@ -42,18 +43,20 @@ good_values = {
 }
 
 
-VALID = {
-    "client_id": DEMO_ACCEPTED_CLIENT_ID,
-    "secret": DEMO_ACCEPTED_SECRET,
-    "expires_on": "2027-06-30",
-    "submitted_by": "Ada Admin",
-    "submitted_by_email": "ada@northfield.example.edu",
-}
+def valid() -> dict:
+    """A submission that is accepted at once: its key runs a year from today (no short-expiry question)."""
+    return {
+        "client_id": DEMO_ACCEPTED_CLIENT_ID,
+        "secret": DEMO_ACCEPTED_SECRET,
+        "expires_on": add_months(timezone.localdate(), 12).isoformat(),
+        "submitted_by": "Ada Admin",
+        "submitted_by_email": "ada@northfield.example.edu",
+    }
 
 
 @st.composite
 def submissions(draw):
-    data = dict(VALID)
+    data = valid()
     # Mostly a near-valid form with a few fields spoiled, sometimes all of them.
     spoiled = draw(st.sets(st.sampled_from(FIELDS), max_size=len(FIELDS)))
     for name in spoiled:
@@ -141,11 +144,11 @@ def test_no_input_gives_a_server_error_or_stores_anything_it_should_not(gateway,
 def test_a_replayed_successful_submission_stores_nothing_more(gateway, institution, case):
     data, _, _ = case
     # Examples share the database, and a key is stored once ever: start each
-    # one with no key on file, so the first post stores VALID.
+    # one with no key on file, so the first post stores a valid form.
     CD2Credential.objects.all().delete()
     client = Client(raise_request_exception=False)
     link = submission_link_create(institution=institution)
-    first = client.post(f"/k/{link.token}/", VALID)
+    first = client.post(f"/k/{link.token}/", valid())
     assert first.status_code == 302
     before = rows()
     replay = client.post(f"/k/{link.token}/", data)

@@ -24,6 +24,10 @@ from tests.security.test_production_settings import manage, production_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# One xdist worker runs this module (make test's --dist loadgroup): stored_under_key_a
+# migrates a database once per module, not once per worker.
+pytestmark = pytest.mark.xdist_group("production-start")
+
 # Named in the issue: every one has a development fallback that must not reach production.
 REQUIRED = (
     "SECRET_KEY",

@@ -22,12 +22,6 @@ PASSWORD = "correct horse battery staple 42"
 ATTACKER = "203.0.113.66"
 
 
-@pytest.fixture(autouse=True)
-def fast_hashing(settings):
-    """MD5 for speed: every failed sign-in hashes once, even for an unknown username."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def staff(db):
     user = get_user_model().objects.create_superuser("ops", "ops@example.com", PASSWORD)
