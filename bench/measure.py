@@ -44,8 +44,7 @@ ROOT = BENCH_DIR.parent
 class QueryCounter:
     """Counts the statements Django sends (execute and executemany), cheaply, with DEBUG off.
 
-    On this thread's connection and on every connection opened meanwhile (the
-    outbox's sender threads open their own).
+    On this thread's connection and on every connection opened meanwhile.
     """
 
     def __init__(self) -> None:
