@@ -274,7 +274,7 @@ Notice.objects.filter(state="sending").update(lease_until=timezone.now() - dt.ti
 """
 REPORT = """
 from credentials.models import ReminderLog
-print(ReminderLog.objects.count(), ReminderLog.objects.filter(sent_at__isnull=False).count())
+print(ReminderLog.objects.count(), ReminderLog.objects.filter(notice__sent_at__isnull=False).count())
 """
 
 
