@@ -12,10 +12,11 @@ of them in one daily summary (services/owners.py).
 Deciding and delivering are apart (the outbox, services/outbox.py): a run
 decides, writing in one transaction the ReminderLog row per (key, step),
 whose unique constraint makes the step "exactly once", and its Notice, the
-step's only record of delivery. The outbox claims the notice, has
-reminder_notice_write build the mail, sends it and records it sent;
-failures are retried by the outbox for hours. The command and the beat task decide and queue with the same function
-here (reminders_send_due); the Celery workers deliver.
+step's only record of delivery (the row keeps nothing else). The outbox
+claims the notice, has reminder_notice_write build the mail, sends it and
+records it sent; failures are retried by the outbox for hours. The command
+and the beat task decide and queue with the same function here
+(reminders_send_due); the Celery workers deliver.
 
 Missed days: each key has one *current* step, the most urgent threshold that
 has come due (selectors.reminder_step; the scan is selectors.due_credentials).
@@ -271,8 +272,8 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
             notice.state, notice.closed_at, notice.last_error = Notice.State.SUPERSEDED, now, note
         Notice.objects.bulk_create(written, ignore_conflicts=True)
     superseded = 0
-    # Only a claimed step can have a notice waiting for its retry (a closed
-    # notice closes its step), so most keys need no query here.
+    # Only a step whose notice is still open can be waiting for its retry,
+    # and the prefetch read each step's notice state: most keys need no query here.
     if any(log.notice_state in Notice.OPEN_STATES and log.threshold != step for log in logs):
         # An older step of this key still pending (a mail server down for
         # days): the newer step says it all; never mail both in a burst.

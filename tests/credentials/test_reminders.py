@@ -677,6 +677,27 @@ def test_send_now_after_the_step_was_sent_sends_an_extra_one_and_keeps_the_sched
     assert reminders_run().sent == 1  # the 7-day step still comes
 
 
+def test_send_now_takes_over_a_step_whose_notice_gave_up_by_reopening_that_notice(clock, served):
+    key = add_key(served, days=14)
+    reminders.reminders_send_due()  # decided; the outbox gives it up (as after a day of refusals)
+    notice = Notice.objects.get(reminder__credential=key)
+    Notice.objects.filter(pk=notice.pk).update(
+        state=Notice.State.FAILED, attempts=20, closed_at=timezone.now(), last_error="550 mailbox unavailable"
+    )
+    assert ReminderLog.objects.get().delivery() == "Failed: 550 mailbox unavailable"
+
+    result = reminder_send_now(credential=key)
+
+    notice.refresh_from_db()
+    assert result.threshold == 14 and result.reminder == notice.reminder  # the step itself, not an extra one
+    assert (notice.state, notice.attempts, notice.last_error) == (Notice.State.SENT, 21, "")
+    assert ReminderLog.objects.get().delivery() == "Sent"
+    assert Notice.objects.filter(kind=Notice.Kind.REMINDER).count() == 1
+    assert len(reminder_mails()) == 1
+    served.refresh_from_db()
+    assert served.key_reminded_unanswered is True
+
+
 def test_send_now_refuses_a_paused_institution(clock, served):
     key = add_key(served, days=14)
     served.status = Institution.Status.PAUSED
