@@ -19,7 +19,7 @@ class CredentialsConfig(AppConfig):
 
         # The senders credentials owns (api registers the webhook's): the outbox imports none of them.
         kinds = Notice.Kind
-        sender_register(kinds.REMINDER, reminders.reminder_notice_write, gave_up=reminders.reminder_gave_up)
+        sender_register(kinds.REMINDER, reminders.reminder_notice_write)
         sender_register(kinds.OWNER_SUMMARY, owners.owner_summary_write)
         sender_register(kinds.STAFF_DIGEST, digest.staff_digest_write)
         sender_register(kinds.RECEIPT, submission.receipt_notice_write)

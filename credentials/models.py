@@ -263,26 +263,15 @@ class ReminderLog(models.Model):
     """One reminder step for one key: the unique row is what makes it "exactly once".
 
     threshold is days before expires_on (0 on the day, negative after it).
-    claimed_at and sent_at are separate so a run that crashed between the
-    two can be told from one that sent. Its delivery (attempts, the last
-    error, why a step was skipped) is its notice's (Notice.reminder).
+    The row is the step's claim and nothing more: its delivery (state,
+    recipients, when it went out or gave up, attempts, the last error, why
+    it was skipped) is its notice's (Notice.reminder, written with the
+    claim). A step skipped on purpose has a superseded notice.
     """
-
-    class State(models.TextChoices):
-        CLAIMED = "claimed", "Claimed (being sent)"
-        SENT = "sent", "Sent"
-        FAILED = "failed", "Failed"
-        # Never sent, on purpose: a catch-up run sent a more urgent step, or
-        # the key was replaced (or the institution paused) before delivery.
-        SKIPPED = "skipped", "Skipped"
 
     credential = models.ForeignKey(CD2Credential, on_delete=models.CASCADE, related_name="reminders")
     threshold = models.IntegerField()
-    state = models.CharField(max_length=10, choices=State.choices, default=State.CLAIMED, db_default=State.CLAIMED)
     claimed_at = models.DateTimeField(default=timezone.now)
-    sent_at = models.DateTimeField(null=True, blank=True)
-    failed_at = models.DateTimeField(null=True, blank=True)
-    recipients = models.TextField(blank=True)
 
     class Meta:
         ordering = ("-claimed_at",)
@@ -298,7 +287,7 @@ class ReminderLog(models.Model):
         return step_label(self.threshold)
 
     def delivery_notice(self):
-        """The step's notice (None for steps written before the outbox); select_related("notice") to read many."""
+        """The step's notice (None only while a step is being released); select_related("notice") to read many."""
         try:
             return self.notice
         except ObjectDoesNotExist:
@@ -306,13 +295,24 @@ class ReminderLog(models.Model):
 
     def delivery(self) -> str:
         """The delivery state in words, for staff: "Sent", "Failed: 550 ...", "Skipped: ...", "Being sent"."""
-        if self.state == self.State.CLAIMED:
-            return "Being sent"
-        if self.state == self.State.SENT:
-            return "Sent"
-        label = self.get_state_display()
         notice = self.delivery_notice()
-        return f"{label}: {notice.last_error}" if notice is not None and notice.last_error else label
+        if notice is None or notice.state in Notice.OPEN_STATES:
+            return "Being sent"
+        if notice.state == Notice.State.SENT:
+            return "Sent"
+        label = "Failed" if notice.state == Notice.State.FAILED else "Skipped"
+        return f"{label}: {notice.last_error}" if notice.last_error else label
+
+    def delivered_at(self):
+        """When the step was settled (sent, given up or skipped), else when it was claimed."""
+        notice = self.delivery_notice()
+        if notice is None:
+            return self.claimed_at
+        return notice.sent_at or notice.closed_at or self.claimed_at
+
+    def recipients(self) -> str:
+        notice = self.delivery_notice()
+        return notice.recipients if notice is not None else ""
 
     def attempts(self) -> int:
         notice = self.delivery_notice()

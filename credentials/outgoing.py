@@ -33,8 +33,7 @@ class Send:
     """Send `message` to `recipients` (as recorded on the notice).
 
     `sent_with(sent_at)` runs in the transaction that marks the notice sent,
-    after the receiver accepted the message (a reminder's step and the key
-    summary it changes).
+    after the receiver accepted the message (the key summary a reminder changes).
     """
 
     message: Sendable
@@ -59,23 +58,19 @@ Outcome = Send | Skip
 
 @dataclass(frozen=True)
 class Sender:
-    """One kind's sender: `write(notice=, now=)` returns Send or Skip; raises a SEND_ERROR to retry later.
-
-    `gave_up(notice_id=, now=)`, if set, runs when the outbox gives the notice up for good.
-    """
+    """One kind's sender: `write(notice=, now=)` returns Send or Skip; raises a SEND_ERROR to retry later."""
 
     write: Callable[..., Outcome]
-    gave_up: Callable[..., None] | None = None
 
 
 _SENDERS: dict[str, Sender] = {}
 
 
-def sender_register(kind: str, write: Callable[..., Outcome], *, gave_up: Callable[..., None] | None = None) -> None:
+def sender_register(kind: str, write: Callable[..., Outcome]) -> None:
     """Register the sender of a Notice.Kind (an app's AppConfig.ready calls this, once per kind it owns)."""
     if kind not in Notice.Kind.values:
         raise ValueError(f"{kind!r} is not a Notice.Kind")
-    _SENDERS[kind] = Sender(write=write, gave_up=gave_up)
+    _SENDERS[kind] = Sender(write=write)
 
 
 def sender_for(kind: str) -> Sender:

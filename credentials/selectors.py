@@ -23,6 +23,7 @@ from credentials.models import (
     FAILED_VERDICTS,
     AuditEvent,
     CD2Credential,
+    Notice,
     PendingReason,
     ReminderLog,
     StaffSettings,
@@ -104,18 +105,20 @@ def key_summary_expected(*, fields: tuple[str, ...] | None = None) -> dict:
 
 
 def _reminded_without_answer(*, institution):
-    """Sent reminders about `institution`'s active key with no key handed in since they went out.
+    """Sent reminder steps about `institution`'s active key with no key handed in since they went out.
 
-    One exists exactly when the newest sent reminder has no answer: a later
-    reminder has fewer submissions after it.
+    Read from the steps' notices (an extra reminder, outside the schedule,
+    has no step and does not count). One exists exactly when the newest sent
+    reminder has no answer: a later reminder has fewer submissions after it.
     """
     answer = CD2Credential.objects.filter(
         institution=OuterRef("credential__institution"), submitted_at__gt=OuterRef("sent_at")
     ).exclude(pk=OuterRef("credential"))
-    return ReminderLog.objects.filter(
+    return Notice.objects.filter(
+        reminder__isnull=False,
         credential__institution=institution,
         credential__status=CD2Credential.Status.ACTIVE,
-        state=ReminderLog.State.SENT,
+        state=Notice.State.SENT,
     ).filter(~Exists(answer))
 
 
@@ -174,12 +177,13 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
         .exclude(status=CD2Credential.Status.SUPERSEDED)
         .order_by("-submitted_at", "-pk")
     )
-    sent = ReminderLog.objects.filter(credential=OuterRef("active_key_id"), state=ReminderLog.State.SENT).order_by(
-        "-sent_at", "-pk"
-    )
+    # A step's delivery is its notice's: sent, or settled (sent, failed or skipped: no longer open).
+    sent = Notice.objects.filter(
+        credential=OuterRef("active_key_id"), reminder__isnull=False, state=Notice.State.SENT
+    ).order_by("-sent_at", "-pk")
     handled = (
-        ReminderLog.objects.filter(credential=OuterRef("active_key_id"))
-        .exclude(state=ReminderLog.State.CLAIMED)
+        ReminderLog.objects.filter(credential=OuterRef("active_key_id"), notice__isnull=False)
+        .exclude(notice__state__in=Notice.OPEN_STATES)
         .values("credential")
         .annotate(step=Min("threshold"))
         .values("step")
@@ -219,7 +223,7 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
             pending_reason=newest("pending_reason"),
         )
         .annotate(
-            last_reminder_step=Subquery(sent.values("threshold")[:1]),
+            last_reminder_step=Subquery(sent.values("reminder__threshold")[:1]),
             last_reminder_at=Subquery(sent.values("sent_at")[:1]),
             last_handled_step=Subquery(handled[:1]),
         )
@@ -613,13 +617,14 @@ def institution_timeline(*, institution: Institution, limit: int = 200) -> list[
         .order_by("-claimed_at")[:limit]
     )
     for log in reminders:
+        recipients = log.recipients()
         entries.append(
             TimelineEntry(
-                log.sent_at or log.failed_at or log.claimed_at,
+                log.delivered_at(),
                 "reminder",
                 f"Reminder {log.step_label()} for key {log.credential.hint}: {log.delivery()}",
                 "",
-                f"to {log.recipients}" if log.recipients else "no recipients",
+                f"to {recipients}" if recipients else "no recipients",
                 log.credential_id,
             )
         )

@@ -44,7 +44,7 @@ PASSES = "passes"  # listed in the keys file: 200
 REJECTED = "rejected"  # unknown to the gateway: 401, like a key deleted at identity.instructure.com
 GATEWAY_DOWN = "gateway_down"  # the gateway answers 503: a pending key stays pending
 
-SENT, FAILED = ReminderLog.State.SENT, ReminderLog.State.FAILED
+SENT, FAILED = Notice.State.SENT, Notice.State.FAILED
 # What a failed delivery looks like when the customer's mail server refuses the address.
 FAILED_DELIVERY_ERROR = "SMTPRecipientsRefused: {{'{address}': (550, b'5.1.1 User unknown')}}"
 
@@ -279,19 +279,11 @@ def _add_contact_and_key(*, institution: Institution, demo: DemoInstitution, now
         on_day = timezone.make_aware(
             dt.datetime.combine(credential.expires_on - dt.timedelta(days=threshold), dt.time(6, 0))
         )
-        reminder = ReminderLog.objects.create(
-            credential=credential,
-            threshold=threshold,
-            state=state,
-            claimed_at=on_day,
-            sent_at=on_day if state == SENT else None,
-            failed_at=on_day if state == FAILED else None,
-            recipients=contact.email,
-        )
-        # Its delivery, as the outbox recorded it.
+        reminder = ReminderLog.objects.create(credential=credential, threshold=threshold, claimed_at=on_day)
+        # Its delivery, as the outbox recorded it (the step's only record of it).
         Notice.objects.create(
             kind=Notice.Kind.REMINDER,
-            state=Notice.State.SENT if state == SENT else Notice.State.FAILED,
+            state=state,
             dedupe_key=f"reminder:{reminder.pk}",
             institution=institution,
             credential=credential,

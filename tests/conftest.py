@@ -8,7 +8,7 @@ from django.core import mail
 from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict
-from credentials.models import CD2Credential
+from credentials.models import CD2Credential, Notice, ReminderLog
 from credentials.services import outbox, reminders
 from credentials.services.keys import credential_create
 from credentials.validators import CleanKey
@@ -42,6 +42,38 @@ def reminders_run(**kwargs) -> reminders.ReminderRun:
         return run
     outbox.outbox_deliver_due(now=run.now, chunk_size=kwargs.get("chunk_size", outbox.CHUNK_SIZE))
     return reminders.reminders_report(run)
+
+
+def reminder_step(
+    credential: CD2Credential,
+    threshold: int,
+    *,
+    state: str = Notice.State.SENT,
+    at: dt.datetime | None = None,
+    recipients: str = "",
+    last_error: str = "",
+) -> ReminderLog:
+    """A reminder step of `credential` as the outbox left it: the claim row and its notice in `state` since `at`."""
+    at = at or timezone.now()
+    step = ReminderLog.objects.create(credential=credential, threshold=threshold, claimed_at=at)
+    Notice.objects.create(
+        kind=Notice.Kind.REMINDER,
+        state=state,
+        dedupe_key=f"reminder:{step.pk}",
+        institution_id=credential.institution_id,
+        credential=credential,
+        reminder=step,
+        day=timezone.localdate(at),
+        as_of=at,
+        created_at=at,
+        retry_until=at + dt.timedelta(days=1),
+        recipients=recipients,
+        attempts=0 if state in Notice.OPEN_STATES else 1,
+        sent_at=at if state == Notice.State.SENT else None,
+        closed_at=None if state in Notice.OPEN_STATES else at,
+        last_error=last_error,
+    )
+    return step
 
 
 @pytest.fixture

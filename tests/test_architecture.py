@@ -307,6 +307,19 @@ def test_every_notice_kind_has_a_registered_sender():
     assert registered_kinds() == set(Notice.Kind.values)
 
 
+# What a notice records about its delivery; a reminder step keeps none of it (its notice is its one state).
+DELIVERY_FIELDS = {"state", "sent_at", "failed_at", "recipients", "attempts", "last_error", "closed_at"}
+
+
+def test_a_reminder_step_keeps_only_its_claim_and_reads_its_delivery_from_its_notice():
+    from credentials.models import Notice, ReminderLog
+
+    fields = {field.name for field in ReminderLog._meta.get_fields()}
+    assert fields & DELIVERY_FIELDS == set(), "a step's delivery is its notice's (Notice.reminder)"
+    assert {"credential", "threshold", "claimed_at", "notice"} <= fields
+    assert DELIVERY_FIELDS - {"failed_at"} <= {field.name for field in Notice._meta.get_fields()}
+
+
 def test_the_delivery_checks_find_what_they_forbid(tmp_path):
     """The checks above would see a sender that marks its notice sent or builds its own message."""
     sender = tmp_path / "sender.py"

@@ -115,18 +115,18 @@ class SubmissionLinkAdmin(ViewOnlyAdmin):
 @admin.register(ReminderLog)
 class ReminderLogAdmin(ViewOnlyAdmin):
     list_display = ("institution", "credential", "step", "delivery", "when", "recipients_display", "attempts")
-    list_filter = ("state", "threshold", ("claimed_at", admin.DateFieldListFilter))
-    search_fields = ("credential__institution__name", "recipients")
+    # The step is its claim; everything about its delivery is read from its notice.
+    list_filter = ("notice__state", "threshold", ("claimed_at", admin.DateFieldListFilter))
+    search_fields = ("credential__institution__name", "notice__recipients")
     fields = (
         "credential",
         "threshold",
-        "state",
         "claimed_at",
-        "sent_at",
-        "failed_at",
+        "delivery",
+        "when",
         "attempts",
         "last_error",
-        "recipients",
+        "recipients_display",
     )
     readonly_fields = fields
 
@@ -146,11 +146,10 @@ class ReminderLogAdmin(ViewOnlyAdmin):
     def step(self, obj: ReminderLog) -> str:
         return obj.step_label()
 
-    @admin.display(description="Delivery", ordering="state")
+    @admin.display(description="Delivery", ordering="notice__state")
     def delivery(self, obj: ReminderLog) -> str:
         return obj.delivery()
 
-    # The step's delivery is its notice's (the outbox records attempts and errors).
     @admin.display(description="Attempts", ordering="notice__attempts")
     def attempts(self, obj: ReminderLog) -> int:
         return obj.attempts()
@@ -162,11 +161,11 @@ class ReminderLogAdmin(ViewOnlyAdmin):
 
     @admin.display(description="When", ordering="claimed_at")
     def when(self, obj: ReminderLog) -> str:
-        return format_moment(obj.sent_at or obj.failed_at or obj.claimed_at)
+        return format_moment(obj.delivered_at())
 
     @admin.display(description="Recipients")
     def recipients_display(self, obj: ReminderLog) -> str:
-        return obj.recipients or "—"
+        return obj.recipients() or "—"
 
 
 @admin.register(AuditEvent)

@@ -100,7 +100,7 @@ def _transmit(message: outgoing.Sendable, connection) -> None:
 def _send_claimed(notice: Notice, *, now: dt.datetime, connection=None, reraise: bool = False, **context) -> str:
     """Have the kind's sender write a notice this sender has claimed, send it and record the outcome.
 
-    The sender's writes (a link for the mail, a step's record) and the
+    The sender's writes (a link for the mail, a key summary) and the
     notice's new state commit together, after the receiver accepted the
     message; a failed send rolls them back and the notice waits for its retry.
     """
@@ -125,8 +125,6 @@ def _send_claimed(notice: Notice, *, now: dt.datetime, connection=None, reraise:
     except SEND_ERRORS as exc:
         drop_connection(connection)
         state = notices.notice_retry_later(notice_id=notice.pk, error=exc, now=now)
-        if state == Notice.State.FAILED and sender.gave_up is not None:
-            sender.gave_up(notice_id=notice.pk, now=now)
         logger.warning("Notice %s (%s) not sent yet: %s", notice.pk, notice.kind, type(exc).__name__)
         if reraise:
             raise

@@ -11,16 +11,17 @@ of them in one daily summary (services/owners.py).
 
 Deciding and delivering are apart (the outbox, services/outbox.py): a run
 decides, writing in one transaction the ReminderLog row per (key, step),
-whose unique constraint makes the step "exactly once", and its Notice.
-The outbox claims the notice, has reminder_notice_write build the mail,
-sends it and records both rows sent; failures are retried by the outbox for
-hours. The command and the beat task decide and queue with the same function
-here (reminders_send_due); the Celery workers deliver.
+whose unique constraint makes the step "exactly once", and its Notice, the
+step's only record of delivery (the row keeps nothing else). The outbox
+claims the notice, has reminder_notice_write build the mail, sends it and
+records it sent; failures are retried by the outbox for hours. The command
+and the beat task decide and queue with the same function here
+(reminders_send_due); the Celery workers deliver.
 
 Missed days: each key has one *current* step, the most urgent threshold that
 has come due (selectors.reminder_step; the scan is selectors.due_credentials).
 A run after a week of outage sends that one step; the steps it jumped over
-are recorded in state "skipped", never mailed in a burst, and an older
+are recorded with a superseded notice, never mailed in a burst, and an older
 step's notice still waiting for a retry is superseded by the new one.
 """
 
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Prefetch
+from django.db.models import F, Prefetch
 from django.utils import timezone
 
 from credentials.emails import build_email
@@ -164,16 +165,16 @@ def _claim_rows(
 
     Call inside a transaction (the claim and its notice commit together).
     """
-    reminder = ReminderLog.objects.create(
-        credential=credential, threshold=threshold, claimed_at=now, recipients=recipients
-    )
-    notice = _step_notice(credential=credential, reminder=reminder, day=day, now=now)
+    reminder = ReminderLog.objects.create(credential=credential, threshold=threshold, claimed_at=now)
+    notice = _step_notice(credential=credential, reminder=reminder, day=day, now=now, recipients=recipients)
     notice.save(force_insert=True)
     key_events_send(events=[_step_event(credential=credential, threshold=threshold, day=day, now=now)])
     return notice
 
 
-def _step_notice(*, credential: CD2Credential, reminder: ReminderLog, day: dt.date, now: dt.datetime) -> Notice:
+def _step_notice(
+    *, credential: CD2Credential, reminder: ReminderLog, day: dt.date, now: dt.datetime, recipients: str
+) -> Notice:
     """The claimed step's notice, unsaved (one claim or a chunk's bulk insert)."""
     notice = notices.notice_build(
         kind=Notice.Kind.REMINDER,
@@ -183,7 +184,7 @@ def _step_notice(*, credential: CD2Credential, reminder: ReminderLog, day: dt.da
         institution_id=credential.institution_id,
         credential_id=credential.pk,
         reminder_id=reminder.pk,
-        recipients=reminder.recipients,
+        recipients=recipients,
     )
     notice.reminder = reminder
     return notice
@@ -211,6 +212,11 @@ def _claim(
         return None
 
 
+def _steps_with_their_notice_state(steps):
+    """A key's steps with what _record_skipped reads: the threshold and the state of the step's notice."""
+    return steps.only("pk", "credential_id", "threshold").annotate(notice_state=F("notice__state"))
+
+
 def _came_due_before_arrival(credential: CD2Credential, threshold: int) -> bool:
     arrived = timezone.localtime(credential.submitted_at).date()
     return credential.expires_on - dt.timedelta(days=threshold) < arrived
@@ -225,7 +231,7 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
     days_at_arrival = (credential.expires_on - arrived).days
     logs = getattr(credential, "logs", None)  # the scan's prefetch; [] is an answer too
     if logs is None:
-        logs = list(credential.reminders.only("pk", "threshold", "state"))
+        logs = list(_steps_with_their_notice_state(credential.reminders.all()))
     existing = {log.threshold for log in logs}
     missed = []
     for days_left in range(
@@ -243,15 +249,12 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
     note = f"Not sent on time; the run on {format_day(today)} sent the {step}-day step instead."
     if missed:
         ReminderLog.objects.bulk_create(
-            [
-                ReminderLog(credential=credential, threshold=t, claimed_at=now, state=ReminderLog.State.SKIPPED)
-                for t in missed
-            ],
+            [ReminderLog(credential=credential, threshold=t, claimed_at=now) for t in missed],
             ignore_conflicts=True,
         )
         # Each skipped step's notice, superseded: it records why (the step's delivery is its notice's).
         skipped = ReminderLog.objects.filter(
-            credential=credential, threshold__in=missed, state=ReminderLog.State.SKIPPED, notice__isnull=True
+            credential=credential, threshold__in=missed, notice__isnull=True
         ).values_list("pk", flat=True)
         written = [
             notices.notice_build(
@@ -269,21 +272,18 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
             notice.state, notice.closed_at, notice.last_error = Notice.State.SUPERSEDED, now, note
         Notice.objects.bulk_create(written, ignore_conflicts=True)
     superseded = 0
-    # Only a claimed step can have a notice waiting for its retry (a closed
-    # notice closes its step), so most keys need no query here.
-    if any(log.state == ReminderLog.State.CLAIMED and log.threshold != step for log in logs):
+    # Only a step whose notice is still open can be waiting for its retry,
+    # and the prefetch read each step's notice state: most keys need no query here.
+    if any(log.notice_state in Notice.OPEN_STATES and log.threshold != step for log in logs):
         # An older step of this key still pending (a mail server down for
         # days): the newer step says it all; never mail both in a burst.
         waiting = list(
             Notice.objects.filter(credential=credential, kind=Notice.Kind.REMINDER, state=Notice.State.PENDING)
             .exclude(reminder__threshold=step)
-            .values_list("pk", "reminder_id")
+            .values_list("pk", flat=True)
         )
-        for notice_id, reminder_id in waiting:
+        for notice_id in waiting:
             notices.notice_supersede(notice_id=notice_id, reason=note, now=now)
-            ReminderLog.objects.filter(pk=reminder_id, state=ReminderLog.State.CLAIMED).update(
-                state=ReminderLog.State.SKIPPED
-            )
         superseded = len(waiting)
     return len(missed), superseded
 
@@ -312,7 +312,7 @@ def reminders_decide(
             ),
             Prefetch(
                 "reminders",
-                queryset=ReminderLog.objects.only("pk", "credential_id", "threshold", "state"),
+                queryset=_steps_with_their_notice_state(ReminderLog.objects.all()),
                 to_attr="logs",
             ),
         )
@@ -357,19 +357,13 @@ def _decide_chunk(chunk: list[CD2Credential], *, run: ReminderRun, today: dt.dat
     try:
         with transaction.atomic():
             steps = ReminderLog.objects.bulk_create(
-                [
-                    ReminderLog(
-                        credential=credential,
-                        threshold=credential.step,
-                        claimed_at=now,
-                        recipients=recipients[credential.pk],
-                    )
-                    for credential in chunk
-                ]
+                [ReminderLog(credential=credential, threshold=credential.step, claimed_at=now) for credential in chunk]
             )
             written = Notice.objects.bulk_create(
                 [
-                    _step_notice(credential=credential, reminder=step, day=today, now=now)
+                    _step_notice(
+                        credential=credential, reminder=step, day=today, now=now, recipients=recipients[credential.pk]
+                    )
                     for credential, step in zip(chunk, steps, strict=True)
                 ]
             )
@@ -432,8 +426,8 @@ def reminder_notice_write(*, notice: Notice, now: dt.datetime, actor=None) -> Se
     Superseded, not sent, when the key is no longer active or the
     institution no longer served (a new key arrived, the key was revoked,
     the institution paused) since the decision. The link made for the mail,
-    the notice's "sent" and the step's "sent" commit together after the
-    mail server accepted the message.
+    the notice's "sent" and the key summary it changes commit together
+    after the mail server accepted the message.
     """
     credential = notice.credential
     institution = credential.institution
@@ -454,26 +448,20 @@ def reminder_notice_write(*, notice: Notice, now: dt.datetime, actor=None) -> Se
         return Skip(
             state=Notice.State.SUPERSEDED,
             reason=f"Not sent: the key is {credential.status}, institution {institution.status}.",
-            closed_with=lambda: ReminderLog.objects.filter(pk=reminder_id, state=ReminderLog.State.CLAIMED).update(
-                state=ReminderLog.State.SKIPPED
-            ),
         )
     to = reminder_addressees(institution=institution)
     if not to:
         return Skip(
             state=Notice.State.FAILED,
             reason="Nobody to send to: add a contact who receives reminders or an account owner.",
-            closed_with=lambda: reminder_mark_failed(reminder_id=reminder_id, now=now),
         )
     message = _reminder_email(
         credential=credential, to=to, today=institution_today(institution, now), now=now, actor=actor
     )
 
     def sent_with(sent_at: dt.datetime) -> None:
-        ReminderLog.objects.filter(pk=reminder_id).update(
-            state=ReminderLog.State.SENT, sent_at=sent_at, failed_at=None, recipients=", ".join(to)
-        )
         # The list's "reminded, no new key yet" is stored with the key summary; a reminder changes only it.
+        # It reads the notice, marked sent by now in this same transaction.
         institution_key_summary_refresh(institution_id=institution.pk, fields=("key_reminded_unanswered",))
         logger.info("Reminder %s sent for key %s (%s)", reminder_id, credential.pk, institution.slug)
 
@@ -490,22 +478,8 @@ def _release_for_newer_key(*, notice: Notice) -> None:
     """
     if notice.reminder_id is not None:
         Notice.objects.filter(pk=notice.pk).update(reminder=None)
-        ReminderLog.objects.filter(pk=notice.reminder_id, state=ReminderLog.State.CLAIMED).delete()
+        ReminderLog.objects.filter(pk=notice.reminder_id).delete()
     logger.info("Reminder notice %s superseded: a newer key is waiting for its check", notice.pk)
-
-
-def reminder_gave_up(*, notice_id: int, now: dt.datetime) -> None:
-    """The outbox gave a reminder's notice up for good: its step is failed too."""
-    reminder_id = Notice.objects.filter(pk=notice_id).values_list("reminder_id", flat=True).first()
-    if reminder_id is not None:
-        reminder_mark_failed(reminder_id=reminder_id, now=now)
-
-
-def reminder_mark_failed(*, reminder_id: int, now: dt.datetime | None = None) -> None:
-    """The step's notice gave up (or had nobody to go to): the step is failed; its notice says why."""
-    ReminderLog.objects.filter(pk=reminder_id, state=ReminderLog.State.CLAIMED).update(
-        state=ReminderLog.State.FAILED, failed_at=now or timezone.now()
-    )
 
 
 def simulated_now(day: dt.date) -> dt.datetime:
@@ -645,15 +619,13 @@ def reminder_send_now(*, credential: CD2Credential, actor=None, now: dt.datetime
             reminder = claimed.reminder
         else:
             reminder = ReminderLog.objects.get(credential=credential, threshold=step)
-            if reminder.state != ReminderLog.State.SENT:
-                # Failed, skipped or waiting for a retry: a person asked, so take it over.
-                ReminderLog.objects.filter(pk=reminder.pk).update(state=ReminderLog.State.CLAIMED, failed_at=None)
-                Notice.objects.filter(reminder=reminder).exclude(state=Notice.State.SENT).update(
-                    state=Notice.State.PENDING,
-                    next_attempt_at=now,
-                    closed_at=None,
-                    retry_until=now + (settings.NOTICE_GIVE_UP_AFTER),
-                )
+            # Failed, skipped or waiting for a retry: a person asked, so take it over (its notice, re-opened).
+            Notice.objects.filter(reminder=reminder).exclude(state=Notice.State.SENT).update(
+                state=Notice.State.PENDING,
+                next_attempt_at=now,
+                closed_at=None,
+                retry_until=now + (settings.NOTICE_GIVE_UP_AFTER),
+            )
         notice_id = Notice.objects.filter(reminder_id=reminder.pk).values_list("pk", flat=True).first()
         if notice_id is not None and outbox.notice_send_now(notice_id=notice_id, now=now, actor=actor) == "sent":
             return SentReminder(recipients=tuple(to), threshold=step, reminder=reminder)

@@ -11,7 +11,8 @@ from django.conf import settings as django_settings
 from django.test import Client
 from django.utils import timezone
 
-from credentials.models import CD2Credential, ReminderLog
+from credentials.models import CD2Credential
+from tests.conftest import reminder_step
 from tests.security.test_csp_browser import chromium, open_watched
 
 
@@ -24,12 +25,10 @@ def test_customer_success_reaches_this_months_expiries_and_a_reminders_recipient
     key = make_credential(institution, days=(month_end - today).days)
     CD2Credential.objects.filter(pk=key.pk).update(submitted_at=timezone.now() - dt.timedelta(days=300))
     sent_at = timezone.now() - dt.timedelta(days=1)
-    ReminderLog.objects.create(
-        credential=key,
-        threshold=60 if (month_end - today).days > 30 else 30,
-        state=ReminderLog.State.SENT,
-        claimed_at=sent_at,
-        sent_at=sent_at,
+    reminder_step(
+        key,
+        60 if (month_end - today).days > 30 else 30,
+        at=sent_at,
         recipients="ada@northfield.example.edu, cara@registry.example",
     )
     client = verified_login(Client(), make_staff("Customer success", username="cara"))

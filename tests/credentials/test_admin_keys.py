@@ -9,10 +9,10 @@ from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
 
-from credentials.models import AuditEvent, CD2Credential, ReminderLog
+from credentials.models import AuditEvent, CD2Credential
 from credentials.services.links import submission_link_create
 from devtools.fake_gateway import FakeGateway
-from tests.conftest import PLANTED_SECRET, STAFF_PASSWORD
+from tests.conftest import PLANTED_SECRET, STAFF_PASSWORD, reminder_step
 
 pytestmark = pytest.mark.django_db
 
@@ -36,7 +36,7 @@ def planted(institution, make_credential):
     """An institution whose active key holds PLANTED_SECRET, with history, a link, a reminder and audit events."""
     make_credential(institution, days=20)
     credential = make_credential(institution, days=300, secret=PLANTED_SECRET, client_id=FULL_CLIENT_ID)
-    ReminderLog.objects.create(credential=credential, threshold=60, recipients="ada@northfield.example.edu")
+    reminder_step(credential, 60, recipients="ada@northfield.example.edu")
     submission_link_create(institution=institution)
     AuditEvent.objects.create(kind=AuditEvent.Kind.SUBMISSION, institution=institution, credential=credential)
     return credential

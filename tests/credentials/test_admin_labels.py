@@ -78,10 +78,16 @@ def test_a_wrong_password_on_the_reveal_form_is_not_a_failed_sign_in(
 
 
 def test_a_reminder_says_its_delivery_in_words():
-    log = ReminderLog(threshold=7, state=ReminderLog.State.FAILED)
-    log.notice = Notice(state=Notice.State.FAILED, attempts=3, last_error="550 mailbox unavailable")
+    def step(threshold: int, **notice) -> ReminderLog:
+        log = ReminderLog(threshold=threshold)
+        log.notice = Notice(**notice)
+        return log
+
+    log = step(7, state=Notice.State.FAILED, attempts=3, last_error="550 mailbox unavailable")
     assert (log.step_label(), log.delivery(), log.attempts()) == ("7 days before", "Failed: 550 mailbox unavailable", 3)
-    assert ReminderLog(threshold=7, state=ReminderLog.State.FAILED).delivery() == "Failed"  # no notice (yet)
-    assert ReminderLog(threshold=-7, state=ReminderLog.State.SKIPPED).delivery() == "Skipped"
-    assert ReminderLog(threshold=0, state=ReminderLog.State.SENT, sent_at=timezone.now()).delivery() == "Sent"
+    assert step(7, state=Notice.State.FAILED).delivery() == "Failed"
+    assert step(-7, state=Notice.State.SUPERSEDED).delivery() == "Skipped"
+    assert step(0, state=Notice.State.SENT, sent_at=timezone.now()).delivery() == "Sent"
+    assert step(0, state=Notice.State.PENDING, attempts=1, last_error="451 later").delivery() == "Being sent"
+    assert ReminderLog(threshold=3).delivery() == "Being sent"  # its notice not written yet
     assert ReminderLog(threshold=0).step_label() == "on the day"

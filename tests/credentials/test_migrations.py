@@ -224,3 +224,76 @@ def test_0017_moves_old_steps_attempts_and_errors_onto_closed_notices_and_leaves
     assert moved[claimed.pk].last_error == "451 later" and moved[claimed.pk].state == "pending"  # left as it was
     assert all(n.closed_at is not None for pk, n in moved.items() if pk != claimed.pk)
     _migrate()
+
+
+ONE_STATE_BEFORE = [("credentials", "0019_staff_settings_time_zone")]
+ONE_STATE_AFTER = [("credentials", "0020_reminderlog_state_on_notice")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_0020_leaves_each_step_one_state_its_notices_and_going_back_fills_the_steps_from_them():
+    old = _migrate(ONE_STATE_BEFORE)
+    Institution = old.get_model("institutions", "Institution")
+    Credential = old.get_model("credentials", "CD2Credential")
+    ReminderLog = old.get_model("credentials", "ReminderLog")
+    Notice = old.get_model("credentials", "Notice")
+    now = timezone.now().replace(microsecond=0)
+    earlier = now - dt.timedelta(days=3)
+    inst = Institution.objects.create(name="Old", slug="old", canvas_domain="old.instructure.com")
+    key = Credential.objects.create(
+        institution=inst, client_id="x", secret="y", region="us-east-1", hint="h", expires_on=dt.date(2030, 1, 1),
+        status="active", source="admin",
+    )  # fmt: skip
+    to = "ada@old.example.edu"
+    # Steps without a notice, one per old state.
+    sent = ReminderLog.objects.create(
+        credential=key, threshold=60, state="sent", claimed_at=earlier, sent_at=now, recipients=to
+    )
+    failed = ReminderLog.objects.create(credential=key, threshold=30, state="failed", claimed_at=earlier, failed_at=now)
+    skipped = ReminderLog.objects.create(credential=key, threshold=14, state="skipped", claimed_at=earlier)
+    claimed = ReminderLog.objects.create(credential=key, threshold=7, state="claimed", claimed_at=earlier)
+    # A step whose notice exists but lacks the recipients and the sent time the step holds.
+    bare = ReminderLog.objects.create(
+        credential=key, threshold=3, state="sent", claimed_at=earlier, sent_at=now, recipients=to
+    )
+    Notice.objects.create(
+        kind="reminder", state="sent", dedupe_key=f"reminder:{bare.pk}", reminder=bare, credential=key,
+        institution=inst, day=now.date(), as_of=earlier, retry_until=now, closed_at=now,
+    )  # fmt: skip
+    # A step whose notice was resent by staff after it gave up: the notice is the newer word.
+    resent = ReminderLog.objects.create(credential=key, threshold=1, state="failed", claimed_at=earlier, failed_at=now)
+    Notice.objects.create(
+        kind="reminder", state="pending", dedupe_key=f"reminder:{resent.pk}", reminder=resent, credential=key,
+        institution=inst, day=now.date(), as_of=earlier, retry_until=now, recipients=to,
+    )  # fmt: skip
+
+    new = _migrate(ONE_STATE_AFTER)
+    ReminderLog = new.get_model("credentials", "ReminderLog")
+    Notice = new.get_model("credentials", "Notice")
+    assert {f.name for f in ReminderLog._meta.get_fields()} & {"state", "sent_at", "failed_at", "recipients"} == set()
+    after = {n.reminder_id: (n.state, n.recipients, n.sent_at, n.closed_at) for n in Notice.objects.all()}
+    assert after == {
+        sent.pk: ("sent", to, now, now),
+        failed.pk: ("failed", "", None, now),
+        skipped.pk: ("superseded", "", None, earlier),
+        claimed.pk: ("pending", "", None, None),  # the outbox sends it
+        bare.pk: ("sent", to, now, now),
+        resent.pk: ("pending", to, None, None),
+    }
+    assert Notice.objects.get(reminder_id=claimed.pk).next_attempt_at <= timezone.now()  # due
+    # The new code settles a step on its notice alone.
+    Notice.objects.filter(reminder_id=claimed.pk).update(state="sent", sent_at=now, closed_at=now, recipients=to)
+
+    back = _migrate(ONE_STATE_BEFORE)
+    ReminderLog = back.get_model("credentials", "ReminderLog")
+    steps = {log.pk: (log.state, log.recipients, log.sent_at, log.failed_at) for log in ReminderLog.objects.all()}
+    _migrate()
+
+    assert steps == {
+        sent.pk: ("sent", to, now, None),
+        failed.pk: ("failed", "", None, now),
+        skipped.pk: ("skipped", "", None, None),
+        claimed.pk: ("sent", to, now, None),
+        bare.pk: ("sent", to, now, None),
+        resent.pk: ("claimed", to, None, None),
+    }

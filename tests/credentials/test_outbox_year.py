@@ -119,7 +119,7 @@ def test_a_simulated_year_loses_no_notice_and_duplicates_none(settings):
     ]
     assert len(lapsed) > 50
     for key in lapsed:
-        steps = dict(key.reminders.values_list("threshold", "state"))
+        steps = dict(key.reminders.values_list("threshold", "notice__state"))
         for threshold in (60, 30, 14, 7, 3, 1, 0):
             assert threshold in steps, (key.institution.name, steps)
         assert sum(1 for t, s in steps.items() if t >= 0 and s == "sent") >= 5

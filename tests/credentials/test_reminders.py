@@ -161,7 +161,7 @@ def test_a_new_key_supersedes_a_reminder_already_claimed_for_the_old_one(clock, 
     assert reminder_mails() == []
     notice.refresh_from_db()
     assert notice.state == Notice.State.SUPERSEDED and notice.sent_at is None
-    assert ReminderLog.objects.get(credential=old).state == ReminderLog.State.SKIPPED
+    assert ReminderLog.objects.get(credential=old).notice == notice  # the step is skipped: its notice says so
 
 
 def test_python_and_sql_agree_on_the_current_step(clock, make_institution, settings):
@@ -214,7 +214,7 @@ def test_it_sends_one_reminder_when_run_twice(clock, served):
 
     assert (first.sent, second.due, second.sent) == (1, 0, 0)
     assert len(reminder_mails()) == 1
-    assert ReminderLog.objects.get().sent_at is not None
+    assert ReminderLog.objects.get().notice.sent_at is not None
 
 
 def test_a_sender_killed_mid_send_is_sent_again_once_its_lease_runs_out(clock, served, settings):
@@ -234,7 +234,7 @@ def test_a_sender_killed_mid_send_is_sent_again_once_its_lease_runs_out(clock, s
     notice.refresh_from_db()
     assert (notice.state, notice.attempts) == (Notice.State.SENT, 2)
     log = ReminderLog.objects.get()
-    assert log.threshold == 14 and log.sent_at is not None
+    assert log.threshold == 14 and log.notice.sent_at is not None
 
 
 def test_a_week_of_missed_runs_sends_one_catch_up_email(clock, served):
@@ -250,8 +250,7 @@ def test_a_week_of_missed_runs_sends_one_catch_up_email(clock, served):
     assert len(subjects) == 2
     logs = {log.threshold: log for log in ReminderLog.objects.filter(credential=key)}
     assert sorted(logs) == [3, 7, 14]
-    assert logs[7].sent_at is None and logs[7].state == ReminderLog.State.SKIPPED
-    # Recorded as such: the skipped step's notice, superseded, says why (staff read it as the step's delivery).
+    # Recorded as skipped: the skipped step's notice, superseded, says why (staff read it as the step's delivery).
     assert logs[7].notice.state == Notice.State.SUPERSEDED and logs[7].notice.sent_at is None
     assert logs[7].delivery().startswith("Skipped: Not sent on time;") and "sent the 3-day step" in logs[7].delivery()
     assert reminders_run().due == 0
@@ -416,7 +415,7 @@ def test_smtp_failing_twice_then_working_delivers_one_email(clock, served, flaky
     notice.refresh_from_db()
     assert notice.state == Notice.State.SENT and notice.attempts == 3
     log = ReminderLog.objects.get()
-    assert log.sent_at is not None and log.failed_at is None and log.attempts() == 3
+    assert log.notice == notice and log.delivery() == "Sent" and log.attempts() == 3
     # The two failed attempts rolled their links back: one link, the one mailed.
     assert SubmissionLink.objects.filter(reason="reminder").count() == 1
 
@@ -441,7 +440,7 @@ def test_a_reminder_that_never_gets_through_is_failed_for_staff_after_the_retry_
     assert "SMTPServerDisconnected" in notice.last_error
     assert flaky.calls == notice.attempts and 15 < notice.attempts < 40  # backoff: not one try a minute
     log = ReminderLog.objects.get()
-    assert log.failed_at is not None and log.state == ReminderLog.State.FAILED
+    assert log.notice == notice and log.delivery().startswith("Failed: SMTPServerDisconnected")
     assert reminders_run().due == 0  # not retried behind staff's back
     assert reminder_mails() == []
     assert notices.notice_resend(notice_id=notice.pk)  # staff's one click
@@ -464,7 +463,7 @@ def test_the_command_leaves_a_failed_send_in_the_outbox_for_its_retry_and_says_s
     assert notice.state == Notice.State.PENDING and "SMTPServerDisconnected" in notice.last_error
     clock.shift(dt.timedelta(minutes=2))
     call_command("send_expiry_reminders", stdout=out, stderr=err)  # the next run queues the retry
-    assert ReminderLog.objects.get().state == ReminderLog.State.SENT
+    assert ReminderLog.objects.get().notice.state == Notice.State.SENT
     assert len(reminder_mails()) == 1
 
 
@@ -640,7 +639,7 @@ def test_a_run_as_of_another_day_dates_the_link_the_wording_and_the_calendar_fro
     (event,) = icalendar.Calendar.from_ical(ics).walk("VEVENT")
     assert event.decoded("dtstamp").date() == simulated
     assert event.decoded("dtstart") == key.expires_on
-    assert ReminderLog.objects.get(state=ReminderLog.State.SENT).threshold == 14
+    assert ReminderLog.objects.get(notice__state=Notice.State.SENT).threshold == 14
 
 
 def test_a_dry_run_as_of_another_day_lists_what_that_day_sends(clock, served):
@@ -676,6 +675,27 @@ def test_send_now_after_the_step_was_sent_sends_an_extra_one_and_keeps_the_sched
     assert ReminderLog.objects.count() == 1
     clock.shift(dt.timedelta(days=7))
     assert reminders_run().sent == 1  # the 7-day step still comes
+
+
+def test_send_now_takes_over_a_step_whose_notice_gave_up_by_reopening_that_notice(clock, served):
+    key = add_key(served, days=14)
+    reminders.reminders_send_due()  # decided; the outbox gives it up (as after a day of refusals)
+    notice = Notice.objects.get(reminder__credential=key)
+    Notice.objects.filter(pk=notice.pk).update(
+        state=Notice.State.FAILED, attempts=20, closed_at=timezone.now(), last_error="550 mailbox unavailable"
+    )
+    assert ReminderLog.objects.get().delivery() == "Failed: 550 mailbox unavailable"
+
+    result = reminder_send_now(credential=key)
+
+    notice.refresh_from_db()
+    assert result.threshold == 14 and result.reminder == notice.reminder  # the step itself, not an extra one
+    assert (notice.state, notice.attempts, notice.last_error) == (Notice.State.SENT, 21, "")
+    assert ReminderLog.objects.get().delivery() == "Sent"
+    assert Notice.objects.filter(kind=Notice.Kind.REMINDER).count() == 1
+    assert len(reminder_mails()) == 1
+    served.refresh_from_db()
+    assert served.key_reminded_unanswered is True
 
 
 def test_send_now_refuses_a_paused_institution(clock, served):
@@ -864,10 +884,10 @@ def test_a_connection_lost_mid_page_fails_that_reminder_and_the_rest_go_out_on_a
 
     assert (run.sent, run.failed) == (2, 1)
     logs = {log.credential_id: log for log in ReminderLog.objects.all()}
-    assert logs[keys[1].pk].state == ReminderLog.State.CLAIMED  # waits in the outbox for its retry
+    assert logs[keys[1].pk].delivery() == "Being sent"  # waits in the outbox for its retry
     assert "SMTPServerDisconnected" in logs[keys[1].pk].notice.last_error
     assert Notice.objects.get(credential=keys[1]).state == Notice.State.PENDING
-    assert logs[keys[0].pk].sent_at is not None and logs[keys[2].pk].sent_at is not None
+    assert logs[keys[0].pk].notice.sent_at is not None and logs[keys[2].pk].notice.sent_at is not None
     assert {m.to[0] for m in reminder_mails()} == {
         f"c{keys[0].institution_id}@x.example.edu",
         f"c{keys[2].institution_id}@x.example.edu",

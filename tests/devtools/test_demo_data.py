@@ -19,7 +19,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db.models import Count
 
-from credentials.models import CD2Credential, ReminderLog
+from credentials.models import CD2Credential, Notice, ReminderLog
 from credentials.selectors import KeyState, institutions_with_key_status
 from credentials.services.pending import credential_verify_pending
 from devtools.demo_data import DEMO_INSTITUTIONS, DEMO_SLUGS, demo_gateway_keys, demo_key
@@ -91,9 +91,11 @@ def test_the_demo_shows_every_state_staff_will_meet(demo_settings):
 
     assert key_states() == promised_states()
     assert set(promised_states().values()) == set(KeyState.values)  # every state, none left at 0
-    states = dict(ReminderLog.objects.values_list("state").annotate(n=Count("pk")).values_list("state", "n"))
-    assert states[ReminderLog.State.SENT] >= 3 and states[ReminderLog.State.FAILED] == 1
-    failed = ReminderLog.objects.get(state=ReminderLog.State.FAILED)
+    states = dict(
+        ReminderLog.objects.values_list("notice__state").annotate(n=Count("pk")).values_list("notice__state", "n")
+    )
+    assert states[Notice.State.SENT] >= 3 and states[Notice.State.FAILED] == 1
+    failed = ReminderLog.objects.get(notice__state=Notice.State.FAILED)
     assert failed.credential.institution.slug == "harbour-city-schools" and "550" in failed.notice.last_error
     assert failed.attempts() == 3 and "550" in failed.delivery()
     assert CD2Credential.objects.filter(status=CD2Credential.Status.PENDING_VERIFICATION).count() == 1
@@ -142,7 +144,7 @@ def test_the_keys_file_lists_exactly_the_passing_demo_keys_and_no_other(demo_set
 def test_rerunning_keeps_the_data_and_reset_starts_afresh(demo_settings):
     load_demo()
     Institution.objects.filter(slug="prairie-state-tech").update(name="Renamed by a newcomer")
-    ReminderLog.objects.filter(state=ReminderLog.State.FAILED).delete()
+    ReminderLog.objects.filter(notice__state=Notice.State.FAILED).delete()
 
     assert "0 institution(s) added" in load_demo()
     assert Institution.objects.get(slug="prairie-state-tech").name == "Renamed by a newcomer"
@@ -151,7 +153,7 @@ def test_rerunning_keeps_the_data_and_reset_starts_afresh(demo_settings):
 
     assert f"{len(DEMO_SLUGS)} demo institution(s) deleted" in output
     assert Institution.objects.get(slug="prairie-state-tech").name == "Prairie State Technical College"
-    assert ReminderLog.objects.filter(state=ReminderLog.State.FAILED).count() == 1
+    assert ReminderLog.objects.filter(notice__state=Notice.State.FAILED).count() == 1
     assert key_states() == promised_states()
 
 

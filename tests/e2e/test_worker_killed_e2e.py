@@ -176,5 +176,5 @@ def test_a_worker_killed_inside_data_has_its_notice_sent_again_after_the_lease_w
     assert subjects == ["Subject: Canvas Data 2 key for Northfield University expires in 14 days"] * 2
     assert all(PLANTED_SECRET not in text for _, text in inbox.received)
     assert notice.attempts == 2 and notice.sent_at is not None and notice.lease_until is None
-    assert ReminderLog.objects.get().state == ReminderLog.State.SENT
+    assert ReminderLog.objects.get().notice.state == Notice.State.SENT
     assert Notice.objects.count() == 1

@@ -18,6 +18,7 @@ from credentials.models import ReminderLog
 from credentials.selectors import next_reminder
 from credentials.services.keys import institution_key_summary_refresh
 from institutions.models import Institution
+from tests.conftest import reminder_step
 
 pytestmark = pytest.mark.django_db
 
@@ -42,14 +43,7 @@ def names(response) -> set[str]:
 def sent(key, threshold: int, *, days_ago: int = 0, recipients: str = "ada@example.edu") -> ReminderLog:
     """A reminder logged as sent, the institution's key summary refreshed as the reminder service does."""
     at = timezone.now() - dt.timedelta(days=days_ago)
-    reminder = ReminderLog.objects.create(
-        credential=key,
-        threshold=threshold,
-        state=ReminderLog.State.SENT,
-        claimed_at=at,
-        sent_at=at,
-        recipients=recipients,
-    )
+    reminder = reminder_step(key, threshold, at=at, recipients=recipients)
     institution_key_summary_refresh(institution_id=key.institution_id)
     return reminder
 

@@ -24,7 +24,7 @@ from credentials.tasks import deliver_notice
 from credentials.validators import CleanKey
 from devtools.fake_gateway import FakeGateway
 from institutions.models import Contact, Institution
-from tests.conftest import PASSED_CHECK, PLANTED_SECRET
+from tests.conftest import PASSED_CHECK, PLANTED_SECRET, reminder_step
 
 pytestmark = pytest.mark.django_db
 
@@ -213,13 +213,12 @@ def test_the_list_makes_the_same_queries_for_10_and_1000_institutions(staff_clie
 def test_the_institution_page_shows_contacts_key_history_links_and_reminders_without_decrypting(
     staff_client, institution, make_credential, no_decrypt
 ):
-    from credentials.models import ReminderLog
     from credentials.services.links import submission_link_create
 
     old = make_credential(institution, days=20)
     new = make_credential(institution, days=300)
     credential_set_status(credential=new, status=CD2Credential.Status.REVOKED, reason="test")
-    ReminderLog.objects.create(credential=old, threshold=30, recipients="ada@northfield.example.edu")
+    reminder_step(old, 30, recipients="ada@northfield.example.edu")
     submission_link_create(institution=institution)
 
     body = staff_client("Viewer").get(change_url(institution)).content.decode()

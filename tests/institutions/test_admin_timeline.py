@@ -8,10 +8,11 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from credentials.models import AuditEvent, CD2Credential, ReminderLog, SubmissionLink
+from credentials.models import AuditEvent, CD2Credential, Notice, SubmissionLink
 from credentials.selectors import institution_timeline
 from credentials.services.links import submission_link_create
 from credentials.services.staff import credential_revoke
+from tests.conftest import reminder_step
 
 pytestmark = pytest.mark.django_db
 
@@ -30,17 +31,10 @@ def test_the_timeline_lists_everything_that_happened_newest_first(
         last_verdict="ok",
         last_verification="ok (200): 12 tables",
     )
-    ReminderLog.objects.create(
-        credential=key,
-        threshold=30,
-        state=ReminderLog.State.SENT,
-        claimed_at=now - dt.timedelta(days=5),
-        sent_at=now - dt.timedelta(days=5),
-        recipients="ada@northfield.example.edu, owner@registry.example",
+    reminder_step(
+        key, 30, at=now - dt.timedelta(days=5), recipients="ada@northfield.example.edu, owner@registry.example"
     )
-    ReminderLog.objects.create(
-        credential=key, threshold=60, state=ReminderLog.State.SKIPPED, claimed_at=now - dt.timedelta(days=6)
-    )
+    reminder_step(key, 60, state=Notice.State.SUPERSEDED, at=now - dt.timedelta(days=6))
     credential_revoke(credential=key, actor=staff, reason="Customer asked us to stop")
 
     entries = institution_timeline(institution=institution)

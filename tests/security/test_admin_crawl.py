@@ -26,10 +26,10 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from api.models import ServiceAccount
 from api.services import api_sync_report, api_token_issue
-from credentials.models import AuditEvent, Notice, ReminderLog
+from credentials.models import AuditEvent, Notice
 from credentials.services.audit import audit_record
 from credentials.services.links import submission_link_create
-from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
+from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET, reminder_step
 
 ROLES = ("Viewer", "Customer success", "Data engineer", None)  # None: a superuser
 HOSTILE_VALUES = ("\x00", "a\x00b", "x" * 5000, "ü\u202e😀€\u0000", "-1", "' OR 1=1 --")
@@ -105,7 +105,7 @@ def world(institution, make_credential, make_staff):
     institution.save()
     key = make_credential(institution, client_id=PLANTED_CLIENT_ID, secret=PLANTED_SECRET)
     submission_link_create(institution=institution, created_by=owner, reason="staff")
-    ReminderLog.objects.create(credential=key, threshold=30, state=ReminderLog.State.SENT, sent_at=timezone.now())
+    reminder_step(key, 30, recipients="ada@northfield.example.edu")
     audit_record(kind=AuditEvent.Kind.REVEAL, actor=owner, credential=key, reason="crawl")
     totp = TOTPDevice.objects.create(user=owner, name="owner phone", confirmed=True)
     static = StaticDevice.objects.create(user=owner, name="owner codes", confirmed=True)
