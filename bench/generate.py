@@ -123,7 +123,7 @@ def generate(*, institutions: int, today: dt.date, now: dt.datetime | None = Non
     before = sorted({int(d) for d in settings.REMINDER_DAYS_BEFORE if int(d) >= 0}, reverse=True)
     served = {"active", "onboarding"}
 
-    inst_rows, contact_rows, key_rows, log_rows = [], [], [], []
+    inst_rows, contact_rows, key_rows, log_rows, notice_rows = [], [], [], [], []
     key_id = 0
     for n in range(1, institutions + 1):
         roll = rng.random()
@@ -227,7 +227,15 @@ def generate(*, institutions: int, today: dt.date, now: dt.datetime | None = Non
                 sent = timezone.make_aware(
                     dt.datetime.combine(today - dt.timedelta(days=threshold - days_left), dt.time(9, 0))
                 )
-                log_rows.append((key_id, threshold, "sent", sent, sent, None, f"it{n:06d}@inst{n:06d}.example.edu"))
+                # The step's claim row, and its notice: the one record of its delivery.
+                log_rows.append((len(log_rows) + 1, key_id, threshold, sent))
+                notice_rows.append(
+                    (
+                        len(log_rows), "reminder", "sent", f"reminder:{len(log_rows)}", n, key_id, len(log_rows),
+                        timezone.localdate(sent), sent, f"it{n:06d}@inst{n:06d}.example.edu", "{}", sent, sent,
+                        sent + dt.timedelta(hours=72), 1, sent, sent, "",
+                    )
+                )  # fmt: skip
 
     out.institutions = copy_rows(
         "institutions_institution",
@@ -279,19 +287,26 @@ def generate(*, institutions: int, today: dt.date, now: dt.datetime | None = Non
     )
     out.reminder_logs = copy_rows(
         "credentials_reminderlog",
-        (
-            "credential_id",
-            "threshold",
-            "state",
-            "claimed_at",
-            "sent_at",
-            "failed_at",
-            "recipients",
-        ),
+        ("id", "credential_id", "threshold", "claimed_at"),
         log_rows,
     )
+    copy_rows(
+        "credentials_notice",
+        (
+            "id", "kind", "state", "dedupe_key", "institution_id", "credential_id", "reminder_id", "day", "as_of",
+            "recipients", "payload", "created_at", "next_attempt_at", "retry_until", "attempts", "sent_at",
+            "closed_at", "last_error",
+        ),
+        notice_rows,
+    )  # fmt: skip
     reset_sequences(
-        ["institutions_institution", "institutions_contact", "credentials_cd2credential", "credentials_reminderlog"]
+        [
+            "institutions_institution",
+            "institutions_contact",
+            "credentials_cd2credential",
+            "credentials_reminderlog",
+            "credentials_notice",
+        ]
     )
     # The institutions' stored key summary, as the key services would have written it with each key.
     key_summaries_fix(institution_ids=None)
