@@ -11,7 +11,8 @@ from credentials.cd2 import CheckResult, Verdict
 from credentials.models import CD2Credential, Notice, ReminderLog
 from credentials.services import outbox, reminders
 from credentials.services.keys import credential_create
-from credentials.validators import CleanKey
+from credentials.validators import CleanKey, add_months
+from devtools.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET
 from institutions.models import Contact, Institution
 
 _counter = itertools.count(1)
@@ -206,6 +207,17 @@ def cd2_gateway(settings):
         settings.CD2_CONNECT_TIMEOUT = 2.0
         settings.CD2_READ_TIMEOUT = 5.0
         yield gateway
+
+
+def accepted_submission() -> dict:
+    """The form of a key the fake gateway accepts at once: it runs a year from today (no short-expiry question)."""
+    return {
+        "client_id": DEMO_ACCEPTED_CLIENT_ID,
+        "secret": DEMO_ACCEPTED_SECRET,
+        "expires_on": add_months(timezone.localdate(), 12).isoformat(),
+        "submitted_by": "Ada Admin",
+        "submitted_by_email": "ada@northfield.example.edu",
+    }
 
 
 # The Client ID that cd2_gateway accepts with PLANTED_SECRET.

@@ -273,25 +273,24 @@ def _production_modules():
     return ((m, p) for m, p in MODULES.items() if m.split(".")[0] in PRODUCTION_PACKAGES)
 
 
-def test_only_the_outbox_claims_marks_sent_closes_or_retries_a_notice():
-    offenders = [
+def _calls_outside(allowed: set[str], names: set[str]) -> list[str]:
+    """Where production code outside the `allowed` modules calls one of `names`."""
+    return [
         f"{module}:{line} calls {name}"
         for module, path in _production_modules()
-        if module not in OUTBOX_MODULES
+        if module not in allowed
         for line, name in _called_names(path)
-        if name in DELIVERY_CALLS
+        if name in names
     ]
+
+
+def test_only_the_outbox_claims_marks_sent_closes_or_retries_a_notice():
+    offenders = _calls_outside(OUTBOX_MODULES, DELIVERY_CALLS)
     assert offenders == [], "senders return Send or Skip (credentials.outgoing); the outbox records the outcome"
 
 
 def test_only_the_mail_module_builds_an_email_message():
-    offenders = [
-        f"{module}:{line} builds {name}"
-        for module, path in _production_modules()
-        if module not in MAIL_MODULES
-        for line, name in _called_names(path)
-        if name in MESSAGE_CLASSES
-    ]
+    offenders = _calls_outside(MAIL_MODULES, MESSAGE_CLASSES)
     assert offenders == [], "build mail with credentials.emails.build_email"
 
 

@@ -21,21 +21,10 @@ from django.utils import timezone
 
 from credentials.models import AuditEvent, CD2Credential, SubmissionLink
 from credentials.services.links import submission_link_create
-from credentials.validators import add_months
 from devtools.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET, FakeGateway
+from tests.conftest import accepted_submission
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def form() -> dict:
-    """A submission that is accepted at once: its key runs a year from today (no short-expiry question)."""
-    return {
-        "client_id": DEMO_ACCEPTED_CLIENT_ID,
-        "secret": DEMO_ACCEPTED_SECRET,
-        "expires_on": add_months(timezone.localdate(), 12).isoformat(),
-        "submitted_by": "Ada Admin",
-        "submitted_by_email": "ada@northfield.example.edu",
-    }
 
 
 @pytest.fixture
@@ -77,7 +66,7 @@ def test_database_down_mid_submission_gives_a_clear_503_and_leaves_nothing_half_
     before = stored_rows()
     # The key row and the link claim are written; the audit insert then fails.
     with database_fails(lambda sql: "credentials_auditevent" in sql and sql.lstrip().upper().startswith("INSERT")):
-        response = client.post(f"/k/{link.token}/", form())
+        response = client.post(f"/k/{link.token}/", accepted_submission())
     assert response.status_code == 503
     assert response["Retry-After"]
     page = response.content.decode()
@@ -87,7 +76,7 @@ def test_database_down_mid_submission_gives_a_clear_503_and_leaves_nothing_half_
     link.link.refresh_from_db()
     assert link.link.used_at is None
     # When the database is back, the same link and form work.
-    assert client.post(f"/k/{link.token}/", form()).status_code == 302
+    assert client.post(f"/k/{link.token}/", accepted_submission()).status_code == 302
     assert stored_rows() == (before[0] + 1, before[1] + 1, before[2] + 2)
 
 
@@ -145,7 +134,7 @@ def redis_down(settings, monkeypatch):
 @pytest.mark.django_db(transaction=True)
 def test_redis_down_still_stores_a_submission_checked_inline(gateway, institution, redis_down):
     link = submission_link_create(institution=institution)
-    response = Client(raise_request_exception=False).post(f"/k/{link.token}/", form())
+    response = Client(raise_request_exception=False).post(f"/k/{link.token}/", accepted_submission())
     assert response.status_code == 302, response.content.decode()[:500]
     credential = CD2Credential.objects.get(institution=institution)
     assert (credential.status, credential.secret) == (CD2Credential.Status.ACTIVE, DEMO_ACCEPTED_SECRET)
@@ -155,7 +144,7 @@ def test_redis_down_still_stores_a_submission_checked_inline(gateway, institutio
 def test_redis_and_cd2_down_still_store_the_key_as_pending(gateway, institution, redis_down):
     gateway.set_mode("down")
     link = submission_link_create(institution=institution)
-    Client(raise_request_exception=False).post(f"/k/{link.token}/", form())
+    Client(raise_request_exception=False).post(f"/k/{link.token}/", accepted_submission())
     credential = CD2Credential.objects.get(institution=institution)
     assert credential.status == CD2Credential.Status.PENDING_VERIFICATION
     assert SubmissionLink.objects.get(pk=link.link.pk).used_at is not None
@@ -169,7 +158,7 @@ def test_redis_and_cd2_down_still_show_the_receipt_and_the_check_is_picked_up_la
 
     gateway.set_mode("down")
     link = submission_link_create(institution=institution)
-    response = Client(raise_request_exception=False).post(f"/k/{link.token}/", form())
+    response = Client(raise_request_exception=False).post(f"/k/{link.token}/", accepted_submission())
     assert response.status_code == 302
     credential = CD2Credential.objects.get(institution=institution)
     # The queued re-check was lost with Redis; the hourly sweep finds the key once Redis is back.
@@ -263,7 +252,7 @@ from django.utils import timezone
 from credentials.services.keys import credential_create
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
-from tests.conftest import PASSED_CHECK
+from tests.conftest import PASSED_CHECK, accepted_submission
 for n in range(3):
     i = Institution.objects.create(name=f"Drill {n}", slug=f"drill-{n}", canvas_domain=f"d{n}.instructure.com")
     Contact.objects.create(institution=i, name="Admin", email=f"admin{n}@drill{n}.example.edu")

@@ -14,14 +14,14 @@ from urllib.parse import quote
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
-from django.utils import timezone
 from hypothesis import event, given
 from hypothesis import strategies as st
 
 from credentials.models import AuditEvent, CD2Credential, SubmissionLink
 from credentials.services.links import submission_link_create
-from credentials.validators import add_months, validate_key_input
+from credentials.validators import validate_key_input
 from devtools.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET, FakeGateway
+from tests.conftest import accepted_submission
 
 pytestmark = pytest.mark.django_db
 
@@ -43,20 +43,9 @@ good_values = {
 }
 
 
-def valid() -> dict:
-    """A submission that is accepted at once: its key runs a year from today (no short-expiry question)."""
-    return {
-        "client_id": DEMO_ACCEPTED_CLIENT_ID,
-        "secret": DEMO_ACCEPTED_SECRET,
-        "expires_on": add_months(timezone.localdate(), 12).isoformat(),
-        "submitted_by": "Ada Admin",
-        "submitted_by_email": "ada@northfield.example.edu",
-    }
-
-
 @st.composite
 def submissions(draw):
-    data = valid()
+    data = accepted_submission()
     # Mostly a near-valid form with a few fields spoiled, sometimes all of them.
     spoiled = draw(st.sets(st.sampled_from(FIELDS), max_size=len(FIELDS)))
     for name in spoiled:
@@ -148,7 +137,7 @@ def test_a_replayed_successful_submission_stores_nothing_more(gateway, instituti
     CD2Credential.objects.all().delete()
     client = Client(raise_request_exception=False)
     link = submission_link_create(institution=institution)
-    first = client.post(f"/k/{link.token}/", valid())
+    first = client.post(f"/k/{link.token}/", accepted_submission())
     assert first.status_code == 302
     before = rows()
     replay = client.post(f"/k/{link.token}/", data)
