@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Prefetch
+from django.db.models import F, Prefetch, Q
 from django.utils import timezone
 
 from credentials.emails import build_email
@@ -576,15 +576,22 @@ def reminders_report(run: ReminderRun) -> ReminderRun:
 
 
 def reminders_wait(run: ReminderRun, *, timeout: float, poll: float = 0.5) -> bool:
-    """Wait until the workers have tried every notice the run decided (or `timeout` seconds); True if they did."""
+    """Wait until the workers have tried every notice the run decided (or `timeout` seconds); True if they did.
+
+    Each look is one EXISTS over the run's notices (it stops at the first
+    untried one), so waiting costs the workers' database little.
+    """
     deadline = time.monotonic() + timeout
-    while True:
-        reminders_report(run)
-        if not run.waiting:
-            return True
+    untried = Notice.objects.filter(pk__in=[*run.notice_ids, *run.summary_ids]).filter(
+        Q(state=Notice.State.SENDING) | Q(state=Notice.State.PENDING, attempts=0)
+    )
+    while untried.exists():
         if time.monotonic() >= deadline:
+            reminders_report(run)
             return False
         time.sleep(poll)
+    reminders_report(run)
+    return True
 
 
 # --------------------------------------------------------------------------
