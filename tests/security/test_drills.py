@@ -6,6 +6,7 @@ and that nothing is lost or half-written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -271,11 +272,6 @@ from credentials.services.outbox import claim_batch_size
 assert 1 <= Notice.objects.filter(state="sending").count() <= claim_batch_size()
 Notice.objects.filter(state="sending").update(lease_until=timezone.now() - dt.timedelta(seconds=1))
 """
-REPORT = """
-from credentials.models import Notice
-reminders = Notice.objects.filter(kind="reminder")
-print(reminders.count(), reminders.filter(state="sent").count())
-"""
 
 
 class HangingSMTPHandler:
@@ -337,7 +333,13 @@ def test_a_worker_killed_mid_send_loses_no_reminder_and_sends_at_most_one_twice(
         return process
 
     def report() -> tuple[int, int]:
-        total, sent = map(int, manage(tmp_path, "shell", "-c", REPORT, **env).stdout.split()[-2:])
+        """(reminders, reminders sent), read straight from the drill's SQLite file: no process to start per look."""
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(tmp_path / "drill.sqlite3")) as db:
+            total, sent = db.execute(
+                "SELECT count(*), coalesce(sum(state = 'sent'), 0) FROM credentials_notice WHERE kind = 'reminder'"
+            ).fetchone()
         return total, sent
 
     try:
