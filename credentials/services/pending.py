@@ -56,6 +56,11 @@ RECHECK_REJECTED_MESSAGE = (
 )
 
 
+def recheck_rejected_message() -> str:
+    """Why a key re-checked later is refused (401), for the mail: the customer is no longer on the page."""
+    return RECHECK_REJECTED_MESSAGE
+
+
 class VerifyResult(enum.StrEnum):
     ACTIVE = "active"
     INVALID = "invalid"
@@ -197,7 +202,12 @@ def key_rejected_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Ski
     if stale:
         return Skip(state=Notice.State.SUPERSEDED, reason=stale)
     recipients = link_recipients(institution=institution)
-    base = {"credential": credential, "message": RECHECK_REJECTED_MESSAGE, "rejected": True, "institution": institution}
+    base = {
+        "credential": credential,
+        "message": recheck_rejected_message(),
+        "rejected": True,
+        "institution": institution,
+    }
     if notice.payload.get("audience") == AUDIENCE_SUBMITTER:
         to = without([credential.submitted_by_email], excluded=recipients)
         if not to:

@@ -258,6 +258,31 @@ def pending_next_steps(credential: CD2Credential, *, error_type: str | None = No
     )
 
 
+def rejected_message() -> str:
+    """What the customer reads when CD2 refuses the key (401): on the page, nothing stored."""
+    return REJECTED_MESSAGE
+
+
+def already_have_message(*, existing: CD2Credential, institution: Institution, by_link: bool) -> str:
+    """What the door reads when the key handed over is already on file for this institution."""
+    template = ALREADY_HAVE_MESSAGES.get(existing.status, ALREADY_HAD_MESSAGE)
+    return template.format(
+        institution=institution.name,
+        hint=existing.hint,
+        reason=ALREADY_HAD_REASONS.get(existing.status, f"it is {existing.get_status_display().lower()}"),
+        next_step=ALREADY_HAD_NEXT_STEP[by_link],
+    )
+
+
+def taken_message(*, institution: Institution) -> str:
+    """What the door reads when the key handed over is on file for another institution."""
+    return TAKEN_MESSAGE.format(
+        institution=institution.name,
+        domain=institution.canvas_domain or "your Canvas",
+        key_name=settings.CD2_KEY_NAME,
+    )
+
+
 @sensitive_variables("secret", "key", "client_id")
 def _validate(
     *, client_id: str, secret: str, expires_on, today: dt.date | None, short_expiry_confirmed: bool
@@ -291,14 +316,8 @@ def _on_file(*, door: Door, key: CleanKey, check: CheckResult | None = None) -> 
     if existing is None:
         return None
     institution = door.institution
-    words = {"institution": institution.name, "hint": existing.hint}
     if existing.institution_id == institution.pk:
-        template = ALREADY_HAVE_MESSAGES.get(existing.status, ALREADY_HAD_MESSAGE)
-        message = template.format(
-            **words,
-            reason=ALREADY_HAD_REASONS.get(existing.status, f"it is {existing.get_status_display().lower()}"),
-            next_step=ALREADY_HAD_NEXT_STEP[door.by_link],
-        )
+        message = already_have_message(existing=existing, institution=institution, by_link=door.by_link)
         return SubmitOutcome(Result.ALREADY_HAVE, credential=existing, errors={"__all__": [message]}, check=check)
     detail = {"hint": key.hint, "outcome": Result.TAKEN.value, "on_file_for": existing.institution_id}
     if door.link is not None:
@@ -319,12 +338,7 @@ def _on_file(*, door: Door, key: CleanKey, check: CheckResult | None = None) -> 
         institution.pk,
         existing.institution_id,
     )
-    message = TAKEN_MESSAGE.format(
-        institution=institution.name,
-        domain=institution.canvas_domain or "your Canvas",
-        key_name=settings.CD2_KEY_NAME,
-    )
-    return SubmitOutcome(Result.TAKEN, errors={"__all__": [message]}, check=check)
+    return SubmitOutcome(Result.TAKEN, errors={"__all__": [taken_message(institution=institution)]}, check=check)
 
 
 def _key_conflict_write(*, door: Door, on_file: CD2Credential) -> None:
@@ -444,7 +458,7 @@ def credential_submit(
             **door.audit_who(),
         )
         logger.info("Key submission for institution %s refused by CD2: %s", institution.pk, check.summary)
-        return SubmitOutcome(Result.REJECTED, errors={"__all__": [REJECTED_MESSAGE]}, check=check)
+        return SubmitOutcome(Result.REJECTED, errors={"__all__": [rejected_message()]}, check=check)
 
     try:
         return _store(door=door, key=key, check=check, detail=detail)
