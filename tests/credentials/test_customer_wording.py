@@ -19,6 +19,8 @@ from institutions.models import Institution
 # and the HTML mail escape them when they show the message).
 NAME = "Lakeside <College> & “Sons” 'Q'"
 HINT = "us-east-1 …a1b2"
+# Spaces inside and around a name are the customer's: kept as typed.
+SPACED = "  Lakeside   College  "
 
 CASES = [
     (
@@ -284,6 +286,17 @@ CASES = [
             "in case keys were mixed up."
         ),
     ),
+    (
+        ("taken", "lakeside.instructure.com", SPACED),
+        (
+            "This key is already on file with us for another institution, so we cannot accept it for   "
+            "Lakeside   College  : a Canvas Data 2 key belongs to one institution. Nothing was saved, and "
+            "this link still works. Please create a new key at identity.instructure.com, signed in to the "
+            "Canvas of   Lakeside   College   (lakeside.instructure.com), name it “EdPotential –   Lakeside"
+            "   College  ”, and submit that one here. We have told your EdPotential account team, in case "
+            "keys were mixed up."
+        ),
+    ),
 ]
 
 
@@ -311,7 +324,10 @@ def _message(case: tuple) -> str:
             existing=existing, institution=_institution("x.instructure.com"), by_link=by_link
         )
     if kind == "taken":
-        return submission.taken_message(institution=_institution(args[0]))
+        domain, *name = args
+        institution = _institution(domain)
+        institution.name = name[0] if name else NAME
+        return submission.taken_message(institution=institution)
     raise AssertionError(f"unknown case {kind}")
 
 
