@@ -42,6 +42,7 @@ from credentials.services.keys import (
 )
 from credentials.services.links import submission_link_create, submission_link_mark_sent
 from credentials.services.submission import pending_reason_of, receipt_write
+from credentials.wording import customer_message
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +50,10 @@ logger = logging.getLogger(__name__)
 AUDIENCE_ON_FILE = "on_file"
 AUDIENCE_SUBMITTER = "submitter"
 
-# For the mail after a re-check: the customer is no longer on the page.
-RECHECK_REJECTED_MESSAGE = (
-    "Instructure did not accept this Client ID and Secret. Most likely part of one was not copied, "
-    "or the key has been deleted since."
-)
+
+def recheck_rejected_message() -> str:
+    """Why a key re-checked later is refused (401), for the mail: the customer is no longer on the page."""
+    return customer_message("recheck_rejected")
 
 
 class VerifyResult(enum.StrEnum):
@@ -197,7 +197,12 @@ def key_rejected_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Ski
     if stale:
         return Skip(state=Notice.State.SUPERSEDED, reason=stale)
     recipients = link_recipients(institution=institution)
-    base = {"credential": credential, "message": RECHECK_REJECTED_MESSAGE, "rejected": True, "institution": institution}
+    base = {
+        "credential": credential,
+        "message": recheck_rejected_message(),
+        "rejected": True,
+        "institution": institution,
+    }
     if notice.payload.get("audience") == AUDIENCE_SUBMITTER:
         to = without([credential.submitted_by_email], excluded=recipients)
         if not to:

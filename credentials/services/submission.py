@@ -64,6 +64,7 @@ from credentials.services.keys import (
     credential_create,
 )
 from credentials.validators import CleanKey, validate_key_input
+from credentials.wording import customer_message
 from institutions.models import Institution, email_for_storage
 
 logger = logging.getLogger(__name__)
@@ -72,69 +73,6 @@ logger = logging.getLogger(__name__)
 # an immediate retry would most likely meet the same outage.
 FIRST_RECHECK_SECONDS = 60
 
-REJECTED_MESSAGE = (
-    "Instructure did not accept this Client ID and Secret. Check that you copied the whole Client ID "
-    "(including the part before the # sign) and the whole Secret, then paste the Secret again and resubmit. "
-    "Nothing was saved, and this link still works."
-)
-_FORBIDDEN_REASONS = {
-    "AccountNotOnboarded": "your institution's Canvas account is not yet set up for Canvas Data 2",
-    "AccountDisabled": "Canvas Data 2 access is turned off for your institution's Canvas account",
-    "RequestTypeForbidden": "Canvas Data 2 does not allow this kind of access for your institution's account",
-}
-TAKEN_MESSAGE = (
-    "This key is already on file with us for another institution, so we cannot accept it for {institution}: "
-    "a Canvas Data 2 key belongs to one institution. Nothing was saved, and this link still works. "
-    "Please create a new key at identity.instructure.com, signed in to the Canvas of {institution} ({domain}), "
-    "name it “{key_name} – {institution}”, and submit that one here. We have told your EdPotential "
-    "account team, in case keys were mixed up."
-)
-ALREADY_HAVE_MESSAGES = {
-    CD2Credential.Status.ACTIVE: (
-        "We already have this key for {institution} (key {hint}), and it is the key we use. Nothing changed, "
-        "and there is nothing more to do. If you meant to send a new key, create one at "
-        "identity.instructure.com and submit that one with this link."
-    ),
-    CD2Credential.Status.PENDING_VERIFICATION: (
-        "We already have this key for {institution} (key {hint}); it is waiting for its check with "
-        "Instructure. Nothing changed, and you need not send it again: we email you when the check is done."
-    ),
-}
-# A key on file for this institution that we no longer use: why, in words,
-# then what to do (by the door: the customer's link, or staff entering it).
-ALREADY_HAD_REASONS = {
-    CD2Credential.Status.REVOKED: "this key was revoked, so it no longer works",
-    CD2Credential.Status.INVALID: "this key stopped working: Instructure no longer accepts it",
-    CD2Credential.Status.SUPERSEDED: "a newer key replaced it",
-}
-ALREADY_HAD_MESSAGE = (
-    "We had this key for {institution} before (key {hint}) and no longer use it: {reason}. Nothing "
-    "changed. Please create a new key at identity.instructure.com and {next_step}."
-)
-ALREADY_HAD_NEXT_STEP = {
-    True: "submit that one with this link, which still works",
-    False: "enter that one here",
-}
-# What happens next to a key stored pending, by PendingReason: shown on the
-# page and in the receipt. Only "not enabled" asks the customer to act, and
-# never for a new key: Instructure shows a Secret only once.
-PENDING_NEXT_STEPS = {
-    PendingReason.NOT_ENABLED: (
-        "Instructure recognised the key, but {reason}. What to do: ask your Instructure Customer Success "
-        "Manager (or Instructure support) to enable Canvas Data 2 for {domain}. You do not need a new key: "
-        "we have stored this one and check it again every day for {days} days, and email you as soon as it works."
-    ),
-    PendingReason.MAINTENANCE: (
-        "Instructure recognised the key, but your institution's account is under maintenance at Instructure, "
-        "so it cannot be checked yet. There is nothing you need to do and no new key is needed: we have stored "
-        "this one, check it again automatically, and email you if it does not work."
-    ),
-    PendingReason.UNAVAILABLE: (
-        "Instructure's service did not answer just now, so we could not check the key yet. There is nothing "
-        "you need to do and no new key is needed: we have stored it, check it again automatically over the "
-        "next hours, and email you if it does not work."
-    ),
-}
 # How long a key Instructure answers "not enabled" (403) for is re-checked
 # daily before staff decide (selectors.pending_credentials_due).
 PENDING_NOT_ENABLED_DAYS = 30
@@ -245,16 +183,45 @@ def pending_reason_of(check: CheckResult) -> str:
 
 
 def forbidden_reason(error_type: str | None) -> str:
-    return _FORBIDDEN_REASONS.get(error_type or "", "Canvas Data 2 is not enabled for your account")
+    """Why Instructure answered 403 "not enabled", in words, by its error type."""
+    return customer_message("forbidden_reason", error_type=error_type or "")
 
 
 def pending_next_steps(credential: CD2Credential, *, error_type: str | None = None) -> str:
     """What happens next to a pending key, and what (if anything) the customer must do, in words."""
-    reason = credential.pending_reason or PendingReason.UNAVAILABLE
-    return PENDING_NEXT_STEPS[reason].format(
+    reason = PendingReason(credential.pending_reason or PendingReason.UNAVAILABLE)
+    return customer_message(
+        f"pending_next_step_{reason.value}",
         reason=forbidden_reason(error_type),
         domain=credential.institution.canvas_domain or "your Canvas account",
         days=PENDING_NOT_ENABLED_DAYS,
+    )
+
+
+def rejected_message() -> str:
+    """What the customer reads when CD2 refuses the key (401): on the page, nothing stored."""
+    return customer_message("rejected")
+
+
+def already_have_message(*, existing: CD2Credential, institution: Institution, by_link: bool) -> str:
+    """What the door reads when the key handed over is already on file for this institution."""
+    return customer_message(
+        "already_have",
+        institution=institution.name,
+        hint=existing.hint,
+        status=existing.status,
+        status_display=existing.get_status_display(),
+        by_link=by_link,
+    )
+
+
+def taken_message(*, institution: Institution) -> str:
+    """What the door reads when the key handed over is on file for another institution."""
+    return customer_message(
+        "taken",
+        institution=institution.name,
+        domain=institution.canvas_domain or "your Canvas",
+        key_name=settings.CD2_KEY_NAME,
     )
 
 
@@ -291,14 +258,8 @@ def _on_file(*, door: Door, key: CleanKey, check: CheckResult | None = None) -> 
     if existing is None:
         return None
     institution = door.institution
-    words = {"institution": institution.name, "hint": existing.hint}
     if existing.institution_id == institution.pk:
-        template = ALREADY_HAVE_MESSAGES.get(existing.status, ALREADY_HAD_MESSAGE)
-        message = template.format(
-            **words,
-            reason=ALREADY_HAD_REASONS.get(existing.status, f"it is {existing.get_status_display().lower()}"),
-            next_step=ALREADY_HAD_NEXT_STEP[door.by_link],
-        )
+        message = already_have_message(existing=existing, institution=institution, by_link=door.by_link)
         return SubmitOutcome(Result.ALREADY_HAVE, credential=existing, errors={"__all__": [message]}, check=check)
     detail = {"hint": key.hint, "outcome": Result.TAKEN.value, "on_file_for": existing.institution_id}
     if door.link is not None:
@@ -319,12 +280,7 @@ def _on_file(*, door: Door, key: CleanKey, check: CheckResult | None = None) -> 
         institution.pk,
         existing.institution_id,
     )
-    message = TAKEN_MESSAGE.format(
-        institution=institution.name,
-        domain=institution.canvas_domain or "your Canvas",
-        key_name=settings.CD2_KEY_NAME,
-    )
-    return SubmitOutcome(Result.TAKEN, errors={"__all__": [message]}, check=check)
+    return SubmitOutcome(Result.TAKEN, errors={"__all__": [taken_message(institution=institution)]}, check=check)
 
 
 def _key_conflict_write(*, door: Door, on_file: CD2Credential) -> None:
@@ -444,7 +400,7 @@ def credential_submit(
             **door.audit_who(),
         )
         logger.info("Key submission for institution %s refused by CD2: %s", institution.pk, check.summary)
-        return SubmitOutcome(Result.REJECTED, errors={"__all__": [REJECTED_MESSAGE]}, check=check)
+        return SubmitOutcome(Result.REJECTED, errors={"__all__": [rejected_message()]}, check=check)
 
     try:
         return _store(door=door, key=key, check=check, detail=detail)

@@ -120,6 +120,20 @@ def test_a_key_on_file_for_another_institution_is_refused_on_the_link_and_both_o
     assert Notice.objects.filter(kind=Notice.Kind.KEY_CONFLICT).count() == 1
 
 
+def test_the_refusal_on_the_page_writes_the_institutions_name_escaped_once(
+    cd2_gateway, post, north, make_institution, owners
+):
+    # The message comes from a template with autoescaping off; the page escapes it.
+    odd = make_institution(name="Prairie <b>State</b> & Tech", slug="prairie-odd", account_owner=owners[1])
+    post(north)
+
+    response, _ = post(odd, submitted_by_email="pat@prairie.example.edu")
+
+    content = response.content.decode()
+    assert "accept it for Prairie &lt;b&gt;State&lt;/b&gt; &amp; Tech:" in content
+    assert "<b>State</b>" not in content and "&amp;lt;" not in content
+
+
 def test_the_same_key_again_for_the_same_institution_is_already_on_file_and_changes_nothing(cd2_gateway, post, north):
     post(north)
     kept = CD2Credential.objects.get()
