@@ -5,7 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from api.models import SyncReport
-from credentials.selectors import KeyState
+from institutions.models import KeyState
 
 
 class KeySummarySerializer(serializers.Serializer):

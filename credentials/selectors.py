@@ -30,7 +30,7 @@ from credentials.models import (
     secret_fields_of,
     step_label,
 )
-from institutions.models import Institution, email_key
+from institutions.models import Institution, KeyState, email_key
 
 __all__ = ["ExpiryState", "KeyState"]
 
@@ -43,17 +43,6 @@ PENDING_SWEEP_AFTER = dt.timedelta(hours=7)
 # later each day) for PENDING_NOT_ENABLED_FOR; after that staff decide.
 PENDING_NOT_ENABLED_EVERY = dt.timedelta(hours=23)
 PENDING_NOT_ENABLED_FOR = dt.timedelta(days=30)
-
-
-class KeyState(models.TextChoices):
-    """What staff see on an institution: the expiry state, or why there is no working key."""
-
-    OK = "ok", "Active"
-    EXPIRING = "expiring", "Expiring"
-    EXPIRED = "expired", "Expired"
-    FAILING = "failing", "Failing check"
-    PENDING = "pending", "Pending check"
-    MISSING = "missing", "Missing"
 
 
 def local_today() -> dt.date:
@@ -80,7 +69,6 @@ def key_summary_expected(*, fields: tuple[str, ...] | None = None) -> dict:
     if fields == ("key_reminded_unanswered",):
         # A sent reminder's refresh (one per reminder): the other expressions cost more to build than the UPDATE.
         return {"key_reminded_unanswered": reminded}
-    Condition = Institution.KeyCondition
     keys = CD2Credential.objects.filter(institution=OuterRef("pk"))
     active = keys.filter(status=CD2Credential.Status.ACTIVE)
     newest_status = Subquery(
@@ -88,11 +76,11 @@ def key_summary_expected(*, fields: tuple[str, ...] | None = None) -> dict:
     )
     expected = {
         "key_condition": Case(
-            When(Exact(newest_status, CD2Credential.Status.PENDING_VERIFICATION), then=Value(Condition.PENDING)),
-            When(Exists(active.filter(last_verdict__in=FAILED_VERDICTS)), then=Value(Condition.FAILING)),
-            When(Exists(active), then=Value(Condition.ACTIVE)),
-            When(Exact(newest_status, CD2Credential.Status.INVALID), then=Value(Condition.FAILING)),
-            default=Value(Condition.MISSING),
+            When(Exact(newest_status, CD2Credential.Status.PENDING_VERIFICATION), then=Value(KeyState.PENDING)),
+            When(Exists(active.filter(last_verdict__in=FAILED_VERDICTS)), then=Value(KeyState.FAILING)),
+            When(Exists(active), then=Value(KeyState.OK)),
+            When(Exact(newest_status, CD2Credential.Status.INVALID), then=Value(KeyState.FAILING)),
+            default=Value(KeyState.MISSING),
             output_field=models.CharField(),
         ),
         "key_pk": Subquery(active.values("pk")[:1]),
@@ -139,11 +127,11 @@ def key_summary_drift(*, queryset=None):
 def key_state_case(*, today: dt.date) -> Case:
     """KeyState from the stored summary: an active key's state is its expiry on `today`, the others are stored.
 
-    KeyCondition's pending, failing and missing are spelled as KeyState's, so they pass through as they are.
+    The stored pending, failing and missing are KeyState's own values, so they pass through as they are.
     """
     return Case(
         When(
-            key_condition=Institution.KeyCondition.ACTIVE,
+            key_condition=KeyState.OK,
             then=expiry_state_case(field="key_expires_on", today=today),
         ),
         default=F("key_condition"),
@@ -188,7 +176,7 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
         .annotate(step=Min("threshold"))
         .values("step")
     )
-    pending = Q(key_condition=Institution.KeyCondition.PENDING)
+    pending = Q(key_condition=KeyState.PENDING)
 
     def newest(field: str):
         return Case(

@@ -24,7 +24,6 @@ from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict
 from credentials.models import AuditEvent, CD2Credential, Notice, ReminderLog
-from credentials.selectors import KeyState
 from credentials.services.keys import credential_check_record, credential_create, credential_set_status
 from credentials.validators import CleanKey
 from devtools.demo import require_debug
@@ -35,7 +34,7 @@ from devtools.fake_gateway import (
     DEMO_REJECTED_SECRET,
     GATEWAY_DOWN_CLIENT_ID,
 )
-from institutions.models import Contact, Institution
+from institutions.models import Contact, Institution, KeyState
 
 KEYS_FILE_NAME = "fake-gateway-keys.txt"
 

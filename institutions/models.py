@@ -46,15 +46,28 @@ def validate_timezone(value: str) -> None:
         )
 
 
+class KeyState(models.TextChoices):
+    """An institution's key in a word: the one vocabulary of the model, the admin, the API, the digest and the mails.
+
+    The institution's stored summary (Institution.key_condition) holds the
+    states that do not move with the calendar (STORED_KEY_STATES); expiring
+    and expired are an ok key's expiry read on a given day
+    (credentials.selectors.key_state_case).
+    """
+
+    OK = "ok", "Active"
+    EXPIRING = "expiring", "Expiring"
+    EXPIRED = "expired", "Expired"
+    FAILING = "failing", "Failing check"
+    PENDING = "pending", "Pending check"
+    MISSING = "missing", "Missing"
+
+
+# The key states stored on the institution: the ones the date does not change.
+STORED_KEY_STATES = (KeyState.OK, KeyState.PENDING, KeyState.FAILING, KeyState.MISSING)
+
+
 class Institution(models.Model):
-    class KeyCondition(models.TextChoices):
-        """The current key in a word, without the date: whether it is active is stored, expired is not."""
-
-        ACTIVE = "active", "Active key"
-        PENDING = "pending", "New key waiting for its check"
-        FAILING = "failing", "Key failing its check"
-        MISSING = "missing", "No key"
-
     class Status(models.TextChoices):
         ONBOARDING = "onboarding", "Onboarding"
         ACTIVE = "active", "Active"
@@ -103,9 +116,9 @@ class Institution(models.Model):
     # finds drift. Expired is not stored: it is key_expires_on before today.
     key_condition = models.CharField(
         max_length=10,
-        choices=KeyCondition.choices,
-        default=KeyCondition.MISSING,
-        db_default=KeyCondition.MISSING,
+        choices=[(state.value, state.label) for state in STORED_KEY_STATES],
+        default=KeyState.MISSING,
+        db_default=KeyState.MISSING,
         editable=False,
     )
     # The active key's id: a plain number, not a foreign key, so that institutions depends on nothing in credentials.

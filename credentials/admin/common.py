@@ -7,7 +7,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from credentials.models import SubmissionLink
-from credentials.selectors import KeyState
+from institutions.models import KeyState
 
 STAFF_CSS = {"all": ("admin-extra/staff.css",)}
 KEY_STATE_LABELS = dict(KeyState.choices)

@@ -13,9 +13,9 @@ from django.db.models.functions import TruncMonth
 
 from credentials.formatting import format_month
 from credentials.models import VERDICT_LABELS, CD2Credential, Notice
-from credentials.selectors import KeyState, institutions_with_key_status, local_today
+from credentials.selectors import institutions_with_key_status, local_today
 from credentials.services.health import jobs_status
-from institutions.models import Institution
+from institutions.models import Institution, KeyState
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from credentials.services.staff import (
     StaffActionRefused,
     institutions_export,
 )
-from institutions.models import Contact, Institution
+from institutions.models import Contact, Institution, KeyState
 from requestinfo import client_ip
 
 # --------------------------------------------------------------------------
@@ -145,15 +145,13 @@ class KeyCheckFilter(admin.SimpleListFilter):
         # The stored key summary: failing, pending and missing are key_state's values that do not depend on the date.
         value = self.value()
         if value == "failing":
-            return queryset.filter(key_condition=Institution.KeyCondition.FAILING)
+            return queryset.filter(key_condition=KeyState.FAILING)
         if value == "pending":
-            return queryset.filter(key_condition=Institution.KeyCondition.PENDING)
+            return queryset.filter(key_condition=KeyState.PENDING)
         if value == "never":
             return queryset.filter(key_expires_on__isnull=False, key_checked_at__isnull=True)
         if value == "missing":
-            return queryset.filter(
-                key_condition__in=(Institution.KeyCondition.MISSING, Institution.KeyCondition.PENDING)
-            )
+            return queryset.filter(key_condition__in=(KeyState.MISSING, KeyState.PENDING))
         return queryset
 
 

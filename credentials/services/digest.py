@@ -20,9 +20,9 @@ from django.utils import timezone
 from credentials.emails import build_email
 from credentials.models import Notice
 from credentials.outgoing import Send, Skip
-from credentials.selectors import KeyState, institutions_with_key_status
+from credentials.selectors import institutions_with_key_status
 from credentials.services import health, jobs, notices, outbox
-from institutions.models import Institution
+from institutions.models import Institution, KeyState
 
 logger = logging.getLogger(__name__)
 

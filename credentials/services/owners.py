@@ -21,9 +21,9 @@ from credentials.formatting import format_day
 from credentials.models import FAILED_VERDICTS, CD2Credential, Notice, secret_fields_of
 from credentials.notifications import admin_url, expiry_phrase
 from credentials.outgoing import Send, Skip
-from credentials.selectors import KeyState, institutions_with_key_summary
+from credentials.selectors import institutions_with_key_summary
 from credentials.services import notices
-from institutions.models import Institution
+from institutions.models import Institution, KeyState
 
 # What an owner's summary looks back over: the day since the last one.
 SUMMARY_WINDOW = dt.timedelta(hours=24)

@@ -16,12 +16,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason, ReminderLog, SubmissionLink
-from credentials.selectors import KeyState, institutions_with_key_status, pending_credentials_due
+from credentials.selectors import institutions_with_key_status, pending_credentials_due
 from credentials.services.links import submission_link_create
 from credentials.services.pending import VerifyResult, credential_verify_pending
 from credentials.services.staff import institutions_export
 from credentials.services.submission import Door, Result, credential_submit
-from institutions.models import Contact
+from institutions.models import Contact, KeyState
 from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET, delivered, reminders_run
 
 

@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from credentials.models import CD2Credential
-from credentials.selectors import KeyState, institutions_with_key_status, key_summary_expected
+from credentials.selectors import institutions_with_key_status, key_summary_expected
 from credentials.services.keys import (
     credential_activate,
     credential_create,
@@ -26,10 +26,10 @@ from credentials.services.pending import VerifyResult, credential_verify_pending
 from credentials.services.verification import credential_verify
 from credentials.validators import CleanKey
 from devtools.fake_gateway import DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET
-from institutions.models import Institution
+from institutions.models import Institution, KeyState
 from tests.conftest import PASSED_CHECK, PLANTED_CLIENT_ID, PLANTED_SECRET
 
-Condition = Institution.KeyCondition
+Condition = KeyState
 CHANGELIST = "/admin/institutions/institution/"
 
 
@@ -61,7 +61,7 @@ def test_each_key_service_writes_the_summary_in_step_with_the_keys(institution, 
     assert summary(institution) == (Condition.PENDING, None, None, "")
 
     credential_activate(credential=first, check=PASSED_CHECK)
-    assert summary(institution) == (Condition.ACTIVE, first.pk, first.expires_on, "us-east-1")
+    assert summary(institution) == (Condition.OK, first.pk, first.expires_on, "us-east-1")
     assert institution.key_checked_at == first.last_verified_at is not None
 
     # A new key waits for its check: pending wins, the old key's expiry stays (it is still the active key).
@@ -69,7 +69,7 @@ def test_each_key_service_writes_the_summary_in_step_with_the_keys(institution, 
     assert summary(institution) == (Condition.PENDING, first.pk, first.expires_on, "us-east-1")
 
     credential_set_status(credential=second, status=CD2Credential.Status.INVALID, reason="refused")
-    assert summary(institution) == (Condition.ACTIVE, first.pk, first.expires_on, "us-east-1")
+    assert summary(institution) == (Condition.OK, first.pk, first.expires_on, "us-east-1")
 
     credential_set_status(credential=first, status=CD2Credential.Status.REVOKED, reason="customer asked")
     # No active key; the newest key that is not history was found invalid.
@@ -77,7 +77,7 @@ def test_each_key_service_writes_the_summary_in_step_with_the_keys(institution, 
     assert institution.key_checked_at is None
 
     third = make_credential(institution, days=30)
-    assert summary(institution) == (Condition.ACTIVE, third.pk, third.expires_on, "us-east-1")
+    assert summary(institution) == (Condition.OK, third.pk, third.expires_on, "us-east-1")
     assert key_summaries_drifted() == []
 
 
@@ -108,7 +108,7 @@ def test_the_recheck_of_a_pending_key_writes_the_summary_whatever_it_finds(cd2_g
     assert summary(institution)[0] == Condition.PENDING
 
     assert credential_verify_pending(credential_id=pending.pk) == VerifyResult.ACTIVE
-    assert summary(institution) == (Condition.ACTIVE, pending.pk, pending.expires_on, "us-east-1")
+    assert summary(institution) == (Condition.OK, pending.pk, pending.expires_on, "us-east-1")
 
     # A pending key overtaken by a newer active key is superseded; the newer key stays the institution's.
     other = credential_create(
@@ -122,9 +122,9 @@ def test_the_recheck_of_a_pending_key_writes_the_summary_whatever_it_finds(cd2_g
     )
     assert summary(institution)[0] == Condition.PENDING
     newer = make_credential(institution)
-    assert summary(institution) == (Condition.ACTIVE, newer.pk, newer.expires_on, "us-east-1")
+    assert summary(institution) == (Condition.OK, newer.pk, newer.expires_on, "us-east-1")
     assert credential_verify_pending(credential_id=other.pk) == VerifyResult.SUPERSEDED
-    assert summary(institution) == (Condition.ACTIVE, newer.pk, newer.expires_on, "us-east-1")
+    assert summary(institution) == (Condition.OK, newer.pk, newer.expires_on, "us-east-1")
     assert key_summaries_drifted() == []
 
 
@@ -337,7 +337,7 @@ def test_the_compiled_refresh_writes_each_institutions_own_summary_as_the_rule_s
     for institution in (near, far):
         institution_key_summary_refresh(institution_id=institution.pk)
         assert summary(institution)[:3] == (
-            Condition.ACTIVE,
+            Condition.OK,
             *((near_key.pk, near_key.expires_on) if institution == near else (far_key.pk, far_key.expires_on)),
         )
     assert key_summaries_drifted() == [none.pk]  # untouched by the others' refreshes
@@ -367,3 +367,20 @@ def test_the_refresh_runs_the_statement_django_compiles_afresh_from_the_rule(mak
     assert len(reused) == 1
     assert [q["sql"] for q in reused] == [q["sql"] for q in fresh]
     assert f"{second.pk}" in reused[0]["sql"].rsplit("WHERE", 1)[1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_one_vocabulary_migration_renames_a_stored_active_to_ok_and_back():
+    old = _migrate([("institutions", "0006_key_reminded_unanswered")])
+    Institution_ = old.get_model("institutions", "Institution")
+    for slug, condition in (("served", "active"), ("waiting", "pending"), ("none", "missing")):
+        Institution_.objects.create(name=slug, slug=slug, canvas_domain=f"{slug}.example", key_condition=condition)
+
+    new = _migrate([("institutions", "0007_key_state_one_vocabulary")])
+    after = dict(new.get_model("institutions", "Institution").objects.values_list("slug", "key_condition"))
+    back = _migrate([("institutions", "0006_key_reminded_unanswered")])
+    before = dict(back.get_model("institutions", "Institution").objects.values_list("slug", "key_condition"))
+    _migrate()  # the newest schema again, for the tests after this one
+
+    assert after == {"served": KeyState.OK, "waiting": KeyState.PENDING, "none": KeyState.MISSING}
+    assert before == {"served": "active", "waiting": "pending", "none": "missing"}

@@ -20,10 +20,10 @@ from django.core.management.base import CommandError
 from django.db.models import Count
 
 from credentials.models import CD2Credential, Notice, ReminderLog
-from credentials.selectors import KeyState, institutions_with_key_status
+from credentials.selectors import institutions_with_key_status
 from credentials.services.pending import credential_verify_pending
 from devtools.demo_data import DEMO_INSTITUTIONS, DEMO_SLUGS, demo_gateway_keys, demo_key
-from institutions.models import Institution
+from institutions.models import Institution, KeyState
 from tests.conftest import delivered
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from credentials.models import CD2Credential
-from credentials.selectors import ExpiryState, KeyState, institutions_with_key_status
+from credentials.selectors import ExpiryState, institutions_with_key_status
 from credentials.services.keys import credential_set_status
+from institutions.models import KeyState
 
 pytestmark = pytest.mark.django_db
 
