@@ -65,7 +65,7 @@ DELIVERY_LOG_SIZE = 20
 class WebhookRefused(OSError):
     """A delivery that did not happen: the receiver answered non-2xx, or its address is not allowed.
 
-    An OSError, so the outbox (notifications.SEND_ERRORS) retries it with backoff.
+    An OSError, so the outbox (mail.messages.SEND_ERRORS) retries it with backoff.
     """
 
 

@@ -242,8 +242,8 @@ def test_every_task_a_service_queues_by_name_is_a_registered_task(name):
 
 # The outbox: the only code that writes a notice's delivery state.
 OUTBOX_MODULES = {"credentials.services.outbox", "credentials.services.notices"}
-# The only code that builds an email message (credentials/emails.py renders the templates).
-MAIL_MODULES = {"credentials.emails"}
+# The only code that builds an email message (credentials/mail/messages.py renders the templates).
+MAIL_MODULES = {"credentials.mail.messages"}
 DELIVERY_CALLS = {"notice_mark_sent", "notice_close", "notice_retry_later", "notice_claim", "notices_claim"}
 MESSAGE_CLASSES = {"EmailMessage", "EmailMultiAlternatives"}
 SENDER_MODULES = {
@@ -291,7 +291,7 @@ def test_only_the_outbox_claims_marks_sent_closes_or_retries_a_notice():
 
 def test_only_the_mail_module_builds_an_email_message():
     offenders = _calls_outside(MAIL_MODULES, MESSAGE_CLASSES)
-    assert offenders == [], "build mail with credentials.emails.build_email"
+    assert offenders == [], "build mail with credentials.mail.messages.build_email"
 
 
 def test_the_outbox_imports_no_sender_module():

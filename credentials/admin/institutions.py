@@ -25,6 +25,7 @@ from import_export.forms import ImportForm
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ViewOnlyMixin, key_state_badge, link_state_badge
 from credentials.formatting import format_day, format_moment, format_month
+from credentials.mail.context import expiry_phrase
 from credentials.models import (
     SECRET_FIELDS,
     VERDICT_LABELS,
@@ -36,7 +37,6 @@ from credentials.models import (
     SubmissionLink,
     step_label,
 )
-from credentials.notifications import expiry_phrase
 from credentials.selectors import (
     institution_next_reminder,
     institution_timeline,

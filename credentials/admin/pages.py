@@ -22,8 +22,8 @@ from django.utils.cache import add_never_cache_headers, patch_cache_control
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_POST
 
+from credentials.mail.messages import SEND_ERRORS
 from credentials.models import AuditEvent, CD2Credential, Notice
-from credentials.notifications import SEND_ERRORS
 from credentials.selectors import current_key, local_today, submitters_not_on_file
 from credentials.services import outbox
 from credentials.services.audit import audit_record

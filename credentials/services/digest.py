@@ -17,7 +17,7 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 from django.utils import timezone
 
-from credentials.emails import build_email
+from credentials.mail.messages import build_email
 from credentials.models import Notice
 from credentials.outgoing import Send, Skip
 from credentials.selectors import institutions_with_key_status

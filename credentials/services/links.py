@@ -20,9 +20,10 @@ from django.db import IntegrityError, models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from credentials.emails import build_email
+from credentials.mail.context import link_context
+from credentials.mail.messages import build_email
+from credentials.mail.recipients import contact_emails, reply_to
 from credentials.models import AuditEvent, LinkBatch, LinkBatchItem, Notice, SubmissionLink, hash_token
-from credentials.notifications import contact_emails, link_context, reply_to
 from credentials.outgoing import Send, Skip
 from credentials.services import jobs, notices
 from credentials.services.audit import audit_record
@@ -46,7 +47,7 @@ class NewLink:
         return settings.SITE_URL + reverse("credentials:submit", kwargs={"token": self.token})
 
     def context(self) -> dict:
-        """The mail context of this link (notifications.link_context)."""
+        """The mail context of this link (mail.context.link_context)."""
         return link_context(institution=self.link.institution, url=self.url, expires_at=self.link.expires_at)
 
     def __repr__(self) -> str:

@@ -34,8 +34,8 @@ from django.db.models import Prefetch
 from django.utils import timezone
 
 from credentials import outgoing
+from credentials.mail.messages import SEND_ERRORS, drop_connection
 from credentials.models import Notice, secret_fields_of
-from credentials.notifications import SEND_ERRORS, drop_connection
 from credentials.selectors import newer_key_pending
 from credentials.services import health, jobs, notices
 from institutions.models import Contact

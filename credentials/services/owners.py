@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from django.contrib.auth import get_user_model
 from django.db.models import Q
 
-from credentials.emails import build_email
 from credentials.formatting import format_day
+from credentials.mail.context import admin_url, expiry_phrase
+from credentials.mail.messages import build_email
 from credentials.models import FAILED_VERDICTS, CD2Credential, Notice, secret_fields_of
-from credentials.notifications import admin_url, expiry_phrase
 from credentials.outgoing import Send, Skip
 from credentials.selectors import institutions_with_key_summary
 from credentials.services import notices

@@ -21,15 +21,11 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
-from credentials.emails import build_email
+from credentials.mail.context import institution_today
+from credentials.mail.messages import build_email
+from credentials.mail.recipients import link_recipients, mail_owner, reply_to, without
+from credentials.mail.wording import customer_message
 from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason
-from credentials.notifications import (
-    institution_today,
-    link_recipients,
-    mail_owner,
-    reply_to,
-    without,
-)
 from credentials.outgoing import Send, Skip
 from credentials.services import notices
 from credentials.services.audit import audit_record
@@ -42,7 +38,6 @@ from credentials.services.keys import (
 )
 from credentials.services.links import submission_link_create, submission_link_mark_sent
 from credentials.services.submission import pending_reason_of, receipt_write
-from credentials.wording import customer_message
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +159,7 @@ def _invalidate_checked(credential: CD2Credential, check: CheckResult, now: dt.d
         detail={"hint": credential.hint, "check": check.summary},
     )
     # The outbox tells the people on file, with a new link
-    # (notifications.link_recipients), and whoever typed an address not on
+    # (mail.recipients.link_recipients), and whoever typed an address not on
     # file into the form, without one (key_rejected_notice_write).
     audiences = [AUDIENCE_ON_FILE]
     if without([credential.submitted_by_email], excluded=link_recipients(institution=institution)):

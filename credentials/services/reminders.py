@@ -38,17 +38,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Prefetch, Q
 from django.utils import timezone
 
-from credentials.emails import build_email
 from credentials.formatting import format_day
+from credentials.mail.context import expiry_calendar, expiry_phrase, institution_today
+from credentials.mail.messages import build_email
+from credentials.mail.recipients import owner_email, reminder_addressees, reply_to
 from credentials.models import CD2Credential, Notice, ReminderLog
-from credentials.notifications import (
-    expiry_calendar,
-    expiry_phrase,
-    institution_today,
-    owner_email,
-    reminder_addressees,
-    reply_to,
-)
 from credentials.outgoing import Send, Skip
 from credentials.selectors import due_credentials, newer_key_pending, reminder_days_before, reminder_step
 from credentials.services import health, notices, outbox, owners

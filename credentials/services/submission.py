@@ -44,11 +44,9 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
-from credentials.emails import build_email
-from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason, SubmissionLink
-from credentials.notifications import (
-    admin_url,
-    institution_today,
+from credentials.mail.context import admin_url, institution_today
+from credentials.mail.messages import build_email
+from credentials.mail.recipients import (
     key_conflict_recipients,
     mail_owner,
     owner_email,
@@ -56,6 +54,8 @@ from credentials.notifications import (
     unique_addresses,
     without,
 )
+from credentials.mail.wording import customer_message
+from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason, SubmissionLink
 from credentials.outgoing import Send, Skip
 from credentials.selectors import local_today, reminder_days_before
 from credentials.services import jobs, notices
@@ -64,7 +64,6 @@ from credentials.services.keys import (
     credential_create,
 )
 from credentials.validators import CleanKey, validate_key_input
-from credentials.wording import customer_message
 from institutions.models import Institution, email_for_storage
 
 logger = logging.getLogger(__name__)

@@ -19,9 +19,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
-from credentials.emails import build_email
+from credentials.mail.context import admin_url, institution_today
+from credentials.mail.messages import build_email
+from credentials.mail.recipients import reminder_addressees, reply_to
 from credentials.models import AuditEvent, CD2Credential, Notice
-from credentials.notifications import admin_url, institution_today, reminder_addressees, reply_to
 from credentials.outgoing import Send, Skip
 from credentials.selectors import served_active_keys
 from credentials.services import jobs, notices
@@ -147,7 +148,7 @@ def _mark_invalid(*, credential: CD2Credential, result: CheckResult, now: dt.dat
 def key_invalid_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
     """The outbox's sender of "your key stopped working": the mail with a fresh link, or why not to send it.
 
-    It goes to whom reminders go (notifications.reminder_addressees: the
+    It goes to whom reminders go (mail.recipients.reminder_addressees: the
     contacts, Reply-To the account owner, who hears of it in the daily
     summary's failing checks) with a fresh link, made in the outbox's
     transaction that marks the notice sent, so a failed send leaves no

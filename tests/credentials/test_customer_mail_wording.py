@@ -9,9 +9,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from credentials.emails import render_email
+from credentials.mail.context import link_context
+from credentials.mail.messages import render_email
 from credentials.models import CD2Credential
-from credentials.notifications import link_context
 from credentials.services.keys import credential_create
 from credentials.services.verification import credential_verify
 from credentials.validators import CleanKey

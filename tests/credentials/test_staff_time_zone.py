@@ -9,7 +9,7 @@ from django.conf import settings
 from django.urls import reverse
 from django.utils import timezone
 
-from credentials.emails import render_email
+from credentials.mail.messages import render_email
 from credentials.models import ScheduledJob, StaffSettings
 from credentials.services.staff import staff_time_zone_set
 from credentials.services.submission import receipt_context

@@ -1,4 +1,4 @@
-"""One helper for every email: subject, text body and HTML body from templates.
+"""How a message is built: one helper for every email (subject, text body and HTML body from templates).
 
 templates/emails/<name>-subject.txt, <name>-body.txt and <name>-body.html
 (the HTML extends emails/base.html). The text twin is written by hand, so it
@@ -7,6 +7,7 @@ reads well in a plain-text client. Same pattern as healthchecks' hc/lib/emails.p
 
 from __future__ import annotations
 
+import smtplib
 from collections.abc import Iterable, Sequence
 
 from django.conf import settings
@@ -49,3 +50,22 @@ def build_email(
     for filename, content, mimetype in attachments:
         message.attach(filename, content, mimetype)
     return message
+
+
+# Errors worth retrying: the mail server or the network, not our templates.
+# (ConnectionError and TimeoutError are OSErrors.)
+SEND_ERRORS: tuple[type[Exception], ...] = (smtplib.SMTPException, OSError)
+
+
+def drop_connection(connection) -> None:
+    """Close a shared mail connection after a failed send, so the next send opens a fresh one.
+
+    A server that hung up leaves the backend holding a dead socket; without
+    this every later message of the page would fail on it too.
+    """
+    if connection is None:
+        return
+    try:
+        connection.close()
+    except SEND_ERRORS:
+        pass  # the SMTP backend forgets the socket even when QUIT fails

@@ -1,0 +1,100 @@
+"""What every customer mail shares: dates in the institution's zone, the "N days" phrase, link context, the .ics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from urllib.parse import urlsplit
+
+import icalendar
+from django.conf import settings
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+
+from credentials.formatting import format_day
+from credentials.mail.recipients import mail_owner
+from credentials.models import CD2Credential
+from institutions.models import Institution
+
+# --------------------------------------------------------------------------
+# Dates and shared context
+# --------------------------------------------------------------------------
+
+
+def institution_zone(institution: Institution) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(institution.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return zoneinfo.ZoneInfo("UTC")
+
+
+def institution_today(institution: Institution, now: dt.datetime) -> dt.date:
+    """The date it is for the institution's readers: days in the email count from it."""
+    return now.astimezone(institution_zone(institution)).date()
+
+
+def admin_url(institution: Institution) -> str:
+    """The institution's page in the admin, or the admin index if it is not registered."""
+    try:
+        return settings.SITE_URL + reverse("admin:institutions_institution_change", args=[institution.pk])
+    except NoReverseMatch:
+        return settings.SITE_URL + "/admin/"
+
+
+def expiry_phrase(days_left: int) -> str:
+    """ "expires in 14 days", "expires today", "expired 7 days ago" ..."""
+    if days_left > 1:
+        return f"expires in {days_left} days"
+    if days_left == 1:
+        return "expires tomorrow"
+    if days_left == 0:
+        return "expires today"
+    if days_left == -1:
+        return "expired yesterday"
+    return f"expired {-days_left} days ago"
+
+
+def link_context(*, institution: Institution, url: str, expires_at: dt.datetime) -> dict:
+    """What every mail carrying a fresh submission link shows: the link, its end, the steps' settings."""
+    return {
+        "institution": institution,
+        "link_url": url,
+        "link_expires_on": timezone.localtime(expires_at, institution_zone(institution)).date(),
+        "key_name": settings.CD2_KEY_NAME,
+        "recommended_expiry": settings.CD2_RECOMMENDED_EXPIRY,
+        "owner": mail_owner(institution),
+    }
+
+
+def expiry_calendar(*, credential: CD2Credential, now: dt.datetime) -> bytes:
+    """An .ics file with the expiry date as an all-day event and an alarm a week ahead.
+
+    The UID is stable per key, so a calendar updates the event instead of
+    adding one per reminder.
+    """
+    institution = credential.institution
+    host = urlsplit(settings.SITE_URL).hostname or "localhost"
+    calendar = icalendar.Calendar()
+    calendar.add("prodid", "-//EdPotential//CD2 key registry//EN")
+    calendar.add("version", "2.0")
+    calendar.add("method", "PUBLISH")
+    event = icalendar.Event()
+    event.add("uid", f"cd2-key-{credential.pk}@{host}")
+    event.add("dtstamp", now)
+    event.add("summary", f"Canvas Data 2 key for {institution.name} expires")
+    event.add("dtstart", credential.expires_on)
+    event.add("dtend", credential.expires_on + dt.timedelta(days=1))
+    event.add(
+        "description",
+        f"The Canvas Data 2 key {credential.hint} for {institution.name} expires on "
+        f"{format_day(credential.expires_on)}. Create a new key at identity.instructure.com "
+        f"and hand it to EdPotential with the link from our reminder email before then.",
+    )
+    event.add("transp", "TRANSPARENT")
+    alarm = icalendar.Alarm()
+    alarm.add("action", "DISPLAY")
+    alarm.add("description", f"Canvas Data 2 key for {institution.name} expires in a week")
+    alarm.add("trigger", dt.timedelta(days=-7))
+    event.add_component(alarm)
+    calendar.add_component(event)
+    return calendar.to_ical()
