@@ -533,6 +533,15 @@ def reminders_send_due(
     return run
 
 
+# A notice no sender has tried yet: queued, or in a worker's hands now.
+UNTRIED = Q(state=Notice.State.SENDING) | Q(state=Notice.State.PENDING, attempts=0)
+
+
+def _run_notices(run: ReminderRun):
+    """The reminder notices and owner summaries the run wrote."""
+    return Notice.objects.filter(pk__in=[*run.notice_ids, *run.summary_ids])
+
+
 def reminders_report(run: ReminderRun) -> ReminderRun:
     """Fill the run's sent / failed / superseded / waiting from the states of the notices it decided.
 
@@ -541,9 +550,7 @@ def reminders_report(run: ReminderRun) -> ReminderRun:
     """
     states = Counter(
         (kind, state, attempts > 0)
-        for kind, state, attempts in Notice.objects.filter(pk__in=[*run.notice_ids, *run.summary_ids]).values_list(
-            "kind", "state", "attempts"
-        )
+        for kind, state, attempts in _run_notices(run).values_list("kind", "state", "attempts")
     )
     reminder = Notice.Kind.REMINDER
 
@@ -558,11 +565,7 @@ def reminders_report(run: ReminderRun) -> ReminderRun:
         for (kind, state, _), n in states.items()
         if kind == reminder and state in (Notice.State.SUPERSEDED, Notice.State.CANCELLED)
     )
-    run.waiting = sum(
-        n
-        for (_, state, attempted), n in states.items()
-        if state == Notice.State.SENDING or (state == Notice.State.PENDING and not attempted)
-    )
+    run.waiting = _run_notices(run).filter(UNTRIED).count()
     run.summaries_sent = sum(
         n for (kind, state, _), n in states.items() if kind == Notice.Kind.OWNER_SUMMARY and state == Notice.State.SENT
     )
@@ -576,9 +579,7 @@ def reminders_wait(run: ReminderRun, *, timeout: float, poll: float = 0.5) -> bo
     untried one), so waiting costs the workers' database little.
     """
     deadline = time.monotonic() + timeout
-    untried = Notice.objects.filter(pk__in=[*run.notice_ids, *run.summary_ids]).filter(
-        Q(state=Notice.State.SENDING) | Q(state=Notice.State.PENDING, attempts=0)
-    )
+    untried = _run_notices(run).filter(UNTRIED)
     while untried.exists():
         if time.monotonic() >= deadline:
             reminders_report(run)
