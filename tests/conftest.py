@@ -299,6 +299,22 @@ def isolated_cache(settings, tmp_path):
 
 
 @pytest.fixture
+def held_clock():
+    """The wall clock held still for the test: a count against a rate limit stays in one window.
+
+    django-ratelimit counts in fixed windows (an hour from an offset of each
+    key's own), so 32 requests over a second can straddle a window's turn
+    and find the count back at zero: seen on CI once at 07:30:32. With the
+    clock held, the count the test makes is the one it checks. Only the wall
+    clock stops; time.monotonic, sleeps and timeouts stay real.
+    """
+    import time_machine
+
+    with time_machine.travel(timezone.now(), tick=False) as traveller:
+        yield traveller
+
+
+@pytest.fixture
 def inline_worker():
     """Stands in for the Celery workers: a delivery task published runs at once, in this process.
 

@@ -365,6 +365,7 @@ def test_a_malformed_address_is_pointed_out_on_the_form(client):
     assert b'aria-invalid="true"' in response.content
 
 
+@pytest.mark.usefixtures("held_clock")
 def test_the_request_page_is_rate_limited_per_address(client, served, django_capture_on_commit_callbacks):
     statuses = [
         _ask(client, "ada@northfield.example.edu", django_capture_on_commit_callbacks).status_code for _ in range(4)

@@ -477,6 +477,7 @@ def test_the_secret_is_hidden_from_error_reports(post, cd2_gateway):
     assert parameters["client_id"] != REJECTED_CLIENT_ID
 
 
+@pytest.mark.usefixtures("held_clock")
 def test_ten_tries_an_hour_per_link_then_a_clear_429_page(cd2_gateway, post, link):
     for _ in range(10):
         assert post(client_id=REJECTED_CLIENT_ID).status_code == 200
@@ -489,6 +490,7 @@ def test_ten_tries_an_hour_per_link_then_a_clear_429_page(cd2_gateway, post, lin
     assert cd2_gateway.login_count == 10
 
 
+@pytest.mark.usefixtures("held_clock")
 def test_the_per_ip_limit_spans_links(cd2_gateway, post, institution):
     tokens = [submission_link_create(institution=institution).token for _ in range(4)]
     statuses = [post(token, client_id=REJECTED_CLIENT_ID).status_code for token in tokens for _ in range(8)]

@@ -65,6 +65,7 @@ def test_the_lookup_mails_only_an_address_with_the_contacts_key(institution, typ
     assert [m.to for m in mail.outbox] == ([["alice@school.example.edu"]] if mailed else [])
 
 
+@pytest.mark.usefixtures("held_clock")
 def test_look_alike_spellings_share_one_per_address_limit(institution, isolated_cache, celery_messages):
     client = Client()
     url = reverse("credentials:request_link")

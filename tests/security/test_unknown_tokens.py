@@ -31,6 +31,7 @@ def cache_keys() -> int:
 
 
 @pytest.mark.django_db
+@pytest.mark.usefixtures("held_clock")
 def test_guessed_tokens_are_refused_with_429_once_the_address_is_over_its_limit(institution):
     client = Client()
     statuses = [guess(client) for _ in range(PER_IP + 5)]
@@ -46,6 +47,7 @@ def test_guessed_tokens_are_refused_with_429_once_the_address_is_over_its_limit(
 
 
 @pytest.mark.django_db
+@pytest.mark.usefixtures("held_clock")
 def test_a_limited_address_adds_no_cache_key_per_guessed_token(db):
     client = Client()
     for _ in range(PER_IP + 1):
