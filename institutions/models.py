@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import unicodedata
 import zoneinfo
 
@@ -39,8 +40,19 @@ def email_for_storage(address: str) -> str:
     return unicodedata.normalize("NFKC", address or "").strip()
 
 
+@functools.cache
+def time_zone_names() -> frozenset[str]:
+    """The IANA zone names this machine knows, read once per process.
+
+    zoneinfo.available_timezones() walks the zone folder on every call (about
+    15 ms, 600 files): once per imported row made a 500-row import spend most
+    of its time listing files.
+    """
+    return frozenset(zoneinfo.available_timezones())
+
+
 def validate_timezone(value: str) -> None:
-    if value not in zoneinfo.available_timezones():
+    if value not in time_zone_names():
         raise ValidationError(
             f"{value!r} is not a time zone name. Use an IANA name such as America/Chicago or Europe/London."
         )

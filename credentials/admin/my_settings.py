@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import zoneinfo
-
 from django import forms
 from django.conf import settings
 from django.contrib import messages
@@ -17,10 +15,11 @@ from credentials.formatting import format_moment
 from credentials.middleware import remember_time_zone
 from credentials.selectors import staff_time_zone
 from credentials.services.staff import staff_time_zone_set
+from institutions.models import time_zone_names
 
 
 def _zone_choices() -> list[tuple[str, str]]:
-    return [("", f"The site's own ({settings.TIME_ZONE})"), *((z, z) for z in sorted(zoneinfo.available_timezones()))]
+    return [("", f"The site's own ({settings.TIME_ZONE})"), *((z, z) for z in sorted(time_zone_names()))]
 
 
 class MySettingsForm(forms.Form):
