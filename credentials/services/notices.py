@@ -226,7 +226,3 @@ def due_notices(*, now: dt.datetime) -> list[tuple[int, str]]:
     """(id, kind) of every due notice, oldest due first."""
     return list(Notice.objects.filter(notice_due(now)).order_by("next_attempt_at", "pk").values_list("pk", "kind"))
 
-
-def due_notice_ids(*, now: dt.datetime, limit: int | None = None) -> list[int]:
-    ids = Notice.objects.filter(notice_due(now)).order_by("next_attempt_at", "pk").values_list("pk", flat=True)
-    return list(ids[:limit] if limit else ids)

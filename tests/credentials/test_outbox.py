@@ -349,7 +349,7 @@ def test_a_claim_late_in_a_long_run_holds_its_lease_from_the_claim_not_from_the_
     leases = set(Notice.objects.filter(pk__in=[one.pk, two.pk]).values_list("lease_until", flat=True))
     assert leases == {timezone.now() + settings.NOTICE_LEASE}
     # So a sweep now, or another sender on the run's clock, leaves them alone.
-    assert notices.due_notice_ids(now=timezone.now()) == []
+    assert notices.due_notices(now=timezone.now()) == []
 
 
 @pytest.mark.django_db(transaction=True)
