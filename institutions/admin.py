@@ -4,7 +4,10 @@ Institutions own this admin; an app that knows more about an institution
 (credentials: its keys) adds what it knows through one extension point,
 `InstitutionAdminExtension`, registered from that app's `AppConfig.ready()`
 with `institution_admin_extend`. Each hook takes what the admin has so far and
-returns what to show, so this module imports nothing of the apps that extend
+returns what to show. The declared parts (list_display, list_filter, inlines,
+fieldsets, readonly_fields) are properties of the admin, the admin's own
+(`own_*`) then each extension's, so Django's system checks and credentials'
+see all of them. This module imports nothing of the apps that extend
 it (tests/test_architecture.py checks that institutions imports nothing from
 credentials). Contributed columns, read-only fields and actions are callables,
 as Django's `list_display`, `readonly_fields` and `actions` accept them.
@@ -47,26 +50,31 @@ class InstitutionAdminExtension:
     # Stylesheets and scripts the contributed columns and fields need.
     media = forms.Media()
 
-    def list_display(self, request: HttpRequest, list_display: tuple) -> tuple:
+    # What the admin declares: no request, so that Django's system checks and credentials' (no sorting,
+    # searching or filtering by an encrypted field) see the contributed parts as they see the admin's own.
+
+    def list_display(self, list_display: tuple) -> tuple:
         """The list's columns: names of the admin's own, or callables taking an institution (with @admin.display)."""
         return list_display
 
-    def list_filter(self, request: HttpRequest, list_filter: tuple) -> tuple:
+    def list_filter(self, list_filter: tuple) -> tuple:
         return list_filter
+
+    def inlines(self, inlines: tuple) -> tuple:
+        return inlines
+
+    def fieldsets(self, fieldsets: tuple) -> tuple:
+        """The page's sections; a contributed read-only field is a callable, listed by `readonly_fields` too."""
+        return fieldsets
+
+    def readonly_fields(self, readonly_fields: tuple) -> tuple:
+        return readonly_fields
+
+    # What depends on the request.
 
     def queryset(self, request: HttpRequest, queryset: models.QuerySet) -> models.QuerySet:
         """The list's and the page's institutions, annotated with what the columns read (not used for counting)."""
         return queryset
-
-    def inlines(self, request: HttpRequest, obj: Institution | None, inlines: tuple) -> tuple:
-        return inlines
-
-    def fieldsets(self, request: HttpRequest, obj: Institution | None, fieldsets: tuple) -> tuple:
-        """The page's sections; a contributed read-only field is a callable, listed by `readonly_fields` too."""
-        return fieldsets
-
-    def readonly_fields(self, request: HttpRequest, obj: Institution | None, readonly_fields: tuple) -> tuple:
-        return readonly_fields
 
     def actions(self, request: HttpRequest) -> Sequence[Callable]:
         """The list's actions this request's user may run: functions (model_admin, request, queryset), @admin.action."""
@@ -244,9 +252,9 @@ class InstitutionChangeList(ChangeList):
 @admin.register(Institution)
 class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
     # Bulk onboarding: upload, preview every row, confirm (the resources come from the extensions).
-    list_display = ("name", "canvas_domain", "account_owner")
+    own_list_display = ("name", "canvas_domain", "account_owner")
     list_select_related = ("account_owner",)
-    list_filter = (MineFilter, ServedFilter, "status", ("account_owner", AccountOwnerFilter))
+    own_list_filter = (MineFilter, ServedFilter, "status", ("account_owner", AccountOwnerFilter))
     search_fields = ("name", "slug", "canvas_domain", "contacts__email")
     search_help_text = "Search by name, slug, Canvas domain or a contact's email."
     list_per_page = 50
@@ -261,9 +269,9 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
     paginator = CountQuerysetPaginator
     empty_value_display = "—"
     prepopulated_fields = {"slug": ("name",)}
-    inlines = (ContactInline,)
-    readonly_fields = ("created_at", "updated_at")
-    fieldsets = (
+    own_inlines = (ContactInline,)
+    own_readonly_fields = ("created_at", "updated_at")
+    own_fieldsets = (
         (None, {"fields": ("name", "slug", "canvas_domain", "status", "timezone", "account_owner", "notes")}),
         ("Record", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )
@@ -273,6 +281,34 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
     # The list's order: soonest expiry of the active key first (the stored
     # summary, which the institution_key_expiry index serves), no key last.
     LIST_ORDER_FIELD = "key_expires_on"
+
+    # -- the declared parts: the admin's own (own_*), then each extension's -----
+
+    def _extended(self, part: str):
+        value = getattr(self, f"own_{part}")
+        for extension in institution_admin_extensions():
+            value = getattr(extension, part)(value)
+        return value
+
+    @property
+    def list_display(self):
+        return self._extended("list_display")
+
+    @property
+    def list_filter(self):
+        return self._extended("list_filter")
+
+    @property
+    def inlines(self):
+        return self._extended("inlines")
+
+    @property
+    def fieldsets(self):
+        return self._extended("fieldsets")
+
+    @property
+    def readonly_fields(self):
+        return self._extended("readonly_fields")
 
     @property
     def media(self):
@@ -306,37 +342,7 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
     def action_checkbox(self, obj: Institution) -> str:
         return format_html(self.action_checkbox_html, helpers.ACTION_CHECKBOX_NAME, obj.pk, str(obj))
 
-    # -- what the extensions add ---------------------------------------------
-
-    def get_list_display(self, request):
-        list_display = tuple(super().get_list_display(request))
-        for extension in institution_admin_extensions():
-            list_display = extension.list_display(request, list_display)
-        return list_display
-
-    def get_list_filter(self, request):
-        list_filter = tuple(super().get_list_filter(request))
-        for extension in institution_admin_extensions():
-            list_filter = extension.list_filter(request, list_filter)
-        return list_filter
-
-    def get_inlines(self, request, obj):
-        inlines = tuple(super().get_inlines(request, obj))
-        for extension in institution_admin_extensions():
-            inlines = extension.inlines(request, obj, inlines)
-        return inlines
-
-    def get_fieldsets(self, request, obj=None):
-        fieldsets = tuple(super().get_fieldsets(request, obj))
-        for extension in institution_admin_extensions():
-            fieldsets = extension.fieldsets(request, obj, fieldsets)
-        return fieldsets
-
-    def get_readonly_fields(self, request, obj=None):
-        readonly_fields = tuple(super().get_readonly_fields(request, obj))
-        for extension in institution_admin_extensions():
-            readonly_fields = extension.readonly_fields(request, obj, readonly_fields)
-        return readonly_fields
+    # -- what the extensions add for a request --------------------------------
 
     def get_actions(self, request):
         actions = super().get_actions(request)

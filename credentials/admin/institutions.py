@@ -466,23 +466,23 @@ class KeysExtension(InstitutionAdminExtension):
 
     media = forms.Media(css=STAFF_CSS)
 
-    def list_display(self, request, list_display):
+    def list_display(self, list_display):
         return insert_after(list_display, "name", *KEY_COLUMNS)
 
-    def list_filter(self, request, list_filter):
+    def list_filter(self, list_filter):
         return (ExpiryFilter, KeyCheckFilter, ReminderFilter, *insert_after(list_filter, "status", RegionFilter))
 
     def queryset(self, request, queryset):
         return institutions_with_key_status(queryset=queryset)
 
-    def inlines(self, request, obj, inlines):
+    def inlines(self, inlines):
         return (*inlines, KeyHistoryInline, SubmissionLinkInline)
 
-    def fieldsets(self, request, obj, fieldsets):
+    def fieldsets(self, fieldsets):
         *main, record = fieldsets
         return (CURRENT_KEY_FIELDSET, *main, TIMELINE_FIELDSET, record)
 
-    def readonly_fields(self, request, obj, readonly_fields):
+    def readonly_fields(self, readonly_fields):
         return (key_summary, timeline, *readonly_fields)
 
     def actions(self, request):

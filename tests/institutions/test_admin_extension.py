@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from django.contrib import admin
+from django.core import checks
 from django.urls import reverse
 
 import institutions.admin as institution_admin
@@ -57,7 +58,7 @@ def test_an_extensions_hooks_reach_the_list(admin_client, make_institution, with
         return obj.slug[::-1]
 
     class Backwards(InstitutionAdminExtension):
-        def list_display(self, request, list_display):
+        def list_display(self, list_display):
             return insert_after(list_display, "name", slug_backwards)
 
     institution_admin_extend(Backwards())
@@ -72,3 +73,13 @@ def test_insert_after_finds_an_item_or_a_tuples_first_element_and_refuses_a_miss
     assert insert_after(("a", ("b", 1), "c"), "b", "x", "y") == ("a", ("b", 1), "x", "y", "c")
     with pytest.raises(ValueError):
         insert_after(("a",), "z", "x")
+
+
+def test_djangos_system_checks_see_an_extensions_columns(without_extensions):
+    class Typo(InstitutionAdminExtension):
+        def list_display(self, list_display):
+            return (*list_display, "no_such_column")
+
+    institution_admin_extend(Typo())
+
+    assert [error.id for error in checks.run_checks(tags=[checks.Tags.admin])] == ["admin.E108"]
