@@ -178,6 +178,23 @@ def test_institutions_depend_on_nothing_in_credentials():
     assert offenders == []
 
 
+def test_the_institution_admin_is_institutions_and_imports_nothing_from_credentials():
+    # Issue 22 item 7: each app owns its rooms. credentials adds its part (the keys) through
+    # institutions.admin.institution_admin_extend from its AppConfig.ready(), never the other way.
+    from django.contrib import admin
+
+    from credentials.admin.institutions import KeysExtension
+    from institutions.admin import InstitutionAdmin, institution_admin_extensions
+    from institutions.models import Institution
+
+    assert "institutions.admin" in MODULES
+    assert {name for _, name in _all_imports(MODULES["institutions.admin"], "institutions.admin")} == {
+        "institutions.models"
+    }
+    assert type(admin.site.get_model_admin(Institution)) is InstitutionAdmin
+    assert [type(extension) for extension in institution_admin_extensions()] == [KeysExtension]
+
+
 # What code outside the settings package may import from it: the Celery app
 # (tasks register on it; services queue tasks by name and ask it for the
 # broker's health) and the log mask (the one rule for what looks secret, which

@@ -1,4 +1,4 @@
-"""The staff admin: the site (site.py), the institution cockpit (institutions.py), the key pages
+"""The staff admin: the site (site.py), the keys in the institution admin (institutions.py), the key pages
 (keys.py), the extra pages behind their buttons (pages.py) and the dashboard (dashboard.py).
 
 The model admins are registered by StaffAdminConfig.ready (apps.py here),
