@@ -162,6 +162,8 @@ def callback(request: HttpRequest) -> HttpResponse:
     except SsoRefused as refusal:
         return _refused(request, refusal)
     next_url = _safe_next(request, request.session.get("oidc_login_next"))
+    # As authenticate() would: the sign-in's listeners (the audit) read which backend it was.
+    signed_in.user.backend = BACKEND_PATH
     auth.login(request, signed_in.user, backend=BACKEND_PATH)
     provider_session = services.provider_session_start(
         signed_in=signed_in, refresh_token=tokens.refresh_token, access_token=tokens.access_token

@@ -16,7 +16,8 @@
 // the fault differs from a genuine token).
 
 const RealDate = Date;
-const offsetMs = process.env.PROVIDER_NOW_MS ? Number(process.env.PROVIDER_NOW_MS) - RealDate.now() : 0;
+// Moved by POST /test/clock too, when a test moves its own clock (time_machine) across a token's life.
+let offsetMs = process.env.PROVIDER_NOW_MS ? Number(process.env.PROVIDER_NOW_MS) - RealDate.now() : 0;
 class ShiftedDate extends RealDate {
   constructor(...args) {
     if (args.length === 0) super(RealDate.now() + offsetMs);
@@ -75,6 +76,17 @@ async function withFault(idToken, fault) {
     case 'stranger_key':
       key = strangerKey;
       break;
+    case 'stale_auth_time':
+      // As a provider that ignored prompt=login and max_age would answer.
+      claims.auth_time = now - 3600;
+      break;
+    case 'tampered': {
+      // The genuine token with one claim changed and its signature kept: a
+      // person promoting themselves on the way.
+      const [header, , signature] = idToken.split('.');
+      const payload = { ...claims, groups: ['cd2-admins'] };
+      return `${header}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}.${signature}`;
+    }
     default:
       throw new Error(`unknown fault ${fault}`);
   }
@@ -236,6 +248,8 @@ async function control(req, res, url) {
   } else if (url.pathname === '/test/next-id-token' && req.method === 'POST') {
     nextFault = body.fault;
     await withFault(await new jose.SignJWT({ probe: true }).setProtectedHeader({ alg: 'RS256', kid }).sign(privateKey), nextFault);
+  } else if (url.pathname === '/test/clock' && req.method === 'POST') {
+    offsetMs = Number(body.now_ms) - RealDate.now();
   } else if (url.pathname === '/test/token-requests' && req.method === 'GET') {
     return send(res, 200, 'application/json', JSON.stringify(tokenRequests));
   } else if (url.pathname === '/test/reset' && req.method === 'POST') {
