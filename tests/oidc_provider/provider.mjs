@@ -84,7 +84,7 @@ async function withFault(idToken, fault) {
       // The genuine token with one claim changed and its signature kept: a
       // person promoting themselves on the way.
       const [header, , signature] = idToken.split('.');
-      const payload = { ...claims, groups: ['cd2-admins'] };
+      const payload = { ...claims, groups: ['cd2-admins', 'added-in-transit'] };
       return `${header}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}.${signature}`;
     }
     default:
@@ -163,7 +163,7 @@ provider.proxy = false;
 
 const originalRedirectUriAllowed = provider.Client.prototype.redirectUriAllowed;
 provider.Client.prototype.redirectUriAllowed = function redirectUriAllowed(uri) {
-  return originalRedirectUriAllowed.call(this, uri) || /^http:\/\/127\.0\.0\.1:\d+\/sso\/callback\/$/.test(uri);
+  return originalRedirectUriAllowed.call(this, uri) || /^http:\/\/(127\.0\.0\.1|localhost):\d+\/sso\/callback\/$/.test(uri);
 };
 
 provider.use(async (ctx, next) => {
