@@ -29,11 +29,14 @@ from api.services import api_sync_report, api_token_issue
 from credentials.models import AuditEvent, Notice
 from credentials.services.audit import audit_record
 from credentials.services.links import submission_link_create
+from staffsso.models import BreakGlassAccount, ProviderSession, StaffIdentity
 from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET, reminder_step
 
 ROLES = ("Viewer", "Customer success", "Data engineer", None)  # None: a superuser
 HOSTILE_VALUES = ("\x00", "a\x00b", "x" * 5000, "ü\u202e😀€\u0000", "-1", "' OR 1=1 --")
 RECOVERY_CODES = ("crawlrec01", "crawlrec02")
+PLANTED_REFRESH_TOKEN = "PLANTED-refresh-tKn-7Qe2Vw9"
+PLANTED_ACCESS_TOKEN = "PLANTED-access-tKn-3Rf8Hj1"
 
 
 # ---------------------------------------------------------------------------
@@ -133,6 +136,16 @@ def world(institution, make_credential, make_staff):
     account = ServiceAccount.objects.create(name="crawl-pipeline", all_institutions=True)
     issued = api_token_issue(account=account, scopes=["keys:read", "syncs:write"], created_by=owner)
     api_sync_report(token=issued.token, institution_slug=institution.slug, key_id=key.pk, outcome="ok")
+    # Staff sign-in with the identity provider (staffsso): an identity, its
+    # provider session holding tokens, and a break-glass account.
+    identity = StaffIdentity.objects.create(
+        user=owner, issuer="https://idp.example", subject="owner-sub", email="owner@uni.example", roles=["Viewer"]
+    )
+    ProviderSession.objects.create(
+        user=owner, identity=identity, refresh_token=PLANTED_REFRESH_TOKEN, access_token=PLANTED_ACCESS_TOKEN
+    )
+    glass = make_staff(None, username="break-glass-admin", is_superuser=True)
+    BreakGlassAccount.objects.create(user=glass, reason="provider outage")
     seed_b32 = base64.b32encode(totp.bin_key).decode()
     secrets = [
         issued.plaintext,
@@ -143,6 +156,8 @@ def world(institution, make_credential, make_staff):
         seed_b32,
         seed_b32.rstrip("="),
         *RECOVERY_CODES,
+        PLANTED_REFRESH_TOKEN,
+        PLANTED_ACCESS_TOKEN,
     ]
     return {"institution": institution, "secrets": secrets}
 
@@ -177,7 +192,7 @@ class Crawl:
         return response
 
 
-def crawl_changelist(crawl: Crawl, url: str) -> None:
+def crawl_changelist(crawl: Crawl, url: str, *, hostile: bool = True) -> None:
     response = crawl.get("changelist", url)
     if response.status_code != 200 or response.context is None or "cl" not in response.context:
         return
@@ -190,15 +205,15 @@ def crawl_changelist(crawl: Crawl, url: str) -> None:
     for spec in cl.filter_specs:
         for choice in spec.choices(cl):
             crawl.get("filter choice", url + choice["query_string"])
-        for parameter in spec.expected_parameters():
+        for parameter in spec.expected_parameters() if hostile else ():
             for value in HOSTILE_VALUES:
                 crawl.get("filter hostile", url, {parameter: value})
     if cl.search_fields:
-        for value in HOSTILE_VALUES:
-            crawl.get("search hostile", url, {"q": value})
+        for value in HOSTILE_VALUES if hostile else ("crawl",):
+            crawl.get("search hostile" if hostile else "search", url, {"q": value})
     if cl.date_hierarchy:
         for part in ("year", "month", "day"):
-            for value in ("2026", *HOSTILE_VALUES):
+            for value in ("2026", *HOSTILE_VALUES) if hostile else ("2026",):
                 crawl.get("date hierarchy", url, {f"{cl.date_hierarchy}__{part}": value})
     model_admin = cl.model_admin
     pk = cl.model._default_manager.order_by("pk").values_list("pk", flat=True).first()
@@ -207,18 +222,51 @@ def crawl_changelist(crawl: Crawl, url: str) -> None:
         crawl.post("action", url, {"action": name, "_selected_action": [pk], "index": 0})
 
 
+def signed_in_by_sso(request, role: str | None) -> tuple[Client, list[str]]:
+    """A client signed in through the test OpenID provider with the group of `role`; the session's tokens.
+
+    The tokens the provider gave (refresh and access) join the planted
+    secrets: no admin page may show them either.
+    """
+    from staffsso.models import ProviderSession
+    from tests.staffsso.provider import ROLE_GROUP
+
+    provider = request.getfixturevalue("sso_settings")
+    sub = provider.person(f"crawl-{ROLE_GROUP[role or 'Superuser']}", groups=[ROLE_GROUP[role or "Superuser"]])
+    client = Client(raise_request_exception=False)
+    assert provider.sign_in(client, sub).status_code == 302
+    session = ProviderSession.objects.get(identity__subject=sub)
+    assert session.refresh_token and session.access_token
+    return client, [session.refresh_token, session.access_token]
+
+
+# The same crawl for a person signed in with the identity provider (staffsso):
+# every URL, sort, filter choice and action page, without the hostile values
+# (they test the pages, not how the session signed in). One provider process
+# for these, on one worker.
+SIGN_INS = [
+    pytest.param("password", id="password"),
+    pytest.param("sso", id="sso", marks=pytest.mark.xdist_group("oidc_provider_crawl")),
+]
+
+
+@pytest.mark.parametrize("sign_in", SIGN_INS)
 @pytest.mark.parametrize("role", ROLES, ids=lambda role: role or "superuser")
 def test_every_admin_page_as_every_role_answers_without_a_server_error_or_a_secret(
-    role, world, make_staff, verified_login, capsys
+    role, sign_in, world, make_staff, verified_login, capsys, request
 ):
-    staff = make_staff(role, is_superuser=role is None)
-    client = verified_login(Client(raise_request_exception=False), staff)
-    crawl = Crawl(client, world["secrets"])
+    if sign_in == "sso":
+        client, tokens = signed_in_by_sso(request, role)
+    else:
+        staff = make_staff(role, is_superuser=role is None)
+        client, tokens = verified_login(Client(raise_request_exception=False), staff), []
+    crawl = Crawl(client, world["secrets"] + tokens)
     urls = urls_to_visit(world)
     changelists = {reverse(f"admin:{m._meta.app_label}_{m._meta.model_name}_changelist") for m in admin.site._registry}
     for url in urls:
         if url in changelists:
-            crawl_changelist(crawl, url)
+            # Hostile values test the pages, not the session: the password crawl sends them.
+            crawl_changelist(crawl, url, hostile=sign_in == "password")
         else:
             crawl.get("page", url)
 
@@ -232,5 +280,6 @@ def test_every_admin_page_as_every_role_answers_without_a_server_error_or_a_secr
         assert reverse("admin:institutions_institution_changelist") in reachable
     with capsys.disabled():
         print(
-            f"\n[crawl {role or 'superuser'}] {len(urls)} URLs, {crawl.counts}, {sum(crawl.counts.values())} requests"
+            f"\n[crawl {role or 'superuser'}, {sign_in}] {len(urls)} URLs, {crawl.counts}, "
+            f"{sum(crawl.counts.values())} requests"
         )
