@@ -547,6 +547,9 @@ OIDC_CLIENT_SECRET = env.str("OIDC_CLIENT_SECRET", default="")
 # What the sign-in button says: "Sign in with Google Workspace".
 OIDC_PROVIDER_NAME = env.str("OIDC_PROVIDER_NAME", default="your identity provider")
 OIDC_SCOPES = env.str("OIDC_SCOPES", default="openid email profile")
+# Extra parameters of the authorization request, as a query string (Google:
+# "access_type=offline&prompt=consent&hd=example.edu" for a refresh token).
+OIDC_AUTH_PARAMS = env.str("OIDC_AUTH_PARAMS", default="")
 # Only people whose verified email address is in one of these domains (required with SSO on).
 OIDC_ALLOWED_EMAIL_DOMAINS = [d.lower().lstrip("@") for d in env.list("OIDC_ALLOWED_EMAIL_DOMAINS", default=[])]
 # The ID token claim holding the person's groups (Entra ID app roles: "roles").

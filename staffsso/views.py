@@ -8,12 +8,13 @@ event, where the library's would answer a bare redirect or a 400.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import django_otp
 from axes.handlers.proxy import AxesProxyHandler
 from axes.helpers import get_lockout_response as axes_lockout_response
 from django import forms
+from django.conf import settings
 from django.contrib import auth
 from django.contrib.admin import site as admin_site
 from django.contrib.auth.signals import user_login_failed
@@ -83,6 +84,11 @@ class SsoLoginView(OIDCAuthenticationRequestView):
         config = sso_config()
         return library_setting(config, provider_metadata(issuer=config.issuer, timeout=config.timeout), attr, *args)
 
+    def get_extra_params(self, request):
+        # Provider-specific extras (OIDC_AUTH_PARAMS); never our own state, nonce or PKCE.
+        ours = {"state", "nonce", "code_challenge", "code_challenge_method", "client_id", "redirect_uri"}
+        return {k: v for k, v in parse_qsl(settings.OIDC_AUTH_PARAMS) if k not in ours}
+
     def dispatch(self, request, *args, **kwargs):
         if not sso_enabled():
             raise Http404
@@ -102,7 +108,7 @@ class SsoReauthView(SsoLoginView):
     """
 
     def get_extra_params(self, request):
-        return {"prompt": "login", "max_age": "0"}
+        return {**super().get_extra_params(request), "prompt": "login", "max_age": "0"}
 
     def get(self, request):
         if not is_sso_session(request) or not request.user.is_authenticated:

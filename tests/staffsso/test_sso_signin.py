@@ -367,3 +367,11 @@ def test_with_sso_off_nothing_changes(client, db, local_superuser):
     assert "Sign in with" not in page and "break-glass" not in page
     assert password_sign_in(client, *local_superuser).status_code == 302
     assert signed_in(client)
+
+
+def test_extra_authorization_parameters_are_sent_but_never_replace_ours(sso_settings, settings):
+    settings.OIDC_AUTH_PARAMS = "access_type=offline&hd=uni.example&state=mine&nonce=mine"
+    query = requests.utils.urlparse(Client().get("/sso/login/")["Location"]).query
+    params = dict(part.split("=", 1) for part in query.split("&"))
+    assert params["access_type"] == "offline" and params["hd"] == "uni.example"
+    assert params["state"] != "mine" and params["nonce"] != "mine"
