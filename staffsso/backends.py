@@ -22,7 +22,7 @@ from django.core.exceptions import SuspiciousOperation
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
 from staffsso.config import SsoConfig, sso_config
-from staffsso.discovery import ProviderMetadata, ProviderUnavailable, provider_metadata
+from staffsso.discovery import ProviderMetadata, provider_metadata
 from staffsso.tokens import TokenRefused, id_token_check
 
 BACKEND_PATH = "staffsso.backends.StaffOIDCBackend"
@@ -219,10 +219,3 @@ class StaffOIDCBackend(OIDCAuthenticationBackend):
         if info.get("sub") != subject:
             raise ExchangeFailed("userinfo names another person", refused=True)
         return info
-
-
-def backend() -> StaffOIDCBackend:
-    return StaffOIDCBackend()
-
-
-__all__ = ["BACKEND_PATH", "ExchangeFailed", "ProviderTokens", "ProviderUnavailable", "StaffOIDCBackend", "backend"]
