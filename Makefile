@@ -11,7 +11,16 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
 
-install: $(STAMP)
+# The test OpenID provider (tests/oidc_provider: node's oidc-provider, for the
+# SSO tests), installed from its lock file; needs node and the npm registry
+# once, then nothing. Without node the SSO tests skip (CI fails instead).
+OIDC_PROVIDER := tests/oidc_provider/node_modules/.installed
+$(OIDC_PROVIDER): tests/oidc_provider/package.json tests/oidc_provider/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix tests/oidc_provider --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the SSO tests will skip (install Node.js 20+ to run them)"; fi
+
+install: $(STAMP) $(OIDC_PROVIDER)
 
 # Development defaults: DEBUG on, everything else embedded (SQLite, a folder
 # as Celery broker, console mail, keys generated under var/), and keys checked
@@ -36,7 +45,7 @@ run: $(STAMP) .env
 # xdist_group on one worker.
 TEST_WORKERS ?= auto
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
-test: $(STAMP) .env
+test: $(STAMP) $(OIDC_PROVIDER) .env
 	$(PYTEST)
 
 # The suite again with the wall clock of every Python process moved
@@ -44,7 +53,7 @@ test: $(STAMP) .env
 # west of it, 29 February, and a Sunday of a DST change in America. Each date
 # runs even when an earlier one fails; the exit status says if any did.
 TEST_DATES ?= 2027-01-01T00:30:00Z 2028-02-29T12:00:00Z 2027-03-14T07:30:00Z
-test-dates: $(STAMP) .env
+test-dates: $(STAMP) $(OIDC_PROVIDER) .env
 	@failed=""; for at in $(TEST_DATES); do \
 	  echo "== make test with every clock at $$at"; \
 	  PYTHONPATH="$(abspath tests/clock)$${PYTHONPATH:+:$$PYTHONPATH}" CLOCK_AT=$$at $(PYTEST) -q || failed="$$failed $$at"; \

@@ -356,6 +356,14 @@ class AuditEvent(models.Model):
         TOKEN_ISSUED = "token_issued", "API token issued"
         TOKEN_REVOKED = "token_revoked", "API token revoked"
         WEBHOOK_SECRET = "webhook_secret", "Webhook signing secret set or rotated"
+        # Staff sign-in with the identity provider (staffsso/): the provider's subject, never a token.
+        SSO_LOGIN = "sso_login", "Sign-in with the identity provider"
+        SSO_REFUSED = "sso_refused", "Sign-in with the identity provider refused"
+        SSO_SIGNED_OUT = "sso_signed_out", "Signed out: the identity provider no longer vouches"
+        ROLE_CHANGED = "role_changed", "Role set from the identity provider's groups"
+        DEACTIVATED = "deactivated", "Staff account deactivated"
+        BREAK_GLASS = "break_glass", "Break-glass password sign-in"
+        BREAK_GLASS_SET = "break_glass_set", "Break-glass account marked or unmarked"
 
     kind = models.CharField(max_length=20, choices=Kind.choices)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -451,6 +459,7 @@ class Notice(models.Model):
         KEY_REJECTED = "key_rejected", "New key does not work"
         KEY_CONFLICT = "key_conflict", "Key on file for another institution"
         WEBHOOK = "webhook", "Webhook"
+        BREAK_GLASS = "break_glass", "Break-glass sign-in alert"
 
     class State(models.TextChoices):
         PENDING = "pending", "Pending"

@@ -125,6 +125,8 @@ INSTALLED_APPS = [
     "axes",
     "csp",
     "edpotential.apps.SecurityConfig",
+    # Staff sign-in with the company's identity provider (OIDC_ISSUER; off when unset).
+    "staffsso.apps.StaffSsoConfig",
 ]
 if DEBUG:
     # The demo data and the demo login's code (devtools/): never in production.
@@ -141,6 +143,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "edpotential.security.SessionLifetimeMiddleware",
+    # SSO sessions: their own lifetime, and re-validated at the provider every few minutes.
+    "staffsso.middleware.SsoSessionMiddleware",
     # After the user is known: a staff member's own zone on the staff site.
     "credentials.middleware.StaffTimeZoneMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -280,6 +284,13 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "task": "credentials.tasks.sweep_notices",
         "schedule": crontab(minute="*/5"),
     },
+    # Daily at 04:10: deactivate staff the identity provider has not vouched
+    # for in OIDC_DEACTIVATE_AFTER_DAYS (a leaver nobody removed here); with
+    # SSO off it records an empty run.
+    "sso-deactivate-unseen": {
+        "task": "staffsso.tasks.deactivate_unseen_staff",
+        "schedule": crontab(hour=4, minute=10),
+    },
 }
 # When each scheduled job (by its beat entry name) counts as overdue: its
 # period plus slack. /healthz answers 503 and the dashboard turns red past it.
@@ -289,6 +300,7 @@ SCHEDULED_JOBS_OVERDUE_AFTER = {
     "send-staff-digest": dt.timedelta(days=7, hours=2),
     "verify-pending-credentials": dt.timedelta(hours=2),
     "sweep-notices": dt.timedelta(minutes=30),
+    "sso-deactivate-unseen": dt.timedelta(hours=26),
 }
 # Optional: a URL fetched after each successful reminder run (healthchecks.io
 # style dead man's switch: it alerts when the pings stop).
@@ -501,6 +513,8 @@ CONTENT_SECURITY_POLICY = {
 AUTHENTICATION_BACKENDS = [
     "edpotential.security.WebLoginAxesBackend",  # must come first (django-axes)
     "django.contrib.auth.backends.ModelBackend",
+    # Sign-in with the identity provider (answers only its own callback; off without OIDC_ISSUER).
+    "staffsso.backends.StaffOIDCBackend",
 ]
 AXES_HANDLER = "edpotential.security.AddressWideLockoutHandler"
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
@@ -520,6 +534,47 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="CD2 key registry")
+
+# ---------------------------------------------------------------------------
+# Staff sign-in with the company's identity provider (OpenID Connect, staffsso/)
+# ---------------------------------------------------------------------------
+# Off unless OIDC_ISSUER is set: then staff sign in with the provider, and the
+# password form is for break-glass accounts only (SECURITY.md, docs/RUNBOOK.md
+# per provider). Endpoints come from the issuer's discovery document.
+OIDC_ISSUER = env.str("OIDC_ISSUER", default="").rstrip("/")
+OIDC_CLIENT_ID = env.str("OIDC_CLIENT_ID", default="")
+OIDC_CLIENT_SECRET = env.str("OIDC_CLIENT_SECRET", default="")
+# What the sign-in button says: "Sign in with Google Workspace".
+OIDC_PROVIDER_NAME = env.str("OIDC_PROVIDER_NAME", default="your identity provider")
+OIDC_SCOPES = env.str("OIDC_SCOPES", default="openid email profile")
+# Extra parameters of the authorization request, as a query string (Google:
+# "access_type=offline&prompt=consent&hd=example.edu" for a refresh token).
+OIDC_AUTH_PARAMS = env.str("OIDC_AUTH_PARAMS", default="")
+# Only people whose verified email address is in one of these domains (required with SSO on).
+OIDC_ALLOWED_EMAIL_DOMAINS = [d.lower().lstrip("@") for d in env.list("OIDC_ALLOWED_EMAIL_DOMAINS", default=[])]
+# The ID token claim holding the person's groups (Entra ID app roles: "roles").
+OIDC_GROUPS_CLAIM = env.str("OIDC_GROUPS_CLAIM", default="groups")
+# Provider group -> our role, "group:Role" comma-separated; roles: Viewer,
+# Customer success, Data engineer, Superuser. A person in no mapped group is refused.
+OIDC_GROUP_ROLES = env.str("OIDC_GROUP_ROLES", default="")
+# On: an ID token whose amr shows no second factor is refused, and the
+# provider's multi-factor stands in for our one-time code. Off: our TOTP step
+# still follows the provider's sign-in.
+OIDC_REQUIRE_MFA = env.bool("OIDC_REQUIRE_MFA", default=False)
+# amr values (RFC 8176) that show a second factor.
+OIDC_MFA_AMR_VALUES = env.list(
+    "OIDC_MFA_AMR_VALUES", default=["mfa", "otp", "hwk", "sc", "sms", "tel", "fpt", "face", "iris", "retina"]
+)
+# An SSO session ends this long after sign-in however active (the password
+# sessions' 12 hours do not apply to it).
+OIDC_SESSION_HOURS = env.int("OIDC_SESSION_HOURS", default=8)
+# Every few minutes a session asks the provider again (refresh token, or
+# userinfo): a person disabled there is signed out here within this interval.
+OIDC_REVALIDATE_MINUTES = env.int("OIDC_REVALIDATE_MINUTES", default=5)
+# A person not seen at the provider for this many days is deactivated here (daily job, audited).
+OIDC_DEACTIVATE_AFTER_DAYS = env.int("OIDC_DEACTIVATE_AFTER_DAYS", default=30)
+# Seconds the provider is waited for (discovery, token, JWKS, userinfo).
+OIDC_TIMEOUT_SECONDS = env.float("OIDC_TIMEOUT_SECONDS", default=10.0)
 
 # ---------------------------------------------------------------------------
 # Logging

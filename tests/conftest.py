@@ -335,3 +335,47 @@ def inline_worker():
     # At once rather than on commit: a unit test's transaction never commits.
     with mock.patch.object(jobs, "job_enqueue", publish), mock.patch.object(jobs, "job_enqueue_on_commit", publish):
         yield
+
+
+# ---------------------------------------------------------------------------
+# Staff sign-in with the identity provider (staffsso/): a real OpenID provider
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def oidc_provider():
+    """The test OpenID provider (node's oidc-provider on loopback), one process per test module.
+
+    Mark the module `pytest.mark.xdist_group("oidc_provider")` so its tests share a worker.
+    """
+    from tests.staffsso.provider import OidcProvider
+
+    provider = OidcProvider.start()
+    try:
+        yield provider
+    finally:
+        provider.stop()
+
+
+@pytest.fixture
+def sso_settings(settings, oidc_provider):
+    """SSO on against the test provider, no people known there yet; yields the provider.
+
+    Multi-factor from the provider's amr is required (OIDC_REQUIRE_MFA); a
+    test that wants our code step after the provider turns it off.
+    """
+    from staffsso.discovery import provider_metadata_forget
+    from tests.staffsso.provider import CLIENT_ID, CLIENT_SECRET, DOMAIN, GROUP_ROLES
+
+    oidc_provider.reset()
+    provider_metadata_forget()
+    settings.OIDC_ISSUER = oidc_provider.issuer
+    settings.OIDC_CLIENT_ID = CLIENT_ID
+    settings.OIDC_CLIENT_SECRET = CLIENT_SECRET
+    settings.OIDC_PROVIDER_NAME = "Test IdP"
+    settings.OIDC_SCOPES = "openid email profile groups"
+    settings.OIDC_ALLOWED_EMAIL_DOMAINS = [DOMAIN]
+    settings.OIDC_GROUP_ROLES = ",".join(f"{group}:{role}" for group, role in GROUP_ROLES.items())
+    settings.OIDC_REQUIRE_MFA = True
+    yield oidc_provider
+    provider_metadata_forget()

@@ -2,7 +2,7 @@
 the settings package is wiring only, and README's layout table names every module.
 
 See ../README.md "Layout". Production code: api/, credentials/, institutions/,
-edpotential/ and requestinfo/. Migrations are history and are left out.
+edpotential/, requestinfo/ and staffsso/. Migrations are history and are left out.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from credentials.services import jobs
 from edpotential.celery import app
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_PACKAGES = ("api", "credentials", "institutions", "edpotential", "requestinfo", "devtools")
-PRODUCTION_PACKAGES = ("api", "credentials", "institutions", "edpotential", "requestinfo")
+PROJECT_PACKAGES = ("api", "credentials", "institutions", "edpotential", "requestinfo", "staffsso", "devtools")
+PRODUCTION_PACKAGES = ("api", "credentials", "institutions", "edpotential", "requestinfo", "staffsso")
 
 
 def _modules(packages=PROJECT_PACKAGES) -> dict[str, Path]:
@@ -235,6 +235,7 @@ ALLOWED_FUNCTION_LEVEL = {
     "credentials.admin.apps",
     "edpotential.apps",
     "edpotential.celery",
+    "staffsso.apps",
 }
 
 
@@ -271,6 +272,7 @@ SENDER_MODULES = {
     "credentials.services.submission",
     "credentials.services.verification",
     "api.webhooks",
+    "staffsso.services",
 }
 
 

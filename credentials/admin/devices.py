@@ -15,6 +15,7 @@ import base64
 import io
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -25,6 +26,7 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django_otp import login as otp_login
 from django_otp.qr import write_qrcode_image
 
+from credentials.admin.pages import reauth_is_fresh
 from credentials.models import AuditEvent
 from credentials.services.audit import audit_record
 from credentials.services.two_factor import (
@@ -33,6 +35,7 @@ from credentials.services.two_factor import (
     two_factor_device_delete,
 )
 from requestinfo import client_ip
+from staffsso.session import is_sso_session, reauth_url
 
 # --------------------------------------------------------------------------
 # Device admins (TOTP authenticators and recovery codes)
@@ -92,9 +95,21 @@ class PasswordForm(forms.Form):
         widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
     )
 
-    def __init__(self, *args, user, **kwargs) -> None:
+    def __init__(self, *args, user, request, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.user = user
+        # Signed in with the identity provider: no local password; the proof
+        # is a fresh sign-in there (as for a reveal, credentials/admin/pages.py).
+        self.by_provider = is_sso_session(request)
+        self.needs_provider = self.by_provider and not reauth_is_fresh(request)
+        if self.by_provider:
+            del self.fields["password"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.needs_provider:
+            raise ValidationError("Sign in again with your identity provider first (the button above).")
+        return cleaned
 
     def clean_password(self) -> str:
         if not self.user.check_password(self.cleaned_data["password"]):
@@ -130,7 +145,7 @@ def authenticator_reset_view(request: HttpRequest, *, admin_site) -> HttpRespons
     ip_address = client_ip(request)
     context = {**admin_site.each_context(request), "title": "Reset my authenticator"}
     pending_id = request.session.get(PENDING_DEVICE_SESSION_KEY)
-    password_form = PasswordForm(user=user)
+    password_form = PasswordForm(user=user, request=request)
     code_form = None
 
     if request.method == "POST" and "otp_token" in request.POST and pending_id:
@@ -150,7 +165,7 @@ def authenticator_reset_view(request: HttpRequest, *, admin_site) -> HttpRespons
                 "That code does not match. Check the app's clock, or start again for a new QR code.",
             )
     elif request.method == "POST":
-        password_form = PasswordForm(request.POST, user=user)
+        password_form = PasswordForm(request.POST, user=user, request=request)
         if password_form.is_valid():
             device = authenticator_reset_start(user=user, ip_address=ip_address)
             request.session[PENDING_DEVICE_SESSION_KEY] = device.pk
@@ -166,5 +181,10 @@ def authenticator_reset_view(request: HttpRequest, *, admin_site) -> HttpRespons
                 ip_address=ip_address,
                 detail={"where": "authenticator reset password check"},
             )
-    context.update(password_form=password_form, code_form=code_form)
+    context.update(
+        password_form=password_form,
+        code_form=code_form,
+        provider_reauth_url=reauth_url(request.get_full_path()),
+        provider_name=settings.OIDC_PROVIDER_NAME,
+    )
     return _private(TemplateResponse(request, "admin/credentials/authenticator_reset.html", context))

@@ -11,6 +11,7 @@ import logging
 import time
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -48,6 +49,7 @@ from credentials.services.submission import Door, credential_submit
 from credentials.services.verification import credential_verify
 from institutions.models import Institution
 from requestinfo import client_ip
+from staffsso.session import is_sso_session, reauth_url
 
 logger = logging.getLogger(__name__)
 
@@ -366,9 +368,20 @@ class RevealForm(ReasonForm):
     def __init__(self, *args, request: HttpRequest, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.request = request
-        self.needs_password = not reauth_is_fresh(request)
+        # Signed in with the identity provider: the fresh proof is a new
+        # sign-in there (prompt=login, max_age=0), never a local password.
+        self.by_provider = is_sso_session(request)
+        fresh = reauth_is_fresh(request)
+        self.needs_password = not fresh and not self.by_provider
+        self.needs_provider = not fresh and self.by_provider
         if not self.needs_password:
             del self.fields["password"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.needs_provider:
+            raise ValidationError("Sign in again with your identity provider first (the button above).")
+        return cleaned
 
     def clean_password(self) -> str:
         password = self.cleaned_data.get("password", "")
@@ -391,7 +404,11 @@ def reveal_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
         "opts": CD2Credential._meta,
         "credential": credential,
         "institution": credential.institution,
-        "reauth_fresh": not form.needs_password,
+        "reauth_fresh": not (form.needs_password or form.needs_provider),
+        "needs_provider": form.needs_provider,
+        "by_provider": form.by_provider,
+        "provider_reauth_url": reauth_url(request.get_full_path()),
+        "provider_name": settings.OIDC_PROVIDER_NAME,
     }
     if request.method == "POST":
         if form.is_valid():

@@ -11,14 +11,22 @@ from dataclasses import dataclass
 from functools import partial
 
 from django import forms
+from django.conf import settings
+from django.contrib.admin import AdminSite
 from django.contrib.auth.signals import user_login_failed
+from django.http import HttpResponseRedirect
 from django.urls import path, reverse
+from django.utils.http import urlencode
 from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from credentials.admin import devices, my_settings
 from credentials.admin.dashboard import dashboard_context
+from requestinfo import client_ip
+from staffsso.config import sso_enabled
+from staffsso.services import break_glass_allowed, break_glass_signed_in
+from staffsso.session import is_sso_session, mfa_by_provider
 
 DASHBOARD_PERMISSION = "institutions.view_institution"
 
@@ -44,7 +52,9 @@ SECTIONS = (
     Section("notices", "Notices and reminders", ("credentials.reminderlog", "credentials.notice")),
     Section("audit", "Audit", ("credentials.auditevent",)),
     Section("api", "Data pipeline API", ("api.*",), superusers_only=True),
-    Section("security", "Security", ("auth.*", "axes.*", "otp_totp.*", "otp_static.*"), superusers_only=True),
+    Section(
+        "security", "Security", ("auth.*", "axes.*", "otp_totp.*", "otp_static.*", "staffsso.*"), superusers_only=True
+    ),
 )
 OTHER_SECTION = Section("other", "Other", ())
 # The admins that take the place of the ones other apps register (see StaffAdminSite.register).
@@ -80,12 +90,26 @@ class StaffLoginForm(OTPAdminAuthenticationForm):
 
     def clean(self):
         try:
-            return super().clean()
+            cleaned = super().clean()
         except forms.ValidationError:
             # Forget the user a right password found: the template and
             # django-otp read it to offer that user's devices.
             self.user_cache = None
             raise forms.ValidationError(SIGN_IN_FAILED, code="sign_in_failed") from None
+        user = self.user_cache
+        if sso_enabled() and user is not None and not break_glass_allowed(user):
+            # With SSO on, a password signs in break-glass accounts only; the
+            # same answer as any failure, so the form tells nobody whose
+            # password was right.
+            self.user_cache = None
+            user_login_failed.send(
+                sender=__name__,
+                credentials={"username": user.get_username()},
+                request=self.request,
+                reason="password sign-in refused: SSO is on and this is not a break-glass account",
+            )
+            raise forms.ValidationError(SIGN_IN_FAILED, code="sign_in_failed")
+        return cleaned
 
     def _verify_token(self, user, token, device=None):
         if device is None:
@@ -143,6 +167,37 @@ class StaffAdminSite(OTPAdminSite):
         if isinstance(model_or_iterable, type):
             admin_class = REPLACEMENT_ADMINS.get(model_or_iterable, admin_class)
         return super().register(model_or_iterable, admin_class, **options)
+
+    def has_permission(self, request):
+        """Active staff with a verified second factor: our one-time code, or the provider's when it counts.
+
+        OTPAdminSite asks for a django-otp device; a sign-in with the
+        identity provider whose amr showed a second factor (OIDC_REQUIRE_MFA)
+        has none here, and needs none.
+        """
+        return AdminSite.has_permission(self, request) and (request.user.is_verified() or mfa_by_provider(request))
+
+    def login(self, request, extra_context=None):
+        if (
+            is_sso_session(request)
+            and request.user.is_authenticated
+            and not (request.user.is_verified() or mfa_by_provider(request))
+        ):
+            # Signed in with the provider, our code still to come.
+            return HttpResponseRedirect(
+                reverse("staffsso:code") + "?" + urlencode({"next": request.GET.get("next", "")})
+            )
+        extra_context = {
+            **(extra_context or {}),
+            "sso_enabled": sso_enabled(),
+            "sso_provider_name": settings.OIDC_PROVIDER_NAME,
+            "sso_login_url": reverse("staffsso:login") + "?" + urlencode({"next": request.GET.get("next", "/admin/")}),
+        }
+        response = super().login(request, extra_context)
+        if request.method == "POST" and sso_enabled() and request.user.is_authenticated and response.status_code == 302:
+            # Only a break-glass account gets here (StaffLoginForm): audited and every superuser told.
+            break_glass_signed_in(user=request.user, ip_address=client_ip(request))
+        return response
 
     def get_urls(self):
         reset = self.admin_view(partial(devices.authenticator_reset_view, admin_site=self))

@@ -17,6 +17,7 @@ from django.http import HttpResponseRedirect
 from django.urls import reverse
 
 from credentials.selectors import audit_events_by
+from staffsso.models import StaffIdentity
 
 
 def _refusal(user, events: int) -> str:
@@ -30,7 +31,18 @@ def _refusal(user, events: int) -> str:
 User = get_user_model()
 
 
+# What the identity provider's groups decide for a user who signs in with it
+# (staffsso): shown, never edited here, so nothing local broadens a role.
+ROLES_FROM_PROVIDER = ("is_staff", "is_superuser", "groups", "user_permissions")
+
+
 class StaffUserAdmin(UserAdmin):
+    def get_readonly_fields(self, request, obj=None):
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if obj is not None and StaffIdentity.objects.filter(user=obj).exists():
+            fields += ROLES_FROM_PROVIDER
+        return fields
+
     def delete_view(self, request, object_id, extra_context=None):
         user = self.get_object(request, unquote(object_id))
         events = audit_events_by(user=user) if user is not None else 0

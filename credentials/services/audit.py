@@ -46,8 +46,13 @@ def _is_web_request(request) -> bool:
     return request is not None and getattr(request, "method", None) is not None
 
 
+# The backend of a sign-in with the identity provider: staffsso records those
+# itself (kind sso_login, with the provider's subject and the MFA proof).
+SSO_BACKEND = "staffsso.backends.StaffOIDCBackend"
+
+
 def audit_login(sender, request, user, **kwargs) -> None:
-    if not _is_web_request(request):
+    if not _is_web_request(request) or getattr(user, "backend", "") == SSO_BACKEND:
         return
     device = getattr(user, "otp_device", None)
     audit_record(

@@ -225,4 +225,3 @@ def notice_resend(*, notice_id: int, now: dt.datetime | None = None) -> bool:
 def due_notices(*, now: dt.datetime) -> list[tuple[int, str]]:
     """(id, kind) of every due notice, oldest due first."""
     return list(Notice.objects.filter(notice_due(now)).order_by("next_attempt_at", "pk").values_list("pk", "kind"))
-

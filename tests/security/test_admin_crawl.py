@@ -31,11 +31,14 @@ from api.services import api_sync_report, api_token_issue
 from credentials.models import AuditEvent, Notice
 from credentials.services.audit import audit_record
 from credentials.services.links import submission_link_create
+from staffsso.models import BreakGlassAccount, ProviderSession, StaffIdentity
 from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET, reminder_step
 
 ROLES = ("Viewer", "Customer success", "Data engineer", None)  # None: a superuser
 HOSTILE_VALUES = ("\x00", "a\x00b", "x" * 5000, "ü\u202e😀€\u0000", "-1", "' OR 1=1 --")
 RECOVERY_CODES = ("crawlrec01", "crawlrec02")
+PLANTED_REFRESH_TOKEN = "PLANTED-refresh-tKn-7Qe2Vw9"
+PLANTED_ACCESS_TOKEN = "PLANTED-access-tKn-3Rf8Hj1"
 
 
 # ---------------------------------------------------------------------------
@@ -135,6 +138,16 @@ def world(institution, make_credential, make_staff):
     account = ServiceAccount.objects.create(name="crawl-pipeline", all_institutions=True)
     issued = api_token_issue(account=account, scopes=["keys:read", "syncs:write"], created_by=owner)
     api_sync_report(token=issued.token, institution_slug=institution.slug, key_id=key.pk, outcome="ok")
+    # Staff sign-in with the identity provider (staffsso): an identity, its
+    # provider session holding tokens, and a break-glass account.
+    identity = StaffIdentity.objects.create(
+        user=owner, issuer="https://idp.example", subject="owner-sub", email="owner@uni.example", roles=["Viewer"]
+    )
+    ProviderSession.objects.create(
+        user=owner, identity=identity, refresh_token=PLANTED_REFRESH_TOKEN, access_token=PLANTED_ACCESS_TOKEN
+    )
+    glass = make_staff(None, username="break-glass-admin", is_superuser=True)
+    BreakGlassAccount.objects.create(user=glass, reason="provider outage")
     seed_b32 = base64.b32encode(totp.bin_key).decode()
     secrets = [
         issued.plaintext,
@@ -145,6 +158,8 @@ def world(institution, make_credential, make_staff):
         seed_b32,
         seed_b32.rstrip("="),
         *RECOVERY_CODES,
+        PLANTED_REFRESH_TOKEN,
+        PLANTED_ACCESS_TOKEN,
     ]
     return {"institution": institution, "secrets": secrets}
 
@@ -189,12 +204,18 @@ def hostile_parameters(cl) -> set[str]:
     return parameters
 
 
-def crawl_changelist(crawl: Crawl, url: str, tried: set[str] = frozenset()) -> None:
-    """Every sort, filter choice and action of a changelist; hostile values for each parameter not in `tried`."""
+def crawl_changelist(crawl: Crawl, url: str, tried: set[str] = frozenset(), *, deep: bool = True) -> None:
+    """Every sort, filter choice and action of a changelist; hostile values for each parameter not in `tried`.
+
+    Not `deep`: the list and its actions' pages only.
+    """
     response = crawl.get("changelist", url)
     if response.status_code != 200 or response.context is None or "cl" not in response.context:
         return
     cl = response.context["cl"]
+    if not deep:
+        _crawl_actions(crawl, url, response)
+        return
     for index in range(len(cl.list_display)):
         crawl.get("sort", url, {"o": str(index)})
         crawl.get("sort", url, {"o": f"-{index}"})
@@ -214,9 +235,13 @@ def crawl_changelist(crawl: Crawl, url: str, tried: set[str] = frozenset()) -> N
             values = ("2026",) if f"{cl.date_hierarchy}__{part}" in tried else ("2026", *HOSTILE_VALUES)
             for value in values:
                 crawl.get("date hierarchy", url, {f"{cl.date_hierarchy}__{part}": value})
-    model_admin = cl.model_admin
+    _crawl_actions(crawl, url, response)
+
+
+def _crawl_actions(crawl: Crawl, url: str, response) -> None:
+    cl = response.context["cl"]
     pk = cl.model._default_manager.order_by("pk").values_list("pk", flat=True).first()
-    for name in model_admin.get_actions(response.wsgi_request):
+    for name in cl.model_admin.get_actions(response.wsgi_request):
         # No "post": the confirmation page where an action has one.
         crawl.post("action", url, {"action": name, "_selected_action": [pk], "index": 0})
 
@@ -232,13 +257,45 @@ def superuser_parameters(changelists, make_staff, verified_login) -> dict[str, s
     return seen
 
 
+def signed_in_by_sso(request, role: str | None) -> tuple[Client, list[str]]:
+    """A client signed in through the test OpenID provider with the group of `role`; the session's tokens.
+
+    The tokens the provider gave (refresh and access) join the planted
+    secrets: no admin page may show them either.
+    """
+    from staffsso.models import ProviderSession
+    from tests.staffsso.provider import ROLE_GROUP
+
+    provider = request.getfixturevalue("sso_settings")
+    sub = provider.person(f"crawl-{ROLE_GROUP[role or 'Superuser']}", groups=[ROLE_GROUP[role or "Superuser"]])
+    client = Client(raise_request_exception=False)
+    assert provider.sign_in(client, sub).status_code == 302
+    session = ProviderSession.objects.get(identity__subject=sub)
+    assert session.refresh_token and session.access_token
+    return client, [session.refresh_token, session.access_token]
+
+
+# The same crawl for a person signed in with the identity provider (staffsso):
+# every URL, every list and every action page; not the sorts, filter choices
+# and hostile values, which meet the same code whichever way the session
+# signed in. One provider process for these, on one worker.
+SIGN_INS = [
+    pytest.param("password", id="password"),
+    pytest.param("sso", id="sso", marks=pytest.mark.xdist_group("oidc_provider_crawl")),
+]
+
+
+@pytest.mark.parametrize("sign_in", SIGN_INS)
 @pytest.mark.parametrize("role", ROLES, ids=lambda role: role or "superuser")
 def test_every_admin_page_as_every_role_answers_without_a_server_error_or_a_secret(
-    role, world, make_staff, verified_login, capsys
+    role, sign_in, world, make_staff, verified_login, capsys, request
 ):
-    staff = make_staff(role, is_superuser=role is None)
-    client = verified_login(Client(raise_request_exception=False), staff)
-    crawl = Crawl(client, world["secrets"])
+    if sign_in == "sso":
+        client, tokens = signed_in_by_sso(request, role)
+    else:
+        staff = make_staff(role, is_superuser=role is None)
+        client, tokens = verified_login(Client(raise_request_exception=False), staff), []
+    crawl = Crawl(client, world["secrets"] + tokens)
     urls = urls_to_visit(world)
     changelists = {reverse(f"admin:{m._meta.app_label}_{m._meta.model_name}_changelist") for m in admin.site._registry}
     # A hostile value meets the same parsing whoever sends it: the superuser's
@@ -247,7 +304,10 @@ def test_every_admin_page_as_every_role_answers_without_a_server_error_or_a_secr
     tried = {} if role is None else superuser_parameters(changelists, make_staff, verified_login)
     for url in urls:
         if url in changelists:
-            crawl_changelist(crawl, url, tried.get(url, frozenset()))
+            # Signed in by the provider: the same pages and actions; sorts, filter
+            # choices and hostile values meet the same code whichever way the
+            # session signed in, and the password crawl sends them.
+            crawl_changelist(crawl, url, tried.get(url, frozenset()), deep=sign_in == "password")
         else:
             crawl.get("page", url)
 
@@ -261,5 +321,6 @@ def test_every_admin_page_as_every_role_answers_without_a_server_error_or_a_secr
         assert reverse("admin:institutions_institution_changelist") in reachable
     with capsys.disabled():
         print(
-            f"\n[crawl {role or 'superuser'}] {len(urls)} URLs, {crawl.counts}, {sum(crawl.counts.values())} requests"
+            f"\n[crawl {role or 'superuser'}, {sign_in}] {len(urls)} URLs, {crawl.counts}, "
+            f"{sum(crawl.counts.values())} requests"
         )
