@@ -561,6 +561,8 @@ LOGGING = {
         # Sign-ins are audit events (AuditEvent login/login_failed); axes'
         # own INFO lines would only repeat them. Lockouts still show (WARNING).
         "axes": {"handlers": [], "level": "WARNING", "propagate": True},
+        # apprise says "Sent ... notification" per chat message; the notice records that already.
+        "apprise": {"handlers": [], "level": "WARNING", "propagate": True},
     },
 }
 # Error reports (the 500 mail, the debug page) hide key, password and token

@@ -41,7 +41,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, Count, F, Min, Q, When
 from django.utils import timezone
 from prometheus_client import CollectorRegistry, generate_latest
@@ -132,7 +132,7 @@ def _check_labels(name: str, labels: Mapping[str, str], declared: Iterable[str])
 
 
 def _add(*, name: str, labels: str, count: int, total: float = 0.0) -> None:
-    """Add to one row (made on first use); a database error is logged, never raised to the caller's work."""
+    """Add to one row (made on first use); an error is logged, never raised to the caller's work."""
 
     def write() -> None:
         updated = MetricCount.objects.filter(name=name, labels=labels).update(
@@ -155,7 +155,7 @@ def _add(*, name: str, labels: str, count: int, total: float = 0.0) -> None:
                 write()
         else:
             write()
-    except DatabaseError as exc:
+    except Exception as exc:  # a count is never worth failing the work it counts (database down, no database)
         logger.warning("Metric %s not counted: %s", name, type(exc).__name__)
 
 

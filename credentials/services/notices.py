@@ -245,16 +245,23 @@ def due_notice_ids(*, now: dt.datetime, limit: int | None = None) -> list[int]:
 # --------------------------------------------------------------------------
 
 
-def notices_claim_group(*, kind: str, group: dict, now: dt.datetime, until: dt.datetime) -> list[int]:
+def notices_claim_group(
+    *, lead_id: int, kind: str, group: dict, now: dt.datetime, until: dt.datetime
+) -> list[int]:
     """Take every notice of `kind` in `group` (filter arguments) that is due by `until`, or whose sender died.
 
-    Claimed like notices_claim (rows another sender holds are skipped), so
-    two senders never send one notice; `until` reaches past now to gather
-    the notices still waiting for their group (STAFF_ALERT_GROUP_SECONDS).
-    The ids taken, oldest first.
+    Only while `lead_id` (the notice whose delivery asks) is itself due:
+    the task of a notice already sent with its group takes nothing, and so
+    does not cut short the wait of notices written since. Claimed like
+    notices_claim (rows another sender holds are skipped), so two senders
+    never send one notice; `until` reaches past now to gather the notices
+    still waiting for their group (STAFF_ALERT_GROUP_SECONDS). The ids
+    taken, oldest first.
     """
     due = Q(state=Notice.State.PENDING, next_attempt_at__lte=until) | Q(state=Notice.State.SENDING, lease_until__lt=now)
     with transaction.atomic():
+        if not Notice.objects.select_for_update(skip_locked=True).filter(notice_due(now), pk=lead_id).exists():
+            return []
         taken = list(
             Notice.objects.select_for_update(skip_locked=True)
             .filter(due, kind=kind, **group)

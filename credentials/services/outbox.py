@@ -145,13 +145,6 @@ def _count(outcomes: Counter) -> None:
             metrics.metric_count(metrics.OUTBOX_DELIVERIES, labels={"kind": kind, "outcome": outcome}, n=n)
 
 
-def _is_due(notice: Notice, now: dt.datetime) -> bool:
-    """The loaded row is due (notices.notice_due, read in Python)."""
-    if notice.state == Notice.State.PENDING:
-        return notice.next_attempt_at <= now
-    return notice.state == Notice.State.SENDING and notice.lease_until is not None and notice.lease_until < now
-
-
 def _deliver_group(notice: Notice, *, now: dt.datetime, connection=None) -> tuple[str, int]:
     """Send `notice` with every notice of its group due by the group's window, as one message; (outcome, how many).
 
@@ -160,10 +153,12 @@ def _deliver_group(notice: Notice, *, now: dt.datetime, connection=None) -> tupl
     came later. All are sent, retried (one next attempt for all) or closed together.
     """
     sender = outgoing.sender_for(notice.kind)
-    if not _is_due(notice, now):
-        return "", 0
     ids = notices.notices_claim_group(
-        kind=notice.kind, group=sender.group_key(notice), now=now, until=now + sender.group_window()
+        lead_id=notice.pk,
+        kind=notice.kind,
+        group=sender.group_key(notice),
+        now=now,
+        until=now + sender.group_window(),
     )
     if not ids:
         return "", 0
