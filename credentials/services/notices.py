@@ -245,9 +245,7 @@ def due_notice_ids(*, now: dt.datetime, limit: int | None = None) -> list[int]:
 # --------------------------------------------------------------------------
 
 
-def notices_claim_group(
-    *, lead_id: int, kind: str, group: dict, now: dt.datetime, until: dt.datetime
-) -> list[int]:
+def notices_claim_group(*, lead_id: int, kind: str, group: dict, now: dt.datetime, until: dt.datetime) -> list[int]:
     """Take every notice of `kind` in `group` (filter arguments) that is due by `until`, or whose sender died.
 
     Only while `lead_id` (the notice whose delivery asks) is itself due:
