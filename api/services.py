@@ -23,7 +23,7 @@ from django.utils import timezone
 from api.models import ApiToken, Scope, ServiceAccount, SyncReport
 from credentials.models import AuditEvent, CD2Credential, hash_token
 from credentials.selectors import current_key, institutions_with_key_summary, local_today
-from credentials.services import jobs
+from credentials.services import jobs, metrics
 from credentials.services.audit import audit_record
 from credentials.services.keys import credential_mark_pulled
 from credentials.services.staff import RevealedKey, credential_handoff_record
@@ -225,7 +225,18 @@ def api_key_read(
     Refused (ApiRefused) with: institution_not_found, no_key (never had one,
     or the last was revoked), key_pending (awaiting its first check),
     key_invalid (CD2 refused it), key_expired (active, past its date).
+    Each read is counted by outcome (metrics: cd2_api_key_reads_total).
     """
+    try:
+        key = _key_read(token=token, institution_slug=institution_slug, ip_address=ip_address, today=today)
+    except ApiRefused as refusal:
+        metrics.metric_count(metrics.API_KEY_READS, labels={"outcome": refusal.code})
+        raise
+    metrics.metric_count(metrics.API_KEY_READS, labels={"outcome": "served"})
+    return key
+
+
+def _key_read(*, token: ApiToken, institution_slug: str, ip_address: str | None, today: dt.date | None) -> RevealedKey:
     today = today or local_today()
     institution = _institution_for(account=token.account, slug=institution_slug)
     active = current_key(institution=institution, statuses=(CD2Credential.Status.ACTIVE,))

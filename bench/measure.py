@@ -1127,6 +1127,57 @@ def measure_api(ctx: Context) -> dict:
 
 
 # --------------------------------------------------------------------------
+# 7. The Prometheus scrape (/metrics)
+# --------------------------------------------------------------------------
+
+METRICS_TOKEN = "bench-metrics-token"  # noqa: S105 (the bench's own)
+
+
+def measure_metrics(ctx: Context) -> dict:
+    """GET /metrics as Prometheus would, beside its floor: one COUNT over the served institutions.
+
+    The floor is the least any scrape of the registry's numbers must do (read
+    each institution's stored key summary once); the scrape adds the outbox,
+    the jobs and the counters. Its queries must not grow with N.
+    """
+    from django.conf import settings
+    from django.test import Client
+
+    from institutions.models import Institution
+
+    settings.METRICS_TOKEN = METRICS_TOKEN
+    client = Client(headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    served = Institution.objects.filter(status__in=Institution.SERVED_STATUSES)
+
+    def floor() -> int:
+        return served.count()
+
+    for _ in range(2):  # warm up
+        response = client.get("/metrics")
+        floor()
+    if response.status_code != 200:
+        raise RuntimeError(f"GET /metrics answered {response.status_code}, not 200")
+    # The bench's own statement counter: Django's CaptureQueriesContext sees nothing here (DEBUG off).
+    with QueryCounter().counting() as scrape_queries:
+        client.get("/metrics")
+    with QueryCounter().counting() as floor_queries:
+        floor()
+    scrape_times, floor_times = [], []
+    for _ in range(ctx.repeats):
+        scrape_times.append(timed(client.get, "/metrics")[0])
+        floor_times.append(timed(floor)[0])
+    scrape_s, floor_s = statistics.median(scrape_times), statistics.median(floor_times)
+    return {
+        "median_s": scrape_s,
+        "queries": scrape_queries.count,
+        "bytes": len(response.content),
+        "floor_s": floor_s,
+        "floor_queries": floor_queries.count,
+        "ratio": ratio(scrape_s, floor_s),
+    }
+
+
+# --------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------
 
@@ -1163,6 +1214,7 @@ MEASURES = {
     # and refuses to start on values re-encrypted under a newer key.
     "api": measure_api,
     "rotation": measure_rotation,
+    "metrics": measure_metrics,
 }
 
 

@@ -143,6 +143,7 @@ FIGURE_ORDER = (
     "API key reads (gunicorn)",
     "API key list, page of 100",
     "API key list, page of 500",
+    "Metrics scrape (/metrics)",
 )
 
 
@@ -242,6 +243,18 @@ def _figures(size: dict) -> list[Figure]:
                     p["ratio_" + key] <= 1.5 if p["ratio_" + key] else None,
                 )
             )
+    m = size.get("metrics")
+    if m:
+        rows.append(
+            (
+                "Metrics scrape (/metrics)",
+                f"{_ms(m['median_s'])}, {m['queries']} queries",
+                f"{_ms(m['floor_s'])}, {m['floor_queries']} query (COUNT of served institutions)",
+                _x(m["ratio"]),
+                "≤ 100 ms, queries fixed",
+                m["median_s"] <= 0.1,
+            )
+        )
     c = size.get("key_checks")
     if c:
         need, limit = c["required_gateway_rps"], c["gateway_rate_limit"]

@@ -15,7 +15,19 @@ class CredentialsConfig(AppConfig):
         )
         from credentials.models import Notice
         from credentials.outgoing import sender_register
-        from credentials.services import audit, digest, links, owners, pending, reminders, submission, verification
+        from credentials.services import (
+            alerts,
+            audit,
+            digest,
+            links,
+            metrics,
+            owners,
+            pending,
+            reminders,
+            submission,
+            verification,
+        )
+        from credentials.signals import gateway_request, key_checked, notice_failed
 
         # The senders credentials owns (api registers the webhook's): the outbox imports none of them.
         kinds = Notice.Kind
@@ -27,6 +39,19 @@ class CredentialsConfig(AppConfig):
         sender_register(kinds.KEY_REJECTED, pending.key_rejected_notice_write)
         sender_register(kinds.KEY_CONFLICT, submission.key_conflict_notice_write)
         sender_register(kinds.SUBMISSION_LINK, links.link_notice_write)
+        # Staff alerts go in groups: one message per chat channel, one mail per staff member.
+        window = alerts.alert_group_window
+        sender_register(
+            kinds.STAFF_ALERT, alerts.staff_alert_chat_write, group_key=alerts.chat_group, group_window=window
+        )
+        sender_register(
+            kinds.STAFF_ALERT_MAIL, alerts.staff_alert_mail_write, group_key=alerts.mail_group, group_window=window
+        )
+        notice_failed.connect(alerts.notice_failed_record, dispatch_uid="edp-alert-notice-failed")
+
+        # The CD2 client's requests and checks, counted for /metrics.
+        gateway_request.connect(metrics.gateway_request_record, dispatch_uid="edp-metrics-gateway-request")
+        key_checked.connect(metrics.key_check_record, dispatch_uid="edp-metrics-key-checked")
 
         user_logged_in.connect(audit.audit_login, dispatch_uid="edp-audit-login")
         user_login_failed.connect(audit.audit_login_failed, dispatch_uid="edp-audit-login-failed")

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -27,6 +28,8 @@ from typing import Any
 
 import requests
 from requests.auth import AuthBase
+
+from credentials.signals import gateway_request, key_checked
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +128,7 @@ def check_key(
             result = call.run(own_session, basic=basic)
     else:
         result = call.run(session, basic=basic)
+    key_checked.send(sender=Verdict, verdict=result.verdict.value)
     logger.info(
         "CD2 key check: verdict=%s status=%s error_type=%s",
         result.verdict.value,
@@ -165,7 +169,8 @@ class _Call:
         try:
             # Redirects are not followed: the Basic credentials must reach the
             # gateway we were configured with and nothing else.
-            login = session.post(
+            login = self._timed(
+                session.post,
                 self.base_url + LOGIN_PATH,
                 data={"grant_type": "client_credentials"},
                 auth=_HeaderAuth("Basic " + basic),
@@ -181,7 +186,8 @@ class _Call:
             self.sensitive.append(token)
 
             step = "table list"
-            tables = session.get(
+            tables = self._timed(
+                session.get,
                 self.base_url + TABLES_PATH,
                 auth=_HeaderAuth("Bearer " + token),
                 headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
@@ -203,6 +209,18 @@ class _Call:
             retry_after=None,
             table_count=len(names),
         )
+
+    @staticmethod
+    def _timed(method, url: str, **kwargs) -> requests.Response:
+        """One request to the gateway, announced with its status (None: no answer) and duration (metrics)."""
+        started = time.perf_counter()
+        status_code = None
+        try:
+            response = method(url, **kwargs)
+            status_code = response.status_code
+            return response
+        finally:
+            gateway_request.send(sender=_Call, status_code=status_code, seconds=time.perf_counter() - started)
 
     def _failure(self, response: requests.Response, *, step: str) -> CheckResult:
         status = response.status_code

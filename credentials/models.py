@@ -460,6 +460,10 @@ class Notice(models.Model):
         KEY_CONFLICT = "key_conflict", "Key on file for another institution"
         WEBHOOK = "webhook", "Webhook"
         BREAK_GLASS = "break_glass", "Break-glass sign-in alert"
+        # Staff alerts (services/alerts.py): one per event and chat channel, one per event and staff member
+        # who asked for it by mail; delivered in groups (outgoing.Sender.group_by).
+        STAFF_ALERT = "staff_alert", "Staff alert (chat)"
+        STAFF_ALERT_MAIL = "staff_alert_mail", "Staff alert (mail)"
 
     class State(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -530,11 +534,21 @@ class ScheduledJob(models.Model):
         return f"{self.name} last ran {format_moment(self.finished_at)}"
 
 
+class StaffAlert(models.TextChoices):
+    """What happened that staff must hear of today (services/alerts.py): in chat, and by mail to who asked."""
+
+    KEY_LAPSED = "key_lapsed", "A served institution's key expired with no new key"
+    KEY_CHECK_FAILED = "key_check_failed", "A key failed its check against CD2"
+    NOTICE_GAVE_UP = "notice_gave_up", "A notice gave up (mail or webhook not delivered)"
+    JOB_OVERDUE = "job_overdue", "A scheduled job is overdue"
+    KEY_CONFLICT = "key_conflict", "A key was refused: on file for another institution"
+
+
 class StaffSettings(models.Model):
-    """A staff member's own settings: the time zone the staff site writes times in.
+    """A staff member's own settings: the time zone the staff site writes times in, and the alerts mailed to them.
 
     One row per staff member who changed something; without a row (or with
-    an empty zone) the site's TIME_ZONE applies.
+    an empty zone) the site's TIME_ZONE applies, and no alert is mailed.
     """
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="staff_settings")
@@ -545,6 +559,8 @@ class StaffSettings(models.Model):
         validators=[validate_timezone],
         help_text="Times on the staff site are shown in this zone; empty: the site's own.",
     )
+    # StaffAlert values this person is mailed about (chat gets every alert: STAFF_ALERT_URLS).
+    alert_events = models.JSONField(default=list, blank=True)
 
     class Meta:
         verbose_name = "staff member's settings"
@@ -552,3 +568,24 @@ class StaffSettings(models.Model):
 
     def __str__(self) -> str:
         return f"Settings of {self.user}"
+
+
+class MetricCount(models.Model):
+    """One counter of /metrics, or one bucket of a histogram, since the registry began: the same for every process.
+
+    services/metrics.py adds to it (one UPDATE per event) and reads the
+    whole table per scrape (a few hundred rows at most: names and labels are
+    bounded). `labels` is the label set in Prometheus' own syntax, sorted
+    (`outcome="accepted"`); `total` is a histogram bucket's sum of observations.
+    """
+
+    name = models.CharField(max_length=80)
+    labels = models.CharField(max_length=200, blank=True, default="")
+    count = models.PositiveBigIntegerField(default=0)
+    total = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=("name", "labels"), name="one_row_per_metric_and_labels")]
+
+    def __str__(self) -> str:
+        return f"{self.name}{{{self.labels}}} {self.count}"

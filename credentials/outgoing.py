@@ -58,19 +58,41 @@ Outcome = Send | Skip
 
 @dataclass(frozen=True)
 class Sender:
-    """One kind's sender: `write(notice=, now=)` returns Send or Skip; raises a SEND_ERROR to retry later."""
+    """One kind's sender: `write(notice=, now=)` returns Send or Skip; raises a SEND_ERROR to retry later.
+
+    A grouped kind (staff alerts) sends the notices of one audience as one
+    message: `group_key(notice)` names the audience as filter arguments
+    (one chat channel, one staff member), `group_window()` how far past now
+    the outbox gathers notices still waiting to join, and `write(notices=,
+    now=)` writes one message for all of them. The outbox claims, sends and
+    records them together: all sent, or all retried.
+    """
 
     write: Callable[..., Outcome]
+    group_key: Callable[[Notice], dict] | None = None
+    group_window: Callable[[], dt.timedelta] | None = None
+
+    @property
+    def grouped(self) -> bool:
+        return self.group_key is not None
 
 
 _SENDERS: dict[str, Sender] = {}
 
 
-def sender_register(kind: str, write: Callable[..., Outcome]) -> None:
+def sender_register(
+    kind: str,
+    write: Callable[..., Outcome],
+    *,
+    group_key: Callable[[Notice], dict] | None = None,
+    group_window: Callable[[], dt.timedelta] | None = None,
+) -> None:
     """Register the sender of a Notice.Kind (an app's AppConfig.ready calls this, once per kind it owns)."""
     if kind not in Notice.Kind.values:
         raise ValueError(f"{kind!r} is not a Notice.Kind")
-    _SENDERS[kind] = Sender(write=write)
+    if (group_key is None) != (group_window is None):
+        raise ValueError("A grouped sender needs both group_key and group_window")
+    _SENDERS[kind] = Sender(write=write, group_key=group_key, group_window=group_window)
 
 
 def sender_for(kind: str) -> Sender:

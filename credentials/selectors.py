@@ -673,3 +673,9 @@ def staff_time_zone(*, user) -> str:
     """The zone the staff site writes times in for `user`: their own (StaffSettings), else TIME_ZONE."""
     zone = StaffSettings.objects.filter(user_id=user.pk).values_list("time_zone", flat=True).first()
     return zone or settings.TIME_ZONE
+
+
+def staff_alert_events(*, user) -> list[str]:
+    """The staff alerts (models.StaffAlert values) `user` chose to be mailed about on "My settings"."""
+    events = StaffSettings.objects.filter(user_id=user.pk).values_list("alert_events", flat=True).first()
+    return list(events or [])

@@ -34,6 +34,16 @@ EVENT_NAMESPACE = uuid.UUID("6f1d2c3e-9a1b-4f7e-8c55-2b0d1e4a7c90")
 
 key_events = Signal()
 
+# The CD2 client's own events, for the metrics (services/metrics.py listens): every request to the
+# gateway (`status_code`: None when no answer came, `seconds`) and every key check (`verdict`).
+# Sent outside any transaction the client knows of; a listener must not raise.
+gateway_request = Signal()
+key_checked = Signal()
+
+# The outbox gave up on a notice (`notice`, `reason`, `now`): sent inside the transaction that records
+# it, so a listener's rows (the staff alert) commit with it. Listeners write rows, never send.
+notice_failed = Signal()
+
 
 @dataclass(frozen=True)
 class KeyEvent:

@@ -14,7 +14,7 @@ import logging
 from celery import shared_task
 
 from credentials.selectors import pending_credentials_due
-from credentials.services import digest, health, jobs, links, outbox, pending, reminders, verification
+from credentials.services import alerts, digest, health, jobs, links, outbox, pending, reminders, verification
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,13 @@ def send_batch_link(item_id: int) -> bool:
 
 @shared_task
 def send_expiry_reminders() -> int:
-    """Daily (beat): decide every reminder now due (and the owners' summaries); queue their delivery."""
-    return reminders.reminders_send_due().queued
+    """Daily (beat): decide every reminder now due (and the owners' summaries); queue their delivery.
+
+    Then tell staff of keys that lapsed with no new key (once per key).
+    """
+    queued = reminders.reminders_send_due().queued
+    alerts.staff_alerts_keys_lapsed()
+    return queued
 
 
 # No Celery retry: a failed send goes back to the outbox with its next
@@ -105,8 +110,13 @@ def deliver_notices(notice_ids: list[int]) -> int:
 
 @shared_task
 def sweep_notices() -> int:
-    """Every few minutes (beat): queue notices whose retry is due or whose sender died mid-send."""
-    return outbox.outbox_sweep()
+    """Every few minutes (beat): queue notices whose retry is due or whose sender died mid-send.
+
+    Then tell staff of scheduled jobs that are overdue (once per overdue spell).
+    """
+    queued = outbox.outbox_sweep()
+    alerts.staff_alerts_jobs_overdue()
+    return queued
 
 
 @shared_task

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -24,6 +25,7 @@ from credentials.models import CD2Credential, hash_token
 from credentials.selectors import local_today
 from credentials.services.health import health_check
 from credentials.services.links import link_request_queue, submission_link_get
+from credentials.services.metrics import metrics_render
 from credentials.services.submission import Door, Result, credential_submit, receipt_context
 from credentials.validators import SHORT_EXPIRY_MONTHS, add_months
 from institutions.models import email_key
@@ -245,3 +247,23 @@ def healthz(request: HttpRequest) -> HttpResponse:
     return JsonResponse(
         {"status": "ok" if healthy else "failing", "components": components}, status=200 if healthy else 503
     )
+
+
+@never_cache
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus' scrape (text format), for a bearer of METRICS_TOKEN only; 404 when no token is configured.
+
+    The token is compared in constant time. Numbers only: no label names an
+    institution, a person, a key or a token (credentials.services.metrics).
+    """
+    token = settings.METRICS_TOKEN
+    if not token:
+        return HttpResponse("Not found.\n", status=404, content_type="text/plain")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        response = HttpResponse("A bearer token is required (METRICS_TOKEN).\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    body, content_type = metrics_render()
+    return HttpResponse(body, content_type=content_type)

@@ -302,6 +302,14 @@ SCHEDULED_JOBS_OVERDUE_AFTER = {
     "sweep-notices": dt.timedelta(minutes=30),
     "sso-deactivate-unseen": dt.timedelta(hours=26),
 }
+# Prometheus' scrape of /metrics must bring this bearer token (a long random string; rotate it like a
+# password). Unset: /metrics answers 404 to everyone.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Staff alerts in chat (credentials/services/alerts.py): apprise URLs, comma-separated (Slack, Microsoft
+# Teams, Discord, Google Chat, json:// ...). Each channel hears of every alert. Empty: no chat alerts.
+STAFF_ALERT_URLS = env.list("STAFF_ALERT_URLS", default=[])
+# An alert waits this long for others to join it: the events of one run arrive as one message.
+STAFF_ALERT_GROUP_SECONDS = env.int("STAFF_ALERT_GROUP_SECONDS", default=300)
 # Optional: a URL fetched after each successful reminder run (healthchecks.io
 # style dead man's switch: it alerts when the pings stop).
 REMINDERS_PING_URL = env.str("REMINDERS_PING_URL", default="")
@@ -608,6 +616,8 @@ LOGGING = {
         # Sign-ins are audit events (AuditEvent login/login_failed); axes'
         # own INFO lines would only repeat them. Lockouts still show (WARNING).
         "axes": {"handlers": [], "level": "WARNING", "propagate": True},
+        # apprise says "Sent ... notification" per chat message; the notice records that already.
+        "apprise": {"handlers": [], "level": "WARNING", "propagate": True},
     },
 }
 # Error reports (the 500 mail, the debug page) hide key, password and token

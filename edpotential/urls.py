@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from credentials.views import healthz
+from credentials.views import healthz, metrics
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -12,6 +12,8 @@ urlpatterns = [
     path("sso/", include("staffsso.urls")),
     # For monitors: ok/failing per component, 200 or 503 (credentials.services.health).
     path("healthz", healthz, name="healthz"),
+    # For Prometheus, with the bearer token METRICS_TOKEN (credentials.services.metrics).
+    path("metrics", metrics, name="metrics"),
     # The customer pages: /k/<token>/ (submission links) and /link/ (lost the link?).
     path("", include("credentials.urls")),
 ]

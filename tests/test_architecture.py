@@ -262,7 +262,17 @@ def test_every_task_a_service_queues_by_name_is_a_registered_task(name):
 OUTBOX_MODULES = {"credentials.services.outbox", "credentials.services.notices"}
 # The only code that builds an email message (credentials/mail/messages.py renders the templates).
 MAIL_MODULES = {"credentials.mail.messages"}
-DELIVERY_CALLS = {"notice_mark_sent", "notice_close", "notice_retry_later", "notice_claim", "notices_claim"}
+DELIVERY_CALLS = {
+    "notice_mark_sent",
+    "notice_close",
+    "notice_retry_later",
+    "notice_claim",
+    "notices_claim",
+    "notices_claim_group",
+    "notices_mark_sent",
+    "notices_close",
+    "notices_retry_later",
+}
 MESSAGE_CLASSES = {"EmailMessage", "EmailMultiAlternatives"}
 SENDER_MODULES = {
     "credentials.services.reminders",
@@ -271,6 +281,7 @@ SENDER_MODULES = {
     "credentials.services.links",
     "credentials.services.submission",
     "credentials.services.verification",
+    "credentials.services.alerts",
     "api.webhooks",
     "staffsso.services",
 }

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import requests
 from django.conf import settings
 from django.db import DatabaseError, connection
-from django.db.models import Min
 from django.utils import timezone
 
 from credentials.models import ScheduledJob
@@ -70,13 +69,17 @@ def job_run(name: str):
     job_record(name=name, started_at=started, finished_at=timezone.now(), counts=counts)
 
 
-def jobs_status(*, now: dt.datetime | None = None) -> list[JobStatus]:
+def jobs_status(*, now: dt.datetime | None = None, runs: list[ScheduledJob] | None = None) -> list[JobStatus]:
+    """Each configured job's last run and whether it is overdue; `runs`: every ScheduledJob row, if read already."""
     now = now or timezone.now()
-    runs = {run.name: run for run in ScheduledJob.objects.all()}
-    scheduler_since = ScheduledJob.objects.aggregate(first=Min("first_run_at"))["first"]
+    if runs is None:
+        runs = list(ScheduledJob.objects.all())
+    by_name = {run.name: run for run in runs}
+    # The scheduler has been running since its first recorded job.
+    scheduler_since = min((run.first_run_at for run in runs), default=None)
     statuses = []
     for name, overdue_after in settings.SCHEDULED_JOBS_OVERDUE_AFTER.items():
-        last = runs.get(name)
+        last = by_name.get(name)
         if last is not None:
             overdue = now - last.finished_at > overdue_after
         else:

@@ -88,9 +88,13 @@ def notice_write(
     day: dt.date | None = None,
     institution_id: int | None = None,
     credential_id: int | None = None,
+    user_id: int | None = None,
     payload: dict | None = None,
+    delay: dt.timedelta | None = None,
 ) -> int | None:
     """Write one notice in the deciding transaction and queue its delivery once that commits.
+
+    `delay`: first due that long after now (a staff alert waits for others to join its group).
 
     The decision's own notice (a receipt, "your key stopped working" ...):
     written beside the fact it speaks of, so both commit or neither does.
@@ -106,14 +110,18 @@ def notice_write(
         now=now,
         institution_id=institution_id,
         credential_id=credential_id,
+        user_id=user_id,
         payload=payload,
     )
+    if delay:
+        notice.next_attempt_at += delay
     try:
         with transaction.atomic():
             notice.save(force_insert=True)
     except IntegrityError:
         return None
-    jobs.job_enqueue_on_commit(jobs.DELIVER_NOTICE, args=(notice.pk,), robust=True)
+    countdown = delay.total_seconds() if delay else None
+    jobs.job_enqueue_on_commit(jobs.DELIVER_NOTICE, args=(notice.pk,), countdown=countdown, robust=True)
     return notice.pk
 
 
@@ -225,3 +233,71 @@ def notice_resend(*, notice_id: int, now: dt.datetime | None = None) -> bool:
 def due_notices(*, now: dt.datetime) -> list[tuple[int, str]]:
     """(id, kind) of every due notice, oldest due first."""
     return list(Notice.objects.filter(notice_due(now)).order_by("next_attempt_at", "pk").values_list("pk", "kind"))
+
+
+# --------------------------------------------------------------------------
+# Groups: notices of one kind and one audience sent as one message (outgoing.Sender.group_key)
+# --------------------------------------------------------------------------
+
+
+def notices_claim_group(*, lead_id: int, kind: str, group: dict, now: dt.datetime, until: dt.datetime) -> list[int]:
+    """Take every notice of `kind` in `group` (filter arguments) that is due by `until`, or whose sender died.
+
+    Only while `lead_id` (the notice whose delivery asks) is itself due:
+    the task of a notice already sent with its group takes nothing, and so
+    does not cut short the wait of notices written since. Claimed like
+    notices_claim (rows another sender holds are skipped), so two senders
+    never send one notice; `until` reaches past now to gather the notices
+    still waiting for their group (STAFF_ALERT_GROUP_SECONDS). The ids
+    taken, oldest first.
+    """
+    due = Q(state=Notice.State.PENDING, next_attempt_at__lte=until) | Q(state=Notice.State.SENDING, lease_until__lt=now)
+    with transaction.atomic():
+        if not Notice.objects.select_for_update(skip_locked=True).filter(notice_due(now), pk=lead_id).exists():
+            return []
+        taken = list(
+            Notice.objects.select_for_update(skip_locked=True)
+            .filter(due, kind=kind, **group)
+            .order_by("created_at", "pk")
+            .values_list("pk", flat=True)
+        )
+        if taken:
+            Notice.objects.filter(pk__in=taken).update(
+                state=Notice.State.SENDING, lease_until=lease_end(now), attempts=F("attempts") + 1
+            )
+    return taken
+
+
+def notices_mark_sent(*, notice_ids: list[int], recipients: str, now: dt.datetime) -> None:
+    Notice.objects.filter(pk__in=notice_ids, state=Notice.State.SENDING).update(
+        state=Notice.State.SENT, sent_at=now, closed_at=now, lease_until=None, last_error="", recipients=recipients
+    )
+
+
+def notices_close(*, notice_ids: list[int], state: str, reason: str, now: dt.datetime) -> None:
+    Notice.objects.filter(pk__in=notice_ids, state__in=Notice.OPEN_STATES).update(
+        state=state, closed_at=now, lease_until=None, last_error=reason[:500]
+    )
+
+
+def notices_retry_later(*, notice_ids: list[int], error: BaseException | str, now: dt.datetime) -> list[str]:
+    """notice_retry_later for a group: one next attempt for all (they stay one message); the states written.
+
+    Each notice gives up at its own retry_until.
+    """
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    rows = list(Notice.objects.filter(pk__in=notice_ids, state=Notice.State.SENDING).values("pk", "retry_until"))
+    given_up = [row["pk"] for row in rows if now >= row["retry_until"]]
+    waiting = [row["pk"] for row in rows if now < row["retry_until"]]
+    if given_up:
+        notices_close(notice_ids=given_up, state=Notice.State.FAILED, reason=text, now=now)
+        logger.error("%s grouped notices failed for good", len(given_up))
+    if waiting:
+        attempts = max(Notice.objects.filter(pk__in=waiting).values_list("attempts", flat=True))
+        Notice.objects.filter(pk__in=waiting, state=Notice.State.SENDING).update(
+            state=Notice.State.PENDING,
+            lease_until=None,
+            next_attempt_at=now + retry_delay(attempts),
+            last_error=text[:500],
+        )
+    return [Notice.State.FAILED] * len(given_up) + [Notice.State.PENDING] * len(waiting)

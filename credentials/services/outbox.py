@@ -37,7 +37,8 @@ from credentials import outgoing
 from credentials.mail.messages import SEND_ERRORS, drop_connection
 from credentials.models import Notice, secret_fields_of
 from credentials.selectors import newer_key_pending
-from credentials.services import health, jobs, notices
+from credentials.services import health, jobs, metrics, notices
+from credentials.signals import notice_failed
 from institutions.models import Contact
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ def _send_claimed(notice: Notice, *, now: dt.datetime, connection=None, reraise:
                 notices.notice_close(notice_id=notice.pk, state=outcome.state, reason=outcome.reason, now=as_of)
                 if outcome.closed_with is not None:
                     outcome.closed_with()
+                if outcome.state == Notice.State.FAILED:
+                    notice_failed.send(sender=Notice, notice=notice, reason=outcome.reason, now=as_of)
                 return "closed"
             _transmit(outcome.message, connection)
             sent_at = max(as_of, timezone.now())
@@ -124,12 +127,57 @@ def _send_claimed(notice: Notice, *, now: dt.datetime, connection=None, reraise:
                 outcome.sent_with(sent_at)
     except SEND_ERRORS as exc:
         drop_connection(connection)
-        state = notices.notice_retry_later(notice_id=notice.pk, error=exc, now=now)
+        with transaction.atomic():
+            state = notices.notice_retry_later(notice_id=notice.pk, error=exc, now=now)
+            if state == Notice.State.FAILED:  # named by its type only: an SMTP reply can quote an address
+                notice_failed.send(sender=Notice, notice=notice, reason=type(exc).__name__, now=now)
         logger.warning("Notice %s (%s) not sent yet: %s", notice.pk, notice.kind, type(exc).__name__)
         if reraise:
             raise
         return "failed" if state == Notice.State.FAILED else "retry"
     return "sent"
+
+
+def _count(outcomes: Counter) -> None:
+    """Add a run's outcomes to cd2_outbox_deliveries_total: one UPDATE per kind and outcome, not per notice."""
+    for (kind, outcome), n in outcomes.items():
+        if outcome:
+            metrics.metric_count(metrics.OUTBOX_DELIVERIES, labels={"kind": kind, "outcome": outcome}, n=n)
+
+
+def _deliver_group(notice: Notice, *, now: dt.datetime, connection=None) -> tuple[str, int]:
+    """Send `notice` with every notice of its group due by the group's window, as one message; (outcome, how many).
+
+    Only when `notice` itself is due: the task of a notice already sent with
+    its group does nothing, and does not cut short the wait of notices that
+    came later. All are sent, retried (one next attempt for all) or closed together.
+    """
+    sender = outgoing.sender_for(notice.kind)
+    ids = notices.notices_claim_group(
+        lead_id=notice.pk,
+        kind=notice.kind,
+        group=sender.group_key(notice),
+        now=now,
+        until=now + sender.group_window(),
+    )
+    if not ids:
+        return "", 0
+    group = list(_loaded().filter(pk__in=ids).order_by("created_at", "pk"))
+    try:
+        with transaction.atomic():
+            outcome = sender.write(notices=group, now=now)
+            if isinstance(outcome, outgoing.Skip):
+                notices.notices_close(notice_ids=ids, state=outcome.state, reason=outcome.reason, now=now)
+                return "closed", len(ids)
+            _transmit(outcome.message, connection)
+            sent_at = max(now, timezone.now())
+            notices.notices_mark_sent(notice_ids=ids, recipients=", ".join(outcome.recipients), now=sent_at)
+    except SEND_ERRORS as exc:
+        drop_connection(connection)
+        states = notices.notices_retry_later(notice_ids=ids, error=exc, now=now)
+        logger.warning("%s %s notices not sent yet: %s", len(ids), notice.kind, type(exc).__name__)
+        return ("failed" if states and all(s == Notice.State.FAILED for s in states) else "retry"), len(ids)
+    return "sent", len(ids)
 
 
 def notice_send_now(*, notice_id: int, now: dt.datetime | None = None, **context) -> str:
@@ -145,7 +193,12 @@ def notice_send_now(*, notice_id: int, now: dt.datetime | None = None, **context
     notice = _loaded().filter(pk=notice_id).first()
     if notice is None or not notices.notice_claim(notice_id=notice_id, now=now):
         return ""
-    return _send_claimed(notice, now=now, reraise=True, **context)
+    outcome = "retry"
+    try:
+        outcome = _send_claimed(notice, now=now, reraise=True, **context)
+    finally:
+        _count(Counter({(notice.kind, outcome): 1}))
+    return outcome
 
 
 def notice_deliver(*, notice_id: int, now: dt.datetime | None = None) -> bool:
@@ -153,7 +206,13 @@ def notice_deliver(*, notice_id: int, now: dt.datetime | None = None) -> bool:
     notice = _loaded().filter(pk=notice_id).first()
     if notice is None:
         return False
-    return _deliver(notice, now=now or timezone.now()) == "sent"
+    now = now or timezone.now()
+    if outgoing.sender_for(notice.kind).grouped:
+        outcome, count = _deliver_group(notice, now=now)
+    else:
+        outcome, count = _deliver(notice, now=now), 1
+    _count(Counter({(notice.kind, outcome): count}))
+    return outcome == "sent"
 
 
 @dataclass
@@ -204,7 +263,17 @@ def _deliver_batches(batches, *, now: dt.datetime, per_connection: int = CHUNK_S
     connection = get_connection()
     handled = 0
     try:
-        for claimed in batches:
+        for batch in batches:
+            claimed = []
+            for notice in batch:
+                if outgoing.sender_for(notice.kind).grouped:
+                    # Its group's first notice in the batch takes the whole group; the others find it sent.
+                    outcome, count = _deliver_group(notice, now=now, connection=connection)
+                    outcomes[(notice.kind, outcome)] += count
+                else:
+                    claimed.append(notice)
+            if not claimed:
+                continue
             # One claim (and one commit) per few notices, not per notice: most of a claim's time was its commit.
             taken = notices.notices_claim(notice_ids=[notice.pk for notice in claimed], now=now)
             for notice in claimed:
@@ -216,6 +285,7 @@ def _deliver_batches(batches, *, now: dt.datetime, per_connection: int = CHUNK_S
                     drop_connection(connection)  # the next send opens a fresh one
     finally:
         drop_connection(connection)
+        _count(outcomes)
     return outcomes
 
 

@@ -27,7 +27,7 @@ from credentials.mail.recipients import link_recipients, mail_owner, reply_to, w
 from credentials.mail.wording import customer_message
 from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason
 from credentials.outgoing import Send, Skip
-from credentials.services import notices
+from credentials.services import alerts, notices
 from credentials.services.audit import audit_record
 from credentials.services.keys import (
     credential_activate,
@@ -174,6 +174,7 @@ def _invalidate_checked(credential: CD2Credential, check: CheckResult, now: dt.d
             credential_id=credential.pk,
             payload={"audience": audience},
         )
+    alerts.key_check_failed_record(credential=credential, summary=check.summary, now=now)
     return VerifyResult.INVALID
 
 

@@ -14,11 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from credentials.formatting import format_day
-from credentials.models import VERDICT_LABELS, AuditEvent, CD2Credential, StaffSettings, step_label
+from credentials.models import VERDICT_LABELS, AuditEvent, CD2Credential, StaffAlert, StaffSettings, step_label
 from credentials.selectors import handoff_candidate, institution_next_reminder, local_today
 from credentials.services.audit import audit_record
 from credentials.services.keys import credential_set_status
@@ -374,5 +375,16 @@ def staff_time_zone_set(*, user, time_zone: str) -> StaffSettings:
     row = StaffSettings.objects.filter(user=user).first() or StaffSettings(user=user)
     row.time_zone = (time_zone or "").strip()
     row.full_clean()
+    row.save()
+    return row
+
+
+def staff_alert_events_set(*, user, events: list[str]) -> StaffSettings:
+    """Save which staff alerts (models.StaffAlert) `user` is mailed about; raises ValidationError for another word."""
+    unknown = sorted(set(events) - set(StaffAlert.values))
+    if unknown:
+        raise ValidationError(f"Not a staff alert: {', '.join(unknown)}.")
+    row = StaffSettings.objects.filter(user=user).first() or StaffSettings(user=user)
+    row.alert_events = [event for event in StaffAlert.values if event in set(events)]
     row.save()
     return row

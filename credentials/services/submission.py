@@ -58,7 +58,7 @@ from credentials.mail.wording import customer_message
 from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason, SubmissionLink
 from credentials.outgoing import Send, Skip
 from credentials.selectors import local_today, reminder_days_before
-from credentials.services import jobs, notices
+from credentials.services import alerts, jobs, metrics, notices
 from credentials.services.audit import audit_record
 from credentials.services.keys import (
     credential_create,
@@ -301,6 +301,7 @@ def _key_conflict_write(*, door: Door, on_file: CD2Credential) -> None:
             "submitted_by_email": door.submitted_by_email,
         },
     )
+    alerts.key_conflict_record(on_file=on_file, institution=door.institution, now=timezone.now())
 
 
 def key_conflict_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
@@ -349,7 +350,7 @@ def _queue_recheck(credential_id: int) -> None:
     )
 
 
-@sensitive_variables("secret", "key", "client_id")
+@sensitive_variables("secret", "client_id")
 def credential_submit(
     *,
     door: Door,
@@ -358,6 +359,29 @@ def credential_submit(
     expires_on,
     today: dt.date | None = None,
     short_expiry_confirmed: bool = False,
+) -> SubmitOutcome:
+    """Take a key through a door (_submit) and count the outcome (metrics: cd2_submissions_total)."""
+    outcome = _submit(
+        door=door,
+        client_id=client_id,
+        secret=secret,
+        expires_on=expires_on,
+        today=today,
+        short_expiry_confirmed=short_expiry_confirmed,
+    )
+    metrics.metric_count(metrics.SUBMISSIONS, labels={"outcome": outcome.result.value})
+    return outcome
+
+
+@sensitive_variables("secret", "key", "client_id")
+def _submit(
+    *,
+    door: Door,
+    client_id: str,
+    secret: str,
+    expires_on,
+    today: dt.date | None,
+    short_expiry_confirmed: bool,
 ) -> SubmitOutcome:
     """Take a key through a door: validate, look it up, check live, store, use up the link (if any).
 

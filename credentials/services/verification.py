@@ -25,7 +25,7 @@ from credentials.mail.recipients import reminder_addressees, reply_to
 from credentials.models import AuditEvent, CD2Credential, Notice
 from credentials.outgoing import Send, Skip
 from credentials.selectors import served_active_keys
-from credentials.services import jobs, notices
+from credentials.services import alerts, jobs, notices
 from credentials.services.audit import audit_record
 from credentials.services.keys import (
     credential_check_record,
@@ -143,6 +143,7 @@ def _mark_invalid(*, credential: CD2Credential, result: CheckResult, now: dt.dat
             credential_id=locked.pk,
             payload={"reason": refusal_for_customers(result), "rejected": result.verdict is Verdict.REJECTED},
         )
+        alerts.key_check_failed_record(credential=locked, summary=result.summary, now=now)
 
 
 def key_invalid_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
