@@ -19,11 +19,12 @@ from django.utils.html import format_html, format_html_join
 from api.models import ApiToken, Scope, ServiceAccount, SyncReport
 from api.services import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, api_token_issue, api_token_revoke
 from api.webhooks import webhook_delivery_log, webhook_secret_rotate, webhook_url_check
+from credentials.admin.filtering import SafeFilterValuesMixin
 from credentials.formatting import format_moment
 from requestinfo import client_ip
 
 
-class SuperuserOnly:
+class SuperuserOnly(SafeFilterValuesMixin):
     def _superuser(self, request) -> bool:
         return request.user.is_active and request.user.is_superuser
 

@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.utils import timezone
 from django.utils.html import format_html
 
+from credentials.admin.filtering import SafeFilterValuesMixin
 from credentials.models import SubmissionLink
 from institutions.models import KeyState
 
@@ -26,7 +27,7 @@ class ViewOnlyMixin:
         return False
 
 
-class ViewOnlyAdmin(ViewOnlyMixin, admin.ModelAdmin):
+class ViewOnlyAdmin(SafeFilterValuesMixin, ViewOnlyMixin, admin.ModelAdmin):
     def get_actions(self, request):
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)

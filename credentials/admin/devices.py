@@ -25,6 +25,7 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django_otp import login as otp_login
 from django_otp.qr import write_qrcode_image
 
+from credentials.admin.filtering import SafeFilterValuesMixin
 from credentials.models import AuditEvent
 from credentials.services.audit import audit_record
 from credentials.services.two_factor import (
@@ -41,7 +42,7 @@ from requestinfo import client_ip
 DEVICE_FIELDS = ("user", "name", "confirmed", "created_at", "last_used_at")
 
 
-class DeviceAdmin(admin.ModelAdmin):
+class DeviceAdmin(SafeFilterValuesMixin, admin.ModelAdmin):
     """Who has which second factor and when it was last used; delete is the only change, and it is audited."""
 
     list_display = DEVICE_FIELDS

@@ -7,7 +7,8 @@ import datetime as dt
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.admin.views.main import ORDER_VAR, ChangeList
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ORDER_VAR
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import models
@@ -24,6 +25,7 @@ from import_export.forms import ImportForm
 
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ViewOnlyMixin, key_state_badge, link_state_badge
+from credentials.admin.filtering import SafeChangeList
 from credentials.formatting import format_day, format_moment, format_month
 from credentials.mail.context import expiry_phrase
 from credentials.models import (
@@ -96,9 +98,9 @@ class ExpiryFilter(admin.SimpleListFilter):
             return month_bounds(today, 1)
         try:
             start = dt.datetime.strptime(value or "", self.MONTH_FORMAT).date()
-        except ValueError:
+            return month_bounds(start, 0)
+        except (ValueError, OverflowError):  # not a month, or 9999-12 (its end is in year 10000)
             return None
-        return month_bounds(start, 0)
 
     def choices(self, changelist):
         yield from super().choices(changelist)
@@ -126,6 +128,8 @@ class ExpiryFilter(admin.SimpleListFilter):
             return queryset.filter(key_expires_on__gt=today + dt.timedelta(days=settings.CD2_EXPIRING_DAYS))
         if value == "none":
             return queryset.filter(key_expires_on__isnull=True)
+        if value is not None:
+            raise IncorrectLookupParameters(f"expiry={value!r} is no choice and no month this list can show")
         return queryset
 
 
@@ -319,7 +323,7 @@ class CountQuerysetPaginator(Paginator):
         return count_queryset.count()
 
 
-class InstitutionChangeList(ChangeList):
+class InstitutionChangeList(SafeChangeList):
     def get_filters(self, request):
         # Built once: count_queryset applies the same filters to the plain
         # queryset, and building them again would repeat their choice queries.

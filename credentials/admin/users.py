@@ -16,6 +16,7 @@ from django.contrib.auth.admin import UserAdmin
 from django.http import HttpResponseRedirect
 from django.urls import reverse
 
+from credentials.admin.filtering import SafeFilterValuesMixin
 from credentials.selectors import audit_events_by
 
 
@@ -30,7 +31,7 @@ def _refusal(user, events: int) -> str:
 User = get_user_model()
 
 
-class StaffUserAdmin(UserAdmin):
+class StaffUserAdmin(SafeFilterValuesMixin, UserAdmin):
     def delete_view(self, request, object_id, extra_context=None):
         user = self.get_object(request, unquote(object_id))
         events = audit_events_by(user=user) if user is not None else 0

@@ -2,8 +2,10 @@
 
 Every URL the admin registers (walked from the URL resolver, object ids
 filled from the rows made here), every sortable column both ways, every
-filter choice plus hostile values (NUL, 5,000 characters, unicode) for
-every filter parameter, the search box, the date drill-down, and every
+filter choice plus hostile values (NUL, 5,000 characters, unicode) and
+values no filter can hold (9999-12) for every filter parameter, years no
+date holds (10000, 0, -1, 99999999999999999999, 9999) on every date column
+and in the date drill-down, the search box, and every
 action's confirmation page. Searched in every body: the planted Secret, the
 full planted Client ID, a TOTP seed (hex and base32) and recovery codes.
 The figures are printed with -s and recorded in SECURITY.md.
@@ -18,6 +20,7 @@ import pytest
 from axes.models import AccessFailureLog, AccessLog
 from django.contrib import admin
 from django.contrib.contenttypes.models import ContentType
+from django.db import models
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
@@ -33,6 +36,11 @@ from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET, reminder_step
 
 ROLES = ("Viewer", "Customer success", "Data engineer", None)  # None: a superuser
 HOSTILE_VALUES = ("\x00", "a\x00b", "x" * 5000, "ü\u202e😀€\u0000", "-1", "' OR 1=1 --")
+# Values a filter or a date cannot hold (issue 24): a month past 9999-12, years no date or SQL bound holds.
+# (9999 and 1 matter to the drill-down, whose bounds are the next year and the zone's midnight.)
+OUT_OF_RANGE_VALUES = ("9999-12",)
+YEARS_OUT_OF_RANGE = ("10000", "0", "-1", "99999999999999999999")
+DRILL_DOWN_YEARS = (*YEARS_OUT_OF_RANGE, "9999", "1")
 RECOVERY_CODES = ("crawlrec01", "crawlrec02")
 
 
@@ -191,15 +199,31 @@ def crawl_changelist(crawl: Crawl, url: str) -> None:
         for choice in spec.choices(cl):
             crawl.get("filter choice", url + choice["query_string"])
         for parameter in spec.expected_parameters():
-            for value in HOSTILE_VALUES:
+            for value in (*HOSTILE_VALUES, *OUT_OF_RANGE_VALUES):
                 crawl.get("filter hostile", url, {parameter: value})
+    # Any date of the model's own, filtered by a year typed into the URL (the admin allows it).
+    for field in cl.model._meta.concrete_fields:
+        if isinstance(field, models.DateField):  # DateTimeField too
+            for year in YEARS_OUT_OF_RANGE:
+                crawl.get("date out of range", url, {f"{field.name}__year": year})
     if cl.search_fields:
         for value in HOSTILE_VALUES:
             crawl.get("search hostile", url, {"q": value})
     if cl.date_hierarchy:
         for part in ("year", "month", "day"):
-            for value in ("2026", *HOSTILE_VALUES):
+            for value in ("2026", *HOSTILE_VALUES, *DRILL_DOWN_YEARS):
                 crawl.get("date hierarchy", url, {f"{cl.date_hierarchy}__{part}": value})
+        for year in DRILL_DOWN_YEARS:  # a drill-down to a month and a day of such a year
+            crawl.get("date hierarchy", url, {f"{cl.date_hierarchy}__year": year, f"{cl.date_hierarchy}__month": "12"})
+            crawl.get(
+                "date hierarchy",
+                url,
+                {
+                    f"{cl.date_hierarchy}__year": year,
+                    f"{cl.date_hierarchy}__month": "12",
+                    f"{cl.date_hierarchy}__day": "31",
+                },
+            )
     model_admin = cl.model_admin
     pk = cl.model._default_manager.order_by("pk").values_list("pk", flat=True).first()
     for name in model_admin.get_actions(response.wsgi_request):
