@@ -325,6 +325,17 @@ def webhook_body_bytes(notice: Notice) -> bytes:
     return json.dumps(notice.payload["body"], separators=(",", ":"), sort_keys=True).encode()
 
 
+def request_failure(exc: requests.RequestException) -> str:
+    """What went wrong with a POST, in words that name no URL, host or address."""
+    if isinstance(exc, requests.Timeout):
+        return f"The receiver did not answer within {settings.WEBHOOK_TIMEOUT_SECONDS:g} seconds."
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "The TLS handshake with the receiver failed (its certificate or protocol)."
+    if isinstance(exc, requests.ConnectionError):
+        return "Could not connect to the receiver (refused, unreachable or the name did not resolve)."
+    return f"The request to the receiver failed ({type(exc).__name__})."
+
+
 @dataclass(frozen=True)
 class WebhookPost:
     """One signed POST of a webhook notice: what the outbox sends for Notice.Kind.WEBHOOK."""
@@ -340,18 +351,23 @@ class WebhookPost:
         # The clock at this send, not the run's `now`: a page of slow receivers
         # can take minutes, and the receiver refuses a timestamp 5 minutes old.
         timestamp = int(timezone.now().timestamp())
-        response = requests.post(
-            self.url,
-            data=self.body,
-            headers={
-                "Content-Type": "application/json",
-                "User-Agent": "cd2-registry-webhooks/1",
-                SIGNATURE_HEADER: webhook_sign(secret=self.secret, timestamp=timestamp, body=self.body),
-                EVENT_ID_HEADER: self.event_id,
-            },
-            timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
-            allow_redirects=False,
-        )
+        try:
+            response = requests.post(
+                self.url,
+                data=self.body,
+                headers={
+                    "Content-Type": "application/json",
+                    "User-Agent": "cd2-registry-webhooks/1",
+                    SIGNATURE_HEADER: webhook_sign(secret=self.secret, timestamp=timestamp, body=self.body),
+                    EVENT_ID_HEADER: self.event_id,
+                },
+                timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            # requests words its errors with the URL, query string (a receiver's token) included;
+            # the notice keeps what went wrong, never where.
+            raise WebhookRefused(request_failure(exc)) from None
         response.close()
         if not 200 <= response.status_code < 300:
             what = "a redirect (not followed)" if 300 <= response.status_code < 400 else "an error"
