@@ -105,6 +105,8 @@ SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
 INSTALLED_APPS = [
     # django.contrib.admin, with the staff site (credentials/admin/site.py) as its default site.
     "credentials.admin.apps.StaffAdminConfig",
+    # Before django.contrib.auth: its createsuperuser (edpotential/management/) takes the place of auth's.
+    "edpotential.apps.SecurityConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -124,7 +126,6 @@ INSTALLED_APPS = [
     "django_otp.plugins.otp_static",
     "axes",
     "csp",
-    "edpotential.apps.SecurityConfig",
 ]
 if DEBUG:
     # The demo data and the demo login's code (devtools/): never in production.

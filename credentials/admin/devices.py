@@ -26,8 +26,7 @@ from django_otp import login as otp_login
 from django_otp.qr import write_qrcode_image
 
 from credentials.admin.filtering import SafeFilterValuesMixin
-from credentials.models import AuditEvent
-from credentials.services.audit import audit_record
+from credentials.admin.pages import REAUTH_FAILURES_SESSION_KEY, reauth_failed
 from credentials.services.two_factor import (
     authenticator_reset_confirm,
     authenticator_reset_start,
@@ -153,6 +152,7 @@ def authenticator_reset_view(request: HttpRequest, *, admin_site) -> HttpRespons
     elif request.method == "POST":
         password_form = PasswordForm(request.POST, user=user)
         if password_form.is_valid():
+            request.session.pop(REAUTH_FAILURES_SESSION_KEY, None)  # the wrong ones before were not "in a row"
             device = authenticator_reset_start(user=user, ip_address=ip_address)
             request.session[PENDING_DEVICE_SESSION_KEY] = device.pk
             context.update(
@@ -161,11 +161,9 @@ def authenticator_reset_view(request: HttpRequest, *, admin_site) -> HttpRespons
             )
             code_form = CodeForm()
         elif password_form.has_error("password", "wrong_password"):
-            audit_record(
-                kind=AuditEvent.Kind.REAUTH_FAILED,
-                actor=user,
-                ip_address=ip_address,
-                detail={"where": "authenticator reset password check"},
-            )
+            # Counted with the reveal's: the fifth wrong password in a row signs the session out.
+            signed_out = reauth_failed(request, where="authenticator reset password check")
+            if signed_out is not None:
+                return signed_out
     context.update(password_form=password_form, code_form=code_form)
     return _private(TemplateResponse(request, "admin/credentials/authenticator_reset.html", context))
