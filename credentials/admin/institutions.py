@@ -20,12 +20,12 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
-from import_export.admin import ImportMixin
 from import_export.forms import ImportForm
 
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ViewOnlyMixin, key_state_badge, link_state_badge
 from credentials.admin.filtering import SafeChangeList
+from credentials.admin.imports import BoundedImportMixin
 from credentials.formatting import format_day, format_moment, format_month
 from credentials.mail.context import expiry_phrase
 from credentials.models import (
@@ -379,7 +379,7 @@ class InstitutionChangeList(SafeChangeList):
 
 
 @admin.register(Institution)
-class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
+class InstitutionAdmin(BoundedImportMixin, admin.ModelAdmin):
     # Bulk onboarding (credentials/services/onboarding.py): upload, preview every row, confirm.
     resource_classes = (InstitutionResource,)
     import_form_class = ImportForm
