@@ -21,9 +21,10 @@ from api.services import DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, api_token_issue, ap
 from api.webhooks import webhook_delivery_log, webhook_secret_rotate, webhook_url_check
 from credentials.formatting import format_moment
 from requestinfo import client_ip
+from safeadmin.lists import SafeFilterValuesMixin
 
 
-class SuperuserOnly:
+class SuperuserOnly(SafeFilterValuesMixin):
     def _superuser(self, request) -> bool:
         return request.user.is_active and request.user.is_superuser
 

@@ -3,14 +3,18 @@
 Every failure to authenticate (no token, unknown, malformed, revoked,
 expired, inactive account, address not allowed) is the same 401 with the
 same body (api/problems.py), so a caller learns nothing about a token it
-does not hold.
+does not hold. Each token refused counts against the caller's address
+(REFUSALS_PER_ADDRESS, in the shared cache, before any view or throttle runs):
+past the limit every bearer token from that address, good ones too, is a
+429 with Retry-After until the window ends, so guessing stops there.
 """
 
 from __future__ import annotations
 
+from django_ratelimit.core import get_usage
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.permissions import BasePermission
 from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle
 
@@ -20,6 +24,20 @@ from requestinfo import client_ip
 
 # Requests per minute from one address without a valid token (the schema).
 ANONYMOUS_RATE = "60/min"
+# Tokens refused per address: a pipeline with a stale token fails loudly long
+# before this; past it the address waits out the window (10 minutes at most).
+REFUSALS_PER_ADDRESS = "20/10m"
+REFUSALS_GROUP = "api.refused_bearer"
+
+
+def _address(group, request) -> str:
+    return client_ip(request) or ""
+
+
+def invalid_tokens(request, *, count: bool) -> dict:
+    """The address's refused tokens in this window (`count`: one more); fails open without a cache."""
+    usage = get_usage(request, group=REFUSALS_GROUP, key=_address, rate=REFUSALS_PER_ADDRESS, increment=count)
+    return usage or {"count": 0, "limit": 1, "time_left": 0}
 
 
 class ApiTokenAuthentication(BaseAuthentication):
@@ -29,11 +47,15 @@ class ApiTokenAuthentication(BaseAuthentication):
         header = get_authorization_header(request).decode("latin-1")
         if not header:
             return None
+        usage = invalid_tokens(request._request, count=False)
+        if usage["count"] >= usage["limit"]:
+            raise Throttled(wait=max(usage["time_left"], 1))
         scheme, _, plaintext = header.partition(" ")
         token = None
         if scheme.lower() == "bearer":
             token = api_token_authenticate(plaintext=plaintext.strip(), ip_address=client_ip(request._request))
         if token is None:
+            invalid_tokens(request._request, count=True)
             raise AuthenticationFailed()
         return (token.account, token)
 

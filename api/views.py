@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from drf_spectacular.views import SpectacularAPIView
+from rest_framework.exceptions import APIException, NotFound
 from rest_framework.pagination import CursorPagination
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -54,6 +56,19 @@ class ApiView(APIView):
         return problem_exception_handler
 
 
+class InvalidCursor(APIException):
+    status_code = 400
+    default_code = "invalid_cursor"
+    default_detail = "This cursor is not one the list gave out; start again from the first page, without it."
+
+
+def _is_moment(text: str) -> bool:
+    try:
+        return parse_datetime(text) is not None
+    except ValueError:  # shaped like a moment, out of range (month 13)
+        return False
+
+
 class KeyPagination(CursorPagination):
     # A cursor, not page numbers: an institution that changes while a client
     # pages moves to the end instead of shifting the pages under it.
@@ -61,6 +76,20 @@ class KeyPagination(CursorPagination):
     page_size = 100
     page_size_query_param = "page_size"
     max_page_size = 500
+
+    def decode_cursor(self, request):
+        """DRF's cursor, refused with a 400 unless it decodes and its position is a moment.
+
+        DRF checks the encoding and the offset but passes the position to
+        the query as it is: a made-up position (`p=x`) answered 500.
+        """
+        try:
+            cursor = super().decode_cursor(request)
+        except NotFound:
+            raise InvalidCursor() from None
+        if cursor is not None and cursor.position is not None and not _is_moment(cursor.position):
+            raise InvalidCursor()
+        return cursor
 
 
 PROBLEMS = {code: OpenApiResponse(ProblemSerializer) for code in (401, 403, 404, 409, 429)}

@@ -16,8 +16,10 @@ The signing scheme and a verifier: docs/WEBHOOKS.md. The body never holds a
 Secret or Client ID; the signing secret lives encrypted on the account and
 leaves the registry only on the page that sets it, once.
 
-SSRF: a receiver URL must be https on a public address, checked when it is
-saved and again before each send (the name could now resolve elsewhere).
+SSRF: a receiver URL must be https on a global unicast address (an
+allow-list; IPv4 inside IPv6 forms unwrapped), checked on every address the
+name resolves to when it is saved and again before each send (the name could
+now resolve elsewhere).
 Redirects are never followed. Known limit: DNS rebinding between our check
 and requests' own resolution (milliseconds apart) is not prevented.
 """
@@ -74,34 +76,123 @@ class WebhookRefused(OSError):
 # --------------------------------------------------------------------------
 
 
+# Only global unicast addresses receive webhooks: an allow-list, since Python's
+# `is_global` alone admits multicast (224.0.0.1) and, in 3.11, IPv6 forms that
+# carry a private IPv4 address (64:ff9b::a9fe:a9fe is 169.254.169.254).
+IPV4_NOT_GLOBAL = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # shared address space (carrier-grade NAT)
+        "127.0.0.0/8",
+        "169.254.0.0/16",  # link-local, the cloud metadata address
+        "172.16.0.0/12",
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",  # documentation
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "192.168.0.0/16",
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, and the broadcast address
+    )
+)
+IPV6_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
+IPV6_NOT_GLOBAL = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "2001::/23",  # IETF protocol assignments (Teredo, unwrapped below, is 2001::/32)
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation
+    )
+)
+# IPv6 forms that carry an IPv4 address: each is unwrapped and the IPv4 address judged.
+IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")  # RFC 4291
+IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # RFC 2765 (SIIT)
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # RFC 4291, deprecated
+NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052
+# RFC 8215: the operator chooses where the IPv4 address sits in it, so it cannot be read back: refused.
+NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
+SIX_TO_FOUR = ipaddress.ip_network("2002::/16")  # RFC 3056
+TEREDO = ipaddress.ip_network("2001::/32")  # RFC 4380: server and (obfuscated) client
+
+
 def _is_loopback_allowed(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return settings.WEBHOOK_ALLOW_LOOPBACK and address.is_loopback
 
 
-def webhook_url_check(url: str) -> None:
-    """Refuse (ValidationError) a receiver URL that is not https on a public address.
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address] | None:
+    """The IPv4 address(es) an IPv6 address carries (mapped, translated, compatible, NAT64, 6to4, Teredo), or None."""
+    last_32_bits = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if any(address in net for net in (IPV4_MAPPED, IPV4_TRANSLATED, IPV4_COMPATIBLE, NAT64_WELL_KNOWN)):
+        return [last_32_bits]
+    if address in SIX_TO_FOUR:
+        return [address.sixtofour]
+    if address in TEREDO:
+        return list(address.teredo)
+    return None
 
-    Every address the host name resolves to must be global (no private,
-    loopback, link-local, reserved or shared ranges). With
-    WEBHOOK_ALLOW_LOOPBACK (development, tests) a loopback address is allowed,
-    over http too.
+
+def is_public_unicast(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a webhook may be sent to this address: global unicast, judged on the IPv4 address inside any wrapper."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return address.is_global and not any(address in net for net in IPV4_NOT_GLOBAL)
+    if address in NAT64_LOCAL_USE:
+        return False
+    inner = embedded_ipv4(address)
+    if inner is not None:
+        return all(is_public_unicast(ipv4) for ipv4 in inner)
+    return address in IPV6_GLOBAL_UNICAST and address.is_global and not any(address in net for net in IPV6_NOT_GLOBAL)
+
+
+def resolve_host(host: str, port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Every address the name resolves to (getaddrinfo, as the HTTP client will); OSError when none."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return {ipaddress.ip_address(info[4][0].split("%")[0]) for info in found}
+
+
+# What a refused receiver says where Viewer and Customer success can read it (a
+# notice's error): why, never the URL, its host or the address it resolved to.
+URL_REFUSALS = {
+    "scheme": "A webhook URL must be an https:// address.",
+    "userinfo": "A webhook URL must not carry a user name or password.",
+    "unresolved": "The webhook host does not resolve.",
+    "not_public": "The webhook host resolves to an address that is not a public address.",
+}
+
+
+def webhook_url_check(url: str) -> None:
+    """Refuse (ValidationError, with a code of URL_REFUSALS) a receiver URL that is not https on a public address.
+
+    Every address the host name resolves to must be global unicast
+    (is_public_unicast: an IPv4 address inside an IPv6 form is unwrapped and
+    judged). With WEBHOOK_ALLOW_LOOPBACK (development, tests) a loopback
+    address is allowed, over http too.
     """
     parts = urlsplit(url or "")
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValidationError("A webhook URL must be an https:// address.")
-    if parts.username or parts.password:
-        raise ValidationError("A webhook URL must not carry a user name or password.")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        found = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        hostname, port = parts.hostname, parts.port
+    except ValueError:  # a port that is no number, a bracketed host that is no address
+        raise ValidationError(URL_REFUSALS["scheme"], code="scheme") from None
+    if parts.scheme not in ("https", "http") or not hostname:
+        raise ValidationError(URL_REFUSALS["scheme"], code="scheme")
+    if parts.username is not None or parts.password is not None:
+        raise ValidationError(URL_REFUSALS["userinfo"], code="userinfo")
+    try:
+        addresses = resolve_host(hostname, port or (443 if parts.scheme == "https" else 80))
     except (OSError, ValueError, UnicodeError):
-        raise ValidationError(f"The webhook host {parts.hostname!r} does not resolve.") from None
-    addresses = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in found}
-    for address in addresses:
-        if not (address.is_global or _is_loopback_allowed(address)):
-            raise ValidationError(f"The webhook host resolves to {address}, which is not a public address.")
+        raise ValidationError(f"The webhook host {hostname!r} does not resolve.", code="unresolved") from None
+    if not addresses:
+        raise ValidationError(f"The webhook host {hostname!r} does not resolve.", code="unresolved")
+    for address in sorted(addresses, key=str):
+        if not (is_public_unicast(address) or _is_loopback_allowed(address)):
+            raise ValidationError(
+                f"The webhook host resolves to {address}, which is not a public address.", code="not_public"
+            )
     if parts.scheme != "https" and not all(_is_loopback_allowed(address) for address in addresses):
-        raise ValidationError("A webhook URL must be an https:// address.")
+        raise ValidationError(URL_REFUSALS["scheme"], code="scheme")
 
 
 # --------------------------------------------------------------------------
@@ -234,6 +325,17 @@ def webhook_body_bytes(notice: Notice) -> bytes:
     return json.dumps(notice.payload["body"], separators=(",", ":"), sort_keys=True).encode()
 
 
+def request_failure(exc: requests.RequestException) -> str:
+    """What went wrong with a POST, in words that name no URL, host or address."""
+    if isinstance(exc, requests.Timeout):
+        return f"The receiver did not answer within {settings.WEBHOOK_TIMEOUT_SECONDS:g} seconds."
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "The TLS handshake with the receiver failed (its certificate or protocol)."
+    if isinstance(exc, requests.ConnectionError):
+        return "Could not connect to the receiver (refused, unreachable or the name did not resolve)."
+    return f"The request to the receiver failed ({type(exc).__name__})."
+
+
 @dataclass(frozen=True)
 class WebhookPost:
     """One signed POST of a webhook notice: what the outbox sends for Notice.Kind.WEBHOOK."""
@@ -249,18 +351,23 @@ class WebhookPost:
         # The clock at this send, not the run's `now`: a page of slow receivers
         # can take minutes, and the receiver refuses a timestamp 5 minutes old.
         timestamp = int(timezone.now().timestamp())
-        response = requests.post(
-            self.url,
-            data=self.body,
-            headers={
-                "Content-Type": "application/json",
-                "User-Agent": "cd2-registry-webhooks/1",
-                SIGNATURE_HEADER: webhook_sign(secret=self.secret, timestamp=timestamp, body=self.body),
-                EVENT_ID_HEADER: self.event_id,
-            },
-            timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
-            allow_redirects=False,
-        )
+        try:
+            response = requests.post(
+                self.url,
+                data=self.body,
+                headers={
+                    "Content-Type": "application/json",
+                    "User-Agent": "cd2-registry-webhooks/1",
+                    SIGNATURE_HEADER: webhook_sign(secret=self.secret, timestamp=timestamp, body=self.body),
+                    EVENT_ID_HEADER: self.event_id,
+                },
+                timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            # requests words its errors with the URL, query string (a receiver's token) included;
+            # the notice keeps what went wrong, never where.
+            raise WebhookRefused(request_failure(exc)) from None
         response.close()
         if not 200 <= response.status_code < 300:
             what = "a redirect (not followed)" if 300 <= response.status_code < 400 else "an error"
@@ -288,7 +395,8 @@ def webhook_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
     try:
         webhook_url_check(account.webhook_url)
     except ValidationError as exc:
-        raise WebhookRefused(f"Receiver address refused: {' '.join(exc.messages)}") from None
+        # The outbox keeps this text where every staff role reads it: the reason, never the URL or host.
+        raise WebhookRefused(f"Receiver address refused before sending: {URL_REFUSALS[exc.code]}") from None
     post = WebhookPost(
         url=account.webhook_url,
         secret=account.webhook_secret,

@@ -5,13 +5,13 @@ from django.contrib.auth.signals import user_logged_in
 
 
 class SecurityConfig(AppConfig):
-    """Project-wide protections (edpotential/security.py): the session's start for its 12-hour cap."""
+    """Project-wide protections (security.py): the session's 12-hour cap starts here; deploy checks (checks.py)."""
 
     name = "edpotential"
     label = "edpotential_security"
     verbose_name = "Security"
 
     def ready(self) -> None:
-        from edpotential import security
+        from edpotential import checks, security  # noqa: F401  (checks: registers the deploy checks)
 
         user_logged_in.connect(security.session_mark_start, dispatch_uid="edp-session-start")

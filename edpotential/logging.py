@@ -19,7 +19,13 @@ after a name such as secret, client-secret, SECRET_KEY, password or token,
 with "=", ":" or "=>"; and, after such a name and a space, any word but a
 plain lower-case one ("secret Xy-12" is masked, "the secret was" is not).
 A submission link's path, /k/<token>/, is masked by its shape instead, since
-about one token in 1,500 has no digit and would pass the heuristic.
+about one token in 1,500 has no digit and would pass the heuristic. Every
+URL loses its query string, fragment and user name or password (a webhook
+receiver's `?token=…`, `https://token@host`), whatever they look like.
+
+`mask_secrets` is also what the outbox writes into a notice's error and the
+audit log into an event's reason and details (credentials/services/notices.py,
+audit.py), since every staff role reads those.
 
 gunicorn's access and error logs pass through the same filter
 (edpotential/gunicorn_logging.py, selected by gunicorn.conf.py).
@@ -49,6 +55,35 @@ _SENSITIVE_NAME = r"[\w-]*(?:secret|password|passwd|token|api[_-]?key|authorizat
 _VALUE = r"""(?!\[masked\])[^\s'",;&)}\]]+"""
 # After "name value" (no = or :), a plain lower-case word is prose, not a value.
 _PROSE_WORD = re.compile(r"[a-z]+[.,:;!?]?")
+
+
+# An absolute URL: its query string and fragment (a receiver's ?token=…) and
+# its user name or password are masked; scheme, host, port and path stay.
+_ABSOLUTE_URL = re.compile(r"""\b(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<rest>[^\s'"<>`]+)""", re.I)
+# A path with a query string after "url:", as urllib3 words a failed request
+# ("Max retries exceeded with url: /hook?token=…").
+_URL_PATH_QUERY = re.compile(r"""(?P<start>\burl:\s*/[^\s?#'"]*)[?#][^\s'"]*""", re.I)
+
+
+def _mask_url(match: re.Match[str]) -> str:
+    rest = match.group("rest")
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:
+        userinfo, host = authority.rsplit("@", 1)
+        user, has_password, _ = userinfo.partition(":")
+        # user:password keeps the user (postgres://registry:…@db); a lone name may be a token itself.
+        authority = f"{user}:{MASK}@{host}" if has_password else f"{MASK}@{host}"
+    cut = min((i for i in (tail.find("?"), tail.find("#")) if i >= 0), default=-1)
+    if cut >= 0:
+        tail = tail[:cut] + "?" + MASK
+    return match.group("scheme") + authority + tail
+
+
+def mask_urls(text: str) -> str:
+    """`text` with every URL's query string, fragment and user name or password replaced by [masked]."""
+    text = _ABSOLUTE_URL.sub(_mask_url, text)
+    return _URL_PATH_QUERY.sub(r"\g<start>?" + MASK, text)
 
 
 def _mask_value_after_space(match: re.Match[str]) -> str:
@@ -89,9 +124,10 @@ def _looks_random(run: str) -> bool:
 
 
 def mask_secrets(text: str) -> str:
-    """`text` with everything that looks like a credential replaced by [masked]."""
+    """`text` with everything that looks like a credential replaced by [masked] (URLs: see mask_urls)."""
     if not text:
         return text
+    text = mask_urls(text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return _TOKEN_RUN.sub(lambda m: MASK if _looks_random(m.group(0)) else m.group(0), text)

@@ -105,6 +105,8 @@ SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
 INSTALLED_APPS = [
     # django.contrib.admin, with the staff site (credentials/admin/site.py) as its default site.
     "credentials.admin.apps.StaffAdminConfig",
+    # Before django.contrib.auth: its createsuperuser (edpotential/management/) takes the place of auth's.
+    "edpotential.apps.SecurityConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -124,7 +126,6 @@ INSTALLED_APPS = [
     "django_otp.plugins.otp_static",
     "axes",
     "csp",
-    "edpotential.apps.SecurityConfig",
     # Staff sign-in with the company's identity provider (OIDC_ISSUER; off when unset).
     "staffsso.apps.StaffSsoConfig",
 ]
@@ -397,6 +398,15 @@ LINK_BULK_PER_SECOND = env.float("LINK_BULK_PER_SECOND", default=5.0)
 # permission; each confirmed import is one transaction.
 IMPORT_EXPORT_IMPORT_PERMISSION_CODE = "add"
 IMPORT_EXPORT_USE_TRANSACTIONS = True
+# What an uploaded file may hold (credentials/services/spreadsheets.py): past
+# any of these it is refused, in words, before it costs a worker much memory or
+# time. Rows under the header; the XLSX limits are read from the zip's
+# directory before anything is unpacked.
+IMPORT_MAX_ROWS = env.int("IMPORT_MAX_ROWS", default=5000)
+IMPORT_MAX_COLUMNS = env.int("IMPORT_MAX_COLUMNS", default=30)
+IMPORT_MAX_CELL_CHARACTERS = env.int("IMPORT_MAX_CELL_CHARACTERS", default=2000)
+IMPORT_MAX_UNPACKED_BYTES = env.int("IMPORT_MAX_UNPACKED_BYTES", default=16 * 1024 * 1024)
+IMPORT_MAX_COMPRESSION_RATIO = env.int("IMPORT_MAX_COMPRESSION_RATIO", default=100)
 
 # Days before expires_on at which contacts are reminded; 0 is the day itself.
 REMINDER_DAYS_BEFORE = env.list("REMINDER_DAYS_BEFORE", cast=int, default=[60, 30, 14, 7, 3, 1, 0])

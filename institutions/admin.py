@@ -19,20 +19,21 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.options import IS_POPUP_VAR
-from django.contrib.admin.views.main import ORDER_VAR, ChangeList
+from django.contrib.admin.views.main import ORDER_VAR
 from django.core.paginator import Paginator
 from django.db import models
 from django.db.models import Exists, F, OuterRef, Q
-from django.http import HttpRequest
-from django.urls import URLPattern
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import URLPattern, reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from import_export.admin import ImportMixin
 
 from institutions.models import Contact, Institution
+from safeadmin.lists import SafeChangeList
 
 # --------------------------------------------------------------------------
 # The extension point
@@ -91,6 +92,14 @@ class InstitutionAdminExtension:
     def import_resources(self) -> tuple[type, ...]:
         """django-import-export resources for the list's bulk import; none means no Import button."""
         return ()
+
+    def import_formats(self) -> tuple[type, ...]:
+        """The file formats the import reads (django-import-export format classes); none: the library's."""
+        return ()
+
+    def import_refusal(self, error: Exception) -> str | None:
+        """The words for an upload one of this extension's readers refused (`error`), or None if not its own."""
+        return None
 
 
 _extensions: list[InstitutionAdminExtension] = []
@@ -183,7 +192,7 @@ class CountQuerysetPaginator(Paginator):
         return count_queryset.count()
 
 
-class InstitutionChangeList(ChangeList):
+class InstitutionChangeList(SafeChangeList):
     counting = False
 
     def get_filters(self, request):
@@ -366,6 +375,38 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
 
     def get_import_resource_classes(self, request):
         return [resource for extension in institution_admin_extensions() for resource in extension.import_resources()]
+
+    def get_import_formats(self):
+        formats = [fmt for extension in institution_admin_extensions() for fmt in extension.import_formats()]
+        return formats or super().get_import_formats()
+
+    def _import_refusal(self, error: Exception) -> str | None:
+        for extension in institution_admin_extensions():
+            words = extension.import_refusal(error)
+            if words:
+                return words
+        return None
+
+    def add_data_read_fail_error_to_form(self, form, e):
+        # A reader that refused the file says why in words: shown as written, in place of the
+        # library's "'ValueError' encountered while trying to read file".
+        words = self._import_refusal(e)
+        if words:
+            form.add_error("import_file", words)
+        else:
+            super().add_data_read_fail_error_to_form(form, e)
+
+    def process_import(self, request, **kwargs):
+        # The confirmed import reads the stored upload again: a refusal there goes back to the upload form.
+        try:
+            return super().process_import(request, **kwargs)
+        except Exception as error:
+            words = self._import_refusal(error)
+            if not words:
+                raise
+            messages.error(request, words)
+            opts = self.model._meta
+            return HttpResponseRedirect(reverse(f"admin:{opts.app_label}_{opts.model_name}_import"))
 
     def has_import_permission(self, request) -> bool:
         return bool(self.get_import_resource_classes(request)) and super().has_import_permission(request)

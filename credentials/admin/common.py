@@ -8,6 +8,7 @@ from django.utils.html import format_html
 
 from credentials.models import SubmissionLink
 from institutions.models import KeyState
+from safeadmin.lists import SafeFilterValuesMixin
 
 STAFF_CSS = {"all": ("admin-extra/staff.css",)}
 KEY_STATE_LABELS = dict(KeyState.choices)
@@ -26,7 +27,7 @@ class ViewOnlyMixin:
         return False
 
 
-class ViewOnlyAdmin(ViewOnlyMixin, admin.ModelAdmin):
+class ViewOnlyAdmin(SafeFilterValuesMixin, ViewOnlyMixin, admin.ModelAdmin):
     def get_actions(self, request):
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)

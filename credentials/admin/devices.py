@@ -26,15 +26,14 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django_otp import login as otp_login
 from django_otp.qr import write_qrcode_image
 
-from credentials.admin.pages import reauth_is_fresh
-from credentials.models import AuditEvent
-from credentials.services.audit import audit_record
+from credentials.admin.pages import REAUTH_FAILURES_SESSION_KEY, reauth_failed, reauth_is_fresh
 from credentials.services.two_factor import (
     authenticator_reset_confirm,
     authenticator_reset_start,
     two_factor_device_delete,
 )
 from requestinfo import client_ip
+from safeadmin.lists import SafeFilterValuesMixin
 from staffsso.session import is_sso_session, reauth_url
 
 # --------------------------------------------------------------------------
@@ -44,7 +43,7 @@ from staffsso.session import is_sso_session, reauth_url
 DEVICE_FIELDS = ("user", "name", "confirmed", "created_at", "last_used_at")
 
 
-class DeviceAdmin(admin.ModelAdmin):
+class DeviceAdmin(SafeFilterValuesMixin, admin.ModelAdmin):
     """Who has which second factor and when it was last used; delete is the only change, and it is audited."""
 
     list_display = DEVICE_FIELDS
@@ -167,6 +166,7 @@ def authenticator_reset_view(request: HttpRequest, *, admin_site) -> HttpRespons
     elif request.method == "POST":
         password_form = PasswordForm(request.POST, user=user, request=request)
         if password_form.is_valid():
+            request.session.pop(REAUTH_FAILURES_SESSION_KEY, None)  # the wrong ones before were not "in a row"
             device = authenticator_reset_start(user=user, ip_address=ip_address)
             request.session[PENDING_DEVICE_SESSION_KEY] = device.pk
             context.update(
@@ -175,12 +175,10 @@ def authenticator_reset_view(request: HttpRequest, *, admin_site) -> HttpRespons
             )
             code_form = CodeForm()
         elif password_form.has_error("password", "wrong_password"):
-            audit_record(
-                kind=AuditEvent.Kind.REAUTH_FAILED,
-                actor=user,
-                ip_address=ip_address,
-                detail={"where": "authenticator reset password check"},
-            )
+            # Counted with the reveal's: the fifth wrong password in a row signs the session out.
+            signed_out = reauth_failed(request, where="authenticator reset password check")
+            if signed_out is not None:
+                return signed_out
     context.update(
         password_form=password_form,
         code_form=code_form,

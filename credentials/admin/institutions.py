@@ -12,6 +12,7 @@ import datetime as dt
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
 from django.db.models import F
 from django.http import HttpResponse, HttpResponseRedirect
@@ -46,6 +47,7 @@ from credentials.selectors import (
 )
 from credentials.services.links import link_batch_create, link_batch_problems, link_batch_progress
 from credentials.services.onboarding import InstitutionResource
+from credentials.services.spreadsheets import BoundedCSV, BoundedXLSX, UploadRefused
 from credentials.services.staff import (
     EXPORT_PERMISSION,
     SEND_LINK_PERMISSION,
@@ -96,9 +98,9 @@ class ExpiryFilter(admin.SimpleListFilter):
             return month_bounds(today, 1)
         try:
             start = dt.datetime.strptime(value or "", self.MONTH_FORMAT).date()
-        except ValueError:
+            return month_bounds(start, 0)
+        except (ValueError, OverflowError):  # not a month, or 9999-12 (its end is in year 10000)
             return None
-        return month_bounds(start, 0)
 
     def choices(self, changelist):
         yield from super().choices(changelist)
@@ -126,6 +128,8 @@ class ExpiryFilter(admin.SimpleListFilter):
             return queryset.filter(key_expires_on__gt=today + dt.timedelta(days=settings.CD2_EXPIRING_DAYS))
         if value == "none":
             return queryset.filter(key_expires_on__isnull=True)
+        if value is not None:
+            raise IncorrectLookupParameters(f"expiry={value!r} is no choice and no month this list can show")
         return queryset
 
 
@@ -516,3 +520,10 @@ class KeysExtension(InstitutionAdminExtension):
     def import_resources(self):
         # Bulk onboarding (credentials/services/onboarding.py): upload, preview every row, confirm.
         return (InstitutionResource,)
+
+    def import_formats(self):
+        # Only CSV and XLSX, read within the limits of credentials/services/spreadsheets.py.
+        return (BoundedCSV, BoundedXLSX)
+
+    def import_refusal(self, error):
+        return str(error) if isinstance(error, UploadRefused) else None

@@ -72,6 +72,29 @@ def reauth_mark(request: HttpRequest) -> None:
     request.session.pop(REAUTH_FAILURES_SESSION_KEY, None)
 
 
+def reauth_failed(request: HttpRequest, *, where: str, credential: CD2Credential | None = None) -> HttpResponse | None:
+    """A wrong password where the admin asks for it again (the reveal, "Reset my authenticator"): audited, counted.
+
+    The count is the session's, shared by both pages and cleared by the right
+    password: the REAUTH_MAX_FAILURES-th wrong one in a row signs the session
+    out (the redirect to the login page returned), so a stolen session
+    cannot guess its way to a Secret or to enrolling its own authenticator.
+    """
+    failures = request.session.get(REAUTH_FAILURES_SESSION_KEY, 0) + 1
+    audit_record(
+        kind=AuditEvent.Kind.REAUTH_FAILED,
+        actor=request.user,
+        credential=credential,
+        ip_address=client_ip(request),
+        detail={"where": where, "failures_in_a_row": failures},
+    )
+    if failures >= REAUTH_MAX_FAILURES:
+        logout(request)
+        return HttpResponseRedirect(reverse("admin:login"))
+    request.session[REAUTH_FAILURES_SESSION_KEY] = failures
+    return None
+
+
 def staff_actions(request: HttpRequest, institution: Institution | None = None) -> dict[str, object]:
     """Which buttons this staff member may see: the admin hides what a role cannot do."""
     user = request.user
@@ -426,18 +449,9 @@ def reveal_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
             patch_cache_control(response, no_store=True, private=True)
             return response
         if form.has_error("password", "wrong_password"):
-            failures = request.session.get(REAUTH_FAILURES_SESSION_KEY, 0) + 1
-            audit_record(
-                kind=AuditEvent.Kind.REAUTH_FAILED,
-                actor=request.user,
-                credential=credential,
-                ip_address=client_ip(request),
-                detail={"where": "reveal password check", "failures_in_a_row": failures},
-            )
-            if failures >= REAUTH_MAX_FAILURES:
-                logout(request)
-                return HttpResponseRedirect(reverse("admin:login"))
-            request.session[REAUTH_FAILURES_SESSION_KEY] = failures
+            signed_out = reauth_failed(request, where="reveal password check", credential=credential)
+            if signed_out is not None:
+                return signed_out
     context.update({"title": f"Reveal the Secret of key {credential.hint}", "form": form})
     response = TemplateResponse(request, "admin/credentials/reveal_form.html", context)
     add_never_cache_headers(response)

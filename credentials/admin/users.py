@@ -17,6 +17,7 @@ from django.http import HttpResponseRedirect
 from django.urls import reverse
 
 from credentials.selectors import audit_events_by
+from safeadmin.lists import SafeFilterValuesMixin
 from staffsso.models import StaffIdentity
 
 
@@ -36,7 +37,7 @@ User = get_user_model()
 ROLES_FROM_PROVIDER = ("is_staff", "is_superuser", "groups", "user_permissions")
 
 
-class StaffUserAdmin(UserAdmin):
+class StaffUserAdmin(SafeFilterValuesMixin, UserAdmin):
     def get_readonly_fields(self, request, obj=None):
         fields = tuple(super().get_readonly_fields(request, obj))
         if obj is not None and StaffIdentity.objects.filter(user=obj).exists():

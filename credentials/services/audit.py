@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from credentials.models import AuditEvent, CD2Credential
+from edpotential.logging import mask_secrets
 from institutions.models import Institution
 from requestinfo import client_ip
 
@@ -18,7 +19,12 @@ def audit_record(
     reason: str = "",
     detail: dict | None = None,
 ) -> AuditEvent:
-    """Append one audit event. `detail` must never hold a secret or a full Client ID."""
+    """Append one audit event. `detail` must never hold a secret or a full Client ID.
+
+    The reason and every text in `detail` are masked as logs are (a URL's
+    query string and user name, anything secret-looking), a second net under
+    that rule: a reason is typed by staff, a detail may quote an error.
+    """
     if credential is not None and institution is None:
         institution = credential.institution
     actor = actor if getattr(actor, "pk", None) else None
@@ -30,9 +36,19 @@ def audit_record(
         institution=institution,
         credential=credential,
         ip_address=ip_address or None,
-        reason=reason,
-        detail=detail or {},
+        reason=mask_secrets(reason),
+        detail=_masked(detail or {}),
     )
+
+
+def _masked(value):
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    return value
 
 
 # --------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from credentials.models import Notice
 from credentials.services import jobs
+from edpotential.logging import mask_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def notice_mark_sent(*, notice_id: int, recipients: str, now: dt.datetime) -> No
 def notice_close(*, notice_id: int, state: str, reason: str, now: dt.datetime) -> None:
     """Close a notice unsent: superseded (replaced key, paused institution, newer step), cancelled or failed."""
     Notice.objects.filter(pk=notice_id, state__in=Notice.OPEN_STATES).update(
-        state=state, closed_at=now, lease_until=None, last_error=reason[:500]
+        state=state, closed_at=now, lease_until=None, last_error=mask_secrets(reason)[:500]
     )
 
 
@@ -197,9 +198,10 @@ def notice_retry_later(*, notice_id: int, error: BaseException | str, now: dt.da
     """Record a failed attempt: back to pending with the next attempt set, or failed past retry_until.
 
     Returns the state written. The error is its type and message (an SMTP
-    reply; never a secret: no secret is in a notice).
+    reply, a receiver's refusal), masked as logs are: every staff role reads
+    it, so no URL's query string or user name and nothing secret-looking.
     """
-    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    text = mask_secrets(error if isinstance(error, str) else f"{type(error).__name__}: {error}")
     notice = Notice.objects.filter(pk=notice_id, state=Notice.State.SENDING).first()
     if notice is None:
         return ""

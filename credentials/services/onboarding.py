@@ -11,6 +11,9 @@ every row's changes and errors, and the confirm step). The rules:
   their address is new to the institution, never removed.
 - Keys are never imported from files: a file with a key column is refused.
 - The confirmed import is one audit event (who, what file, how many rows).
+- The upload is read within limits (services/spreadsheets.py: at most
+  IMPORT_MAX_ROWS rows and IMPORT_MAX_COLUMNS columns, the XLSX's unpacked
+  size and declared dimension checked before parsing), CSV or XLSX only.
 
 File columns: name, slug (made from the name when blank), canvas_domain,
 status (default onboarding), timezone (default UTC), account_owner (a staff

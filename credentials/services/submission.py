@@ -8,7 +8,12 @@ institution), then the live check against CD2 (`cd2.check_key_with_settings`),
 and only then is stored:
 
 - On file for another institution: refused, nothing stored, the link still
-  works, both institutions' account owners told (possible mix-up).
+  works, both institutions' account owners told (possible mix-up), but only
+  once the key is proved: CD2 accepted it (or answered 403, "real key, no
+  CD2 access"), or CD2 could not be asked and the Secret is the one on file.
+  Anyone else (a link holder trying Client IDs with a made-up Secret) gets,
+  byte for byte, the answer of a key Instructure refused, and nobody is
+  mailed: the page is no oracle of which Client IDs we hold.
   On file for this institution: "we already have this key", nothing changes.
   The constraint one_row_per_client_id settles a race between two doors.
 - CD2 accepts it: stored as the active key, the link is used up.
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hmac
 import logging
 from dataclasses import dataclass, field
 
@@ -240,46 +246,89 @@ def _validate(
         return SubmitOutcome(Result.INVALID, errors=_error_messages(exc))
 
 
-def _on_file(*, door: Door, key: CleanKey, check: CheckResult | None = None) -> SubmitOutcome | None:
-    """The answer when this key's Client ID is already on file (any status, any institution), else None.
-
-    Another institution's: refused, audited, both account owners told once
-    the refusal's transaction commits. This institution's: "we already have
-    it", nothing changes.
-    """
-    existing = (
+def _on_file(key: CleanKey) -> CD2Credential | None:
+    """The stored key with this Client ID (any status, any institution), without its secrets; None if none."""
+    return (
         CD2Credential.objects.without_secrets()
         .select_related("institution")
         .filter(client_id_index=key.index)
         .order_by("pk")
         .first()
     )
-    if existing is None:
-        return None
+
+
+def _already_have(*, door: Door, existing: CD2Credential, check: CheckResult | None = None) -> SubmitOutcome:
+    """This institution's own key handed over again: "we already have it", nothing changes."""
+    message = already_have_message(existing=existing, institution=door.institution, by_link=door.by_link)
+    return SubmitOutcome(Result.ALREADY_HAVE, credential=existing, errors={"__all__": [message]}, check=check)
+
+
+@sensitive_variables("key", "stored")
+def key_proved(*, key: CleanKey, on_file: CD2Credential, check: CheckResult) -> bool:
+    """Whether whoever handed this key over showed they hold it, not only its Client ID.
+
+    CD2 accepted it (a 403 says the key is real too), or CD2 could not be
+    asked and the Secret is the one on file (compared in constant time).
+    """
+    if check.verdict in (Verdict.OK, Verdict.FORBIDDEN):
+        return True
+    if check.verdict is not Verdict.UNAVAILABLE:
+        return False
+    stored = CD2Credential.objects.only("secret").get(pk=on_file.pk).secret
+    return hmac.compare_digest(stored.encode(), key.secret.encode())
+
+
+def _on_file_elsewhere(*, door: Door, key: CleanKey, on_file: CD2Credential, check: CheckResult) -> SubmitOutcome:
+    """A Client ID on file for another institution: "on file" to whoever proved the key, "refused" to anyone else.
+
+    Proved: refused, audited, both account owners told once the refusal's
+    transaction commits. Not proved: the answer of a key Instructure refused
+    (`_rejected`), the same bytes on the page; audited for staff, no mail.
+    """
     institution = door.institution
-    if existing.institution_id == institution.pk:
-        message = already_have_message(existing=existing, institution=institution, by_link=door.by_link)
-        return SubmitOutcome(Result.ALREADY_HAVE, credential=existing, errors={"__all__": [message]}, check=check)
-    detail = {"hint": key.hint, "outcome": Result.TAKEN.value, "on_file_for": existing.institution_id}
+    detail = {"hint": key.hint, "check": check.summary, "on_file_for": on_file.institution_id}
     if door.link is not None:
         detail["link_id"] = door.link.pk
+    if not key_proved(key=key, on_file=on_file, check=check):
+        detail["outcome"] = "on_file_not_proved"
+        reason = (
+            f"Refused: this Client ID is on file for {on_file.institution.name}, and the key was not proved "
+            "(CD2 refused it, or could not be asked and the Secret differs); answered as a key Instructure "
+            "refused; nothing stored, nobody mailed."
+        )
+        return _rejected(door=door, check=check, detail=detail, reason=reason)
+    detail["outcome"] = Result.TAKEN.value
     with transaction.atomic():
         audit_record(
             kind=AuditEvent.Kind.SUBMISSION,
             institution=institution,
-            credential=existing,
+            credential=on_file,
             ip_address=door.ip_address,
-            reason=f"Refused: this Client ID is on file for {existing.institution.name}; nothing stored.",
+            reason=f"Refused: this Client ID is on file for {on_file.institution.name}; nothing stored.",
             detail=detail,
             **door.audit_who(),
         )
-        _key_conflict_write(door=door, on_file=existing)
+        _key_conflict_write(door=door, on_file=on_file)
     logger.warning(
         "Key submission for institution %s refused: the Client ID is on file for institution %s",
         institution.pk,
-        existing.institution_id,
+        on_file.institution_id,
     )
     return SubmitOutcome(Result.TAKEN, errors={"__all__": [taken_message(institution=institution)]}, check=check)
+
+
+def _rejected(*, door: Door, check: CheckResult, detail: dict, reason: str) -> SubmitOutcome:
+    """The answer of a key Instructure refused (401): nothing stored, the link still works; audited."""
+    audit_record(
+        kind=AuditEvent.Kind.SUBMISSION,
+        institution=door.institution,
+        ip_address=door.ip_address,
+        reason=reason,
+        detail=detail,
+        **door.audit_who(),
+    )
+    logger.info("Key submission for institution %s refused: %s", door.institution.pk, check.summary)
+    return SubmitOutcome(Result.REJECTED, errors={"__all__": [rejected_message()]}, check=check)
 
 
 def _key_conflict_write(*, door: Door, on_file: CD2Credential) -> None:
@@ -390,8 +439,9 @@ def _submit(
     on one link exactly one stores a key; the others get LINK_UNUSABLE. Two
     doors racing with one key for two institutions meet at the constraint
     one_row_per_client_id: the loser's transaction (its link claim too) is
-    rolled back and it gets the on-file answer. A refusal stores nothing but
-    is audited: staff can see a customer struggling (or someone guessing).
+    rolled back and it gets the on-file answer (if it proved the key). A
+    refusal stores nothing but is audited: staff can see a customer
+    struggling (or someone guessing).
     """
     if door.institution is None:
         return SubmitOutcome(Result.LINK_UNUSABLE)
@@ -405,25 +455,20 @@ def _submit(
     )
     if isinstance(key, SubmitOutcome):
         return key
-    on_file = _on_file(door=door, key=key)
-    if on_file is not None:
-        return on_file
+    on_file = _on_file(key)
+    if on_file is not None and on_file.institution_id == institution.pk:
+        return _already_have(door=door, existing=on_file)
 
+    # Asked even for a Client ID on file elsewhere: only CD2's answer (or the
+    # Secret on file, when CD2 cannot answer) may tell that it is on file.
     check = check_key_with_settings(client_id=key.client_id, secret=key.secret)
+    if on_file is not None:
+        return _on_file_elsewhere(door=door, key=key, on_file=on_file, check=check)
     detail = {"hint": key.hint, "check": check.summary, "outcome": check.verdict.value}
     if door.link is not None:
         detail["link_id"] = door.link.pk
     if check.verdict is Verdict.REJECTED:
-        audit_record(
-            kind=AuditEvent.Kind.SUBMISSION,
-            institution=institution,
-            ip_address=door.ip_address,
-            reason="Refused by Canvas Data 2; nothing stored.",
-            detail=detail,
-            **door.audit_who(),
-        )
-        logger.info("Key submission for institution %s refused by CD2: %s", institution.pk, check.summary)
-        return SubmitOutcome(Result.REJECTED, errors={"__all__": [rejected_message()]}, check=check)
+        return _rejected(door=door, check=check, detail=detail, reason="Refused by Canvas Data 2; nothing stored.")
 
     try:
         return _store(door=door, key=key, check=check, detail=detail)
@@ -431,10 +476,12 @@ def _submit(
         # Another door stored this Client ID after our lookup: everything of
         # ours rolled back (the link is not used up); answer as if we had
         # found it on file in the first place.
-        on_file = _on_file(door=door, key=key, check=check)
+        on_file = _on_file(key)
         if on_file is None:
             raise
-        return on_file
+        if on_file.institution_id == institution.pk:
+            return _already_have(door=door, existing=on_file, check=check)
+        return _on_file_elsewhere(door=door, key=key, on_file=on_file, check=check)
 
 
 @sensitive_variables("key")

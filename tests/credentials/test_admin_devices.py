@@ -156,3 +156,28 @@ def test_a_code_cannot_confirm_someone_elses_pending_device(client, verified_log
     session.save()
     client.post(RESET, {"otp_token": code(pending)})
     assert TOTPDevice.objects.get(pk=pending.pk).confirmed is False
+
+
+def test_five_wrong_passwords_in_a_row_on_the_reset_sign_the_session_out(client, verified_login, make_staff):
+    # A stolen session cannot guess the password to enrol its own authenticator.
+    user = make_staff("Viewer")
+    verified_login(client, user)
+    for _ in range(4):
+        assert client.post(RESET, {"password": "guess"}).status_code == 200
+    signed_out = client.post(RESET, {"password": "guess"})
+    assert signed_out.status_code == 302 and signed_out["Location"] == "/admin/login/"
+    assert client.post(RESET, {"password": STAFF_PASSWORD}).status_code == 302  # to the login page: no session
+    assert not TOTPDevice.objects.filter(user=user, confirmed=False).exists()
+    failures = AuditEvent.objects.filter(kind=AuditEvent.Kind.REAUTH_FAILED, actor=user).order_by("pk")
+    assert [e.detail["failures_in_a_row"] for e in failures] == [1, 2, 3, 4, 5]
+
+
+def test_the_right_password_clears_the_count(client, verified_login, make_staff):
+    user = make_staff("Viewer")
+    verified_login(client, user)
+    for _ in range(4):
+        client.post(RESET, {"password": "guess"})
+    assert client.post(RESET, {"password": STAFF_PASSWORD}).status_code == 200  # the QR code
+    for _ in range(4):
+        assert client.post(RESET, {"password": "guess"}).status_code == 200  # four more, still signed in
+    assert client.get("/admin/").status_code == 200

@@ -2,8 +2,10 @@
 
 Every URL the admin registers (walked from the URL resolver, object ids
 filled from the rows made here), every sortable column both ways, every
-filter choice plus hostile values (NUL, 5,000 characters, unicode) for
-every filter parameter, the search box, the date drill-down, and every
+filter choice plus hostile values (NUL, 5,000 characters, unicode) and
+values no filter can hold (9999-12) for every filter parameter, years no
+date holds (10000, 0, -1, 99999999999999999999, 9999) on every date column
+and in the date drill-down, the search box, and every
 action's confirmation page. Hostile values are parsed the same whoever
 sends them: the superuser, who sees every filter, tries them all, and each
 role only the parameters of its own a superuser lacks. Searched in every body: the planted Secret, the
@@ -20,6 +22,7 @@ import pytest
 from axes.models import AccessFailureLog, AccessLog
 from django.contrib import admin
 from django.contrib.contenttypes.models import ContentType
+from django.db import models
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
@@ -36,6 +39,11 @@ from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET, reminder_step
 
 ROLES = ("Viewer", "Customer success", "Data engineer", None)  # None: a superuser
 HOSTILE_VALUES = ("\x00", "a\x00b", "x" * 5000, "ü\u202e😀€\u0000", "-1", "' OR 1=1 --")
+# Values a filter or a date cannot hold (issue 24): a month past 9999-12, years no date or SQL bound holds.
+# (9999 and 1 matter to the drill-down, whose bounds are the next year and the zone's midnight.)
+OUT_OF_RANGE_VALUES = ("9999-12",)
+YEARS_OUT_OF_RANGE = ("10000", "0", "-1", "99999999999999999999")
+DRILL_DOWN_YEARS = (*YEARS_OUT_OF_RANGE, "9999", "1")
 RECOVERY_CODES = ("crawlrec01", "crawlrec02")
 PLANTED_REFRESH_TOKEN = "PLANTED-refresh-tKn-7Qe2Vw9"
 PLANTED_ACCESS_TOKEN = "PLANTED-access-tKn-3Rf8Hj1"
@@ -201,6 +209,9 @@ def hostile_parameters(cl) -> set[str]:
         parameters.add("q")
     if cl.date_hierarchy:
         parameters.update(f"{cl.date_hierarchy}__{part}" for part in ("year", "month", "day"))
+    parameters.update(
+        f"{field.name}__year" for field in cl.model._meta.concrete_fields if isinstance(field, models.DateField)
+    )
     return parameters
 
 
@@ -225,16 +236,35 @@ def crawl_changelist(crawl: Crawl, url: str, tried: set[str] = frozenset(), *, d
         for choice in spec.choices(cl):
             crawl.get("filter choice", url + choice["query_string"])
         for parameter in set(spec.expected_parameters()) - tried:
-            for value in HOSTILE_VALUES:
+            for value in (*HOSTILE_VALUES, *OUT_OF_RANGE_VALUES):
                 crawl.get("filter hostile", url, {parameter: value})
+    # Any date of the model's own, filtered by a year typed into the URL (the admin allows it).
+    for field in cl.model._meta.concrete_fields:
+        if isinstance(field, models.DateField) and f"{field.name}__year" not in tried:  # DateTimeField too
+            for year in YEARS_OUT_OF_RANGE:
+                crawl.get("date out of range", url, {f"{field.name}__year": year})
     if cl.search_fields and "q" not in tried:
         for value in HOSTILE_VALUES:
             crawl.get("search hostile", url, {"q": value})
     if cl.date_hierarchy:
         for part in ("year", "month", "day"):
-            values = ("2026",) if f"{cl.date_hierarchy}__{part}" in tried else ("2026", *HOSTILE_VALUES)
-            for value in values:
+            hierarchy_tried = f"{cl.date_hierarchy}__{part}" in tried
+            for value in ("2026",) if hierarchy_tried else ("2026", *HOSTILE_VALUES, *DRILL_DOWN_YEARS):
                 crawl.get("date hierarchy", url, {f"{cl.date_hierarchy}__{part}": value})
+        if f"{cl.date_hierarchy}__year" not in tried:
+            for year in DRILL_DOWN_YEARS:  # a drill-down to a month and a day of such a year
+                crawl.get(
+                    "date hierarchy", url, {f"{cl.date_hierarchy}__year": year, f"{cl.date_hierarchy}__month": "12"}
+                )
+                crawl.get(
+                    "date hierarchy",
+                    url,
+                    {
+                        f"{cl.date_hierarchy}__year": year,
+                        f"{cl.date_hierarchy}__month": "12",
+                        f"{cl.date_hierarchy}__day": "31",
+                    },
+                )
     _crawl_actions(crawl, url, response)
 
 

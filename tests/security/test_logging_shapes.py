@@ -40,6 +40,12 @@ PLAIN = "plain-lowercase-value"  # a password nobody generated: no heuristic wou
         f"access_token={PLAIN}",
         f"x-api-key: {PLAIN}",
         f"db_password {PLAIN}",
+        # A URL's query string, fragment or lone user name (a webhook receiver's own token), whatever its name.
+        f"https://hooks.example.com/cd2?sig={PLAIN}",
+        f"https://hooks.example.com/cd2?a=1&k={PLAIN}#x",
+        f"https://hooks.example.com/cd2#{PLAIN}",
+        f"https://{PLAIN}@hooks.example.com/cd2",
+        f"Max retries exceeded with url: /cd2?sig={PLAIN} (Caused by NewConnectionError)",
     ],
 )
 def test_each_shape_of_a_secret_is_masked(text):
@@ -54,6 +60,10 @@ def test_each_shape_of_a_secret_is_masked(text):
         (f"redis://:{PLAIN}@redis.internal:6379/0", "redis://:[masked]@redis.internal:6379/0"),
         (f"postgres://registry:{PLAIN}@db/registry", "postgres://registry:[masked]@db/registry"),
         (f"client-secret: {PLAIN}, then", "client-secret: [masked], then"),
+        (
+            f"POST https://hooks.example.com:8443/cd2?sig={PLAIN} failed",
+            "POST https://hooks.example.com:8443/cd2?[masked] failed",
+        ),
     ],
 )
 def test_only_the_secret_part_is_masked_so_the_line_stays_useful(text, kept):
@@ -64,7 +74,7 @@ def test_only_the_secret_part_is_masked_so_the_line_stays_useful(text, kept):
     "text",
     [
         "redis://127.0.0.1:6379/0",
-        "https://registry.example.com/admin/?next=/k/received/",
+        "https://registry.example.com/admin/login/",
         "the secret was rejected by CD2",
         "Forbidden (CSRF token missing.): /admin/login/",
         "Token bucket empty, waiting 2 s",

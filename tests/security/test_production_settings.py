@@ -47,6 +47,8 @@ def production_env(tmp_path, **overrides) -> dict[str, str]:
         CACHE_URL="rediscache://127.0.0.1:6379/12",
         CELERY_BROKER_URL="redis://127.0.0.1:6379/13",
         EMAIL_URL="smtp+tls://registry@smtp.example.com:587",
+        # Instructure's gateway: a development .env points at the fake one over http (edpotential.E006).
+        CD2_API_URL="https://api-gateway.instructure.com",
     )
     env.update(overrides)
     return {k: v for k, v in env.items() if v is not None}
@@ -64,8 +66,14 @@ def production_settings(tmp_path, **overrides) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+# A PostgreSQL database named only (nothing listens on port 1): the deploy check refuses SQLite
+# (edpotential.E002), and the stored-values check skips a database it cannot reach.
+POSTGRES_NAMED_ONLY = "postgres://registry@127.0.0.1:1/registry_deploy_check"
+
+
 def test_the_deploy_check_passes_at_warning_level_with_production_settings(tmp_path):
-    result = manage(production_env(tmp_path), "check", "--deploy", "--fail-level", "WARNING")
+    env = production_env(tmp_path, DATABASE_URL=POSTGRES_NAMED_ONLY)
+    result = manage(env, "check", "--deploy", "--fail-level", "WARNING")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
 
