@@ -27,6 +27,7 @@ class CredentialsConfig(AppConfig):
         sender_register(kinds.KEY_REJECTED, pending.key_rejected_notice_write)
         sender_register(kinds.KEY_CONFLICT, submission.key_conflict_notice_write)
         sender_register(kinds.SUBMISSION_LINK, links.link_notice_write)
+        sender_register(kinds.LINK_REQUEST, links.link_request_notice_write)
 
         user_logged_in.connect(audit.audit_login, dispatch_uid="edp-audit-login")
         user_login_failed.connect(audit.audit_login_failed, dispatch_uid="edp-audit-login-failed")
