@@ -14,7 +14,10 @@ class ApiConfig(AppConfig):
         from api import webhooks
         from credentials.models import Notice
         from credentials.outgoing import sender_register
+        from credentials.services.lost_keys import lost_values_handler_register
         from credentials.signals import key_events
 
         key_events.connect(webhooks.webhook_notices_write, dispatch_uid="api.webhooks.webhook_notices_write")
         sender_register(Notice.Kind.WEBHOOK, webhooks.webhook_notice_write)
+        # FERNET_KEYS lost for good (manage.py mark_keys_lost): how an unreadable signing secret is forgotten.
+        lost_values_handler_register("api.ServiceAccount", webhooks.webhook_secrets_forget)

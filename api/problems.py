@@ -6,15 +6,22 @@
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions
 from rest_framework.response import Response
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:cd2-registry:problem:"
+
+logger = logging.getLogger(__name__)
+
+# Seconds a client is asked to wait when the database cannot be reached.
+UNAVAILABLE_RETRY_AFTER = 60
 
 # One body for every 401: no hint whether the token was unknown, revoked or expired.
 UNAUTHORIZED = {
@@ -33,7 +40,21 @@ def problem_response(
 
 
 def problem_exception_handler(exc, context) -> Response | None:
-    """DRF's EXCEPTION_HANDLER for the API views; None (a 500) for anything that is not an API error."""
+    """DRF's EXCEPTION_HANDLER for the API views; None (a 500) for anything that is not an API error.
+
+    A database that cannot be reached is a 503 with Retry-After, not a 500:
+    the request changed nothing (each write is one transaction) and the
+    pipeline may simply try again.
+    """
+    if isinstance(exc, OperationalError | InterfaceError):
+        logger.error("Database unavailable while serving the API", exc_info=exc)
+        return problem_response(
+            status_code=503,
+            code="service_unavailable",
+            title="Service Unavailable",
+            detail="The registry's database cannot be reached. Nothing was changed; try again shortly.",
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+        )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

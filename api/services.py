@@ -15,7 +15,6 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from django.core.cache import cache
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -25,7 +24,7 @@ from credentials.models import AuditEvent, CD2Credential, hash_token
 from credentials.selectors import current_key, institutions_with_key_summary, local_today
 from credentials.services import jobs, metrics
 from credentials.services.audit import audit_record
-from credentials.services.keys import credential_mark_pulled
+from credentials.services.keys import credential_check_request, credential_mark_pulled
 from credentials.services.staff import RevealedKey, credential_handoff_record
 from edpotential.logging import mask_secrets
 from institutions.models import Institution
@@ -224,7 +223,8 @@ def api_key_read(
 
     Refused (ApiRefused) with: institution_not_found, no_key (never had one,
     or the last was revoked), key_pending (awaiting its first check),
-    key_invalid (CD2 refused it), key_expired (active, past its date).
+    key_invalid (CD2 refused it), key_lost (FERNET_KEYS lost: a new key is
+    asked for), key_expired (active, past its date).
     Each read is counted by outcome (metrics: cd2_api_key_reads_total).
     """
     try:
@@ -243,10 +243,18 @@ def _key_read(*, token: ApiToken, institution_slug: str, ip_address: str | None,
     if active is None:
         newest = current_key(
             institution=institution,
-            statuses=(CD2Credential.Status.PENDING_VERIFICATION, CD2Credential.Status.INVALID),
+            statuses=(
+                CD2Credential.Status.PENDING_VERIFICATION,
+                CD2Credential.Status.INVALID,
+                CD2Credential.Status.LOST,
+            ),
         )
         if newest is not None and newest.status == CD2Credential.Status.PENDING_VERIFICATION:
             raise ApiRefused("key_pending", "The institution's newest key is waiting for its check against CD2.")
+        if newest is not None and newest.status == CD2Credential.Status.LOST:
+            raise ApiRefused(
+                "key_lost", "The registry can no longer read the institution's key; a new one is asked for."
+            )
         if newest is not None:
             raise ApiRefused("key_invalid", "The institution's newest key was refused by CD2; a new one is needed.")
         raise ApiRefused("no_key", "The institution has no active CD2 key.")
@@ -297,6 +305,11 @@ def api_sync_report(
     every SYNC_CHECK_DEBOUNCE_SECONDS); the check, not this report, decides
     whether the key is invalid. A report about an older key changes nothing
     but is kept; the answer names the active key to fetch instead.
+
+    The debounce is the reports themselves (a report that queued a check
+    within the window), read with the key's row locked: it holds whether or
+    not the cache (Redis) is up, and two reports arriving together queue one
+    check.
     """
     now = now or timezone.now()
     institution = _institution_for(account=token.account, slug=institution_slug)
@@ -304,10 +317,8 @@ def api_sync_report(
     if credential is None:
         raise ApiRefused("key_not_found", "This institution has no key with this key_id.")
     is_active = credential.status == CD2Credential.Status.ACTIVE
-    check = is_active and outcome in CHECK_OUTCOMES
-    if check:
-        check = cache.add(f"api-sync-check:{credential.pk}", 1, timeout=SYNC_CHECK_DEBOUNCE_SECONDS)
     with transaction.atomic():
+        check = is_active and outcome in CHECK_OUTCOMES and _sync_check_due(credential=credential, now=now)
         report = SyncReport.objects.create(
             account=token.account,
             institution=institution,
@@ -321,7 +332,15 @@ def api_sync_report(
         if outcome == SyncReport.Outcome.OK:
             credential_mark_pulled(credential=credential, now=now)
         if check:
-            # robust: a broker outage must not lose the report; the daily check still comes.
+            # Stored with the report: with the broker down the task is lost and the hourly sweep queues it again.
+            credential_check_request(credential=credential, now=now)
             jobs.job_enqueue_on_commit(jobs.VERIFY_CREDENTIAL, args=(credential.pk,), robust=True)
     active = credential if is_active else current_key(institution=institution, statuses=(CD2Credential.Status.ACTIVE,))
     return SyncResult(report=report, active_key_id=active.pk if active else None)
+
+
+def _sync_check_due(*, credential: CD2Credential, now: dt.datetime) -> bool:
+    """No report queued a check of this key within SYNC_CHECK_DEBOUNCE_SECONDS (call in a transaction)."""
+    CD2Credential.objects.select_for_update().without_secrets().filter(pk=credential.pk).first()
+    since = now - dt.timedelta(seconds=SYNC_CHECK_DEBOUNCE_SECONDS)
+    return not SyncReport.objects.filter(credential=credential, check_queued=True, created_at__gt=since).exists()

@@ -33,6 +33,7 @@ REFUSALS = {
     "no_key": (404, "Not Found"),
     "key_pending": (409, "Conflict"),
     "key_invalid": (409, "Conflict"),
+    "key_lost": (409, "Conflict"),
     "key_expired": (409, "Conflict"),
 }
 

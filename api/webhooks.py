@@ -223,6 +223,24 @@ def webhook_secret_rotate(
     return plaintext
 
 
+def webhook_secrets_forget(*, ids: list[int], reason: str, actor_label: str, now: dt.datetime) -> None:
+    """Forget signing secrets no configured FERNET_KEYS key reads (mark_keys_lost): the accounts have none.
+
+    Their webhooks wait in the outbox (webhook_notice_write retries them)
+    until a superuser rotates the secret and hands it to the receiver's
+    owner. Audited (webhook_secret) per account with the operator's reason.
+    """
+    for account in ServiceAccount.objects.filter(pk__in=ids).defer("webhook_secret").order_by("pk"):
+        # An empty secret, written under the new key: the row reads again, and "no secret" is set_at NULL.
+        ServiceAccount.objects.filter(pk=account.pk).update(webhook_secret="", webhook_secret_set_at=None)
+        audit_record(
+            kind=AuditEvent.Kind.WEBHOOK_SECRET,
+            actor_label=actor_label,
+            reason=reason,
+            detail={"account": account.name, "account_id": account.pk, "lost": True},
+        )
+
+
 def webhook_sign(*, secret: str, timestamp: int, body: bytes) -> str:
     """The X-CD2-Signature value: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" under the secret>."""
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
@@ -385,6 +403,9 @@ def webhook_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
     """
     listening = webhook_accounts(institution_ids=[notice.institution_id]).get(notice.institution_id, [])
     account = next((a for a in listening if a.pk == notice.payload.get("account_id")), None)
+    if account is None and _secret_forgotten(notice.payload.get("account_id")):
+        # Lost with FERNET_KEYS (webhook_secrets_forget): wait for the new secret rather than drop the event.
+        raise WebhookRefused("The account's signing secret was lost: rotate it in the admin (Pipeline API).")
     if account is None:
         reason = (
             "Not sent: the service account is gone, inactive, has no webhook URL or secret any more, "
@@ -405,6 +426,19 @@ def webhook_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
         account_name=account.name,
     )
     return Send(message=post, recipients=[account.name])
+
+
+def _secret_forgotten(account_id) -> bool:
+    """The account would receive this webhook but has no signing secret now.
+
+    Its notice was written while it had one, and only webhook_secrets_forget
+    (FERNET_KEYS lost) takes a secret away without setting another.
+    """
+    return (
+        ServiceAccount.objects.filter(pk=account_id, is_active=True, webhook_secret_set_at__isnull=True)
+        .exclude(webhook_url="")
+        .exists()
+    )
 
 
 def webhook_delivery_log(*, account: ServiceAccount, limit: int = DELIVERY_LOG_SIZE) -> list[Notice]:

@@ -39,6 +39,7 @@ class CredentialsConfig(AppConfig):
         sender_register(kinds.KEY_REJECTED, pending.key_rejected_notice_write)
         sender_register(kinds.KEY_CONFLICT, submission.key_conflict_notice_write)
         sender_register(kinds.SUBMISSION_LINK, links.link_notice_write)
+        sender_register(kinds.LINK_REQUEST, links.link_request_notice_write)
         # Staff alerts go in groups: one message per chat channel, one mail per staff member.
         window = alerts.alert_group_window
         sender_register(

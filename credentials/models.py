@@ -79,6 +79,9 @@ class CD2Credential(models.Model):
         SUPERSEDED = "superseded", "Superseded"
         REVOKED = "revoked", "Revoked"
         INVALID = "invalid", "Invalid"
+        # Unreadable for good (FERNET_KEYS lost): its Client ID and Secret are
+        # wiped (credentials.services.lost_keys); a new key must be asked for.
+        LOST = "lost", "Lost: ask for a new key"
 
     class KeyType(models.TextChoices):
         INSTITUTIONAL = "institutional", "Institutional Use"
@@ -90,8 +93,10 @@ class CD2Credential(models.Model):
         IMPORT = "import", "Import"
 
     institution = models.ForeignKey("institutions.Institution", on_delete=models.PROTECT, related_name="credentials")
-    client_id = EncryptedTextField()
-    secret = EncryptedTextField()
+    # NULL only on a key whose ciphertext no key could read any more and an
+    # operator marked lost (mark_keys_lost): the value is gone, not hidden.
+    client_id = EncryptedTextField(null=True)
+    secret = EncryptedTextField(null=True)
     # HMAC of the Client ID (fields.client_id_index): what the uniqueness
     # constraint below compares. NULL only on rows older than migration 0005
     # that no configured key could decrypt.
@@ -138,6 +143,12 @@ class CD2Credential(models.Model):
         null=True,
         blank=True,
         help_text="When the data pipeline last reported a successful pull with this key (API sync report).",
+    )
+    check_requested_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The pipeline reported the key failing and asked for a check (API sync report); cleared once "
+        "CD2 has answered about the key. The hourly sweep queues the check again if it was lost.",
     )
     pending_reason = models.CharField(
         max_length=12,
@@ -342,6 +353,8 @@ class AuditEvent(models.Model):
         KEY_INVALID = "key_invalid", "Key refused by CD2, marked invalid"
         KEY_CHECKED = "key_checked", "Key checked by staff"
         KEY_ROTATION = "key_rotation", "Encryption keys rotated"
+        # FERNET_KEYS lost for good: an operator wiped what no key could read (mark_keys_lost).
+        KEYS_LOST = "keys_lost", "Unreadable keys marked lost"
         LOGIN_FAILED = "login_failed", "Admin sign-in failed"
         # A signed-in staff member typed a wrong password where an act asks for it again.
         REAUTH_FAILED = "reauth_failed", "Wrong password on re-entry (reveal or authenticator reset)"
@@ -454,6 +467,9 @@ class Notice(models.Model):
         OWNER_SUMMARY = "owner_summary", "Owner's daily summary"
         STAFF_DIGEST = "staff_digest", "Staff digest"
         SUBMISSION_LINK = "submission_link", "Submission link"
+        # "Lost the link?": the request itself, stored before the page answers;
+        # its delivery looks the address up and writes a SUBMISSION_LINK per match.
+        LINK_REQUEST = "link_request", "Lost-link request"
         RECEIPT = "receipt", "Submission receipt"
         KEY_INVALID = "key_invalid", "Key stopped working"
         KEY_REJECTED = "key_rejected", "New key does not work"

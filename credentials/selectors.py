@@ -63,7 +63,8 @@ def key_summary_expected(*, fields: tuple[str, ...] | None = None) -> dict:
     is not history awaits its check (a new key is on its way, whatever the
     old active key says); else failing when the active key's last check said
     it does not work; else active; without an active key, failing when the
-    newest key was found invalid, else missing. `fields`: only these columns.
+    newest key was found invalid, lost when the registry lost the means to
+    read it (mark_keys_lost), else missing. `fields`: only these columns.
     """
     reminded = Exists(_reminded_without_answer(institution=OuterRef("pk")))
     if fields == ("key_reminded_unanswered",):
@@ -80,6 +81,7 @@ def key_summary_expected(*, fields: tuple[str, ...] | None = None) -> dict:
             When(Exists(active.filter(last_verdict__in=FAILED_VERDICTS)), then=Value(KeyState.FAILING)),
             When(Exists(active), then=Value(KeyState.OK)),
             When(Exact(newest_status, CD2Credential.Status.INVALID), then=Value(KeyState.FAILING)),
+            When(Exact(newest_status, CD2Credential.Status.LOST), then=Value(KeyState.LOST)),
             default=Value(KeyState.MISSING),
             output_field=models.CharField(),
         ),
@@ -321,6 +323,24 @@ def pending_credentials_due(*, now: dt.datetime | None = None) -> list[int]:
                 & Q(submitted_at__gte=now - PENDING_NOT_ENABLED_FOR)
             )
             | (~not_enabled & not_checked_since(now - PENDING_SWEEP_AFTER))
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+# A check asked for by a sync report normally runs within a minute of its
+# task; older than this, its task was lost (the broker was down) and the
+# hourly sweep queues it again.
+REQUESTED_CHECK_SWEEP_AFTER = dt.timedelta(minutes=10)
+
+
+def checks_requested_due(*, now: dt.datetime | None = None) -> list[int]:
+    """Ids of active keys a check was asked for (API sync report) that has no answer yet and whose task was lost."""
+    now = now or timezone.now()
+    return list(
+        CD2Credential.objects.filter(
+            status=CD2Credential.Status.ACTIVE, check_requested_at__lt=now - REQUESTED_CHECK_SWEEP_AFTER
         )
         .order_by("pk")
         .values_list("pk", flat=True)

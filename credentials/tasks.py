@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
 
-from credentials.selectors import pending_credentials_due
+from credentials.selectors import checks_requested_due, pending_credentials_due
 from credentials.services import alerts, digest, health, jobs, links, outbox, pending, reminders, verification
 
 logger = logging.getLogger(__name__)
@@ -47,23 +48,33 @@ def verify_pending_credential(credential_id: int) -> str:
 
 @shared_task
 def verify_pending_credentials() -> int:
-    """Hourly sweep: queue a re-check for pending keys whose own re-check was lost or gave up."""
+    """Hourly sweep: queue a re-check for pending keys whose own re-check was lost or gave up,
+    and the checks a pipeline asked for (API sync report) whose task was lost."""
     with health.job_run(health.JOB_VERIFY_PENDING) as counts:
         due = pending_credentials_due()
         for credential_id in due:
             verify_pending_credential.delay(credential_id)
+        requested = checks_requested_due()
+        for credential_id in requested:
+            verify_credential.delay(credential_id)
         counts["queued"] = len(due)
-    return len(due)
+        counts["requested"] = len(requested)
+    return len(due) + len(requested)
 
 
+# "Lost the link?" requests are outbox notices now (the page stores one and
+# deliver_notice answers it); this name stays registered for messages queued
+# before that change: it stores the request under its id (once, however
+# often the message is delivered) and answers it here.
 @shared_task(name=jobs.REQUEST_SUBMISSION_LINK)
 def request_submission_link(email: str, ip_address: str | None = None, request_id: str | None = None) -> None:
-    """The "lost the link?" page queues this, so the page answers at once and alike for every address.
-
-    The notices it writes are delivered here at once; a refused send waits in the outbox for the sweep.
-    """
-    for notice_id in links.link_request(email=email, ip_address=ip_address, request_id=request_id):
-        outbox.notice_deliver(notice_id=notice_id)
+    """A "lost the link?" request queued by an older release."""
+    notice_id = links.link_request_record(email=email, ip_address=ip_address, request_id=request_id)
+    if notice_id is None:
+        return
+    outbox.notice_deliver(notice_id=notice_id)
+    for answer_id in links.link_request_answers(request_notice_id=notice_id):
+        outbox.notice_deliver(notice_id=answer_id)
 
 
 # Bulk links are outbox notices now (deliver_notice); this name stays
@@ -81,7 +92,21 @@ def send_batch_link(item_id: int) -> bool:
 # --------------------------------------------------------------------------
 
 
-@shared_task
+# The daily and weekly beat jobs: a database that is down (or restarting)
+# when beat fires fails the run before it decides anything (each decision is
+# its own transaction); the run is tried again with backoff, the retry
+# waiting in the broker, instead of a day (or a week) later. Ten tries span
+# about three hours. The sweeps run often enough not to need it.
+BEAT_JOB_RETRY = {
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 60,
+    "retry_backoff_max": 30 * 60,
+    "retry_jitter": True,
+    "max_retries": 10,
+}
+
+
+@shared_task(**BEAT_JOB_RETRY)
 def send_expiry_reminders() -> int:
     """Daily (beat): decide every reminder now due (and the owners' summaries); queue their delivery.
 
@@ -119,7 +144,7 @@ def sweep_notices() -> int:
     return queued
 
 
-@shared_task
+@shared_task(**BEAT_JOB_RETRY)
 def verify_active_credentials() -> int:
     """Daily (beat): queue a check of every active key, spread to keep within the gateway's rate."""
     with health.job_run(health.JOB_VERIFY_ACTIVE) as counts:
@@ -145,7 +170,7 @@ def verify_credential(self, credential_id: int) -> str:
     return result.verdict.value
 
 
-@shared_task
+@shared_task(**BEAT_JOB_RETRY)
 def send_staff_digest() -> bool:
     """Weekly (beat): write the staff digest to the outbox and queue its delivery."""
     return digest.staff_digest_send(queue=True) is not None

@@ -13,7 +13,9 @@ Wired by settings (middleware, backends) and `edpotential.apps.SecurityConfig.re
 from __future__ import annotations
 
 import codecs
+import json
 import logging
+import sys
 import time
 
 from axes.attempts import get_cool_off_threshold
@@ -28,6 +30,7 @@ from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.template import loader
 from django.urls import reverse
+from django.views import defaults
 
 from credentials.views import too_large
 from requestinfo import declared_length
@@ -207,12 +210,40 @@ class BodySizeLimitMiddleware:
         return self.get_response(request)
 
 
+# Errors that mean the database cannot be reached (or the connection died), not a bug.
+DATABASE_DOWN = (OperationalError, InterfaceError)
+# What a 503 asks the client to wait before trying again, in seconds.
+RETRY_AFTER_SECONDS = 60
+
+
+def database_unavailable_response(request: HttpRequest) -> HttpResponse:
+    """The 503 for a request the database could not serve: the page, or a problem document under /api/.
+
+    Rendered without the request: context processors could touch the database.
+    """
+    if request.path.startswith("/api/"):
+        body = {
+            "type": "urn:cd2-registry:problem:service_unavailable",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": "The registry's database cannot be reached. Nothing was changed; try again shortly.",
+            "code": "service_unavailable",
+        }
+        response = HttpResponse(json.dumps(body), status=503, content_type="application/problem+json")
+    else:
+        response = HttpResponse(loader.get_template("503.html").render({}), status=503)
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
 class DatabaseUnavailableMiddleware:
-    """A clear 503 page, not a 500, when the database cannot be reached.
+    """A clear 503 page, not a 500, when the database cannot be reached while a view runs.
 
     Every write is one transaction, so nothing half-written is left behind;
     the page tells the visitor their data was not saved and to try again.
     The error is still logged (and mailed to ADMINS) so operations hear of it.
+    A database error raised outside a view (a middleware loading the
+    session) reaches `server_error` instead, which answers the same.
     """
 
     def __init__(self, get_response):
@@ -222,11 +253,20 @@ class DatabaseUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request, exception):
-        if not isinstance(exception, (OperationalError, InterfaceError)):
+        if not isinstance(exception, DATABASE_DOWN):
             return None
         logger.error("Database unavailable while serving %s %s", request.method, request.path, exc_info=exception)
-        # Rendered without the request: context processors could touch the database.
-        body = loader.get_template("503.html").render({})
-        response = HttpResponse(body, status=503)
-        response["Retry-After"] = "60"
-        return response
+        return database_unavailable_response(request)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500: the 503 for a database that went away anywhere in the request, else Django's own 500.
+
+    Django calls it for an exception no view caught, wherever it was raised:
+    in a middleware (the session middleware reading a session when the
+    database restarted) as much as in a view. Django has logged the error
+    (and mailed ADMINS) by then.
+    """
+    if isinstance(sys.exc_info()[1], DATABASE_DOWN):
+        return database_unavailable_response(request)
+    return defaults.server_error(request)

@@ -206,6 +206,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # With DEBUG off these fallbacks are never used (PRODUCTION_REQUIRED).
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+# A connection kept between requests (CONN_MAX_AGE) is tested before a
+# request uses it: after a database restart the first request of each web
+# worker reconnects instead of failing on the dead connection (docs/RUNBOOK.md,
+# the outage table; tests/outage/test_postgresql.py).
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web, worker and beat share the file in development: wait for locks
     # instead of failing with "database is locked".
@@ -237,7 +242,11 @@ else:
     # Redis re-delivers an unacknowledged task after the visibility timeout;
     # it must exceed the longest countdown we schedule (verification retries
     # back off up to 6 hours), or a waiting task would run twice.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 12 * 3600}
+    # socket_connect_timeout: with the broker's host gone, publishing (a web
+    # request queueing a delivery after its notice is stored) gives up within
+    # seconds instead of the operating system's minutes; the sweep queues the
+    # notice later (docs/RUNBOOK.md, the outage table).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 12 * 3600, "socket_connect_timeout": 2}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from credentials.views import healthz, metrics
+from edpotential.security import server_error
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -17,3 +18,6 @@ urlpatterns = [
     # The customer pages: /k/<token>/ (submission links) and /link/ (lost the link?).
     path("", include("credentials.urls")),
 ]
+
+# A database that went away answers 503 with Retry-After wherever it was noticed (edpotential.security).
+handler500 = server_error

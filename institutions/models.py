@@ -73,10 +73,14 @@ class KeyState(models.TextChoices):
     FAILING = "failing", "Failing check"
     PENDING = "pending", "Pending check"
     MISSING = "missing", "Missing"
+    # The registry can no longer read the institution's key (FERNET_KEYS lost
+    # for good, `manage.py mark_keys_lost`): the key still works at
+    # Instructure, but we must ask for a new one.
+    LOST = "lost", "Lost: ask for a new key"
 
 
 # The key states stored on the institution: the ones the date does not change.
-STORED_KEY_STATES = (KeyState.OK, KeyState.PENDING, KeyState.FAILING, KeyState.MISSING)
+STORED_KEY_STATES = (KeyState.OK, KeyState.PENDING, KeyState.FAILING, KeyState.MISSING, KeyState.LOST)
 
 
 class Institution(models.Model):

@@ -142,7 +142,8 @@ class KeyCheckFilter(admin.SimpleListFilter):
             ("failing", "Failing check"),
             ("pending", "Pending check"),
             ("never", "Active, never checked"),
-            ("missing", "No working key (missing or pending)"),
+            ("lost", "Lost: ask for a new key"),
+            ("missing", "No working key (missing, pending or lost)"),
         )
 
     def queryset(self, request, queryset):
@@ -154,8 +155,10 @@ class KeyCheckFilter(admin.SimpleListFilter):
             return queryset.filter(key_condition=KeyState.PENDING)
         if value == "never":
             return queryset.filter(key_expires_on__isnull=False, key_checked_at__isnull=True)
+        if value == "lost":
+            return queryset.filter(key_condition=KeyState.LOST)
         if value == "missing":
-            return queryset.filter(key_condition__in=(KeyState.MISSING, KeyState.PENDING))
+            return queryset.filter(key_condition__in=(KeyState.MISSING, KeyState.PENDING, KeyState.LOST))
         return queryset
 
 

@@ -93,7 +93,7 @@ def staff_digest_build(*, today: dt.date | None = None) -> StaffDigest:
         ),
         "missing": _section(
             "Institutions with no working key",
-            institutions.filter(key_state__in=(KeyState.MISSING, KeyState.PENDING)).order_by("name"),
+            institutions.filter(key_state__in=(KeyState.MISSING, KeyState.PENDING, KeyState.LOST)).order_by("name"),
             more=_admin_list("institutions_institution", "expiry=none&served=1"),
         ),
         "failed_notices": _section(

@@ -6,6 +6,10 @@ than SCHEDULED_JOBS_OVERDUE_AFTER[name] (a daily job after 26 hours); a job
 that never ran is overdue once the scheduler has been running (its first
 recorded job) for that long. /healthz answers 503 when the database or the
 broker does not answer or a job is overdue; the dashboard shows the same.
+The cache (Redis holding the rate limits) is reported too, but answers
+"degraded" with 200 when it alone fails: every page still serves (the limits
+fail open), so a load balancer must not take the site out for it; monitors
+alert on any status but "ok" (docs/RUNBOOK.md).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 
 import requests
 from django.conf import settings
+from django.core.cache import cache
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
@@ -107,9 +112,23 @@ def _broker_ok() -> bool:
         return False
 
 
+def _cache_ok() -> bool:
+    # Only the Redis cache can be down; the development file cache and the tests' memory cache cannot.
+    is_available = getattr(cache, "is_available", None)
+    return is_available() if is_available is not None else True
+
+
+# Components whose failure leaves every door serving: reported, but the answer stays 200 ("degraded").
+DEGRADING_COMPONENTS = ("cache",)
+
+
 def health_check(*, now: dt.datetime | None = None) -> dict[str, str]:
-    """ok/failing per component: database, broker and each scheduled job's freshness. No other data."""
-    components = {"database": "ok" if _database_ok() else "failing", "broker": "ok" if _broker_ok() else "failing"}
+    """ok/failing per component: database, broker, cache and each scheduled job's freshness. No other data."""
+    components = {
+        "database": "ok" if _database_ok() else "failing",
+        "broker": "ok" if _broker_ok() else "failing",
+        "cache": "ok" if _cache_ok() else "failing",
+    }
     try:
         statuses = jobs_status(now=now) if components["database"] == "ok" else None
     except DatabaseError:
@@ -119,6 +138,14 @@ def health_check(*, now: dt.datetime | None = None) -> dict[str, str]:
     for status in statuses or ():
         components[f"job:{status.name}"] = "failing" if status.overdue else "ok"
     return components
+
+
+def health_status(components: dict[str, str]) -> str:
+    """ok; degraded (only a component in DEGRADING_COMPONENTS fails: still 200); or failing (503)."""
+    failing = {name for name, state in components.items() if state != "ok"}
+    if not failing:
+        return "ok"
+    return "degraded" if failing <= set(DEGRADING_COMPONENTS) else "failing"
 
 
 def job_ping(*, url: str) -> bool:

@@ -24,8 +24,9 @@ from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict
 from credentials.formatting import format_day, format_moment
-from credentials.models import CD2Credential, SubmissionLink
+from credentials.models import AuditEvent, CD2Credential, SubmissionLink
 from credentials.selectors import key_summary_drift, key_summary_expected, newer_key_in_hand
+from credentials.services.audit import audit_record
 from credentials.signals import KEY_ACTIVATED, KEY_INVALID, KEY_REVOKED, key_event_send
 from credentials.validators import CleanKey
 from institutions.models import Institution
@@ -117,6 +118,16 @@ def credential_mark_pulled(*, credential: CD2Credential, now: dt.datetime) -> No
     CD2Credential.objects.filter(pk=credential.pk).update(last_pulled_at=now)
 
 
+def credential_check_request(*, credential: CD2Credential, now: dt.datetime) -> None:
+    """Note that a check of this key was asked for (the pipeline saw it fail), until CD2 answers about it.
+
+    The request is a column, not only a queued task: with the broker down
+    the task is lost, and the hourly sweep (selectors.checks_requested_due)
+    queues the check again. The earliest open request is kept.
+    """
+    CD2Credential.objects.filter(pk=credential.pk, check_requested_at__isnull=True).update(check_requested_at=now)
+
+
 def credential_check_record(
     *, credential: CD2Credential, check: CheckResult, now: dt.datetime, count_attempt: bool = False
 ) -> list[str]:
@@ -137,6 +148,9 @@ def credential_check_record(
     else:
         text = check.summary
     credential.last_verification = text[:CHECK_TEXT_LENGTH]
+    if check.verdict is not Verdict.UNAVAILABLE and credential.check_requested_at is not None:
+        credential.check_requested_at = None  # the check asked for has its answer
+        fields.append("check_requested_at")
     if check.verdict is not Verdict.UNAVAILABLE or count_attempt:
         credential.last_verified_at = now
         fields.append("last_verified_at")
@@ -273,6 +287,59 @@ def credential_set_status(
             occurred_at=credential.status_changed_at,
         )
     return credential
+
+
+# The keys an institution is using or about to use: lost, they leave it without a key.
+CURRENT_STATUSES = (CD2Credential.Status.ACTIVE, CD2Credential.Status.PENDING_VERIFICATION)
+
+
+def credentials_mark_lost(
+    *, credential_ids: list[int], reason: str, actor_label: str, now: dt.datetime | None = None
+) -> list[int]:
+    """Wipe these keys' Client ID, Secret and blind index (no configured key reads them), in one transaction.
+
+    A key in use (active or pending) becomes lost ("lost: ask for a new
+    key"), and its institution's summary says so; a key already history
+    (superseded, revoked, invalid) keeps its status, only its unreadable
+    values go. The blind index goes too, so the customer may hand the same
+    key over again. Each key gets an audit event (keys_lost) with the
+    operator's reason. Returns the ids of the institutions whose key was lost.
+    The values are never read: the rows are loaded without them.
+    """
+    now = now or timezone.now()
+    keys = list(
+        CD2Credential.objects.without_secrets()
+        .select_related("institution")
+        .filter(pk__in=credential_ids)
+        .order_by("pk")
+    )
+    lost_institutions: set[int] = set()
+    with transaction.atomic():
+        CD2Credential.objects.filter(pk__in=[key.pk for key in keys]).update(
+            client_id=None, secret=None, client_id_index=None
+        )
+        for key in keys:
+            before = key.status
+            if before in CURRENT_STATUSES:
+                lost_institutions.add(key.institution_id)
+                CD2Credential.objects.filter(pk=key.pk).update(
+                    status=CD2Credential.Status.LOST,
+                    status_changed_at=now,
+                    status_reason=f"Unreadable: FERNET_KEYS lost ({reason})"[:500],
+                    pending_reason="",
+                )
+            audit_record(
+                kind=AuditEvent.Kind.KEYS_LOST,
+                actor_label=actor_label,
+                credential=key,
+                reason=reason,
+                detail={"hint": key.hint, "status_before": before, "wiped": ["client_id", "secret"]},
+            )
+        for institution_id in sorted({key.institution_id for key in keys}):
+            institution_key_summary_refresh(
+                institution_id=institution_id, changed_at=now if institution_id in lost_institutions else None
+            )
+    return sorted(lost_institutions)
 
 
 def new_key_request_stale(*, credential: CD2Credential) -> str:

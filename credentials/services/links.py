@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, models, transaction
+from django.db import models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -271,59 +271,112 @@ def submission_link_revoke(*, link: SubmissionLink, actor=None, now: dt.datetime
     return bool(revoked)
 
 
-def link_request_queue(*, email: str, ip_address: str | None) -> None:
-    """The "lost the link?" page: the lookup and the mail happen in a task, so every address answers alike.
+# --------------------------------------------------------------------------
+# "Lost the link?"
+# --------------------------------------------------------------------------
+#
+# The request is stored before the page answers: a LINK_REQUEST notice,
+# written for every address alike (matched or not, so the page takes the same
+# time and reveals nothing), in the request's own transaction. Its delivery
+# (the outbox, on a worker) looks the address up and writes one
+# SUBMISSION_LINK notice per served institution that has it on file, which
+# the outbox then mails. With the broker down the request waits in the
+# database and beat's outbox sweep queues it; with the database down the page
+# answers 503 ("nothing was saved, try again"), never "sent".
 
-    robust: with the broker down the page must still give the same answer.
-    The request id makes the task's notices idempotent: a task delivered
-    twice writes (and mails) each link once.
+
+def link_request_record(*, email: str, ip_address: str | None, request_id: str | None = None) -> int | None:
+    """Store a "lost the link?" request (a LINK_REQUEST notice) and queue its delivery once stored.
+
+    Returns the notice's id; None for an empty address, or when `request_id`
+    was recorded before (a task of an older release delivered twice).
     """
-    request_id = uuid.uuid4().hex
-    jobs.job_enqueue_on_commit(jobs.REQUEST_SUBMISSION_LINK, args=(email, ip_address, request_id), robust=True)
+    if not email_key(email):
+        return None
+    return notices.notice_write(
+        kind=Notice.Kind.LINK_REQUEST,
+        dedupe_key=f"link-request:{request_id or uuid.uuid4().hex}",
+        now=timezone.now(),
+        payload={"email": email, "ip_address": ip_address or ""},
+    )
 
 
-def link_request(*, email: str, ip_address: str | None = None, request_id: str | None = None) -> list[int]:
-    """ "Lost the link?": a notice mailing a fresh link to this address if a served institution has it on file.
-
-    Does the same and logs the same whether or not the address matched, so
-    the page built on it reveals nothing. The link goes only to the address
-    asked for, never to the other contacts. Returns the notices' ids (the
-    task delivers them at once; a refused send waits in the outbox).
-    """
+def _contacts_with_address(email: str) -> list[Contact]:
+    """Contacts of served institutions whose address has this address's email_key."""
     key = email_key(email)
     if not key:
         return []
-    request_id = request_id or uuid.uuid4().hex
-    now = timezone.now()
     # The database's case-insensitive match by the key only narrows the rows
     # down (PostgreSQL's UPPER() also matches look-alikes such as a dotless
     # ı); the decision is email_key's, the same key the page's rate limit
     # counts by, so no spelling reaches a contact outside that limit.
-    contacts = [
+    return [
         contact
-        for contact in Contact.objects.select_related("institution").filter(
-            institution__status__in=Institution.SERVED_STATUSES, email__iexact=key
-        )
+        for contact in Contact.objects.select_related("institution")
+        .filter(institution__status__in=Institution.SERVED_STATUSES, email__iexact=key)
+        .order_by("pk")
         if email_key(contact.email) == key
     ]
-    ids = []
+
+
+def _answer_dedupe_key(*, request_notice_id: int, contact_id: int) -> str:
+    return f"link-request:{request_notice_id}:contact:{contact_id}"
+
+
+def link_request_notice_write(*, notice: Notice, now: dt.datetime) -> Skip:
+    """The outbox's sender of a LINK_REQUEST: write a link notice for each contact with the address, or say none has it.
+
+    The link goes only to the address asked for, never to the other
+    contacts. Each answer is its own SUBMISSION_LINK notice (dedupe key
+    naming this request and the contact), queued once this transaction
+    commits; the request closes as superseded by them, or as cancelled when
+    no served institution has the address on file. Either way nothing is
+    mailed for the request itself.
+    """
+    email = notice.payload.get("email", "")
+    ip_address = notice.payload.get("ip_address") or None
+    contacts = _contacts_with_address(email)
+    if not contacts:
+        return Skip(
+            state=Notice.State.CANCELLED, reason="No served institution has this address on file: nothing sent."
+        )
+    answers = []
     for contact in contacts:
-        notice = _link_notice(
+        answer = _link_notice(
             institution=contact.institution,
-            dedupe_key=f"link-request:{request_id}:{contact.pk}",
+            dedupe_key=_answer_dedupe_key(request_notice_id=notice.pk, contact_id=contact.pk),
             recipients=[contact.email],
             reason="request",
             ip_address=ip_address,
             to=contact.email,
             now=now,
         )
-        try:
-            with transaction.atomic():
-                notice.save(force_insert=True)
-        except IntegrityError:  # this request's task ran before: its notice is written
-            notice = Notice.objects.get(dedupe_key=notice.dedupe_key)
-        ids.append(notice.pk)
-    return ids
+        # Committed with the request's close or not at all (the outbox's transaction), so never twice.
+        answer.save(force_insert=True)
+        answers.append(answer.pk)
+
+    def queue_answers() -> None:
+        for answer_id in answers:
+            jobs.job_enqueue_on_commit(jobs.DELIVER_NOTICE, args=(answer_id,), robust=True)
+
+    count = len(contacts)
+    return Skip(
+        state=Notice.State.SUPERSEDED,
+        reason=f"Answered: a submission link for {count} institution{'' if count == 1 else 's'} "
+        f"(a notice of its own each).",
+        closed_with=queue_answers,
+    )
+
+
+def link_request_answers(*, request_notice_id: int) -> list[int]:
+    """The ids of the SUBMISSION_LINK notices a LINK_REQUEST wrote."""
+    return list(
+        Notice.objects.filter(
+            kind=Notice.Kind.SUBMISSION_LINK, dedupe_key__startswith=f"link-request:{request_notice_id}:contact:"
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
 
 
 # --------------------------------------------------------------------------

@@ -135,6 +135,15 @@ class RevealedKey:
         return f"RevealedKey(credential={self.credential.pk}, hint={self.credential.hint!r})"
 
 
+def _refuse_lost(credential: CD2Credential) -> None:
+    """A key whose values were wiped when FERNET_KEYS was lost has nothing to show or hand out."""
+    if credential.client_id is None or credential.secret is None:
+        raise StaffActionRefused(
+            f"The registry can no longer read this key ({credential.hint}): FERNET_KEYS was lost and its values "
+            f"were wiped. Ask {credential.institution.name} for a new key."
+        )
+
+
 def credential_reveal(*, credential_id: int, actor, reason: str, ip_address: str | None = None) -> RevealedKey:
     """Decrypt one key for a staff member allowed to see it; audited.
 
@@ -147,6 +156,7 @@ def credential_reveal(*, credential_id: int, actor, reason: str, ip_address: str
     reason = clean_reason(reason, what="reveal")
     with transaction.atomic():
         credential = CD2Credential.objects.select_related("institution").get(pk=credential_id)
+        _refuse_lost(credential)
         audit_record(
             kind=AuditEvent.Kind.REVEAL,
             actor=actor,
@@ -270,6 +280,7 @@ def credential_handoff_record(
     """
     with transaction.atomic():
         credential = CD2Credential.objects.select_related("institution").get(pk=credential_id)
+        _refuse_lost(credential)
         audit_record(
             kind=AuditEvent.Kind.HANDOFF,
             actor=actor,

@@ -59,7 +59,7 @@ def test_the_dashboard_counts_served_institutions_per_key_state(make_institution
     context = dashboard_context(today=TODAY)
 
     counts = {c["state"]: c["count"] for c in context["counts"]}
-    assert counts == {"ok": 1, "expiring": 1, "expired": 1, "failing": 1, "pending": 0, "missing": 1}
+    assert counts == {"ok": 1, "expiring": 1, "expired": 1, "failing": 1, "pending": 0, "missing": 1, "lost": 0}
     assert [row.institution.name for row in context["failing"]] == ["Failing U"]
     assert len(context["latest_submissions"]) == 5  # every key, served or not
 

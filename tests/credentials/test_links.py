@@ -19,7 +19,8 @@ from django.utils import timezone
 from credentials.models import AuditEvent, CD2Credential, Notice, SubmissionLink
 from credentials.services import outbox
 from credentials.services.links import (
-    link_request,
+    link_request_answers,
+    link_request_record,
     submission_link_create,
     submission_link_revoke,
     submission_link_send,
@@ -320,41 +321,105 @@ def test_the_request_page_answers_identically_for_known_and_unknown_addresses(
     assert known.content == unknown.content
     sent_page = client.get(known["Location"])
     assert b"Check your email" in sent_page.content
-    # The lookup happens in the task, not in the request: both queue the same task.
-    assert [m["task"] for m in celery_messages] == ["credentials.tasks.request_submission_link"] * 2
+    # Both requests are stored alike before the answer (the lookup happens at delivery) ...
+    requests = list(Notice.objects.order_by("pk").values_list("kind", "institution", "recipients", "payload"))
+    assert requests == [
+        (Notice.Kind.LINK_REQUEST, None, "", {"email": "ADA@northfield.example.edu", "ip_address": "127.0.0.1"}),
+        (Notice.Kind.LINK_REQUEST, None, "", {"email": "nobody@nowhere.example", "ip_address": "127.0.0.1"}),
+    ]
+    # ... and both queue the same delivery task.
+    assert [m["task"] for m in celery_messages] == ["credentials.tasks.deliver_notice"] * 2
     assert mail.outbox == []
     assert not SubmissionLink.objects.exists()
 
 
 def test_a_known_address_gets_a_fresh_link_and_nobody_else_does(served):
-    request_submission_link("Ivy@Northfield.example.edu", "192.0.2.9", "req-1")
-    request_submission_link("Ivy@Northfield.example.edu", "192.0.2.9", "req-1")  # the task delivered twice
+    request_id = link_request_record(email="Ivy@Northfield.example.edu", ip_address="192.0.2.9")
+    for _ in range(3):  # the request is answered, its link notice delivered, then nothing is due
+        outbox.outbox_deliver_due()
 
     (message,) = mail.outbox
     assert message.to == ["ivy@northfield.example.edu"]
     link = SubmissionLink.objects.get()
     assert (link.reason, link.sent_to) == ("request", "ivy@northfield.example.edu")
     assert link.is_usable()
+    request = Notice.objects.get(pk=request_id)
+    assert (request.state, request.last_error) == (
+        Notice.State.SUPERSEDED,
+        "Answered: a submission link for 1 institution (a notice of its own each).",
+    )
+    (answer_id,) = link_request_answers(request_notice_id=request_id)
+    assert Notice.objects.get(pk=answer_id).state == Notice.State.SENT
+
+
+def test_a_request_queued_by_an_older_release_is_answered_once_however_often_it_is_delivered(served):
+    request_submission_link("Ivy@Northfield.example.edu", "192.0.2.9", "req-1")
+    request_submission_link("Ivy@Northfield.example.edu", "192.0.2.9", "req-1")  # the task delivered twice
+
+    (message,) = mail.outbox
+    assert message.to == ["ivy@northfield.example.edu"]
+    assert Notice.objects.filter(kind=Notice.Kind.LINK_REQUEST).count() == 1
+
+
+def test_an_address_at_two_institutions_gets_a_link_for_each(served, make_institution):
+    other = make_institution(name="Lakeside College")
+    Contact.objects.create(institution=other, name="Ivy Again", email="IVY@northfield.example.edu")
+
+    request_id = link_request_record(email="ivy@northfield.example.edu", ip_address=None)
+    outbox.outbox_deliver_due()  # the request: a link notice per institution
+    outbox.outbox_deliver_due()  # the links
+
+    assert sorted(m.to[0] for m in mail.outbox) == ["IVY@northfield.example.edu", "ivy@northfield.example.edu"]
+    assert {link.institution_id for link in SubmissionLink.objects.all()} == {served.pk, other.pk}
+    assert len(link_request_answers(request_notice_id=request_id)) == 2
 
 
 def test_an_unknown_address_or_a_paused_institution_gets_nothing(served):
-    assert link_request(email="nobody@nowhere.example") == []
+    unknown = link_request_record(email="nobody@nowhere.example", ip_address=None)
     Institution.objects.filter(pk=served.pk).update(status=Institution.Status.OFFBOARDED)
-    assert link_request(email="ada@northfield.example.edu") == []
+    offboarded = link_request_record(email="ada@northfield.example.edu", ip_address=None)
     outbox.outbox_deliver_due()
 
     assert mail.outbox == []
-    assert not SubmissionLink.objects.exists() and not Notice.objects.exists()
+    assert not SubmissionLink.objects.exists()
+    assert set(Notice.objects.values_list("pk", "kind", "state")) == {
+        (unknown, Notice.Kind.LINK_REQUEST, Notice.State.CANCELLED),
+        (offboarded, Notice.Kind.LINK_REQUEST, Notice.State.CANCELLED),
+    }
 
 
-def test_a_request_waiting_for_its_retry_is_superseded_when_the_institution_is_paused(served):
-    (notice_id,) = link_request(email="ada@northfield.example.edu")
+def test_a_request_waiting_for_its_retry_is_superseded_when_the_institution_is_paused(served, settings):
+    settings.EMAIL_BACKEND = "tests.credentials.test_links.RefusingBackend"
+    request_id = link_request_record(email="ada@northfield.example.edu", ip_address=None)
+    outbox.outbox_deliver_due()  # the request is answered; its link notice is refused by the mail server
+    (notice_id,) = link_request_answers(request_notice_id=request_id)
+    assert Notice.objects.get(pk=notice_id).state == Notice.State.PENDING
     Institution.objects.filter(pk=served.pk).update(status=Institution.Status.PAUSED)
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
+    Notice.objects.filter(pk=notice_id).update(next_attempt_at=timezone.now())
     outbox.outbox_deliver_due()
 
     assert Notice.objects.get(pk=notice_id).state == Notice.State.SUPERSEDED
     assert mail.outbox == [] and not SubmissionLink.objects.exists()
+
+
+class RefusingBackend:
+    """A mail backend whose server refuses every message (451), as a mail server that is down for a while."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def send_messages(self, messages) -> int:
+        import smtplib
+
+        raise smtplib.SMTPDataError(451, b"try again later")
 
 
 def test_a_malformed_address_is_pointed_out_on_the_form(client):

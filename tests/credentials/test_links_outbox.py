@@ -22,7 +22,13 @@ from django.utils import timezone
 from credentials import tasks
 from credentials.models import AuditEvent, LinkBatchItem, Notice, SubmissionLink
 from credentials.services import notices, outbox
-from credentials.services.links import link_batch_create, link_batch_progress, submission_link_get
+from credentials.services.links import (
+    link_batch_create,
+    link_batch_progress,
+    link_request_answers,
+    link_request_record,
+    submission_link_get,
+)
 from institutions.models import Contact, Institution
 from tests.credentials.test_outbox import broker, clock, smtp  # noqa: F401  (fixtures)
 
@@ -157,10 +163,12 @@ def test_a_link_requested_while_smtp_is_down_arrives_later_and_works(mails, cloc
     (college,) = make_colleges(1)
     mails.down = True
 
-    tasks.request_submission_link.apply(args=["Admin@College-00.example.edu", "192.0.2.9", "req-1"])
+    request_id = link_request_record(email="Admin@College-00.example.edu", ip_address="192.0.2.9")
+    broker.drain()  # the request is answered: a link notice, whose send the mail server refuses
 
-    notice = Notice.objects.get()
-    assert (notice.kind, notice.state, notice.attempts) == (Notice.Kind.SUBMISSION_LINK, Notice.State.PENDING, 1)
+    notice = Notice.objects.get(kind=Notice.Kind.SUBMISSION_LINK)
+    assert notice.pk in link_request_answers(request_notice_id=request_id)
+    assert (notice.state, notice.attempts) == (Notice.State.PENDING, 1)
     assert notice.payload == {
         "reason": "request",
         "days": settings.SUBMISSION_LINK_DAYS,
@@ -174,7 +182,6 @@ def test_a_link_requested_while_smtp_is_down_arrives_later_and_works(mails, cloc
     sweep(broker)
     assert mails.kept == []
     mails.down = False
-    tasks.request_submission_link.apply(args=["admin@college-00.example.edu", "192.0.2.9", "req-1"])  # redelivered
     for _ in range(12):
         clock.shift(dt.timedelta(minutes=5))
         sweep(broker)

@@ -99,6 +99,27 @@ def test_the_503_is_logged_as_an_error_so_operations_hear_of_it(institution, cap
     assert any(r.levelname == "ERROR" and "Database unavailable" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.django_db
+def test_a_database_error_outside_any_view_answers_503_too(admin_client):
+    # The session is read by a middleware, before any view: a restarted database met there was a raw 500.
+    admin_client.raise_request_exception = False
+    with database_fails(lambda sql: "django_session" in sql):
+        response = admin_client.get("/admin/")
+    assert response.status_code == 503 and response["Retry-After"] == "60"
+    assert "Nothing you sent in this request was saved" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_the_api_answers_a_database_error_with_a_503_problem(client):
+    with database_fails(lambda sql: "api_apitoken" in sql):
+        response = Client(raise_request_exception=False).get(
+            "/api/v1/institutions/northfield/key", headers={"Authorization": "Bearer cd2r_abcdefgh_" + "x" * 43}
+        )
+    assert response.status_code == 503 and response["Retry-After"] == "60"
+    assert response["Content-Type"] == "application/problem+json"
+    assert response.json()["code"] == "service_unavailable"
+
+
 # --- Redis goes away ---------------------------------------------------------
 
 

@@ -18,9 +18,9 @@ from django.urls import reverse
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from credentials.models import AuditEvent, CD2Credential, SubmissionLink
+from credentials.models import AuditEvent, CD2Credential, Notice, SubmissionLink
+from credentials.services import outbox
 from credentials.services.links import submission_link_create
-from credentials.tasks import request_submission_link
 from institutions.models import Contact
 from requestinfo import client_ip
 from tests.conftest import PLANTED_CLIENT_ID, PLANTED_SECRET
@@ -112,7 +112,8 @@ def test_a_utf8_charset_in_any_spelling_is_accepted(
             headers={"X-CSRFToken": token},
         )
     assert response.status_code == 302
-    assert [m["task"] for m in celery_messages] == ["credentials.tasks.request_submission_link"]
+    assert [m["task"] for m in celery_messages] == ["credentials.tasks.deliver_notice"]
+    assert Notice.objects.filter(kind=Notice.Kind.LINK_REQUEST).count() == 1
 
 
 @pytest.mark.parametrize("query", ["next=%00", "a=b%00c", "%00=1", "x=\x00"])
@@ -231,7 +232,7 @@ def test_a_submission_with_an_odd_forwarded_entry_is_stored_with_a_valid_address
     assert event.ip_address == "2001:db8::7"
 
 
-def test_the_lost_link_task_gets_a_valid_address_and_records_it(
+def test_the_lost_link_request_gets_a_valid_address_and_records_it(
     behind_proxy, institution, celery_messages, django_capture_on_commit_callbacks
 ):
     Contact.objects.filter(institution=institution).update(email="ada@northfield.example.edu")
@@ -243,11 +244,11 @@ def test_the_lost_link_task_gets_a_valid_address_and_records_it(
             HTTP_X_FORWARDED_FOR="198.51.100.7:5678",
         )
     assert response.status_code == 302
-    (queued,) = celery_messages
-    email, ip_address, request_id = queued["args"]
-    assert (email, ip_address, len(request_id)) == ("ada@northfield.example.edu", "198.51.100.7", 32)
+    request = Notice.objects.get(kind=Notice.Kind.LINK_REQUEST)
+    assert request.payload == {"email": "ada@northfield.example.edu", "ip_address": "198.51.100.7"}
 
-    request_submission_link(*queued["args"])  # what the worker runs
+    outbox.outbox_deliver_due()  # what the workers run: the request, then the link it wrote
+    outbox.outbox_deliver_due()
 
     event = AuditEvent.objects.get(kind=AuditEvent.Kind.LINK_CREATED)
     assert event.ip_address == "198.51.100.7"

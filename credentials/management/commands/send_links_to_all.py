@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.urls import reverse
 
+from credentials.checks import check_stored_values_decrypt
 from credentials.models import AuditEvent
 from credentials.services.audit import audit_record
 from credentials.services.links import link_batch_create
@@ -34,6 +35,13 @@ class Command(BaseCommand):
             reason = clean_reason(reason, what="bulk send")
         except StaffActionRefused as exc:
             raise CommandError(str(exc)) from None
+        if check_stored_values_decrypt():
+            # The workers would refuse to start (edpotential/startup.py): the links would wait for ever.
+            raise CommandError(
+                "Stored keys cannot be read with FERNET_KEYS, so the workers refuse to start and no link would be "
+                "mailed. If the old key is lost for good, run `python manage.py mark_keys_lost` first "
+                "(docs/RUNBOOK.md, “When FERNET_KEYS is lost”)."
+            )
         ids = list(
             Institution.objects.filter(status__in=Institution.SERVED_STATUSES)
             .order_by("pk")
