@@ -83,8 +83,8 @@ def send_batch_link(item_id: int) -> bool:
 
 @shared_task
 def send_expiry_reminders() -> int:
-    """Daily (beat): decide every reminder now due (and the owners' summaries); queue their delivery."""
-    return reminders.reminders_send_due().queued
+    """Hourly (beat): decide the reminders due where it is past REMINDERS_HOUR (and those owners' summaries); queue."""
+    return reminders.reminders_send_due(scheduled=True).queued
 
 
 # No Celery retry: a failed send goes back to the outbox with its next
@@ -138,4 +138,4 @@ def verify_credential(self, credential_id: int) -> str:
 @shared_task
 def send_staff_digest() -> bool:
     """Weekly (beat): write the staff digest to the outbox and queue its delivery."""
-    return digest.staff_digest_send(queue=True) is not None
+    return bool(digest.staff_digest_send(queue=True))

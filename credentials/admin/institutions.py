@@ -24,8 +24,9 @@ from import_export.forms import ImportForm
 
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ViewOnlyMixin, key_state_badge, link_state_badge
+from credentials.admin.reminders_ended import RemindersEndedFilter, reminders_ended_note
+from credentials.days import expiry_days_between, expiry_phrase
 from credentials.formatting import format_day, format_moment, format_month
-from credentials.mail.context import expiry_phrase
 from credentials.models import (
     SECRET_FIELDS,
     VERDICT_LABELS,
@@ -113,17 +114,19 @@ class ExpiryFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         # Ranges of the stored key_expires_on (the active key's expiry), which
-        # the institution_key_expiry index serves in the list's own order.
-        value, today = self.value(), local_today()
+        # the institution_key_expiry index serves in the list's own order. A
+        # month is the reader's (their zone); a day count is each
+        # institution's own, as the "Days left" column shows it (credentials/days.py).
+        value, now = self.value(), timezone.now()
         month = self.month()
         if month:
             return queryset.filter(key_expires_on__gte=month[0], key_expires_on__lt=month[1])
         if value == "expired":
-            return queryset.filter(key_expires_on__lt=today)
+            return queryset.filter(expiry_days_between("key_expires_on", now, at_most=-1))
         if value in ("7", "30", "90"):
-            return queryset.filter(key_expires_on__gte=today, key_expires_on__lte=today + dt.timedelta(days=int(value)))
+            return queryset.filter(expiry_days_between("key_expires_on", now, at_least=0, at_most=int(value)))
         if value == "ok":
-            return queryset.filter(key_expires_on__gt=today + dt.timedelta(days=settings.CD2_EXPIRING_DAYS))
+            return queryset.filter(expiry_days_between("key_expires_on", now, at_least=settings.CD2_EXPIRING_DAYS + 1))
         if value == "none":
             return queryset.filter(key_expires_on__isnull=True)
         return queryset
@@ -400,6 +403,7 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
         ReminderFilter,
         MineFilter,
         ServedFilter,
+        RemindersEndedFilter,
         "status",
         RegionFilter,
         ("account_owner", AccountOwnerFilter),
@@ -484,7 +488,7 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
 
     @admin.display(description="Next reminder", ordering=F("key_expires_on").asc(nulls_last=True))
     def next_reminder_display(self, obj: Institution) -> str:
-        step = institution_next_reminder(obj, today=local_today())
+        step = institution_next_reminder(obj, now=timezone.now())
         if step is None:
             return "—"
         return format_html("{}<br><small>{}</small>", step.label(), format_day(step.on))
@@ -542,6 +546,9 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
                     self.last_pulled(obj),
                 )
             )
+            ended = reminders_ended_note(obj)
+            if ended:
+                parts.append(ended)
         return format_html("<br>".join(["{}"] * len(parts)), *parts)
 
     @admin.display(description="Newest first")
