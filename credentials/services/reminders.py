@@ -4,8 +4,17 @@ Policy (settings): a reminder REMINDER_DAYS_BEFORE days before a key's
 expires_on (0 is the day itself), then weekly
 (REMINDER_REPEAT_AFTER_EXPIRY_DAYS) for REMINDER_WEEKLY_AFTER_EXPIRY_FOR_DAYS
 days, then every REMINDER_MONTHLY_REPEAT_DAYS days, until a new key is
-active (the old one is then superseded and no longer scanned). Only active
-keys of served institutions are reminded: none while paused or offboarded.
+active (the old one is then superseded and no longer scanned) or
+REMINDER_STOP_AFTER_EXPIRY_MONTHS after expiry (then staff take over; the
+owner's summary says so once). Only active keys of served institutions are
+reminded: none while paused or offboarded. A key accepted less than
+REMINDER_QUIET_AFTER_ACCEPTANCE ago is not reminded unless it expires within
+it; its first reminder is the next step due after that (days.first_step_day).
+
+Days are the institution's (credentials/days.py): a step is due on the
+institution's own date, and the scheduled run (hourly) reaches each
+institution once its own clock has passed REMINDERS_HOUR, so a day of 23 or
+25 hours (DST) or a missed hour still sends each step once, on its day.
 Reminders go to the contacts (Reply-To the account owner); the owner hears
 of them in one daily summary (services/owners.py).
 
