@@ -20,6 +20,10 @@ class KeySummarySerializer(serializers.Serializer):
     hint = serializers.CharField(source="active_hint", allow_null=True)
     region = serializers.CharField(source="active_region", allow_null=True)
     expires_on = serializers.DateField(source="active_expires_on", allow_null=True)
+    days_left = serializers.IntegerField(
+        allow_null=True,
+        help_text="Whole days from the institution's today (in its time zone) to expires_on; negative once expired.",
+    )
     last_checked_at = serializers.DateTimeField(source="active_last_verified_at", allow_null=True)
     changed_at = serializers.DateTimeField(
         source="updated_at", help_text="Moves when the institution or which key it has (or its status) changes."

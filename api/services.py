@@ -20,8 +20,9 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from api.models import ApiToken, Scope, ServiceAccount, SyncReport
+from credentials.days import institution_today
 from credentials.models import AuditEvent, CD2Credential, hash_token
-from credentials.selectors import current_key, institutions_with_key_summary, local_today
+from credentials.selectors import current_key, institutions_with_key_summary
 from credentials.services import jobs, metrics
 from credentials.services.audit import audit_record
 from credentials.services.keys import credential_check_request, credential_mark_pulled
@@ -237,8 +238,8 @@ def api_key_read(
 
 
 def _key_read(*, token: ApiToken, institution_slug: str, ip_address: str | None, today: dt.date | None) -> RevealedKey:
-    today = today or local_today()
     institution = _institution_for(account=token.account, slug=institution_slug)
+    today = today or institution_today(institution, timezone.now())
     active = current_key(institution=institution, statuses=(CD2Credential.Status.ACTIVE,))
     if active is None:
         newest = current_key(

@@ -11,6 +11,7 @@ import datetime as dt
 from django.conf import settings
 from django.db import models
 from django.db.models import Case, Q, Value, When
+from django.db.models.lookups import LessThan, LessThanOrEqual
 
 
 class ExpiryState(models.TextChoices):
@@ -46,16 +47,28 @@ class DaysUntil(DaysBetween):
         super().__init__(expression, Value(today, output_field=models.DateField()))
 
 
-def expiry_state_case(*, field: str, today: dt.date, missing_when: Q | None = None) -> Case:
-    """ExpiryState of the date in `field`: expired before today, expiring within CD2_EXPIRING_DAYS."""
+def expiry_state_case(
+    *, field: str, today: dt.date | None = None, days_left=None, missing_when: Q | None = None
+) -> Case:
+    """ExpiryState of the date in `field`: expired before today, expiring within CD2_EXPIRING_DAYS.
+
+    Either one `today` for every row, or `days_left`: an expression of each
+    row's day count (credentials.days.days_left_sql, each institution's own today).
+    """
     whens = []
     if missing_when is not None:
         whens.append(When(missing_when, then=Value(ExpiryState.MISSING)))
-    whens += [
-        When(**{f"{field}__lt": today}, then=Value(ExpiryState.EXPIRED)),
-        When(
-            **{f"{field}__lte": today + dt.timedelta(days=settings.CD2_EXPIRING_DAYS)},
-            then=Value(ExpiryState.EXPIRING),
-        ),
-    ]
+    if days_left is not None:
+        whens += [
+            When(LessThan(days_left, 0), then=Value(ExpiryState.EXPIRED)),
+            When(LessThanOrEqual(days_left, settings.CD2_EXPIRING_DAYS), then=Value(ExpiryState.EXPIRING)),
+        ]
+    else:
+        whens += [
+            When(**{f"{field}__lt": today}, then=Value(ExpiryState.EXPIRED)),
+            When(
+                **{f"{field}__lte": today + dt.timedelta(days=settings.CD2_EXPIRING_DAYS)},
+                then=Value(ExpiryState.EXPIRING),
+            ),
+        ]
     return Case(*whens, default=Value(ExpiryState.OK), output_field=models.CharField())

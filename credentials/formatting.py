@@ -27,13 +27,18 @@ def _local(value: dt.datetime, tz: str | dt.tzinfo | None) -> dt.datetime:
     return timezone.localtime(value, tz)
 
 
+def _day_text(value: dt.date) -> str:
+    # A datetime already in the zone it is read in: its own date, not moved again.
+    return f"{value.day} {value:%b %Y}"
+
+
 def format_day(value: dt.date | dt.datetime | None, tz: str | dt.tzinfo | None = None) -> str:
     """ "3 Dec 2026"; a datetime is first moved to `tz` (default: the current time zone)."""
     if value is None:
         return ""
     if isinstance(value, dt.datetime):
         value = _local(value, tz)
-    return f"{value.day} {value:%b %Y}"
+    return _day_text(value)
 
 
 def format_weekday(value: dt.date | dt.datetime | None, tz: str | dt.tzinfo | None = None) -> str:
@@ -42,7 +47,7 @@ def format_weekday(value: dt.date | dt.datetime | None, tz: str | dt.tzinfo | No
         return ""
     if isinstance(value, dt.datetime):
         value = _local(value, tz)
-    return f"{value:%A} {format_day(value)}"
+    return f"{value:%A} {_day_text(value)}"
 
 
 def format_moment(value: dt.datetime | None, tz: str | dt.tzinfo | None = None, *, with_zone: bool = False) -> str:
@@ -50,7 +55,7 @@ def format_moment(value: dt.datetime | None, tz: str | dt.tzinfo | None = None, 
     if value is None:
         return ""
     value = _local(value, tz)
-    text = f"{format_day(value)}, {value:%H:%M}"
+    text = f"{_day_text(value)}, {value:%H:%M}"
     if with_zone and value.tzinfo is not None:
         text += f" {value:%Z}"
     return text

@@ -17,6 +17,14 @@ from django.db.models.functions import Coalesce, TruncDate
 from django.db.models.lookups import Exact
 from django.utils import timezone
 
+from credentials.days import (
+    days_left_sql,
+    earliest_expiry_still_reminded,
+    institution_zone,
+    largest_step_allowed,
+    reminders_end_on,
+    reminders_ended_sql,
+)
 from credentials.expressions import DaysBetween, DaysUntil, ExpiryState, expiry_state_case
 from credentials.formatting import format_day
 from credentials.models import (
@@ -126,22 +134,31 @@ def key_summary_drift(*, queryset=None):
     return queryset.annotate(**{f"expected_{field}": value for field, value in expected.items()}).filter(differs)
 
 
-def key_state_case(*, today: dt.date) -> Case:
-    """KeyState from the stored summary: an active key's state is its expiry on `today`, the others are stored.
+def key_state_case(*, today: dt.date | None = None, days_left=None) -> Case:
+    """KeyState from the stored summary: an active key's state is its expiry that day, the others are stored.
 
-    The stored pending, failing and missing are KeyState's own values, so they pass through as they are.
+    The day: one `today` for every row, or `days_left` (each institution's
+    own day count, days.days_left_sql). The stored pending, failing and
+    missing are KeyState's own values, so they pass through as they are.
     """
     return Case(
         When(
             key_condition=KeyState.OK,
-            then=expiry_state_case(field="key_expires_on", today=today),
+            then=expiry_state_case(field="key_expires_on", today=today, days_left=days_left),
         ),
         default=F("key_condition"),
         output_field=models.CharField(),
     )
 
 
-def institutions_with_key_status(*, queryset=None, today: dt.date | None = None):
+def _days_left(*, today: dt.date | None, now: dt.datetime | None):
+    """Each row's day count to key_expires_on: its institution's own (at `now`), or from one `today` for all."""
+    if today is not None:
+        return DaysUntil("key_expires_on", today)
+    return days_left_sql("key_expires_on", now or timezone.now())
+
+
+def institutions_with_key_status(*, queryset=None, today: dt.date | None = None, now: dt.datetime | None = None):
     """Institutions with their active key (one LEFT JOIN) and its state.
 
     Adds: active_key_id, active_expires_on, active_hint, active_region,
@@ -159,8 +176,12 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
     the institution's stored key summary, so an index serves it; the rest
     comes from the join and from subqueries in the select list, which
     PostgreSQL evaluates for the page's rows only, after the sort and LIMIT.
+
+    Day counts and states are each institution's own at `now` (default: this
+    instant; credentials/days.py); `today` instead counts every row from one
+    date (a question "as of" a day).
     """
-    today = today or local_today()
+    days_left = _days_left(today=today, now=now)
     queryset = Institution.objects.all() if queryset is None else queryset
     newest_pending = (
         CD2Credential.objects.filter(institution=OuterRef("pk"))
@@ -200,11 +221,12 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
             active_last_verification=F("active_key__last_verification"),
             active_last_pulled_at=F("active_key__last_pulled_at"),
             active_submitted_at=F("active_key__submitted_at"),
-            days_left=DaysUntil("key_expires_on", today),
+            active_accepted_at=F("active_key__status_changed_at"),
+            days_left=days_left,
             expiry_state=expiry_state_case(
-                field="key_expires_on", today=today, missing_when=Q(key_expires_on__isnull=True)
+                field="key_expires_on", days_left=days_left, missing_when=Q(key_expires_on__isnull=True)
             ),
-            key_state=key_state_case(today=today),
+            key_state=key_state_case(days_left=days_left),
         )
         .annotate(
             pending_key_id=newest("pk"),
@@ -220,16 +242,16 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None)
     )
 
 
-def institutions_with_key_summary(*, queryset=None, today: dt.date | None = None):
+def institutions_with_key_summary(*, queryset=None, today: dt.date | None = None, now: dt.datetime | None = None):
     """Institutions with their active key's id, hint, expiry, region, last check and key_state: no join.
 
     The lean twin of institutions_with_key_status for a machine's list (the
     API's GET /keys/): everything but the hint is read from the stored key
     summary (Institution.key_*); the hint is one primary-key lookup per row
     of the page (a subquery PostgreSQL runs after the sort and LIMIT).
-    Same attribute names as institutions_with_key_status.
+    Same attribute names as institutions_with_key_status (and the same days).
     """
-    today = today or local_today()
+    days_left = _days_left(today=today, now=now)
     queryset = Institution.objects.all() if queryset is None else queryset
     hint = CD2Credential.objects.filter(pk=OuterRef("key_pk")).values("hint")[:1]
     return queryset.annotate(
@@ -238,7 +260,8 @@ def institutions_with_key_summary(*, queryset=None, today: dt.date | None = None
         active_expires_on=F("key_expires_on"),
         active_region=F("key_region"),
         active_last_verified_at=F("key_checked_at"),
-        key_state=key_state_case(today=today),
+        days_left=days_left,
+        key_state=key_state_case(days_left=days_left),
     )
 
 
@@ -261,6 +284,14 @@ def regions_in_use() -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute(sql, [""])
         return [row[0] for row in cursor.fetchall()]
+
+
+def reminders_ended(*, now: dt.datetime | None = None) -> Q:
+    """Institutions whose active key lapsed so long ago, on their own day, that its reminders have ended.
+
+    For .filter() on Institution (the list's "reminders ended"): ranges of the stored key_expires_on.
+    """
+    return reminders_ended_sql("key_expires_on", now or timezone.now())
 
 
 def reminded_without_answer() -> Q:
@@ -437,53 +468,88 @@ class PlannedStep:
         return step_label(self.threshold)
 
 
+def _after_expiry_thresholds():
+    """The steps after expiry, in order: every `repeat` days until `weekly_until`, then every `monthly`."""
+    repeat, weekly_until, monthly = reminder_cadence_after_expiry()
+    if not repeat:
+        return
+    yield from range(-repeat, -weekly_until - 1, -repeat)
+    if monthly:
+        since = weekly_until + monthly
+        while True:
+            yield -since
+            since += monthly
+
+
 def next_reminder(
     *,
     expires_on: dt.date | None,
     today: dt.date,
     handled_step: int | None,
-    submitted_on: dt.date | None = None,
+    first_step_on: dt.date | None = None,
     served: bool = True,
 ) -> PlannedStep | None:
     """The next reminder the daily run will send for a key, from the schedule (REMINDER_* settings).
 
-    The step due now when it has not been handled yet (and did not come due
-    before the key arrived: those are never sent), else the next threshold to
-    come. None without a key or for an institution we do not serve.
+    The step due now when it has not been handled yet (and is not due before
+    `first_step_on`, days.first_step_day: before we had the key, or in its
+    first quiet day), else the next threshold to come. None without a key,
+    for an institution we do not serve, and once the reminders have ended
+    (days.reminders_end_on).
     """
     if expires_on is None or not served:
         return None
+    ends_on = reminders_end_on(expires_on)
+    if today > ends_on:
+        return None
     days_left = (expires_on - today).days
+    largest = (expires_on - first_step_on).days if first_step_on else None
+
+    def allowed(threshold: int) -> bool:
+        return largest is None or threshold <= largest
+
     current = reminder_step(days_left=days_left)
-    arrived_days_left = (expires_on - submitted_on).days if submitted_on else None
-    if (
-        current is not None
-        and (handled_step is None or current < handled_step)
-        and (arrived_days_left is None or current <= arrived_days_left)
-    ):
+    if current is not None and (handled_step is None or current < handled_step) and allowed(current):
         return PlannedStep(threshold=current, on=today)
-    before = [t for t in reminder_days_before() if t < days_left]
+    before = [t for t in reminder_days_before() if t < days_left and allowed(t)]
     if before:
         threshold = before[-1]
         return PlannedStep(threshold=threshold, on=expires_on - dt.timedelta(days=threshold))
-    repeat = reminder_repeat_after()
-    if repeat <= 0:
-        return None
-    overdue = max(-days_left, 0)
-    after = (overdue // repeat + 1) * repeat
-    return PlannedStep(threshold=-after, on=expires_on + dt.timedelta(days=after))
+    for threshold in _after_expiry_thresholds():
+        on = expires_on - dt.timedelta(days=threshold)
+        if on > ends_on:
+            return None
+        if on > today and allowed(threshold):
+            return PlannedStep(threshold=threshold, on=on)
+    return None
 
 
-def institution_next_reminder(institution: Institution, *, today: dt.date) -> PlannedStep | None:
-    """next_reminder of an institution read through institutions_with_key_status."""
-    submitted = institution.active_submitted_at
+def institution_next_reminder(institution: Institution, *, now: dt.datetime) -> PlannedStep | None:
+    """next_reminder of an institution read through institutions_with_key_status, on its own day at `now`."""
+    zone = institution_zone(institution)
+    expires_on, accepted = institution.active_expires_on, institution.active_accepted_at
+    first = None
+    if expires_on is not None and accepted is not None:
+        first = expires_on - dt.timedelta(
+            days=largest_step_allowed(expires_on=expires_on, accepted_at=accepted, zone=zone)
+        )
     return next_reminder(
-        expires_on=institution.active_expires_on,
-        today=today,
+        expires_on=expires_on,
+        today=now.astimezone(zone).date(),
         handled_step=institution.last_handled_step,
-        submitted_on=timezone.localdate(submitted) if submitted else None,
+        first_step_on=first,
         served=institution.is_served(),
     )
+
+
+def step_allowed(credential: CD2Credential, *, threshold: int) -> bool:
+    """The step may be sent for this active key: not due before we had it, nor in its first quiet day (days.py)."""
+    largest = largest_step_allowed(
+        expires_on=credential.expires_on,
+        accepted_at=credential.status_changed_at,
+        zone=institution_zone(credential.institution),
+    )
+    return threshold <= largest
 
 
 def _step_expression(today: dt.date) -> Case:
@@ -538,14 +604,24 @@ def due_credentials(*, today: dt.date, now: dt.datetime):
             status=CD2Credential.Status.ACTIVE,
             institution__status__in=Institution.SERVED_STATUSES,
             expires_on__lte=horizon,
+            # Reminders end REMINDER_STOP_AFTER_EXPIRY_MONTHS after expiry.
+            expires_on__gte=earliest_expiry_still_reminded(today),
+        )
+        # A key accepted within the quiet period is not reminded, unless it
+        # expires within it (by tomorrow at the latest; step_allowed says exactly).
+        .exclude(
+            status_changed_at__gt=now - settings.REMINDER_QUIET_AFTER_ACCEPTANCE,
+            expires_on__gt=today + dt.timedelta(days=2),
         )
         .annotate(
             step=_step_expression(today),
-            days_left_on_arrival=DaysBetween("expires_on", TruncDate("submitted_at")),
+            days_left_on_arrival=DaysBetween("expires_on", TruncDate("status_changed_at")),
         )
         # A step that passed before we had the key is not sent: the customer
-        # just handed it over, so the next step is the first reminder.
-        .filter(step__isnull=False, step__lte=F("days_left_on_arrival"))
+        # just handed it over, so the next step is the first reminder. The
+        # database's date of acceptance is UTC's, a day off the institution's
+        # at most: the caller asks step_allowed() to decide exactly.
+        .filter(step__isnull=False, step__lte=F("days_left_on_arrival") + 1)
         .filter(~Exists(handled))
         .filter(~newer_key_pending())
     )

@@ -108,11 +108,11 @@ BEAT_JOB_RETRY = {
 
 @shared_task(**BEAT_JOB_RETRY)
 def send_expiry_reminders() -> int:
-    """Daily (beat): decide every reminder now due (and the owners' summaries); queue their delivery.
+    """Hourly (beat): decide the reminders due where it is past REMINDERS_HOUR (and those owners' summaries); queue.
 
     Then tell staff of keys that lapsed with no new key (once per key).
     """
-    queued = reminders.reminders_send_due().queued
+    queued = reminders.reminders_send_due(scheduled=True).queued
     alerts.staff_alerts_keys_lapsed()
     return queued
 
@@ -173,4 +173,4 @@ def verify_credential(self, credential_id: int) -> str:
 @shared_task(**BEAT_JOB_RETRY)
 def send_staff_digest() -> bool:
     """Weekly (beat): write the staff digest to the outbox and queue its delivery."""
-    return digest.staff_digest_send(queue=True) is not None
+    return bool(digest.staff_digest_send(queue=True))

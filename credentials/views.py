@@ -14,15 +14,16 @@ import hmac
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET, require_http_methods
 from django_ratelimit.decorators import ratelimit
 
+from credentials.days import institution_today
 from credentials.forms import EXPIRY_PERIODS, LinkRequestForm, SubmissionForm, period_end
 from credentials.models import CD2Credential, hash_token
-from credentials.selectors import local_today
 from credentials.services.health import health_check, health_status
 from credentials.services.links import link_request_record, submission_link_get
 from credentials.services.metrics import metrics_render
@@ -160,7 +161,8 @@ def submit(request: HttpRequest, token: str) -> HttpResponse:
     link = submission_link_get(token=token)
     if link is None:
         return _unusable(request)
-    today = local_today()
+    # The customer's day: the institution's (an expiry "in the past" is past there).
+    today = institution_today(link.institution, timezone.now())
     if request.method != "POST":
         return render(request, "credentials/submit.html", _submit_context(link, SubmissionForm(today=today)))
 

@@ -262,11 +262,15 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 REMINDERS_HOUR = env.int("REMINDERS_HOUR", default=9)
 REMINDERS_MINUTE = env.int("REMINDERS_MINUTE", default=0)
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
-    # Daily at REMINDERS_HOUR:REMINDERS_MINUTE (TIME_ZONE): mail every reminder
-    # that has come due; safe to fire twice, each reminder is claimed once.
+    # Hourly at REMINDERS_MINUTE: each run reaches the institutions whose own
+    # clock has passed REMINDERS_HOUR:REMINDERS_MINUTE today (their zone), so
+    # a customer is reminded in their morning, once per step and local day,
+    # whatever the length of the day (DST) or a missed hour; safe to fire
+    # twice, each step is claimed once. Owners get their summary at that
+    # hour of their own zone.
     "send-expiry-reminders": {
         "task": "credentials.tasks.send_expiry_reminders",
-        "schedule": crontab(hour=REMINDERS_HOUR, minute=REMINDERS_MINUTE),
+        "schedule": crontab(minute=REMINDERS_MINUTE),
     },
     # Daily at 03:30, off-peak: re-check every active key against CD2 so a key
     # an admin deleted is noticed within a day, not when the pipeline fails.
@@ -305,7 +309,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
 # When each scheduled job (by its beat entry name) counts as overdue: its
 # period plus slack. /healthz answers 503 and the dashboard turns red past it.
 SCHEDULED_JOBS_OVERDUE_AFTER = {
-    "send-expiry-reminders": dt.timedelta(hours=26),
+    "send-expiry-reminders": dt.timedelta(hours=2),
     "verify-active-credentials": dt.timedelta(hours=26),
     "send-staff-digest": dt.timedelta(days=7, hours=2),
     "verify-pending-credentials": dt.timedelta(hours=2),
@@ -426,6 +430,13 @@ REMINDER_DAYS_BEFORE = env.list("REMINDER_DAYS_BEFORE", cast=int, default=[60, 3
 REMINDER_REPEAT_AFTER_EXPIRY_DAYS = env.int("REMINDER_REPEAT_AFTER_EXPIRY_DAYS", default=7)
 REMINDER_WEEKLY_AFTER_EXPIRY_FOR_DAYS = env.int("REMINDER_WEEKLY_AFTER_EXPIRY_FOR_DAYS", default=42)
 REMINDER_MONTHLY_REPEAT_DAYS = env.int("REMINDER_MONTHLY_REPEAT_DAYS", default=30)
+# ... and stop this many calendar months after expiry: a key that lapsed long
+# ago is staff's to chase, not the reminders' (credentials/days.py). The
+# owner's summary says once that a key's reminders ended; the admin shows it.
+REMINDER_STOP_AFTER_EXPIRY_MONTHS = env.int("REMINDER_STOP_AFTER_EXPIRY_MONTHS", default=6)
+# No reminder this soon after a key was accepted (unless it expires within
+# it): a contact who just chose a short key does not hear about it at once.
+REMINDER_QUIET_AFTER_ACCEPTANCE = dt.timedelta(hours=env.int("REMINDER_QUIET_AFTER_ACCEPTANCE_HOURS", default=24))
 
 # ---------------------------------------------------------------------------
 # Pipeline API (api/): each view sets its own authentication, scope,

@@ -26,6 +26,19 @@ PASSED_CHECK = CheckResult(
 PLANTED_SECRET = "PLANTED-s3cr3t-Zq8vX1nB7kLw2"
 
 
+# Keys the tests make were accepted this long ago: a key accepted this very
+# minute is not reminded for REMINDER_QUIET_AFTER_ACCEPTANCE (credentials/days.py),
+# which tests of that rule set up themselves.
+KEY_ACCEPTED_AGO = dt.timedelta(days=2)
+
+
+def accepted_earlier(credential: CD2Credential, by: dt.timedelta = KEY_ACCEPTED_AGO) -> CD2Credential:
+    """Move the key's acceptance (status_changed_at of an active key) back by `by`; returns the key."""
+    credential.status_changed_at -= by
+    CD2Credential.objects.filter(pk=credential.pk).update(status_changed_at=credential.status_changed_at)
+    return credential
+
+
 def delivered() -> list:
     """Deliver what the outbox holds now (as the queued deliver_notice tasks would) and return all mail sent."""
     outbox.outbox_deliver_due()
@@ -122,13 +135,14 @@ def make_key():
 @pytest.fixture
 def make_credential(make_key):
     def make(institution, *, days: int = 365, status=CD2Credential.Status.ACTIVE, **key_kwargs) -> CD2Credential:
-        return credential_create(
+        credential = credential_create(
             institution=institution,
             key=make_key(days=days, **key_kwargs),
             source=CD2Credential.Source.ADMIN,
             status=status,
             check=PASSED_CHECK if status == CD2Credential.Status.ACTIVE else None,
         )
+        return accepted_earlier(credential) if status == CD2Credential.Status.ACTIVE else credential
 
     return make
 

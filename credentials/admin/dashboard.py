@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from django.db.models import Count
 from django.db.models.functions import TruncMonth
+from django.utils import timezone
 
 from credentials.formatting import format_month
 from credentials.models import VERDICT_LABELS, CD2Credential, Notice
@@ -136,10 +137,13 @@ def _failed_keys(institutions: list[Institution]) -> list[CD2Credential | None]:
 
 def dashboard_context(*, today: dt.date | None = None, latest: int = 8) -> dict:
     """Scheduled jobs, notices that failed for good, counts per key state, the chart, submissions, failing checks."""
+    # Each key's state on its institution's day (an explicit `today` counts every key from that one day);
+    # the chart's months are the reader's.
+    days = {"today": today} if today else {"now": timezone.now()}
     today = today or local_today()
     served = Institution.objects.filter(status__in=Institution.SERVED_STATUSES)
     counted = dict(
-        institutions_with_key_status(queryset=served, today=today)
+        institutions_with_key_status(queryset=served, **days)
         .values_list("key_state")
         .annotate(n=Count("pk"))
         .values_list("key_state", "n")
@@ -149,7 +153,7 @@ def dashboard_context(*, today: dt.date | None = None, latest: int = 8) -> dict:
     keys = CD2Credential.objects.without_secrets().select_related("institution")
     latest_submissions = list(keys.order_by("-submitted_at", "-pk")[:latest])
     failing = list(
-        institutions_with_key_status(queryset=served, today=today)
+        institutions_with_key_status(queryset=served, **days)
         .filter(key_state=KeyState.FAILING)
         .order_by("name")[:latest]
     )

@@ -24,8 +24,9 @@ from django.utils.html import format_html, format_html_join
 
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ViewOnlyMixin, key_state_badge, link_state_badge
+from credentials.admin.reminders_ended import RemindersEndedFilter, reminders_ended_note
+from credentials.days import expiry_days_between, expiry_phrase
 from credentials.formatting import format_day, format_moment, format_month
-from credentials.mail.context import expiry_phrase
 from credentials.models import (
     SECRET_FIELDS,
     VERDICT_LABELS,
@@ -54,7 +55,7 @@ from credentials.services.staff import (
     StaffActionRefused,
     institutions_export,
 )
-from institutions.admin import InstitutionAdminExtension, insert_after
+from institutions.admin import InstitutionAdminExtension, ServedFilter, insert_after
 from institutions.models import Institution, KeyState
 from requestinfo import client_ip
 
@@ -115,17 +116,19 @@ class ExpiryFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         # Ranges of the stored key_expires_on (the active key's expiry), which
-        # the institution_key_expiry index serves in the list's own order.
-        value, today = self.value(), local_today()
+        # the institution_key_expiry index serves in the list's own order. A
+        # month is the reader's (their zone); a day count is each
+        # institution's own, as the "Days left" column shows it (credentials/days.py).
+        value, now = self.value(), timezone.now()
         month = self.month()
         if month:
             return queryset.filter(key_expires_on__gte=month[0], key_expires_on__lt=month[1])
         if value == "expired":
-            return queryset.filter(key_expires_on__lt=today)
+            return queryset.filter(expiry_days_between("key_expires_on", now, at_most=-1))
         if value in ("7", "30", "90"):
-            return queryset.filter(key_expires_on__gte=today, key_expires_on__lte=today + dt.timedelta(days=int(value)))
+            return queryset.filter(expiry_days_between("key_expires_on", now, at_least=0, at_most=int(value)))
         if value == "ok":
-            return queryset.filter(key_expires_on__gt=today + dt.timedelta(days=settings.CD2_EXPIRING_DAYS))
+            return queryset.filter(expiry_days_between("key_expires_on", now, at_least=settings.CD2_EXPIRING_DAYS + 1))
         if value == "none":
             return queryset.filter(key_expires_on__isnull=True)
         if value is not None:
@@ -295,7 +298,7 @@ def last_reminder(obj: Institution) -> str:
 
 @admin.display(description="Next reminder", ordering=F("key_expires_on").asc(nulls_last=True))
 def next_reminder_display(obj: Institution) -> str:
-    step = institution_next_reminder(obj, today=local_today())
+    step = institution_next_reminder(obj, now=timezone.now())
     if step is None:
         return "—"
     return format_html("{}<br><small>{}</small>", step.label(), format_day(step.on))
@@ -371,6 +374,9 @@ def key_summary(obj: Institution) -> str:
                 last_pulled(obj),
             )
         )
+        ended = reminders_ended_note(obj)
+        if ended:
+            parts.append(ended)
     return format_html("<br>".join(["{}"] * len(parts)), *parts)
 
 
@@ -477,7 +483,8 @@ class KeysExtension(InstitutionAdminExtension):
         return insert_after(list_display, "name", *KEY_COLUMNS)
 
     def list_filter(self, list_filter):
-        return (ExpiryFilter, KeyCheckFilter, ReminderFilter, *insert_after(list_filter, "status", RegionFilter))
+        own = insert_after(insert_after(list_filter, "status", RegionFilter), ServedFilter, RemindersEndedFilter)
+        return (ExpiryFilter, KeyCheckFilter, ReminderFilter, *own)
 
     def queryset(self, request, queryset):
         return institutions_with_key_status(queryset=queryset)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ViewOnlyAdmin, link_state_badge
+from credentials.days import institution_today
 from credentials.formatting import format_moment
 from credentials.models import SECRET_FIELDS, AuditEvent, CD2Credential, ReminderLog, SubmissionLink, secret_fields_of
-from credentials.selectors import local_today
 from credentials.services.staff import REVEAL_PERMISSION
 
 
@@ -77,7 +78,7 @@ class CD2CredentialAdmin(ViewOnlyAdmin):
 
     @admin.display(description="State", ordering="status")
     def state(self, obj: CD2Credential) -> str:
-        return obj.state_label(local_today())
+        return obj.state_label(institution_today(obj.institution, timezone.now()))
 
     def get_urls(self):
         def reveal(request, object_id):

@@ -19,13 +19,15 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.cache import add_never_cache_headers, patch_cache_control
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_POST
 
+from credentials.days import institution_today
 from credentials.mail.messages import SEND_ERRORS
 from credentials.models import AuditEvent, CD2Credential, Notice
-from credentials.selectors import current_key, local_today, submitters_not_on_file
+from credentials.selectors import current_key, submitters_not_on_file
 from credentials.services import outbox
 from credentials.services.audit import audit_record
 from credentials.services.links import submission_link_send
@@ -367,7 +369,7 @@ def add_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
         "title": f"Add a CD2 key for {institution.name}",
         "institution": institution,
         "form": form,
-        "today": local_today(),
+        "today": institution_today(institution, timezone.now()),
     }
     response = TemplateResponse(request, "admin/credentials/add_key.html", context)
     add_never_cache_headers(response)

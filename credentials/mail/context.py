@@ -1,9 +1,8 @@
-"""What every customer mail shares: dates in the institution's zone, the "N days" phrase, link context, the .ics."""
+"""What every customer mail shares: link context, the .ics (the days themselves: credentials/days.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import zoneinfo
 from urllib.parse import urlsplit
 
 import icalendar
@@ -11,26 +10,18 @@ from django.conf import settings
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
+from credentials.days import institution_key_days, institution_zone
 from credentials.formatting import format_day
 from credentials.mail.recipients import mail_owner
 from credentials.models import CD2Credential
 from institutions.models import Institution
 
+# The .ics's alarm rings this many days before the expiry date.
+ICS_ALARM_DAYS_BEFORE = 7
+
 # --------------------------------------------------------------------------
-# Dates and shared context
+# Shared context
 # --------------------------------------------------------------------------
-
-
-def institution_zone(institution: Institution) -> zoneinfo.ZoneInfo:
-    try:
-        return zoneinfo.ZoneInfo(institution.timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return zoneinfo.ZoneInfo("UTC")
-
-
-def institution_today(institution: Institution, now: dt.datetime) -> dt.date:
-    """The date it is for the institution's readers: days in the email count from it."""
-    return now.astimezone(institution_zone(institution)).date()
 
 
 def admin_url(institution: Institution) -> str:
@@ -39,19 +30,6 @@ def admin_url(institution: Institution) -> str:
         return settings.SITE_URL + reverse("admin:institutions_institution_change", args=[institution.pk])
     except NoReverseMatch:
         return settings.SITE_URL + "/admin/"
-
-
-def expiry_phrase(days_left: int) -> str:
-    """ "expires in 14 days", "expires today", "expired 7 days ago" ..."""
-    if days_left > 1:
-        return f"expires in {days_left} days"
-    if days_left == 1:
-        return "expires tomorrow"
-    if days_left == 0:
-        return "expires today"
-    if days_left == -1:
-        return "expired yesterday"
-    return f"expired {-days_left} days ago"
 
 
 def link_context(*, institution: Institution, url: str, expires_at: dt.datetime) -> dict:
@@ -66,13 +44,18 @@ def link_context(*, institution: Institution, url: str, expires_at: dt.datetime)
     }
 
 
-def expiry_calendar(*, credential: CD2Credential, now: dt.datetime) -> bytes:
-    """An .ics file with the expiry date as an all-day event and an alarm a week ahead.
+def expiry_calendar(*, credential: CD2Credential, now: dt.datetime) -> bytes | None:
+    """An .ics file with the expiry date as an all-day event, or None once that date has passed.
 
+    A calendar entry for a day gone by helps nobody; the alarm a week ahead
+    is left out when the date is closer than that (it would ring at once).
     The UID is stable per key, so a calendar updates the event instead of
     adding one per reminder.
     """
     institution = credential.institution
+    days = institution_key_days(institution, expires_on=credential.expires_on, now=now)
+    if days.lapsed:
+        return None
     host = urlsplit(settings.SITE_URL).hostname or "localhost"
     calendar = icalendar.Calendar()
     calendar.add("prodid", "-//EdPotential//CD2 key registry//EN")
@@ -91,10 +74,11 @@ def expiry_calendar(*, credential: CD2Credential, now: dt.datetime) -> bytes:
         f"and hand it to EdPotential with the link from our reminder email before then.",
     )
     event.add("transp", "TRANSPARENT")
-    alarm = icalendar.Alarm()
-    alarm.add("action", "DISPLAY")
-    alarm.add("description", f"Canvas Data 2 key for {institution.name} expires in a week")
-    alarm.add("trigger", dt.timedelta(days=-7))
-    event.add_component(alarm)
+    if days.days_left > ICS_ALARM_DAYS_BEFORE:
+        alarm = icalendar.Alarm()
+        alarm.add("action", "DISPLAY")
+        alarm.add("description", f"Canvas Data 2 key for {institution.name} expires in a week")
+        alarm.add("trigger", dt.timedelta(days=-ICS_ALARM_DAYS_BEFORE))
+        event.add_component(alarm)
     calendar.add_component(event)
     return calendar.to_ical()

@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
-from credentials.mail.context import institution_today
+from credentials.days import institution_today
 from credentials.mail.messages import build_email
 from credentials.mail.recipients import link_recipients, mail_owner, reply_to, without
 from credentials.mail.wording import customer_message

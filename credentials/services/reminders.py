@@ -4,8 +4,17 @@ Policy (settings): a reminder REMINDER_DAYS_BEFORE days before a key's
 expires_on (0 is the day itself), then weekly
 (REMINDER_REPEAT_AFTER_EXPIRY_DAYS) for REMINDER_WEEKLY_AFTER_EXPIRY_FOR_DAYS
 days, then every REMINDER_MONTHLY_REPEAT_DAYS days, until a new key is
-active (the old one is then superseded and no longer scanned). Only active
-keys of served institutions are reminded: none while paused or offboarded.
+active (the old one is then superseded and no longer scanned) or
+REMINDER_STOP_AFTER_EXPIRY_MONTHS after expiry (then staff take over; the
+owner's summary says so once). Only active keys of served institutions are
+reminded: none while paused or offboarded. A key accepted less than
+REMINDER_QUIET_AFTER_ACCEPTANCE ago is not reminded unless it expires within
+it; its first reminder is the next step due after that (days.first_step_day).
+
+Days are the institution's (credentials/days.py): a step is due on the
+institution's own date, and the scheduled run (hourly) reaches each
+institution once its own clock has passed REMINDERS_HOUR, so a day of 23 or
+25 hours (DST) or a missed hour still sends each step once, on its day.
 Reminders go to the contacts (Reply-To the account owner); the owner hears
 of them in one daily summary (services/owners.py).
 
@@ -38,13 +47,28 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Prefetch, Q
 from django.utils import timezone
 
+from credentials.days import (
+    KeyDays,
+    institution_key_days,
+    institution_today,
+    institution_zone,
+    largest_step_allowed,
+    zone_days,
+    zone_q,
+)
 from credentials.formatting import format_day
-from credentials.mail.context import expiry_calendar, expiry_phrase, institution_today
+from credentials.mail.context import expiry_calendar
 from credentials.mail.messages import build_email
 from credentials.mail.recipients import owner_email, reminder_addressees, reply_to
 from credentials.models import CD2Credential, Notice, ReminderLog
 from credentials.outgoing import Send, Skip
-from credentials.selectors import due_credentials, newer_key_pending, reminder_days_before, reminder_step
+from credentials.selectors import (
+    due_credentials,
+    newer_key_pending,
+    reminder_days_before,
+    reminder_step,
+    step_allowed,
+)
 from credentials.services import health, notices, outbox, owners
 from credentials.services.keys import institution_key_summary_refresh
 from credentials.services.links import submission_link_create
@@ -106,20 +130,20 @@ class SentReminder:
 # --------------------------------------------------------------------------
 
 
-def _email_context(*, credential: CD2Credential, days_left: int, link_context: dict) -> dict:
+def _email_context(*, credential: CD2Credential, days: KeyDays, link_context: dict) -> dict:
     return {
         **link_context,
         "credential": credential,
         "hint": credential.hint,
         "expires_on": credential.expires_on,
-        "days_left": days_left,
-        "days_left_abs": abs(days_left),
-        "expired": days_left < 0,
-        "expiry_phrase": expiry_phrase(days_left),
+        "days_left": days.days_left,
+        "days_left_abs": abs(days.days_left),
+        "expired": days.lapsed,
+        "expiry_phrase": days.phrase,
     }
 
 
-def _reminder_email(*, credential: CD2Credential, to: list[str], today: dt.date, now: dt.datetime, actor=None):
+def _reminder_email(*, credential: CD2Credential, to: list[str], now: dt.datetime, actor=None):
     """Make a fresh single-use link and build the reminder around it.
 
     Call inside the transaction that records the send: if the send fails,
@@ -134,16 +158,15 @@ def _reminder_email(*, credential: CD2Credential, to: list[str], today: dt.date,
         now=now,
         sent_to=recipients,
     )
-    days_left = (credential.expires_on - today).days
-    context = _email_context(credential=credential, days_left=days_left, link_context=new_link.context())
+    days = institution_key_days(institution, expires_on=credential.expires_on, now=now)
+    context = _email_context(credential=credential, days=days, link_context=new_link.context())
+    calendar = expiry_calendar(credential=credential, now=now)  # None once the date has passed
     return build_email(
         "reminder",
         to=to,
         reply_to=reply_to(institution),
         context=context,
-        attachments=[
-            (f"cd2-key-expiry-{institution.slug}.ics", expiry_calendar(credential=credential, now=now), "text/calendar")
-        ],
+        attachments=[(f"cd2-key-expiry-{institution.slug}.ics", calendar, "text/calendar")] if calendar else [],
     )
 
 
@@ -211,25 +234,23 @@ def _steps_with_their_notice_state(steps):
     return steps.only("pk", "credential_id", "threshold").annotate(notice_state=F("notice__state"))
 
 
-def _came_due_before_arrival(credential: CD2Credential, threshold: int) -> bool:
-    arrived = timezone.localtime(credential.submitted_at).date()
-    return credential.expires_on - dt.timedelta(days=threshold) < arrived
-
-
 def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now: dt.datetime) -> tuple[int, int]:
     """Record the steps a catch-up run jumped over and supersede older steps still waiting for a retry.
 
     Returns (steps skipped, notices superseded).
     """
-    arrived = timezone.localtime(credential.submitted_at).date()
-    days_at_arrival = (credential.expires_on - arrived).days
+    largest = largest_step_allowed(
+        expires_on=credential.expires_on,
+        accepted_at=credential.status_changed_at,
+        zone=institution_zone(credential.institution),
+    )
     logs = getattr(credential, "logs", None)  # the scan's prefetch; [] is an answer too
     if logs is None:
         logs = list(_steps_with_their_notice_state(credential.reminders.all()))
     existing = {log.threshold for log in logs}
     missed = []
     for days_left in range(
-        min(days_at_arrival, max(reminder_days_before(), default=0)), (credential.expires_on - today).days, -1
+        min(largest, max(reminder_days_before(), default=0)), (credential.expires_on - today).days, -1
     ):
         threshold = reminder_step(days_left=days_left)
         if (
@@ -237,7 +258,7 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
             and threshold != step
             and threshold not in existing
             and threshold not in missed
-            and not _came_due_before_arrival(credential, threshold)
+            and threshold <= largest
         ):
             missed.append(threshold)
     note = f"Not sent on time; the run on {format_day(today)} sent the {step}-day step instead."
@@ -284,19 +305,32 @@ def _record_skipped(*, credential: CD2Credential, step: int, today: dt.date, now
 
 def reminders_decide(
     *,
-    today: dt.date,
     now: dt.datetime,
+    today: dt.date | None = None,
     dry_run: bool = False,
     chunk_size: int = CHUNK_SIZE,
+    not_before: dt.time | None = None,
 ) -> ReminderRun:
     """Claim every reminder step now due and write its notice; send nothing (the outbox does).
 
-    Safe to run twice or concurrently: each step is claimed once. A dry run
-    lists what the outbox would hold and writes nothing.
+    Each institution is decided on its own day at `now` (credentials/days.py):
+    the scan runs once per date the zones are on, over the institutions of
+    those zones. With `not_before` (the scheduled run), only institutions
+    whose clock has reached that time of day; the others wait for a later
+    run of the same local day. Safe to run twice or concurrently: each step
+    is claimed once. A dry run lists what the outbox would hold and writes nothing.
     """
-    run = ReminderRun(today=today, dry_run=dry_run)
+    run = ReminderRun(today=today or timezone.localdate(now), dry_run=dry_run)
+    for day, zones in zone_days(now, not_before=not_before):
+        _decide_day(run=run, day=day, zones=zones, now=now, chunk_size=chunk_size)
+    return run
+
+
+def _decide_day(*, run: ReminderRun, day: dt.date, zones, now: dt.datetime, chunk_size: int) -> None:
+    """Decide the institutions of `zones`, whose today is `day`."""
     base = (
-        due_credentials(today=today, now=now)
+        due_credentials(today=day, now=now)
+        .filter(zone_q(zones, prefix="institution__"))
         .select_related("institution__account_owner")
         .prefetch_related(
             Prefetch(
@@ -315,23 +349,26 @@ def reminders_decide(
     while True:
         # Keyset pages: each query reads one chunk, so memory stays flat and
         # rows handled meanwhile cannot shift the pages.
-        chunk = list(base.filter(pk__gt=last_pk).order_by("pk")[:chunk_size])
-        if not chunk:
+        page = list(base.filter(pk__gt=last_pk).order_by("pk")[:chunk_size])
+        if not page:
             break
-        last_pk = chunk[-1].pk
-        if dry_run:
+        last_pk = page[-1].pk
+        # The scan's test of acceptance is a day wide; this one is exact (in the institution's zone).
+        chunk = [credential for credential in page if step_allowed(credential, threshold=credential.step)]
+        if not chunk:
+            continue
+        if run.dry_run:
             for credential in chunk:
-                _decide_one(credential, run=run, today=today, now=now)
+                _decide_one(credential, run=run, today=day, now=now)
             continue
         # One commit per chunk: a commit waits for the disk, so one per key
         # was most of the decision's time (bench/RESULTS.md). The chunk is
         # decided in bulk; only when another run holds a step of it is it
         # decided key by key, a savepoint each, so that key alone rolls back.
         with transaction.atomic():
-            if not _decide_chunk(chunk, run=run, today=today, now=now):
+            if not _decide_chunk(chunk, run=run, today=day, now=now):
                 for credential in chunk:
-                    _decide_one(credential, run=run, today=today, now=now)
-    return run
+                    _decide_one(credential, run=run, today=day, now=now)
 
 
 def _decide_chunk(chunk: list[CD2Credential], *, run: ReminderRun, today: dt.date, now: dt.datetime) -> bool:
@@ -449,9 +486,7 @@ def reminder_notice_write(*, notice: Notice, now: dt.datetime, actor=None) -> Se
             state=Notice.State.FAILED,
             reason="Nobody to send to: add a contact who receives reminders or an account owner.",
         )
-    message = _reminder_email(
-        credential=credential, to=to, today=institution_today(institution, now), now=now, actor=actor
-    )
+    message = _reminder_email(credential=credential, to=to, now=now, actor=actor)
 
     def sent_with(sent_at: dt.datetime) -> None:
         # The list's "reminded, no new key yet" is stored with the key summary; a reminder changes only it.
@@ -493,6 +528,7 @@ def reminders_send_due(
     dry_run: bool = False,
     now: dt.datetime | None = None,
     chunk_size: int = CHUNK_SIZE,
+    scheduled: bool = False,
 ) -> ReminderRun:
     """The daily reminder run: decide every reminder step now due and the owners' summaries, and queue them.
 
@@ -503,19 +539,25 @@ def reminders_send_due(
     `today` alone runs as of that day: `now` becomes that day at the current
     wall-clock time (TIME_ZONE), so every date the run computes (the link's
     end, the "N days" wording, the .ics stamp) moves with it and a dry run
-    for a future day shows exactly what that day will send.
+    for a future day shows exactly what that day will send. Each institution
+    is decided on its own day at `now`, each owner's summary on the owner's.
+
+    `scheduled` (the hourly beat task): only the institutions and owners
+    whose own clock has reached REMINDERS_HOUR:REMINDERS_MINUTE; the
+    command and the other doors decide everything due now.
     """
     if now is None:
         now = simulated_now(today) if today is not None else timezone.now()
     today = today or timezone.localdate(now)
+    not_before = dt.time(settings.REMINDERS_HOUR, settings.REMINDERS_MINUTE) if scheduled else None
     started = timezone.now()
-    run = reminders_decide(today=today, now=now, dry_run=dry_run, chunk_size=chunk_size)
+    run = reminders_decide(today=today, now=now, dry_run=dry_run, chunk_size=chunk_size, not_before=not_before)
     run.now, run.decided_superseded = now, run.superseded
     if dry_run:
         planned = {item.owner for item in run.planned if item.owner}
-        run.owner_summaries = len(planned | owners.owner_summaries_planned(day=today, now=now))
+        run.owner_summaries = len(planned | owners.owner_summaries_planned(now=now, not_before=not_before))
         return run
-    run.summary_ids = owners.owner_summaries_decide(day=today, now=now)
+    run.summary_ids = owners.owner_summaries_decide(now=now, not_before=not_before)
     run.owner_summaries = len(run.summary_ids)
     run.queued = outbox.outbox_enqueue_due(now=now)
     logger.info(

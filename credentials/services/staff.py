@@ -18,9 +18,10 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from credentials.days import institution_today
 from credentials.formatting import format_day
 from credentials.models import VERDICT_LABELS, AuditEvent, CD2Credential, StaffAlert, StaffSettings, step_label
-from credentials.selectors import handoff_candidate, institution_next_reminder, local_today
+from credentials.selectors import handoff_candidate, institution_next_reminder
 from credentials.services.audit import audit_record
 from credentials.services.keys import credential_set_status
 from institutions.models import Contact, Institution, email_for_storage, email_key
@@ -199,7 +200,7 @@ def credential_handoff(
             reason=reason,
             allow_expired=allow_expired,
             output_format=output_format,
-            today=today or local_today(),
+            today=today or (institution_today(institution, timezone.now()) if institution else None),
         )
     except StaffActionRefused as exc:
         audit_record(
@@ -331,10 +332,10 @@ def _cell(value) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def _rows(institutions: Iterable[Institution], *, today: dt.date) -> Iterable[list[str]]:
+def _rows(institutions: Iterable[Institution], *, now: dt.datetime) -> Iterable[list[str]]:
     for inst in institutions:
         owner = inst.account_owner
-        upcoming = institution_next_reminder(inst, today=today)
+        upcoming = institution_next_reminder(inst, now=now)
         yield [
             _cell(v)
             for v in (
@@ -371,7 +372,7 @@ def institutions_export(*, queryset, actor, ip_address: str | None = None) -> st
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(EXPORT_COLUMNS)
-    writer.writerows(_rows(institutions, today=local_today()))
+    writer.writerows(_rows(institutions, now=timezone.now()))
     audit_record(
         kind=AuditEvent.Kind.EXPORT,
         actor=actor,

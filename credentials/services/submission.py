@@ -50,7 +50,8 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
-from credentials.mail.context import admin_url, institution_today
+from credentials.days import institution_today
+from credentials.mail.context import admin_url
 from credentials.mail.messages import build_email
 from credentials.mail.recipients import (
     key_conflict_recipients,
@@ -63,7 +64,7 @@ from credentials.mail.recipients import (
 from credentials.mail.wording import customer_message
 from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason, SubmissionLink
 from credentials.outgoing import Send, Skip
-from credentials.selectors import local_today, reminder_days_before
+from credentials.selectors import reminder_days_before
 from credentials.services import alerts, jobs, metrics, notices
 from credentials.services.audit import audit_record
 from credentials.services.keys import (
@@ -232,14 +233,14 @@ def taken_message(*, institution: Institution) -> str:
 
 @sensitive_variables("secret", "key", "client_id")
 def _validate(
-    *, client_id: str, secret: str, expires_on, today: dt.date | None, short_expiry_confirmed: bool
+    *, client_id: str, secret: str, expires_on, today: dt.date, short_expiry_confirmed: bool
 ) -> CleanKey | SubmitOutcome:
     try:
         return validate_key_input(
             client_id=client_id,
             secret=secret,
             expires_on=expires_on,
-            today=today or local_today(),
+            today=today,
             short_expiry_confirmed=short_expiry_confirmed,
         )
     except ValidationError as exc:
@@ -450,7 +451,7 @@ def _submit(
         client_id=client_id,
         secret=secret,
         expires_on=expires_on,
-        today=today,
+        today=today or institution_today(institution, timezone.now()),
         short_expiry_confirmed=short_expiry_confirmed,
     )
     if isinstance(key, SubmitOutcome):

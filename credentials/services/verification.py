@@ -19,7 +19,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
-from credentials.mail.context import admin_url, institution_today
+from credentials.days import institution_today
+from credentials.mail.context import admin_url
 from credentials.mail.messages import build_email
 from credentials.mail.recipients import reminder_addressees, reply_to
 from credentials.models import AuditEvent, CD2Credential, Notice

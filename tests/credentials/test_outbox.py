@@ -30,7 +30,7 @@ from credentials.services import health, jobs, notices, outbox, reminders
 from credentials.services.keys import credential_create, credential_set_status
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
-from tests.conftest import PASSED_CHECK, reminders_run
+from tests.conftest import PASSED_CHECK, accepted_earlier, reminders_run
 
 START = dt.datetime(2027, 9, 1, 9, 0, tzinfo=dt.UTC)
 
@@ -120,16 +120,18 @@ def make_customer(n: int, *, owner, days: int) -> CD2Credential:
 
 def add_key(institution, *, days: int) -> CD2Credential:
     n = CD2Credential.objects.count() + 1
-    return credential_create(
-        institution=institution,
-        key=CleanKey(
-            client_id=f"us-east-1#0a1b2c3d-0000-4000-8000-{n:012d}",
-            secret="secret-value-Xy9",
-            expires_on=timezone.localdate() + dt.timedelta(days=days),
-        ),
-        source=CD2Credential.Source.ADMIN,
-        status=CD2Credential.Status.ACTIVE,
-        check=PASSED_CHECK,
+    return accepted_earlier(
+        credential_create(
+            institution=institution,
+            key=CleanKey(
+                client_id=f"us-east-1#0a1b2c3d-0000-4000-8000-{n:012d}",
+                secret="secret-value-Xy9",
+                expires_on=timezone.localdate() + dt.timedelta(days=days),
+            ),
+            source=CD2Credential.Source.ADMIN,
+            status=CD2Credential.Status.ACTIVE,
+            check=PASSED_CHECK,
+        )
     )
 
 
@@ -446,12 +448,13 @@ def test_healthz_is_200_when_every_component_is_fresh_and_says_nothing_else(clie
 @pytest.mark.django_db
 def test_healthz_turns_503_when_the_reminder_job_is_overdue(client, clock):
     record_all_jobs(timezone.now())
-    clock.shift(dt.timedelta(hours=25))
+    clock.shift(dt.timedelta(hours=1, minutes=50))
     for name in ("sweep-notices", "verify-pending-credentials", "verify-active-credentials"):
         health.job_record(name=name, started_at=timezone.now(), finished_at=timezone.now(), counts={})
     assert client.get("/healthz").status_code == 200
 
-    clock.shift(dt.timedelta(hours=1, minutes=1))  # 26 hours and a minute since the reminder run
+    # The reminder run is hourly (each institution at its own morning): 2 hours and a minute is overdue.
+    clock.shift(dt.timedelta(minutes=11))
     health.job_record(name="sweep-notices", started_at=timezone.now(), finished_at=timezone.now(), counts={})
     response = client.get("/healthz")
 

@@ -3,7 +3,9 @@
 Runs the daily reminder run at 09:00 (except on the days with no run) and
 the outbox's drain every four hours (the sweep's stand-in), moving time with
 time-machine. At the end: zero lost notices, zero duplicates, every lapse
-preceded by its reminder series, every owner told.
+preceded by its reminder series, every owner told (one summary a day at
+most), no reminder past the horizon after a lapse, none within 24 hours of
+a key's acceptance unless it expires within them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from django.core import mail
 from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
 from django.utils import timezone
 
+from credentials import days
 from credentials.models import CD2Credential, Notice, ReminderLog
 from credentials.services import outbox
 from credentials.services.keys import credential_create
@@ -32,6 +35,8 @@ INSTITUTIONS = 200
 NO_RUN_DAYS = {50, 51, 52, 120, 121}
 # Days the mail server refuses everything from 09:00 until (hour) that day.
 SMTP_DOWN = {80: 24, 81: 11, 200: 19, 290: 23}
+# Days a customer hands in a short key at 10:00, after that day's run: one of a week, one that expires tomorrow.
+FRESH_KEY_DAYS = (30, 151, 262)
 
 
 class SwitchedBackend(LocmemBackend):
@@ -61,6 +66,7 @@ def test_a_simulated_year_loses_no_notice_and_duplicates_none(settings):
     rng = random.Random(11)
     renew_on: dict[int, int] = {}  # institution id -> day it hands over a new key
     first_keys: list[int] = []
+    fresh_keys: dict[int, int] = {}  # key id -> days it ran for when handed in
     with time_machine.travel(START, tick=False) as clock:
         today = timezone.localdate()
         owners = [
@@ -93,6 +99,16 @@ def test_a_simulated_year_loses_no_notice_and_duplicates_none(settings):
             SwitchedBackend.down = day in SMTP_DOWN
             if day not in NO_RUN_DAYS:
                 reminders_run()
+            if day in FRESH_KEY_DAYS:
+                clock.move_to(START + dt.timedelta(days=day, hours=4))  # 10:00 UTC
+                for run_for in (7, 1):
+                    n = len(fresh_keys)
+                    fresh = Institution.objects.create(
+                        name=f"Fresh {n}", slug=f"f{n}", canvas_domain=f"f{n}.instructure.com", account_owner=owners[0]
+                    )
+                    Contact.objects.create(institution=fresh, name="A", email=f"admin@f{n}.example.edu")
+                    expires_on = timezone.localdate() + dt.timedelta(days=run_for)
+                    fresh_keys[add_key(fresh, expires_on=expires_on, n=5000 + n).pk] = run_for
             for hour in range(11, 24, 4):
                 clock.move_to(START + dt.timedelta(days=day, hours=hour - 6))
                 SwitchedBackend.down = day in SMTP_DOWN and hour < SMTP_DOWN[day]
@@ -126,11 +142,55 @@ def test_a_simulated_year_loses_no_notice_and_duplicates_none(settings):
         # After the lapse: weekly for six weeks, then monthly; never more often.
         after = sorted(-t for t in steps if t < 0)
         assert all((t <= 42 and t % 7 == 0) or (t - 42) % 30 == 0 for t in after), after
-    # The owner was told: a summary sent for every owner and day with a reminder sent.
-    told = set(Notice.objects.filter(kind="owner_summary", state="sent").values_list("user_id", "day"))
-    reminded = set(
-        Notice.objects.filter(kind="reminder", state="sent").values_list("institution__account_owner_id", "day")
-    )
-    assert reminded <= told
+    # The owner was told: every reminder sent falls in the window of a summary sent to its owner
+    # (a day whose summary could not go out is carried into the next day's).
+    windows: dict[int, list[tuple[dt.datetime, dt.datetime]]] = {}
+    for summary in Notice.objects.filter(kind="owner_summary", state="sent"):
+        windows.setdefault(summary.user_id, []).append(
+            (dt.datetime.fromisoformat(summary.payload["since"]), summary.as_of)
+        )
+    untold = [
+        (owner_id, created_at)
+        for owner_id, created_at in Notice.objects.filter(kind="reminder", state="sent").values_list(
+            "institution__account_owner_id", "created_at"
+        )
+        if not any(since < created_at <= until for since, until in windows.get(owner_id, []))
+    ]
+    assert untold == []
     summaries_per_owner_day = Counter(Notice.objects.filter(kind="owner_summary").values_list("user_id", "day"))
     assert max(summaries_per_owner_day.values()) == 1
+    summary_mails = Counter(
+        (user_id, sent_at.date())
+        for user_id, sent_at in Notice.objects.filter(kind="owner_summary", state="sent").values_list(
+            "user_id", "sent_at"
+        )
+    )
+    assert summary_mails and max(summary_mails.values()) == 1
+    assert Notice.objects.filter(kind="owner_summary", state="superseded").exists()  # the day of the outage
+
+    # No reminder beyond the horizon after a lapse; some keys did reach it.
+    sent = Notice.objects.filter(kind="reminder", state="sent").select_related("credential__institution")
+    for notice in sent:
+        key = notice.credential
+        assert days.institution_today(key.institution, notice.created_at) <= days.reminders_end_on(key.expires_on)
+    ended = [key for key in lapsed if days.reminders_end_on(key.expires_on) < end]
+    assert len(ended) > 20
+    for key in ended:
+        last = max(key.reminders.filter(notice__state="sent").values_list("notice__created_at", flat=True))
+        assert last.date() <= days.reminders_end_on(key.expires_on)
+
+    # None within 24 hours of a key's acceptance, unless it expires within them.
+    for notice in sent:
+        key = notice.credential
+        quiet_until = key.submitted_at + dt.timedelta(hours=24)  # every key here was active when handed in
+        if notice.created_at < quiet_until:
+            assert key.expires_on <= days.institution_today(key.institution, quiet_until), key
+    assert len(fresh_keys) == 2 * len(FRESH_KEY_DAYS)
+    for key_id, ran_for in fresh_keys.items():
+        steps = dict(ReminderLog.objects.filter(credential_id=key_id).values_list("threshold", "notice__state"))
+        if ran_for == 7:
+            # Handed in at 10:00, the 7-day step was due that day (in the quiet day): the 3-day step comes first.
+            assert 7 not in steps and steps.get(3) == "sent", steps
+        else:
+            # It expires the next day, inside the quiet day: the next morning's run reminds (on its last day).
+            assert steps.get(0) == "sent", steps

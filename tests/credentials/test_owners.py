@@ -68,7 +68,10 @@ def test_the_summary_lists_each_kind_of_news_in_its_order_and_nothing_of_other_o
         write_notice(inst, kind=Notice.Kind.REMINDER, state=Notice.State.PENDING, now=now, day=today)
     write_notice(superseded, kind=Notice.Kind.REMINDER, state=Notice.State.SUPERSEDED, now=now, day=today)
     write_notice(undelivered, kind=Notice.Kind.RECEIPT, state=Notice.State.FAILED, now=now, day=today)
-    write_notice(failing, kind=Notice.Kind.REMINDER, state=Notice.State.SENT, now=now, day=today - dt.timedelta(1))
+    yesterday = now - dt.timedelta(days=1)  # before the summary's window (the day since the last one)
+    write_notice(
+        failing, kind=Notice.Kind.REMINDER, state=Notice.State.SENT, now=yesterday, day=today - dt.timedelta(1)
+    )
 
     summary = owners.owner_summary_build(user=owner, day=today, now=now)
 

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from api.models import ServiceAccount
 from credentials import selectors
+from credentials.days import zone_days
 from credentials.models import CD2Credential, Notice, ReminderLog, SubmissionLink
 from credentials.selectors import reminder_step
 from credentials.services import digest, jobs, notices, outbox, reminders
@@ -29,7 +30,7 @@ from credentials.services.reminders import reminder_send_now, reminders_decide
 from credentials.tasks import deliver_notice, deliver_notices
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
-from tests.conftest import PASSED_CHECK, PLANTED_SECRET, reminders_run
+from tests.conftest import PASSED_CHECK, PLANTED_SECRET, accepted_earlier, reminders_run
 
 START = dt.datetime(2027, 9, 1, 9, 0, tzinfo=dt.UTC)
 PLANTED_CLIENT_ID = "us-east-1#0a1b2c3d-4e5f-4000-8000-00000000abcd"
@@ -59,16 +60,18 @@ def served(institution, owner):
 
 
 def add_key(institution, *, days: int, client_id: str | None = None, secret: str | None = None) -> CD2Credential:
-    return credential_create(
-        institution=institution,
-        key=CleanKey(
-            client_id=client_id or f"us-east-1#0a1b2c3d-0000-4000-8000-{CD2Credential.objects.count() + 1:012d}",
-            secret=secret or "secret-value-Xy9",
-            expires_on=timezone.localdate() + dt.timedelta(days=days),
-        ),
-        source=CD2Credential.Source.ADMIN,
-        status=CD2Credential.Status.ACTIVE,
-        check=PASSED_CHECK,
+    return accepted_earlier(
+        credential_create(
+            institution=institution,
+            key=CleanKey(
+                client_id=client_id or f"us-east-1#0a1b2c3d-0000-4000-8000-{CD2Credential.objects.count() + 1:012d}",
+                secret=secret or "secret-value-Xy9",
+                expires_on=timezone.localdate() + dt.timedelta(days=days),
+            ),
+            source=CD2Credential.Source.ADMIN,
+            status=CD2Credential.Status.ACTIVE,
+            check=PASSED_CHECK,
+        )
     )
 
 
@@ -807,9 +810,10 @@ def test_deciding_forty_due_keys_costs_the_same_queries_as_deciding_five(clock, 
     # the listening accounts and their webhook notices, whatever its size
     # (key by key it was five queries a key: 36 and 246 here). The rest:
     # the scan's page and its two prefetches, the empty page that ends it,
-    # the chunk's transaction and savepoint (4 under the test's transaction).
+    # the chunk's transaction and savepoint (4 under the test's transaction);
+    # one empty scan for each other date the zones are on (days.zone_days).
     assert forty == five
-    assert five <= 12
+    assert five <= 12 + len(zone_days(timezone.now())) - 1
     assert len(expiring_webhooks()) == 45
 
 

@@ -31,7 +31,7 @@ from credentials.services.keys import credential_create
 from credentials.tasks import send_expiry_reminders, sweep_notices
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
-from tests.conftest import PASSED_CHECK, PLANTED_SECRET
+from tests.conftest import PASSED_CHECK, PLANTED_SECRET, accepted_earlier
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -110,6 +110,9 @@ def _process_env(controller) -> dict:
         "SECRET_KEY": settings.SECRET_KEY,
         "SITE_URL": settings.SITE_URL,
         "DEFAULT_FROM_EMAIL": "registry@edpotential.example",
+        # Beat's hourly run reaches an institution from this hour of its day: from midnight, so at any test time.
+        "REMINDERS_HOUR": "0",
+        "REMINDERS_MINUTE": "0",
     }
 
 
@@ -168,13 +171,14 @@ def _customer(*, name: str, slug: str, contact: str, owner, client_id: str, expi
         account_owner=owner,
     )  # fmt: skip
     Contact.objects.create(institution=institution, name="Ada Admin", email=contact)
-    credential_create(
+    credential = credential_create(
         institution=institution,
         key=CleanKey(client_id=client_id, secret=PLANTED_SECRET, expires_on=expires_on),
         source=CD2Credential.Source.ADMIN,
         status=CD2Credential.Status.ACTIVE,
         check=PASSED_CHECK,
     )
+    accepted_earlier(credential)  # not a key accepted this minute (those wait a day)
 
 
 def test_beats_reminder_task_reaches_a_real_smtp_server_once_with_its_calendar_file(real_services, smtp_server, worker):

@@ -39,7 +39,7 @@ from credentials.services.keys import credential_create
 from credentials.tasks import send_expiry_reminders, sweep_notices
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
-from tests.conftest import PASSED_CHECK, PLANTED_SECRET
+from tests.conftest import PASSED_CHECK, PLANTED_SECRET, accepted_earlier
 from tests.e2e.test_reminders_e2e import _database_url, _free_port, _require_real_services, _wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -80,6 +80,9 @@ def _start_worker(*, name: str, smtp_port: int, log_path: Path) -> subprocess.Po
         "SITE_URL": settings.SITE_URL,
         "DEFAULT_FROM_EMAIL": "registry@edpotential.example",
         "NOTICE_LEASE_SECONDS": str(LEASE_SECONDS),
+        # Beat's hourly run reaches an institution from this hour of its day: from midnight, so at any test time.
+        "REMINDERS_HOUR": "0",
+        "REMINDERS_MINUTE": "0",
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -126,14 +129,14 @@ def test_a_worker_killed_inside_data_has_its_notice_sent_again_after_the_lease_w
         name="Northfield University", slug="northfield", canvas_domain="northfield.instructure.com"
     )  # no account owner: the reminder is the run's only notice
     Contact.objects.create(institution=institution, name="Ada Admin", email="ada@northfield.example.edu")
-    credential_create(
+    accepted_earlier(credential_create(
         institution=institution,
         key=CleanKey(client_id="us-east-1#e2e00000-0000-4000-8000-00000000e2e9", secret=PLANTED_SECRET,
                      expires_on=timezone.localdate() + dt.timedelta(days=14)),
         source=CD2Credential.Source.ADMIN,
         status=CD2Credential.Status.ACTIVE,
         check=PASSED_CHECK,
-    )  # fmt: skip
+    ))  # fmt: skip
 
     first = _start_worker(name="doomed", smtp_port=controller.port, log_path=tmp_path / "first.log")
     second = None

@@ -75,13 +75,29 @@ def test_the_next_reminder_follows_the_schedule(days_left, handled, expected):
         expires_on=expires_on,
         today=TODAY,
         handled_step=handled,
-        submitted_on=TODAY - dt.timedelta(days=100 - days_left),
+        first_step_on=TODAY - dt.timedelta(days=100 - days_left),
     )
     assert (step.threshold, (step.on - TODAY).days) == expected
 
 
+@pytest.mark.parametrize(
+    ("days_left", "handled", "expected"),
+    [
+        (-40, -35, (-42, 2)),  # the last weekly step
+        (-42, -42, (-72, 30)),  # then monthly
+        (-150, -132, (-162, 12)),
+        (-170, -162, None),  # the next monthly step would fall past the horizon (6 months): none
+        (-190, -162, None),  # reminders ended
+    ],
+)
+def test_after_the_weekly_steps_the_next_reminder_is_monthly_until_the_horizon(days_left, handled, expected, settings):
+    settings.REMINDER_STOP_AFTER_EXPIRY_MONTHS = 6
+    step = next_reminder(expires_on=TODAY + dt.timedelta(days=days_left), today=TODAY, handled_step=handled)
+    assert (step and (step.threshold, (step.on - TODAY).days)) == expected
+
+
 def test_a_step_that_came_due_before_the_key_arrived_is_not_the_next_reminder():
-    step = next_reminder(expires_on=TODAY + dt.timedelta(days=20), today=TODAY, handled_step=None, submitted_on=TODAY)
+    step = next_reminder(expires_on=TODAY + dt.timedelta(days=20), today=TODAY, handled_step=None, first_step_on=TODAY)
     assert (step.threshold, step.on) == (14, TODAY + dt.timedelta(days=6))
 
 

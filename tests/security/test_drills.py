@@ -274,13 +274,13 @@ from django.utils import timezone
 from credentials.services.keys import credential_create
 from credentials.validators import CleanKey
 from institutions.models import Contact, Institution
-from tests.conftest import PASSED_CHECK, accepted_submission
+from tests.conftest import PASSED_CHECK, accepted_earlier, accepted_submission
 for n in range(3):
     i = Institution.objects.create(name=f"Drill {n}", slug=f"drill-{n}", canvas_domain=f"d{n}.instructure.com")
     Contact.objects.create(institution=i, name="Admin", email=f"admin{n}@drill{n}.example.edu")
-    credential_create(institution=i, source="admin", status="active", check=PASSED_CHECK, key=CleanKey(
+    accepted_earlier(credential_create(institution=i, source="admin", status="active", check=PASSED_CHECK, key=CleanKey(
         client_id=f"us-east-1#drill-{n}-0000-0001", secret=f"DrillSecret{n}x",
-        expires_on=timezone.localdate() + dt.timedelta(days=7)))
+        expires_on=timezone.localdate() + dt.timedelta(days=7))))
 """
 # The time the killed sender's lease needs to run out (NOTICE_LEASE), passed
 # by moving the lease back rather than by waiting five minutes.

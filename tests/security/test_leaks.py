@@ -182,17 +182,20 @@ class World:
         """The planted key stored as the institution's active key (as if submitted earlier)."""
         from credentials.services.keys import credential_create
         from credentials.validators import CleanKey
+        from tests.conftest import accepted_earlier
 
-        return credential_create(
-            institution=self.institution,
-            key=CleanKey(
-                client_id=CLIENT_ID,
-                secret=PLANTED_SECRET,
-                expires_on=timezone.localdate() + dt.timedelta(days=days),
-            ),
-            source=CD2Credential.Source.ADMIN,
-            status=CD2Credential.Status.ACTIVE,
-            check=PASSED_CHECK,
+        return accepted_earlier(
+            credential_create(
+                institution=self.institution,
+                key=CleanKey(
+                    client_id=CLIENT_ID,
+                    secret=PLANTED_SECRET,
+                    expires_on=timezone.localdate() + dt.timedelta(days=days),
+                ),
+                source=CD2Credential.Source.ADMIN,
+                status=CD2Credential.Status.ACTIVE,
+                check=PASSED_CHECK,
+            )
         )
 
 

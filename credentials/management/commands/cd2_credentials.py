@@ -20,9 +20,10 @@ import shlex
 import socket
 
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
+from credentials.days import institution_today
 from credentials.formatting import format_day
-from credentials.selectors import local_today
 from credentials.services.staff import StaffActionRefused, credential_handoff
 
 
@@ -87,7 +88,7 @@ class Command(BaseCommand):
         else:
             self.stdout.write(f"DAP_CLIENT_ID={shlex.quote(key.client_id)}")
             self.stdout.write(f"DAP_CLIENT_SECRET={shlex.quote(key.secret)}")
-        if not credential.is_usable(local_today()):
+        if not credential.is_usable(institution_today(credential.institution, timezone.now())):
             # stderr, so a pipeline that captures stdout still gets clean output.
             if credential.status != credential.Status.ACTIVE:
                 problem = f"is {credential.get_status_display().lower()}"
