@@ -10,6 +10,7 @@ from django import forms
 from django.contrib import admin
 
 from credentials.admin.common import ViewOnlyAdmin
+from safeadmin.lists import SafeFilterValuesMixin
 from staffsso.models import BreakGlassAccount, ProviderSession, StaffIdentity
 from staffsso.services import break_glass_set
 
@@ -46,7 +47,7 @@ class BreakGlassForm(forms.ModelForm):
 
 
 @admin.register(BreakGlassAccount)
-class BreakGlassAccountAdmin(admin.ModelAdmin):
+class BreakGlassAccountAdmin(SafeFilterValuesMixin, admin.ModelAdmin):
     """Marking and unmarking go through the service: audited."""
 
     form = BreakGlassForm

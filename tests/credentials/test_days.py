@@ -15,7 +15,6 @@ from collections import Counter
 import icalendar
 import pytest
 import time_machine
-from django.contrib.admin.sites import AdminSite
 from django.contrib.auth import get_user_model
 from django.core import mail
 from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
@@ -29,7 +28,7 @@ from api.models import ServiceAccount
 from api.serializers import KeySummarySerializer
 from api.services import account_keys
 from credentials import days
-from credentials.admin.institutions import InstitutionAdmin
+from credentials.admin.institutions import days_left_display
 from credentials.formatting import format_day, format_moment, format_weekday
 from credentials.models import CD2Credential, Notice, ReminderLog, StaffSettings
 from credentials.selectors import institutions_with_key_status, reminders_ended
@@ -225,7 +224,7 @@ def _doors_at(instant: dt.datetime, zone: str, offset: int, reader_zone: str) ->
 
     # The admin list (its column and the state badge's word), and the CSV export.
     row = institutions_with_key_status(queryset=Institution.objects.filter(pk=institution.pk)).get()
-    shown = InstitutionAdmin(Institution, AdminSite()).days_left_display(row)
+    shown = days_left_display(row)
     assert shown == (f"{expected.days_ago} overdue" if expected.lapsed else str(expected.days_left))
     assert (row.key_state == "expired") == expected.lapsed
     exported = institutions_export(

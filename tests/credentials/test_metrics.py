@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -130,9 +131,10 @@ def test_each_registry_number_is_what_the_dataset_implies(scrape, make_instituti
     assert 3 * 3600 <= oldest < 3 * 3600 + 60
 
     assert value(samples, "cd2_job_last_success_timestamp_seconds", job=health.JOB_REMINDERS) == finished.timestamp()
-    assert value(samples, "cd2_job_overdue", job=health.JOB_REMINDERS) == 1  # 30 hours > 26
+    assert value(samples, "cd2_job_overdue", job=health.JOB_REMINDERS) == 1  # 30 hours > its limit (2 hours, hourly)
     assert value(samples, "cd2_job_overdue", job=health.JOB_SWEEP_NOTICES) == 0
-    assert value(samples, "cd2_job_overdue_after_seconds", job=health.JOB_REMINDERS) == 26 * 3600
+    overdue_after = settings.SCHEDULED_JOBS_OVERDUE_AFTER[health.JOB_REMINDERS]
+    assert value(samples, "cd2_job_overdue_after_seconds", job=health.JOB_REMINDERS) == overdue_after.total_seconds()
     assert value(samples, "cd2_job_last_run_count", job=health.JOB_REMINDERS, count="queued") == 4
     assert ("cd2_job_last_run_count", (("count", "note"), ("job", health.JOB_REMINDERS))) not in samples
 
