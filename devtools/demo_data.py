@@ -23,6 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict
+from credentials.days import institution_today
 from credentials.models import AuditEvent, CD2Credential, Notice, ReminderLog
 from credentials.services.keys import credential_check_record, credential_create, credential_set_status
 from credentials.validators import CleanKey
@@ -239,7 +240,7 @@ def _add_contact_and_key(*, institution: Institution, demo: DemoInstitution, now
     )
     if demo.days is None:
         return
-    today = timezone.localdate(now)
+    today = institution_today(institution, now)  # "N days" as the institution's own calendar counts them
     client_id, secret = demo_key(demo)
     # validate_key_input would refuse a past date; the demo needs an expired key.
     key = CleanKey(client_id=client_id, secret=secret, expires_on=today + dt.timedelta(days=demo.days))

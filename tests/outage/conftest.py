@@ -129,6 +129,9 @@ def outage(stack, settings, monkeypatch):
     settings.CD2_CONNECT_TIMEOUT, settings.CD2_READ_TIMEOUT = 1.0, 3.0
     settings.WEBHOOK_ALLOW_LOOPBACK = True
     settings.STAFF_DIGEST_RECIPIENTS = ["staff@registry.example"]
+    # The hourly reminder job reaches an institution once its own clock passes REMINDERS_HOUR: with 0,
+    # every institution is due whatever hour the run (or a moved clock, make test-dates) starts at.
+    settings.REMINDERS_HOUR = 0
     # Celery reads CELERY_BROKER_URL from the environment before its own settings.
     monkeypatch.setenv("CELERY_BROKER_URL", stack.broker.url())
     saved = app.conf.broker_url, app.conf.broker_transport_options
