@@ -6,9 +6,10 @@ filter choice plus hostile values (NUL, 5,000 characters, unicode) and
 values no filter can hold (9999-12) for every filter parameter, years no
 date holds (10000, 0, -1, 99999999999999999999, 9999) on every date column
 and in the date drill-down, the search box, and every
-action's confirmation page. Hostile values are parsed the same whoever
-sends them: the superuser, who sees every filter, tries them all, and each
-role only the parameters of its own a superuser lacks. Searched in every body: the planted Secret, the
+action's confirmation page. Hostile values, sorts and filter choices meet
+the same code whoever sends them: the superuser, who sees every filter and
+column, sends them all, and each role only what its lists add (a parameter,
+a column set, a filter choice a superuser lacks). Searched in every body: the planted Secret, the
 full planted Client ID, a TOTP seed (hex and base32) and recovery codes.
 The figures are printed with -s and recorded in SECURITY.md.
 """
@@ -16,6 +17,7 @@ The figures are printed with -s and recorded in SECURITY.md.
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import pytest
@@ -215,11 +217,24 @@ def hostile_parameters(cl) -> set[str]:
     return parameters
 
 
-def crawl_changelist(crawl: Crawl, url: str, tried: set[str] = frozenset(), *, deep: bool = True) -> None:
-    """Every sort, filter choice and action of a changelist; hostile values for each parameter not in `tried`.
+@dataclass(frozen=True)
+class SeenBySuperuser:
+    """What the superuser's crawl of a list sends: a role's crawl need not send it again."""
 
+    parameters: frozenset[str] = frozenset()  # typed parameters, each tried with every hostile value
+    columns: tuple[str, ...] | None = None  # the columns, each sorted both ways (None: not seen)
+    choices: frozenset[str] = frozenset()  # the filter choices' query strings
+
+
+def crawl_changelist(crawl: Crawl, url: str, seen: SeenBySuperuser = SeenBySuperuser(), *, deep: bool = True) -> None:
+    """Every sort, filter choice and action of a changelist; hostile values for each parameter not in `seen`.
+
+    A role's crawl sorts only a list whose columns differ from the
+    superuser's (the same columns sort with the same code, whoever asks)
+    and follows only the filter choices the superuser's list did not offer.
     Not `deep`: the list and its actions' pages only.
     """
+    tried = seen.parameters
     response = crawl.get("changelist", url)
     if response.status_code != 200 or response.context is None or "cl" not in response.context:
         return
@@ -227,14 +242,16 @@ def crawl_changelist(crawl: Crawl, url: str, tried: set[str] = frozenset(), *, d
     if not deep:
         _crawl_actions(crawl, url, response)
         return
-    for index in range(len(cl.list_display)):
-        crawl.get("sort", url, {"o": str(index)})
-        crawl.get("sort", url, {"o": f"-{index}"})
-    for value in ("99", "1.2.x", "\x00"):
-        crawl.get("sort", url, {"o": value})
+    if tuple(map(str, cl.list_display)) != seen.columns:
+        for index in range(len(cl.list_display)):
+            crawl.get("sort", url, {"o": str(index)})
+            crawl.get("sort", url, {"o": f"-{index}"})
+        for value in ("99", "1.2.x", "\x00"):
+            crawl.get("sort", url, {"o": value})
     for spec in cl.filter_specs:
         for choice in spec.choices(cl):
-            crawl.get("filter choice", url + choice["query_string"])
+            if choice["query_string"] not in seen.choices:
+                crawl.get("filter choice", url + choice["query_string"])
         for parameter in set(spec.expected_parameters()) - tried:
             for value in (*HOSTILE_VALUES, *OUT_OF_RANGE_VALUES):
                 crawl.get("filter hostile", url, {parameter: value})
@@ -276,14 +293,19 @@ def _crawl_actions(crawl: Crawl, url: str, response) -> None:
         crawl.post("action", url, {"action": name, "_selected_action": [pk], "index": 0})
 
 
-def superuser_parameters(changelists, make_staff, verified_login) -> dict[str, set[str]]:
-    """Each changelist's typed parameters as a superuser sees them (the ones the superuser's crawl tries)."""
+def seen_by_superuser(changelists, make_staff, verified_login) -> dict[str, SeenBySuperuser]:
+    """Each changelist as a superuser sees it: what the superuser's crawl sends to it."""
     client = verified_login(Client(), make_staff(None, is_superuser=True, username="crawl-superuser"))
     seen = {}
     for url in changelists:
         response = client.get(url)
         assert response.status_code == 200, url
-        seen[url] = hostile_parameters(response.context["cl"])
+        cl = response.context["cl"]
+        seen[url] = SeenBySuperuser(
+            parameters=frozenset(hostile_parameters(cl)),
+            columns=tuple(map(str, cl.list_display)),
+            choices=frozenset(choice["query_string"] for spec in cl.filter_specs for choice in spec.choices(cl)),
+        )
     return seen
 
 
@@ -328,16 +350,16 @@ def test_every_admin_page_as_every_role_answers_without_a_server_error_or_a_secr
     crawl = Crawl(client, world["secrets"] + tokens)
     urls = urls_to_visit(world)
     changelists = {reverse(f"admin:{m._meta.app_label}_{m._meta.model_name}_changelist") for m in admin.site._registry}
-    # A hostile value meets the same parsing whoever sends it: the superuser's
-    # crawl (which sees every filter) tries each parameter, and a role tries
-    # only the parameters a superuser does not have.
-    tried = {} if role is None else superuser_parameters(changelists, make_staff, verified_login)
+    # A hostile value, a sort or a filter choice meets the same code whoever
+    # sends it: the superuser's crawl (which sees every filter and column)
+    # sends each, and a role's sends only what its lists add to the superuser's.
+    seen = {} if role is None else seen_by_superuser(changelists, make_staff, verified_login)
     for url in urls:
         if url in changelists:
             # Signed in by the provider: the same pages and actions; sorts, filter
             # choices and hostile values meet the same code whichever way the
             # session signed in, and the password crawl sends them.
-            crawl_changelist(crawl, url, tried.get(url, frozenset()), deep=sign_in == "password")
+            crawl_changelist(crawl, url, seen.get(url, SeenBySuperuser()), deep=sign_in == "password")
         else:
             crawl.get("page", url)
 
