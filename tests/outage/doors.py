@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.test import Client
@@ -20,7 +21,7 @@ from credentials.models import CD2Credential, Notice, ScheduledJob
 from credentials.services.links import submission_link_create
 from credentials.signals import KEY_EXPIRING, key_event_send
 from credentials.validators import add_months
-from tests.outage.conftest import CONTACT, SOON_CONTACT, WORLD_SECRET, Stack, World, run_queued, sign_in
+from tests.outage.conftest import CONTACT, DOORS, SOON_CONTACT, WORLD_SECRET, Stack, World, run_queued, sign_in
 
 _fresh = itertools.count(100)
 
@@ -192,3 +193,21 @@ SERVED = {
     "beat jobs": beat_jobs,
     "/healthz": healthz,
 }
+
+
+def cells(*, restore: Callable[[Cell], None], affected: dict[str, Callable[[Cell], None]]) -> dict:
+    """One dependency's row of the table: each door's cell.
+
+    An `affected` door checks its own outcome. Every other door is served
+    while the dependency is down, then again once `restore` brings it back.
+    """
+
+    def served(door: str) -> Callable[[Cell], None]:
+        def cell_(cell: Cell) -> None:
+            SERVED[door](cell)
+            restore(cell)
+            SERVED[door](cell)
+
+        return cell_
+
+    return {door: affected.get(door) or served(door) for door in DOORS}

@@ -115,26 +115,19 @@ def _healthz(cell):
     doors.healthz(cell)
 
 
-def _served(door):
-    def cell_(cell):
-        doors.SERVED[door](cell)
-        back(cell)
-        doors.SERVED[door](cell)
-
-    return cell_
-
-
-CELLS = {
-    "customer page": _customer_page,
-    "lost-link page": _lost_link,
-    "receipt": _receipt,
-    "admin": _admin,
-    "API key read": _served("API key read"),
-    "API sync report": _api_sync_report,
-    "webhooks": _webhooks,
-    "beat jobs": _beat_jobs,
-    "/healthz": _healthz,
-}
+CELLS = doors.cells(
+    restore=back,
+    affected={
+        "customer page": _customer_page,
+        "lost-link page": _lost_link,
+        "receipt": _receipt,
+        "admin": _admin,
+        "API sync report": _api_sync_report,
+        "webhooks": _webhooks,
+        "beat jobs": _beat_jobs,
+        "/healthz": _healthz,
+    },
+)
 
 
 @pytest.mark.parametrize("door", DOORS)

@@ -108,22 +108,16 @@ def _beat_jobs(cell):
     checked_ok_again(cell, before)
 
 
-def _served(door):
-    def cell_(cell):
-        doors.SERVED[door](cell)
-        cell.stack.gateway_proxy.restore()
-        doors.SERVED[door](cell)
-
-    return cell_
-
-
-CELLS = {door: _served(door) for door in DOORS} | {
-    "customer page": _customer_page,
-    "receipt": _receipt,
-    "admin": _admin,
-    "API sync report": _api_sync_report,
-    "beat jobs": _beat_jobs,
-}
+CELLS = doors.cells(
+    restore=lambda cell: cell.stack.gateway_proxy.restore(),
+    affected={
+        "customer page": _customer_page,
+        "receipt": _receipt,
+        "admin": _admin,
+        "API sync report": _api_sync_report,
+        "beat jobs": _beat_jobs,
+    },
+)
 
 
 @pytest.mark.parametrize("door", DOORS)

@@ -66,22 +66,16 @@ def _healthz(cell):
     doors.healthz(cell)
 
 
-def _served(door):
-    def cell_(cell):
-        doors.SERVED[door](cell)
-        cell.stack.cache.start()
-        doors.SERVED[door](cell)
-
-    return cell_
-
-
-CELLS = {door: _served(door) for door in DOORS} | {
-    "customer page": _customer_page,
-    "lost-link page": _lost_link,
-    "API key read": _api_key_read,
-    "API sync report": _api_sync_report,
-    "/healthz": _healthz,
-}
+CELLS = doors.cells(
+    restore=lambda cell: cell.stack.cache.start(),
+    affected={
+        "customer page": _customer_page,
+        "lost-link page": _lost_link,
+        "API key read": _api_key_read,
+        "API sync report": _api_sync_report,
+        "/healthz": _healthz,
+    },
+)
 
 
 @pytest.mark.parametrize("door", DOORS)

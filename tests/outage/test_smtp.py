@@ -78,15 +78,6 @@ def _beat_jobs(cell):
     assert len(cell.mails_to(SOON_CONTACT)) == 1
 
 
-def _served(door):
-    def cell_(cell):
-        doors.SERVED[door](cell)
-        cell.stack.smtp.start()
-        doors.SERVED[door](cell)
-
-    return cell_
-
-
 def _customer_page(cell):
     doors.customer_page(cell)  # the key is stored; its receipt waits (the receipt cell)
     assert CD2Credential.objects.filter(status=CD2Credential.Status.ACTIVE, institution=cell.world.institution).exists()
@@ -94,13 +85,16 @@ def _customer_page(cell):
     doors.customer_page(cell)
 
 
-CELLS = {door: _served(door) for door in DOORS} | {
-    "customer page": _customer_page,
-    "lost-link page": _lost_link,
-    "receipt": _receipt,
-    "admin": _admin,
-    "beat jobs": _beat_jobs,
-}
+CELLS = doors.cells(
+    restore=lambda cell: cell.stack.smtp.start(),
+    affected={
+        "customer page": _customer_page,
+        "lost-link page": _lost_link,
+        "receipt": _receipt,
+        "admin": _admin,
+        "beat jobs": _beat_jobs,
+    },
+)
 
 
 @pytest.mark.parametrize("door", DOORS)

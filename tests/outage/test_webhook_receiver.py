@@ -31,16 +31,7 @@ def _webhooks(cell):
     assert notice.state == Notice.State.SENT and len(cell.stack.receiver.bodies) == 1
 
 
-def _served(door):
-    def cell_(cell):
-        doors.SERVED[door](cell)
-        cell.stack.receiver.start()
-        doors.SERVED[door](cell)
-
-    return cell_
-
-
-CELLS = {door: _served(door) for door in DOORS} | {"webhooks": _webhooks}
+CELLS = doors.cells(restore=lambda cell: cell.stack.receiver.start(), affected={"webhooks": _webhooks})
 
 
 @pytest.mark.parametrize("door", DOORS)
