@@ -80,6 +80,19 @@ DB_ERRORS = Counter(
     registry=LOCAL,
 )
 
+# Django's database error classes (PEP 249's), each shown from 0 so rate() and the alert have a series.
+for _error in (
+    "DatabaseError",
+    "DataError",
+    "OperationalError",
+    "IntegrityError",
+    "InternalError",
+    "ProgrammingError",
+    "NotSupportedError",
+    "InterfaceError",
+):
+    DB_ERRORS.labels(error=_error)
+
 
 def view_label(request: HttpRequest) -> str:
     """The matched URL pattern's name (namespaced), never the path: bounded whatever the URL held."""

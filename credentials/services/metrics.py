@@ -1,14 +1,16 @@
 """The registry's numbers for Prometheus: what /metrics serves, and the counters behind it.
 
 Two kinds of numbers, both read from the database at each scrape, in a
-fixed number of queries whatever the number of institutions (five:
-bench/RESULTS.md has the scrape at 100,000):
+fixed number of queries whatever the number of institutions (five, and
+four more when counts wait in Redis to be flushed: bench/RESULTS.md has
+the scrape at 100,000):
 
 - Gauges computed from what is stored anyway: institutions by key state
   from the key summary on Institution (one aggregate pass over the
-  institutions, no join to the keys), the outbox's open and failed notices
-  by kind and state and the age of the oldest one waiting (the notices'
-  state index), each scheduled job's last success (ScheduledJob).
+  institutions, no join to the keys; "reminders ended" by issue 23's rule
+  in the same pass), the outbox's open and failed notices by kind and
+  state and the age of the oldest one waiting (the notices' state index),
+  each scheduled job's last success (ScheduledJob).
 - Counters kept in MetricCount rows: submissions by outcome, key checks by
   verdict, CD2 gateway requests by status class with their latency
   histogram, API key reads by outcome, outbox deliveries by kind and
@@ -20,12 +22,19 @@ kinds of process, often on several hosts (gunicorn's workers count
 submissions and API reads; Celery's workers count key checks, gateway
 requests and deliveries), and one scrape of any web process must see all
 of them. Multiprocess mode only adds up processes that share one directory
-on one host, and loses the counts at each restart. A row per counter and
-label set costs one UPDATE per event (a key check: three), a few hundred
-thousand a day at 100,000 institutions, and gives the same number wherever
-it is scraped. Prometheus sees a registry-wide number: scraping several web
-processes gives the same series several times (aggregate with max, not sum;
-docs/RUNBOOK.md).
+on one host, and loses the counts at each restart. Prometheus sees a
+registry-wide number: scraping several web processes gives the same series
+several times (aggregate with max, not sum; docs/RUNBOOK.md). The request
+and database numbers, which are per host by nature, do use multiprocess
+mode (requestinfo/metrics.py) and come after these in the same scrape.
+
+Why the events do not write their rows themselves: a row's UPDATE per event
+(three per key check, one per API key read) put a write, and a lock on a
+row every worker shares until the request's transaction ended, on the
+pipeline's hot path. An event is one Redis round trip after its work
+commits (credentials/metric_buffer.py); metrics_flush adds what waits to
+the rows in one statement, exactly once, at each scrape and every minute.
+Redis down (or not configured): the event writes its row as before.
 
 No label carries a Secret, a Client ID, a token, a person's address or an
 institution: label values are this module's vocabulary (outcomes, verdicts,
