@@ -7,7 +7,7 @@ until its transaction ended. Here an event is one Redis round trip
 (HINCRBY, and HINCRBYFLOAT for a histogram's sum) and the rows are written
 by a flush, in one statement per batch (credentials.services.metrics).
 
-What can be lost, and when (docs/RUNBOOK.md, "Metrics"):
+What can be lost, and when (docs/RUNBOOK.md, "How the registry's counters reach the database"):
 - A process killed after an event is counted loses nothing: the count is in
   Redis once HINCRBY returns, whichever process flushes it.
 - A flush killed at any point loses nothing and counts nothing twice: the

@@ -5,14 +5,17 @@ took (a histogram), how many SQL statements it ran and how long they took;
 and database errors by class. Imports nothing of ours (a request helper).
 
 Why prometheus-client's own Counter and Histogram in one small middleware,
-not django-prometheus: its database numbers need our DATABASES ENGINE
-swapped for its wrapped backends, and it exports some sixty families
-(per-model inserts, migrations, cache hits ...) where an on-call engineer
-reads five. Its label for the view is the same as ours (the URL pattern's
-name); the rest is twenty lines.
+not django-prometheus (2.5.0, May 2026, is the first release for Django
+5.2): its database numbers need our DATABASES ENGINE swapped for its
+wrapped backends (and every tool that reads ENGINE taught about them), and
+it exports dozens of families (per-model inserts, migrations, cache
+hits ...) where an on-call engineer reads five. Its view
+label is the same as ours (the URL pattern's name); Django's own
+connection.execute_wrapper gives the statement counts without a backend
+of its own. The rest is some forty lines.
 
 Cardinality stays bounded: `view` is the matched URL pattern's name
-(`api:key-detail`, `admin:institutions_institution_change`), never the
+(`api:key`, `admin:institutions_institution_change`), never the
 path, so no institution slug, key id or link token reaches a label; a
 request that matched no pattern (404 before any view) is `<unmatched>`.
 `method` is one of the HTTP methods (else `other`), `status` a class (`2xx`).
@@ -21,7 +24,7 @@ Several processes: gunicorn's workers each count their own requests. With
 PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py sets it), each process
 writes its numbers to files in that folder and a scrape of any worker adds
 up every worker's (prometheus-client's multiprocess mode; docs/RUNBOOK.md,
-"Metrics"). These numbers are per host and restart at a deploy (Prometheus'
+"Prometheus, Grafana and chat alerts"). These numbers are per host and restart at a deploy (Prometheus'
 rate() handles that); the registry's own counters are the database's, one
 number across hosts (credentials/services/metrics.py).
 """
