@@ -193,7 +193,10 @@ def _add(*, name: str, labels: str, count: int, total: float = 0.0) -> None:
         if not metric_buffer.add(name=name, labels=labels, count=count, total=total):
             _db_add(name=name, labels=labels, count=count, total=total)
 
-    transaction.on_commit(after_commit, robust=True)
+    if connection.in_atomic_block:
+        transaction.on_commit(after_commit, robust=True)
+    else:  # autocommit: the work is committed already (and on_commit would open a connection just to ask)
+        after_commit()
 
 
 def metrics_flush() -> int:
