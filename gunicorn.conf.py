@@ -18,6 +18,10 @@ BASE_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BASE_DIR))
 chdir = str(BASE_DIR)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "edpotential.settings")
+# The workers' request numbers add up in one folder (prometheus-client's
+# multiprocess mode, requestinfo/metrics.py): set before anything imports
+# prometheus_client, which reads it once. Emptied when gunicorn starts (on_starting).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.environ.get("VAR_DIR", str(BASE_DIR / "var")) + "/prometheus")
 
 from django.conf import settings  # noqa: E402  (needs DJANGO_SETTINGS_MODULE first)
 
@@ -69,3 +73,18 @@ proc_name = "cd2-registry-web"
 # socket (one path per user, ~/.gunicorn/gunicorn.ctl) would only be shared by
 # every gunicorn that user runs.
 control_socket_disable = True
+
+
+def on_starting(server) -> None:
+    """An empty multiprocess folder per gunicorn start: the last run's workers' numbers are not this run's."""
+    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server, worker) -> None:
+    """A worker gone (killed, recycled): its counts stay in the folder, added up with the living ones'."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -32,7 +32,9 @@ if str(ROOT) not in sys.path:
 from bench.report import write_results  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_HOST = "127.0.0.1"
+# BENCH_REDIS_PORT: a redis-server of one's own (a shared machine: no other run's keys or queues).
+REDIS_PORT = int(os.environ.get("BENCH_REDIS_PORT", "6379"))
 # Redis database for the bench's cache and Celery queue (the team uses 1-5, CI 14-15).
 REDIS_DB = int(os.environ.get("BENCH_REDIS_DB", "7"))
 

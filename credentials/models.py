@@ -589,9 +589,11 @@ class StaffSettings(models.Model):
 class MetricCount(models.Model):
     """One counter of /metrics, or one bucket of a histogram, since the registry began: the same for every process.
 
-    services/metrics.py adds to it (one UPDATE per event) and reads the
-    whole table per scrape (a few hundred rows at most: names and labels are
-    bounded). `labels` is the label set in Prometheus' own syntax, sorted
+    services/metrics.py adds to it (a flush of the counts waiting in Redis, or one
+    UPDATE per event without Redis) and reads the whole table per scrape (a few
+    hundred rows at most: names and labels are bounded; the row named
+    cd2_metrics_flush records the last batches flushed and is no metric).
+    `labels` is the label set in Prometheus' own syntax, sorted
     (`outcome="accepted"`); `total` is a histogram bucket's sum of observations.
     """
 

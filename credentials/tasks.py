@@ -15,7 +15,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from credentials.selectors import checks_requested_due, pending_credentials_due
-from credentials.services import alerts, digest, health, jobs, links, outbox, pending, reminders, verification
+from credentials.services import alerts, digest, health, jobs, links, metrics, outbox, pending, reminders, verification
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,12 @@ def sweep_notices() -> int:
     queued = outbox.outbox_sweep()
     alerts.staff_alerts_jobs_overdue()
     return queued
+
+
+@shared_task
+def metrics_flush_task() -> int:
+    """Every minute (beat): move the counters waiting in Redis into their rows; how many rows took counts."""
+    return metrics.metrics_flush()
 
 
 @shared_task(**BEAT_JOB_RETRY)

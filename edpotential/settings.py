@@ -134,6 +134,8 @@ if DEBUG:
     INSTALLED_APPS.append("devtools.apps.DevtoolsConfig")
 
 MIDDLEWARE = [
+    # First: request and database numbers for /metrics, of every answer (requestinfo/metrics.py).
+    "requestinfo.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -305,6 +307,13 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "task": "staffsso.tasks.deactivate_unseen_staff",
         "schedule": crontab(hour=4, minute=10),
     },
+    # Every minute: move the counters waiting in Redis into their rows
+    # (credentials/metric_buffer.py), so a Redis restarted without its data
+    # loses at most a minute of counts even when nobody scrapes /metrics.
+    "flush-metric-counts": {
+        "task": "credentials.tasks.metrics_flush_task",
+        "schedule": crontab(minute="*"),
+    },
 }
 # When each scheduled job (by its beat entry name) counts as overdue: its
 # period plus slack. /healthz answers 503 and the dashboard turns red past it.
@@ -319,6 +328,13 @@ SCHEDULED_JOBS_OVERDUE_AFTER = {
 # Prometheus' scrape of /metrics must bring this bearer token (a long random string; rotate it like a
 # password). Unset: /metrics answers 404 to everyone.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# Where the registry's counters wait between an event and their MetricCount row (credentials/metric_buffer.py):
+# a Redis database every web and worker process reaches. Default: the cache's Redis. Empty (no Redis cache,
+# as in development): each event writes its row, as when Redis is down.
+METRICS_REDIS_URL = env.str(
+    "METRICS_REDIS_URL",
+    default=CACHES["default"]["LOCATION"] if "redis" in CACHES["default"]["BACKEND"].lower() else "",
+)
 # Staff alerts in chat (credentials/services/alerts.py): apprise URLs, comma-separated (Slack, Microsoft
 # Teams, Discord, Google Chat, json:// ...). Each channel hears of every alert. Empty: no chat alerts.
 STAFF_ALERT_URLS = env.list("STAFF_ALERT_URLS", default=[])

@@ -56,3 +56,7 @@ from edpotential.settings import *  # noqa: E402, F403
 # MD5 for the many users the tests make and sign in (healthchecks' test runner
 # does the same "for speed"): the default PBKDF2 takes a good part of a second per hash.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# The counters write their rows at once (as with no Redis); the tests of the Redis buffer start a
+# redis-server of their own and set METRICS_REDIS_URL (tests/credentials/test_metric_buffer.py).
+METRICS_REDIS_URL = ""

@@ -1,14 +1,16 @@
 """The registry's numbers for Prometheus: what /metrics serves, and the counters behind it.
 
 Two kinds of numbers, both read from the database at each scrape, in a
-fixed number of queries whatever the number of institutions (five:
-bench/RESULTS.md has the scrape at 100,000):
+fixed number of queries whatever the number of institutions (five, and
+four more when counts wait in Redis to be flushed: bench/RESULTS.md has
+the scrape at 100,000):
 
 - Gauges computed from what is stored anyway: institutions by key state
   from the key summary on Institution (one aggregate pass over the
-  institutions, no join to the keys), the outbox's open and failed notices
-  by kind and state and the age of the oldest one waiting (the notices'
-  state index), each scheduled job's last success (ScheduledJob).
+  institutions, no join to the keys; "reminders ended" by issue 23's rule
+  in the same pass), the outbox's open and failed notices by kind and
+  state and the age of the oldest one waiting (the notices' state index),
+  each scheduled job's last success (ScheduledJob).
 - Counters kept in MetricCount rows: submissions by outcome, key checks by
   verdict, CD2 gateway requests by status class with their latency
   histogram, API key reads by outcome, outbox deliveries by kind and
@@ -20,12 +22,19 @@ kinds of process, often on several hosts (gunicorn's workers count
 submissions and API reads; Celery's workers count key checks, gateway
 requests and deliveries), and one scrape of any web process must see all
 of them. Multiprocess mode only adds up processes that share one directory
-on one host, and loses the counts at each restart. A row per counter and
-label set costs one UPDATE per event (a key check: three), a few hundred
-thousand a day at 100,000 institutions, and gives the same number wherever
-it is scraped. Prometheus sees a registry-wide number: scraping several web
-processes gives the same series several times (aggregate with max, not sum;
-docs/RUNBOOK.md).
+on one host, and loses the counts at each restart. Prometheus sees a
+registry-wide number: scraping several web processes gives the same series
+several times (aggregate with max, not sum; docs/RUNBOOK.md). The request
+and database numbers, which are per host by nature, do use multiprocess
+mode (requestinfo/metrics.py) and come after these in the same scrape.
+
+Why the events do not write their rows themselves: a row's UPDATE per event
+(three per key check, one per API key read) put a write, and a lock on a
+row every worker shares until the request's transaction ended, on the
+pipeline's hot path. An event is one Redis round trip after its work
+commits (credentials/metric_buffer.py); metrics_flush adds what waits to
+the rows in one statement, exactly once, at each scrape and every minute.
+Redis down (or not configured): the event writes its row as before.
 
 No label carries a Secret, a Client ID, a token, a person's address or an
 institution: label values are this module's vocabulary (outcomes, verdicts,
@@ -34,6 +43,7 @@ notice kinds, job names), so the number of series is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -48,10 +58,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from credentials import metric_buffer
 from credentials.cd2 import Verdict
 from credentials.models import MetricCount, Notice, ScheduledJob
+from credentials.selectors import reminders_ended
 from credentials.services import health
 from institutions.models import Institution, KeyState
+from requestinfo.metrics import process_metrics_render
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +115,11 @@ HISTOGRAMS: dict[str, tuple[str, dict[str, tuple[str, ...]], tuple[float, ...]]]
     ),
 }
 
+# The MetricCount row that records the last batches of counts flushed from Redis (metrics_flush): its
+# labels hold their ids, its count how many flushes there were. Not a metric: the scrape never shows it.
+FLUSH_MARKER = "cd2_metrics_flush"
+FLUSH_MARKER_KEEP = 8  # ids kept: a flush that stalled past the lock's time finds its batch among them
+
 # The key states of the institutions gauge: KeyState, with expiring split at 7 days.
 EXPIRING_SOON_DAYS = 7
 INSTITUTION_STATES = ("ok", "expiring_30d", "expiring_7d", "expired", "pending", "failing", "missing")
@@ -131,7 +149,7 @@ def _check_labels(name: str, labels: Mapping[str, str], declared: Iterable[str])
             raise ValueError(f"{name}: label value {value!r} is not a plain word")
 
 
-def _add(*, name: str, labels: str, count: int, total: float = 0.0) -> None:
+def _db_add(*, name: str, labels: str, count: int, total: float = 0.0) -> None:
     """Add to one row (made on first use); an error is logged, never raised to the caller's work."""
 
     def write() -> None:
@@ -157,6 +175,90 @@ def _add(*, name: str, labels: str, count: int, total: float = 0.0) -> None:
             write()
     except Exception as exc:  # a count is never worth failing the work it counts (database down, no database)
         logger.warning("Metric %s not counted: %s", name, type(exc).__name__)
+
+
+def _add(*, name: str, labels: str, count: int, total: float = 0.0) -> None:
+    """Count an event: into Redis once the work commits (flushed later), or straight into its row.
+
+    With METRICS_REDIS_URL the hot path writes no row: one Redis round trip
+    after the caller's transaction commits (a rolled-back piece of work counts
+    nothing, as with the row). Redis down or not configured: the row's UPDATE,
+    in a savepoint of the caller's transaction, as before (nothing lost).
+    """
+    if not metric_buffer.configured():
+        _db_add(name=name, labels=labels, count=count, total=total)
+        return
+
+    def after_commit() -> None:
+        if not metric_buffer.add(name=name, labels=labels, count=count, total=total):
+            _db_add(name=name, labels=labels, count=count, total=total)
+
+    if connection.in_atomic_block:
+        transaction.on_commit(after_commit, robust=True)
+    else:  # autocommit: the work is committed already (and on_commit would open a connection just to ask)
+        after_commit()
+
+
+def metrics_flush() -> int:
+    """Move the counts waiting in Redis into their MetricCount rows; how many rows it added to.
+
+    Called by each scrape (before it reads the rows) and every minute by
+    beat (metrics_flush_task). Never raises: Redis or the database down
+    leaves the counts where they are, for the next flush.
+    """
+    try:
+        batch = metric_buffer.batch_take()
+    except metric_buffer.BufferUnavailable:
+        return 0
+    if batch is None:
+        return 0
+    try:
+        applied = _batch_apply(batch)
+    except Exception as exc:  # the batch stays in Redis under its id; the next flush applies it
+        logger.warning("Metric counts not flushed: %s", type(exc).__name__, exc_info=True)
+        with contextlib.suppress(metric_buffer.BufferUnavailable):
+            metric_buffer.batch_release(batch)
+        return 0
+    # Redis gone now: the batch is applied and recorded, the next flush finds its id in the marker and drops it.
+    with contextlib.suppress(metric_buffer.BufferUnavailable):
+        metric_buffer.batch_release(batch, applied=True)
+    return applied
+
+
+def _batch_apply(batch: metric_buffer.Batch) -> int:
+    """Add a batch to the rows in one statement, once: the marker row remembers the last batches applied.
+
+    A flush killed after this commits but before Redis drops the batch
+    leaves it for the next flush, which finds its id here and skips it: no
+    event is counted twice, none lost.
+    """
+    with transaction.atomic():
+        # One row of that name, whatever its labels (a first flush racing another fails on the unique
+        # constraint and rolls back: its batch waits for the next flush).
+        marker = MetricCount.objects.select_for_update().filter(name=FLUSH_MARKER).first()
+        if marker is None:
+            marker = MetricCount.objects.create(name=FLUSH_MARKER, labels="")
+        applied_ids = [i for i in (marker.labels or "").split(",") if i]
+        # The marker's labels hold the last few batch ids, newest last (the flush lock makes one flush at a time).
+        if batch.batch_id in applied_ids:
+            return 0
+        rows = [(name, labels, count, total) for (name, labels), (count, total) in sorted(batch.counts.items())]
+        if rows:
+            table = connection.ops.quote_name(MetricCount._meta.db_table)
+            values = ", ".join(["(%s, %s, %s, %s)"] * len(rows))
+            # One statement for the whole batch, whatever its size: INSERT ... ON CONFLICT adds to the
+            # rows that exist (PostgreSQL and SQLite spell it alike; Django's bulk_create can only
+            # overwrite a conflicting row's value, not add to it). Only placeholders are formatted in.
+            sql = (
+                f"INSERT INTO {table} (name, labels, count, total) VALUES {values} "  # noqa: S608  # nosec B608
+                "ON CONFLICT (name, labels) DO UPDATE SET "
+                f"count = {table}.count + excluded.count, total = {table}.total + excluded.total"
+            )
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [value for row in rows for value in row])
+        applied_ids = [*applied_ids, batch.batch_id][-FLUSH_MARKER_KEEP:]
+        MetricCount.objects.filter(pk=marker.pk).update(count=F("count") + 1, labels=",".join(applied_ids))
+    return len(rows)
 
 
 def metric_count(name: str, *, labels: Mapping[str, str], n: int = 1) -> None:
@@ -201,7 +303,7 @@ def key_check_record(sender=None, *, verdict: str, **kwargs) -> None:
 # --------------------------------------------------------------------------
 
 
-def _institution_numbers(*, today: dt.date) -> dict:
+def _institution_numbers(*, today: dt.date, now: dt.datetime) -> dict:
     """Served institutions by key state, reminded-without-answer, and the soonest expiry: one pass, no join."""
     ok = Q(key_condition=KeyState.OK)
     soon = today + dt.timedelta(days=EXPIRING_SOON_DAYS)
@@ -215,6 +317,8 @@ def _institution_numbers(*, today: dt.date) -> dict:
         "failing": Count("pk", filter=Q(key_condition=KeyState.FAILING)),
         "missing": Count("pk", filter=Q(key_condition=KeyState.MISSING)),
         "reminded": Count("pk", filter=Q(key_reminded_unanswered=True)),
+        # Issue 23's rule, on each institution's own day: ranges of the stored expiry, no join.
+        "reminders_ended": Count("pk", filter=reminders_ended(now=now)),
         "soonest": Min("key_expires_on", filter=ok & Q(key_expires_on__gte=today)),
     }
     return Institution.objects.filter(status__in=Institution.SERVED_STATUSES).aggregate(**counts)
@@ -253,14 +357,17 @@ class RegistryCollector:
     """A prometheus-client collector whose collect() runs this module's few queries (one scrape)."""
 
     def collect(self) -> Iterator[Metric]:
+        # The counts waiting in Redis first, so a scrape shows every event counted before it began.
+        if metric_buffer.configured():
+            metrics_flush()
         now = timezone.now()
-        yield from self._institutions(timezone.localdate(now))
+        yield from self._institutions(timezone.localdate(now), now)
         yield from self._outbox(now)
         yield from self._jobs(now)
         yield from self._counters()
 
-    def _institutions(self, today: dt.date) -> Iterator[Metric]:
-        numbers = _institution_numbers(today=today)
+    def _institutions(self, today: dt.date, now: dt.datetime) -> Iterator[Metric]:
+        numbers = _institution_numbers(today=today, now=now)
         states = GaugeMetricFamily(
             "cd2_institutions",
             "Served institutions by their key's state (expiring_30d: 8-30 days left, expiring_7d: 0-7 days; "
@@ -274,6 +381,13 @@ class RegistryCollector:
             "cd2_institutions_reminded_unanswered",
             "Served institutions reminded about their key with no new key since.",
             value=numbers["reminded"],
+        )
+        yield GaugeMetricFamily(
+            "cd2_institutions_reminders_ended",
+            "Served institutions whose key lapsed so long ago (REMINDER_STOP_AFTER_EXPIRY_MONTHS, on their own day) "
+            "that their contacts are reminded no more: staff must ask. A part of key_state expired (and of "
+            "failing when the lapsed key also fails its check), so not a key_state of its own.",
+            value=numbers["reminders_ended"],
         )
         if numbers["soonest"] is not None:
             yield GaugeMetricFamily(
@@ -388,5 +502,5 @@ _REGISTRY.register(RegistryCollector())
 
 
 def metrics_render() -> tuple[bytes, str]:
-    """One scrape: the exposition text and its content type."""
-    return generate_latest(_REGISTRY), CONTENT_TYPE_LATEST
+    """One scrape: the registry's numbers, then this host's request and database numbers (requestinfo.metrics)."""
+    return generate_latest(_REGISTRY) + process_metrics_render(), CONTENT_TYPE_LATEST

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.models import Scope, ServiceAccount
 from api.services import ApiRefused, api_key_read, api_token_issue
+from credentials.days import earliest_expiry_still_reminded, institution_key_days, institution_today
 from credentials.models import CD2Credential, MetricCount, Notice
 from credentials.services import health, metrics, notices, outbox
 from credentials.services.keys import credential_set_status
@@ -239,3 +240,25 @@ def test_no_label_value_is_a_secret_an_address_or_a_slug(scrape, institution, ma
     text = str(samples)
     for forbidden in (PLANTED_SECRET, institution.slug, "@", "us-east-1#"):
         assert forbidden not in text
+
+
+def test_institutions_whose_reminders_ended_are_counted_by_the_reminder_rule(scrape, make_institution, make_credential):
+    now = timezone.now()
+    # The horizon on each institution's own day: the earliest expiry still reminded today, and the day before.
+    probe = make_institution()
+    horizon = earliest_expiry_still_reminded(institution_today(probe, now))
+    at_horizon = (horizon - timezone.localdate(now)).days
+    make_credential(probe, days=at_horizon)  # reminded for the last time today: not ended
+    make_credential(make_institution(), days=at_horizon - 1)  # ended yesterday
+    make_credential(make_institution(), days=-400)  # ended long ago
+    make_credential(make_institution(), days=-3)  # lapsed, still reminded
+    make_credential(make_institution(), days=30)
+    make_credential(make_institution(status=Institution.Status.PAUSED), days=-400)  # not served
+
+    expected = sum(
+        institution_key_days(i, expires_on=i.key_expires_on, now=now).reminders_ended
+        for i in Institution.objects.filter(status__in=Institution.SERVED_STATUSES)
+    )
+    samples = scrape()
+    assert value(samples, "cd2_institutions_reminders_ended") == expected == 2
+    assert value(samples, "cd2_institutions", key_state="expired") == 4  # ended ones are expired too
