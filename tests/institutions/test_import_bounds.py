@@ -179,9 +179,11 @@ def test_the_admin_refuses_each_hostile_file_in_words_in_under_a_second(importer
     name, make, words = HOSTILE[what]
     data = make()
     chosen = format_index(importer, name)
-    started = time.monotonic()
+    # CPU time, not the wall clock: a file that makes the worker spin shows in it, while other
+    # processes on a loaded machine (CI, parallel workers) do not.
+    started = time.process_time()
     response = importer.post(IMPORT_URL, {"import_file": upload(name, data), "format": chosen})
-    seconds = time.monotonic() - started
+    seconds = time.process_time() - started
     assert response.status_code == 200
     errors = response.context["form"].errors["import_file"]
     assert any(words in error for error in errors), errors
@@ -211,13 +213,13 @@ for path in sys.argv[1:]:
     raw = open(path, "rb").read()
     # As django-import-export hands the stored upload over: bytes for XLSX, text for CSV.
     data, reader = (raw, BoundedXLSX()) if path.endswith(".xlsx") else (raw.decode("utf-8-sig"), BoundedCSV())
-    started = time.monotonic()
+    started = time.process_time()  # CPU seconds: the machine's other load does not count
     try:
         reader.create_dataset(data)
         refusal = None
     except UploadRefused as exc:
         refusal = str(exc)
-    results["files"][path] = {"seconds": time.monotonic() - started, "peak_mb": peak_mb(), "refusal": refusal}
+    results["files"][path] = {"seconds": time.process_time() - started, "peak_mb": peak_mb(), "refusal": refusal}
 print(json.dumps(results))
 """
 
