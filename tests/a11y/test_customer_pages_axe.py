@@ -45,6 +45,8 @@ def check_everywhere(axe, page, name: str) -> None:
     failures = []
     for scheme in schemes:
         page.emulate_media(color_scheme=scheme)
+        # Colours the scheme change set moving (the buttons' transition) settle before axe reads them.
+        page.evaluate("Promise.all(document.getAnimations().map(a => a.finished))")
         for width in WIDTHS:
             page.set_viewport_size({"width": width, "height": 900})
             if violations := axe.run(page, f"{name} ({width} px, {scheme})"):
