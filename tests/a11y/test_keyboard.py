@@ -154,6 +154,21 @@ RING = """() => {
 }"""
 
 
+# Each text field's and select's edge against what surrounds it (WCAG 1.4.11: a control's boundary at 3:1).
+EDGES = """() => [...document.querySelectorAll('input:not([type=checkbox]):not([type=hidden]), select')]
+  .filter(e => e.checkVisibility()).map(e => {
+    let p = e.parentElement, bg;
+    for (; p; p = p.parentElement) {
+      bg = getComputedStyle(p).backgroundColor;
+      if (bg !== 'rgba(0, 0, 0, 0)') break;
+    }
+    return {name: e.id, edge: getComputedStyle(e).borderLeftColor, around: bg};
+  })"""
+# Anything fixed or sticky could cover the focused control (WCAG 2.4.11); the customer pages have none.
+PINNED = """() => [...document.querySelectorAll('body *')].filter(e =>
+  ['fixed', 'sticky'].includes(getComputedStyle(e).position)).map(e => e.tagName)"""
+
+
 def rings_along_the_tab_order(page) -> dict[str, dict]:
     """Tab once round the page (from wherever focus is), measuring each control's focus ring."""
     rings: dict[str, dict] = {}
@@ -195,6 +210,12 @@ def test_every_control_shows_its_focus_at_three_to_one(page, live_server, link_u
         page.locator("#problems").focus()
         rings["div#problems"] = page.evaluate(RING)
         weak += [f"{scheme}, submission: {w}" for w in weak_rings(rings)]
+        weak += [
+            f"{scheme}, field edge {f['name']}: {f['edge']} on {f['around']}"
+            for f in page.evaluate(EDGES)
+            if contrast(f["edge"], f["around"]) < 3
+        ]
+        assert page.evaluate(PINNED) == []
         for path in (reverse("credentials:request_link"), "/k/" + "x" * 43 + "/"):
             page.goto(live_server.url + path)
             weak += [f"{scheme}, {path}: {w}" for w in weak_rings(rings_along_the_tab_order(page))]
