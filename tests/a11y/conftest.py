@@ -138,7 +138,7 @@ def _write_summary(browser, checker: Axe) -> None:
         )
         for run in checker.runs
     )
-    version = AXE_JS.read_text()[:40].split("*")[1].strip() if AXE_JS.exists() else "axe-core"
+    version = checker.source[:40].split("*")[1].strip(" !")  # the banner: "/*! axe v4.14.1 ..."
     page_html = (
         "<!doctype html><html lang='en'><meta charset='utf-8'><title>axe-core results</title><style>"
         "body{font:14px system-ui,sans-serif;margin:1.5rem;color:#1d2433}table{border-collapse:collapse}"
