@@ -38,6 +38,43 @@ def _missing(what: str, how: str) -> None:
     pytest.skip(f"{what} is missing ({how})")
 
 
+@pytest.fixture(scope="package", autouse=True)
+def role_groups_kept(django_db_setup, django_db_blocker):
+    """Put back the staff role groups (and their permissions) that these tests' flushes delete.
+
+    A live server needs transactional tests, which end by emptying every
+    table, rows made by data migrations too (the role groups of
+    credentials/migrations): a test run after them that signs staff in with a
+    role (make_staff("Customer success")) would find no group. What the
+    groups were when the package started is written back when it ends.
+    """
+    from django.contrib.auth.models import Group, Permission
+    from django.contrib.contenttypes.models import ContentType
+
+    with django_db_blocker.unblock():
+        groups = {
+            group.name: [
+                (p.content_type.app_label, p.content_type.model, p.codename, p.name)
+                for p in group.permissions.select_related("content_type")
+            ]
+            for group in Group.objects.prefetch_related("permissions")
+        }
+    yield
+    with django_db_blocker.unblock():
+        for name, permissions in groups.items():
+            group, _ = Group.objects.get_or_create(name=name)
+            group.permissions.set(
+                [
+                    Permission.objects.get_or_create(
+                        content_type=ContentType.objects.get_or_create(app_label=app_label, model=model)[0],
+                        codename=codename,
+                        defaults={"name": label},
+                    )[0]
+                    for app_label, model, codename, label in permissions
+                ]
+            )
+
+
 @pytest.fixture(scope="package")
 def browser():
     """Chromium, once for every test in tests/a11y."""

@@ -151,7 +151,8 @@ def test_lost_link_and_the_pages_that_refuse(axe, page, live_server, institution
     with page.expect_navigation():
         page.get_by_role("button", name="Send me a link").click()
     assert page.get_by_role("alert").is_visible()
-    assert page.evaluate("document.activeElement.id") == "problems"  # focus on what went wrong
+    # Focus on what went wrong (autofocus, applied at the page's next rendering step).
+    page.wait_for_function("document.activeElement.id === 'problems'", timeout=5000)
     check_everywhere(axe, page, "Lost link: error")
     page.get_by_label("Your work email").fill("ada@northfield.example.edu")
     with page.expect_navigation():

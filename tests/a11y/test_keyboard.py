@@ -110,6 +110,8 @@ def test_a_key_handed_over_by_keyboard_alone(page, link_url, institution):
 
     # Accepted: focus is on the result, which says so.
     assert urlsplit(page.url).path == "/k/received/", page.url
+    # autofocus takes effect at the page's next rendering step, not at once on load.
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'result'", timeout=5000)
     assert focused(page) == "h1#result"
     assert "the key works" in page.locator("#result").inner_text()
     assert CD2Credential.objects.get(institution=institution).status == CD2Credential.Status.ACTIVE
