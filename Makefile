@@ -20,7 +20,16 @@ $(OIDC_PROVIDER): tests/oidc_provider/package.json tests/oidc_provider/package-l
 	  npm ci --prefix tests/oidc_provider --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "npm not found: the SSO tests will skip (install Node.js 20+ to run them)"; fi
 
-install: $(STAMP) $(OIDC_PROVIDER)
+# axe-core for the accessibility tests (tests/a11y: its axe.min.js is injected
+# into Chromium pages from Python), installed the same way from its lock file.
+# Without node the accessibility tests skip (CI fails instead).
+AXE_CORE := tests/a11y/node_modules/.installed
+$(AXE_CORE): tests/a11y/package.json tests/a11y/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix tests/a11y --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the accessibility tests will skip (install Node.js 20+ to run them)"; fi
+
+install: $(STAMP) $(OIDC_PROVIDER) $(AXE_CORE)
 
 # Development defaults: DEBUG on, everything else embedded (SQLite, a folder
 # as Celery broker, console mail, keys generated under var/), and keys checked
@@ -50,7 +59,7 @@ PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 # module again (3.7 s of 6.6 s collecting) and every process the tests start compiles
 # the project again. An empty value counts as unset for Python.
 test test-dates: export PYTHONDONTWRITEBYTECODE =
-test: $(STAMP) $(OIDC_PROVIDER) .env
+test: $(STAMP) $(OIDC_PROVIDER) $(AXE_CORE) .env
 	$(PYTEST)
 
 # The suite again with the wall clock of every Python process moved
@@ -58,7 +67,7 @@ test: $(STAMP) $(OIDC_PROVIDER) .env
 # west of it, 29 February, and a Sunday of a DST change in America. Each date
 # runs even when an earlier one fails; the exit status says if any did.
 TEST_DATES ?= 2027-01-01T00:30:00Z 2028-02-29T12:00:00Z 2027-03-14T07:30:00Z
-test-dates: $(STAMP) $(OIDC_PROVIDER) .env
+test-dates: $(STAMP) $(OIDC_PROVIDER) $(AXE_CORE) .env
 	@failed=""; for at in $(TEST_DATES); do \
 	  echo "== make test with every clock at $$at"; \
 	  PYTHONPATH="$(abspath tests/clock)$${PYTHONPATH:+:$$PYTHONPATH}" CLOCK_AT=$$at $(PYTEST) -q || failed="$$failed $$at"; \

@@ -26,6 +26,7 @@ from django.contrib.admin.views.main import ORDER_VAR
 from django.core.paginator import Paginator
 from django.db import models
 from django.db.models import Exists, F, OuterRef, Q
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import URLPattern, reverse
 from django.utils.functional import cached_property
@@ -170,8 +171,21 @@ class MineFilter(admin.SimpleListFilter):
         return queryset
 
 
+class LabelledRowsFormSet(BaseInlineFormSet):
+    """A table's fields have only their column heading, which screen readers do not
+    take for a label (WCAG 1.3.1, 4.1.2): each field of a row, "Delete" too, names itself."""
+
+    def add_fields(self, form, index):
+        super().add_fields(form, index)
+        for field in form.fields.values():
+            widget = getattr(field.widget, "widget", field.widget)  # inside a related-field wrapper
+            if not widget.is_hidden:
+                widget.attrs.setdefault("aria-label", str(field.label))
+
+
 class ContactInline(admin.TabularInline):
     model = Contact
+    formset = LabelledRowsFormSet
     extra = 0
     fields = ("name", "email", "role", "receives_reminders")
 

@@ -13,14 +13,17 @@
     button.type = "button";
     button.textContent = "Show";
     button.setAttribute("aria-controls", "id_secret");
-    button.setAttribute("aria-pressed", "false");
     button.setAttribute("aria-label", "Show the Secret");
+    // The button's name says what it will do ("Hide the Secret" once shown),
+    // so it carries no aria-pressed (a toggle whose name changes must not:
+    // WAI-ARIA Authoring Practices, Button); the status line says what happened.
+    var status = document.getElementById("secret-status");
     button.addEventListener("click", function () {
       var show = input.type === "password";
       input.type = show ? "text" : "password";
       button.textContent = show ? "Hide" : "Show";
-      button.setAttribute("aria-pressed", show ? "true" : "false");
       button.setAttribute("aria-label", show ? "Hide the Secret" : "Show the Secret");
+      if (status) status.textContent = status.getAttribute(show ? "data-shown" : "data-hidden");
     });
     row.appendChild(button);
   }
