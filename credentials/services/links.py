@@ -118,7 +118,9 @@ def submission_link_create(
 ISSUE_ATTEMPTS = 20
 
 
-def _link_issue(*, institution: Institution, token_hash: str, now: dt.datetime, **fields) -> tuple[SubmissionLink, list]:
+def _link_issue(
+    *, institution: Institution, token_hash: str, now: dt.datetime, **fields
+) -> tuple[SubmissionLink, list]:
     """End the institution's open links and write the new one (call in a transaction); (the link, ids ended)."""
     open_links = SubmissionLink.objects.filter(institution=institution, revoked_at__isnull=True, used_at__isnull=True)
     # Locked: a customer using one of them now waits for us (and then finds it ended), and so does another issue.
