@@ -21,6 +21,8 @@ class ConfirmRow:
 
     institution: Institution
     recipients: tuple[str, ...]
+
+
 KEY_STATE_LABELS = dict(KeyState.choices)
 
 
