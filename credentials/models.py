@@ -326,6 +326,21 @@ class ReminderLog(models.Model):
     def step_label(self) -> str:
         return step_label(self.threshold)
 
+    # The reminder list's states: what customer success asks of a step (sent, failed, waiting), and skipped.
+    STATE_LABELS = {"sent": "Sent", "failed": "Failed", "waiting": "Waiting", "skipped": "Skipped"}
+    # Each state as the notice states it stands for (the list's filter).
+    STATE_NOTICE_STATES = {
+        "sent": ("sent",),
+        "failed": ("failed",),
+        "waiting": ("pending", "sending"),
+        "skipped": ("superseded", "cancelled"),
+    }
+
+    def delivery_state(self) -> str:
+        """sent, failed (gave up), waiting (queued, being sent or waiting for a retry) or skipped (on purpose)."""
+        notice = self.delivery_notice()
+        return reminder_state(notice.state if notice is not None else None)
+
     def delivery_notice(self):
         """The step's notice (None only while a step is being released); select_related("notice") to read many."""
         try:
@@ -359,8 +374,19 @@ class ReminderLog(models.Model):
         return notice.attempts if notice is not None else 0
 
 
-def step_label(threshold: int) -> str:
-    """A reminder step in words: "14 days before", "on the day", "7 days after", "1 day before"."""
+def reminder_state(notice_state: str | None) -> str:
+    """A reminder notice's state in the reminder list's words (ReminderLog.STATE_LABELS); no notice yet is waiting."""
+    state = notice_state or "pending"
+    return next(word for word, states in ReminderLog.STATE_NOTICE_STATES.items() if state in states)
+
+
+def step_label(threshold: int | None) -> str:
+    """A reminder step in words: "14 days before", "on the day", "7 days after", "1 day before".
+
+    None: a reminder outside the schedule, sent by staff ("Send reminder now" once the step was sent).
+    """
+    if threshold is None:
+        return "extra reminder"
     if threshold == 0:
         return "on the day"
     days = abs(threshold)

@@ -37,7 +37,9 @@ from credentials.models import (
     LinkBatchItem,
     Notice,
     PendingReason,
+    ReminderLog,
     SubmissionLink,
+    reminder_state,
     step_label,
 )
 from credentials.selectors import (
@@ -293,9 +295,20 @@ def days_left_display(obj: Institution) -> str:
 
 @admin.display(description="Last reminder", ordering=F("last_reminder_at").desc(nulls_last=True))
 def last_reminder(obj: Institution) -> str:
+    """The last attempt and how it went ("7 days before / Failed 3 Dec 2026"), linked to its reminders."""
     if obj.last_reminder_at is None:
         return "—"
-    return format_html("{}<br><small>{}</small>", step_label(obj.last_reminder_step), format_day(obj.last_reminder_at))
+    state = reminder_state(obj.last_reminder_state)
+    return format_html(
+        '<a href="{}?institution={}">{}</a><br>'
+        '<small><span class="reminder-state reminder-state--{}">{}</span> {}</small>',
+        reverse("admin:credentials_reminderlog_changelist"),
+        obj.pk,
+        step_label(obj.last_reminder_step),
+        state,
+        ReminderLog.STATE_LABELS[state],
+        format_day(obj.last_reminder_at),
+    )
 
 
 @admin.display(description="Next reminder", ordering=F("key_expires_on").asc(nulls_last=True))
