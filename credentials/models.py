@@ -309,6 +309,8 @@ class ReminderLog(models.Model):
     claimed_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        verbose_name = "reminder"
+        verbose_name_plural = "reminders"
         ordering = ("-claimed_at", "-id")
         constraints = [
             models.UniqueConstraint(fields=("credential", "threshold"), name="one_reminder_per_key_and_threshold"),

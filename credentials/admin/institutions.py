@@ -457,7 +457,7 @@ def _bulk_link_confirm(model_admin, request, queryset):
         context={
             "title": f"Send a submission link to {reached} institution{'' if reached == 1 else 's'}?",
             "what": f"A new submission link for each institution, valid for {settings.SUBMISSION_LINK_DAYS} days, "
-            f"mailed {settings.LINK_BULK_PER_SECOND} per second. Each ends the institution's link sent before.",
+            f"mailed {settings.LINK_BULK_PER_SECOND:g} per second. Each ends the institution's link sent before.",
             "rows": rows,
             "institution_count": reached,
             "recipient_count": Contact.objects.filter(

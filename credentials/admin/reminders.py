@@ -225,6 +225,7 @@ class ReminderLogAdmin(ViewOnlyAdmin):
         query = request.GET.urlencode()
         extra_context = {
             **(extra_context or {}),
+            "title": "Reminders: each step sent, failed or waiting, and who received it",
             "can_export": request.user.has_perm(EXPORT_REMINDERS_PERMISSION),
             "export_url": reverse("admin:credentials_reminderlog_export") + (f"?{query}" if query else ""),
         }

@@ -62,6 +62,8 @@ class Migration(migrations.Migration):
         migrations.AlterModelOptions(
             name="reminderlog",
             options={
+                "verbose_name": "reminder",
+                "verbose_name_plural": "reminders",
                 "ordering": ("-claimed_at", "-id"),
                 "permissions": [
                     ("send_reminder", "Can send a key's expiry reminder now"),
