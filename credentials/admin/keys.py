@@ -101,7 +101,17 @@ class SubmissionLinkAdmin(ViewOnlyAdmin):
     list_select_related = ("institution", "created_by")
     search_fields = ("institution__name", "sent_to")
     # token_hash is not shown: it is useless to people and only helps an attacker.
-    fields = ("institution", "created_at", "created_by", "reason", "sent_to", "expires_at", "used_at", "revoked_at")
+    fields = (
+        "institution",
+        "created_at",
+        "created_by",
+        "reason",
+        "sent_to",
+        "expires_at",
+        "used_at",
+        "revoked_at",
+        "superseded_by",
+    )
     readonly_fields = fields
 
     @admin.display(description="State")

@@ -433,10 +433,31 @@ def reminders_export(*, queryset, actor, ip_address: str | None = None) -> Itera
     return _reminder_lines(queryset)
 
 
+# What a line reads: building every column of five models per row was most of an export's time.
+_REMINDER_EXPORT_FIELDS = (
+    "threshold",
+    "claimed_at",
+    "credential__hint",
+    "credential__expires_on",
+    "credential__institution__name",
+    "credential__institution__slug",
+    "credential__institution__account_owner__username",
+    "credential__institution__account_owner__first_name",
+    "credential__institution__account_owner__last_name",
+    "notice__state",
+    "notice__recipients",
+    "notice__attempts",
+    "notice__sent_at",
+    "notice__closed_at",
+    "notice__last_error",
+)
+
+
 def _reminder_lines(queryset) -> Iterator[str]:
     writer = csv.writer(_Line())
     yield writer.writerow(REMINDER_EXPORT_COLUMNS)
-    for step in queryset.iterator(chunk_size=2000):
+    rows = queryset.select_related("credential__institution__account_owner", "notice").only(*_REMINDER_EXPORT_FIELDS)
+    for step in rows.iterator(chunk_size=2000):
         key = step.credential
         institution = key.institution
         owner = institution.account_owner

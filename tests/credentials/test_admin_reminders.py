@@ -203,3 +203,28 @@ def test_the_dashboard_reaches_this_months_reminders_in_one_click(staff_client):
 
 def test_an_institution_that_does_not_exist_lists_nothing(staff_client, december):
     assert rows(staff_client("Viewer").get(f"{LIST}?institution=999999")) == []
+
+
+def test_the_export_costs_the_same_queries_for_3_rows_as_for_30(staff_client, make_institution, make_credential):
+    client = staff_client("Customer success")
+
+    def add(n: int) -> None:
+        for _ in range(n):
+            inst = make_institution()
+            inst.account_owner = client.user
+            inst.save(update_fields=["account_owner"])
+            reminder_step(make_credential(inst, days=20), 30, recipients="a@b.example")
+
+    def queries() -> tuple[int, int]:
+        with CaptureQueriesContext(connection) as captured:
+            response = client.post(EXPORT)
+            lines = b"".join(response.streaming_content).decode().splitlines()
+        return len(captured), len(lines) - 1
+
+    add(3)
+    few, rows_few = queries()
+    add(27)
+    many, rows_many = queries()
+
+    assert (rows_few, rows_many) == (3, 30)
+    assert many == few
