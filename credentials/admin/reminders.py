@@ -257,6 +257,6 @@ def export_view(request: HttpRequest, model_admin: ReminderLogAdmin) -> HttpResp
         messages.error(request, str(exc))
         return HttpResponseRedirect(reverse("admin:credentials_reminderlog_changelist"))
     response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="reminders-{timezone.localdate():%Y-%m-%d}.csv"'
+    response["Content-Disposition"] = f'attachment; filename="reminders-{timezone.localdate().isoformat()}.csv"'
     response["Cache-Control"] = "no-store"
     return response

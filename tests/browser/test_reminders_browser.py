@@ -45,9 +45,9 @@ def this_months_last_day_in(days_from_today: int = 0) -> int:
     return calendar.monthrange(today.year, today.month)[1] - today.day - days_from_today
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)  # the roles (migration data) survive the flush
+@pytest.mark.django_db(transaction=True)
 def test_from_the_dashboard_to_this_months_reminders_and_their_recipients_in_one_click(
-    live_server, make_staff, verified_login, institution, make_institution, make_credential
+    live_server, customer_success, verified_login, institution, make_institution, make_credential
 ):
     key = make_credential(institution, days=this_months_last_day_in())
     reminder_step(key, 30, recipients="ada@northfield.example.edu, it@northfield.example.edu")
@@ -61,7 +61,7 @@ def test_from_the_dashboard_to_this_months_reminders_and_their_recipients_in_one
         recipients="canvas-admin@harbourcity.example.edu",
         last_error="SMTPRecipientsRefused: 550 5.1.1 User unknown",
     )
-    client = verified_login(Client(), make_staff("Customer success", username="cara"))
+    client = verified_login(Client(), customer_success)
     cookie = client.cookies[django_settings.SESSION_COOKIE_NAME].value
 
     with chromium() as browser:
@@ -89,13 +89,13 @@ def test_from_the_dashboard_to_this_months_reminders_and_their_recipients_in_one
         assert page.evaluate("window.__csp") == []  # nothing blocked by the Content-Security-Policy
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)  # the roles (migration data) survive the flush
+@pytest.mark.django_db(transaction=True)
 def test_the_bulk_send_shows_who_gets_what_and_sends_only_on_confirmation(
-    live_server, make_staff, verified_login, institution, make_institution, inline_worker
+    live_server, customer_success, verified_login, institution, make_institution, inline_worker
 ):
     Contact.objects.create(institution=institution, name="Ian IT", email="it@northfield.example.edu")
     make_institution(name="Lonely College")  # no contact: named as nobody to mail
-    client = verified_login(Client(), make_staff("Customer success", username="cara"))
+    client = verified_login(Client(), customer_success)
     cookie = client.cookies[django_settings.SESSION_COOKIE_NAME].value
 
     with chromium() as browser:
