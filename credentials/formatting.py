@@ -70,3 +70,16 @@ def possessive(name: str) -> str:
     """ "Harbour City Schools'" and "Lakeside College's"."""
     name = (name or "").strip()
     return f"{name}'" if name.endswith(("s", "S")) else f"{name}'s"
+
+
+def masked_address(address: str) -> str:
+    """An address as a page may show it to someone who is not signed in: "a•••@northfield.edu".
+
+    The first letter of the mailbox and the whole domain: enough for a
+    customer to know which of their colleagues got a mail, too little to
+    learn an address from.
+    """
+    local, at, domain = (address or "").strip().rpartition("@")
+    if not at or not local:
+        return "•••"
+    return f"{local[0]}•••@{domain}"

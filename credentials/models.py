@@ -247,10 +247,31 @@ class SubmissionLink(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     used_at = models.DateTimeField(null=True, blank=True)
     sent_to = models.TextField(blank=True, help_text="Addresses the link was mailed to.")
+    # One live link per institution: issuing a link ends the older open ones
+    # (services/links.py) and names the newer one here, so an older link's
+    # page can say a newer link was sent, and to whom.
+    superseded_by = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The newer link that ended this one.",
+    )
 
     class Meta:
         ordering = ("-created_at",)
         permissions = [("send_submission_link", "Can send a submission link to an institution's contacts")]
+        constraints = [
+            # The customer holds one working link, never several: an open link
+            # (neither used nor ended) is unique per institution. Expiry is not
+            # part of it (now() is not a column); issuing ends expired ones too.
+            models.UniqueConstraint(
+                fields=("institution",),
+                condition=Q(revoked_at__isnull=True, used_at__isnull=True),
+                name="one_open_link_per_institution",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Link for {self.institution} made {format_day(self.created_at)} ({self.state(timezone.now())})"
@@ -263,6 +284,9 @@ class SubmissionLink(models.Model):
         now = now or timezone.now()
         if self.used_at:
             return "used"
+        if self.revoked_at and self.superseded_by_id:
+            # Ended by a newer link; one that had run out first stays "expired".
+            return "expired" if self.expires_at <= self.revoked_at else "replaced"
         if self.revoked_at:
             return "revoked"
         if now >= self.expires_at:
@@ -285,17 +309,39 @@ class ReminderLog(models.Model):
     claimed_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        ordering = ("-claimed_at",)
+        verbose_name = "reminder"
+        verbose_name_plural = "reminders"
+        ordering = ("-claimed_at", "-id")
         constraints = [
             models.UniqueConstraint(fields=("credential", "threshold"), name="one_reminder_per_key_and_threshold"),
         ]
-        permissions = [("send_reminder", "Can send a key's expiry reminder now")]
+        permissions = [
+            ("send_reminder", "Can send a key's expiry reminder now"),
+            ("export_reminders", "Can export the reminder list (audited)"),
+        ]
+        # The reminder list's default order (newest first) at a page of rows, however many steps there are.
+        indexes = [models.Index(fields=("-claimed_at", "-id"), name="reminder_claimed_newest")]
 
     def __str__(self) -> str:
         return f"Reminder {self.step_label()} for {self.credential.hint}"
 
     def step_label(self) -> str:
         return step_label(self.threshold)
+
+    # The reminder list's states: what customer success asks of a step (sent, failed, waiting), and skipped.
+    STATE_LABELS = {"sent": "Sent", "failed": "Failed", "waiting": "Waiting", "skipped": "Skipped"}
+    # Each state as the notice states it stands for (the list's filter).
+    STATE_NOTICE_STATES = {
+        "sent": ("sent",),
+        "failed": ("failed",),
+        "waiting": ("pending", "sending"),
+        "skipped": ("superseded", "cancelled"),
+    }
+
+    def delivery_state(self) -> str:
+        """sent, failed (gave up), waiting (queued, being sent or waiting for a retry) or skipped (on purpose)."""
+        notice = self.delivery_notice()
+        return reminder_state(notice.state if notice is not None else None)
 
     def delivery_notice(self):
         """The step's notice (None only while a step is being released); select_related("notice") to read many."""
@@ -330,8 +376,19 @@ class ReminderLog(models.Model):
         return notice.attempts if notice is not None else 0
 
 
-def step_label(threshold: int) -> str:
-    """A reminder step in words: "14 days before", "on the day", "7 days after", "1 day before"."""
+def reminder_state(notice_state: str | None) -> str:
+    """A reminder notice's state in the reminder list's words (ReminderLog.STATE_LABELS); no notice yet is waiting."""
+    state = notice_state or "pending"
+    return next(word for word, states in ReminderLog.STATE_NOTICE_STATES.items() if state in states)
+
+
+def step_label(threshold: int | None) -> str:
+    """A reminder step in words: "14 days before", "on the day", "7 days after", "1 day before".
+
+    None: a reminder outside the schedule, sent by staff ("Send reminder now" once the step was sent).
+    """
+    if threshold is None:
+        return "extra reminder"
     if threshold == 0:
         return "on the day"
     days = abs(threshold)

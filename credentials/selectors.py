@@ -163,8 +163,10 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None,
 
     Adds: active_key_id, active_expires_on, active_hint, active_region,
     active_last_verified_at, active_last_verdict, active_last_verification,
-    active_last_pulled_at, active_submitted_at, last_reminder_step and
-    last_reminder_at (the newest reminder sent for the active key),
+    active_last_pulled_at, active_submitted_at, last_reminder_id,
+    last_reminder_step, last_reminder_state and last_reminder_at (the last
+    attempt to remind about the active key: its notice, step (None for an
+    extra one), notice state and when it was sent, gave up or was written),
     last_handled_step (the most urgent step of the active key sent, failed
     or skipped: steps only go down), days_left (NULL without an active key), expiry_state (ok, expiring,
     expired, missing), the newest key when it is pending (pending_key_id,
@@ -188,10 +190,13 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None,
         .exclude(status=CD2Credential.Status.SUPERSEDED)
         .order_by("-submitted_at", "-pk")
     )
-    # A step's delivery is its notice's: sent, or settled (sent, failed or skipped: no longer open).
-    sent = Notice.objects.filter(
-        credential=OuterRef("active_key_id"), reminder__isnull=False, state=Notice.State.SENT
-    ).order_by("-sent_at", "-pk")
+    # A step's delivery is its notice's. The last attempt: the newest reminder about the active key that
+    # was, or is being, mailed (sent, failed, waiting), not one skipped on purpose; extra ones included.
+    attempted = (
+        Notice.objects.filter(credential=OuterRef("active_key_id"), kind=Notice.Kind.REMINDER)
+        .exclude(state__in=(Notice.State.SUPERSEDED, Notice.State.CANCELLED))
+        .order_by("-created_at", "-pk")
+    )
     handled = (
         ReminderLog.objects.filter(credential=OuterRef("active_key_id"), notice__isnull=False)
         .exclude(notice__state__in=Notice.OPEN_STATES)
@@ -235,8 +240,12 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None,
             pending_reason=newest("pending_reason"),
         )
         .annotate(
-            last_reminder_step=Subquery(sent.values("reminder__threshold")[:1]),
-            last_reminder_at=Subquery(sent.values("sent_at")[:1]),
+            last_reminder_id=Subquery(attempted.values("pk")[:1]),
+            last_reminder_step=Subquery(attempted.values("reminder__threshold")[:1]),
+            last_reminder_state=Subquery(attempted.values("state")[:1]),
+            last_reminder_at=Subquery(
+                attempted.annotate(at=Coalesce("sent_at", "closed_at", "created_at")).values("at")[:1]
+            ),
             last_handled_step=Subquery(handled[:1]),
         )
     )

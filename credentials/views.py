@@ -25,7 +25,7 @@ from credentials.days import institution_today
 from credentials.forms import EXPIRY_PERIODS, LinkRequestForm, SubmissionForm, period_end
 from credentials.models import CD2Credential, hash_token
 from credentials.services.health import health_check, health_status
-from credentials.services.links import link_request_record, submission_link_get
+from credentials.services.links import link_request_record, submission_link_get, submission_link_replaced
 from credentials.services.metrics import metrics_render
 from credentials.services.submission import Door, Result, credential_submit, receipt_context
 from credentials.validators import SHORT_EXPIRY_MONTHS, add_months
@@ -118,9 +118,12 @@ def _per_link_rate(group: str, request: HttpRequest) -> str | None:
     return None if getattr(request, "limited", False) else SUBMIT_RATE_PER_LINK
 
 
-def _unusable(request: HttpRequest) -> HttpResponse:
-    # One page, one status for unknown, expired, revoked and used links alike.
-    return render(request, "credentials/link_unusable.html", status=404)
+def _unusable(request: HttpRequest, token: str = "") -> HttpResponse:
+    # One page, one status for unknown, expired, revoked and used links alike. A link a newer one
+    # replaced says so (when, and to whom, masked): only the holder of its token reads that.
+    replaced = submission_link_replaced(token=token) if token else None
+    context = {"replaced": replaced, "form": LinkRequestForm() if replaced else None}
+    return render(request, "credentials/link_unusable.html", context, status=404)
 
 
 def _rate_limited(request: HttpRequest) -> HttpResponse:
@@ -160,7 +163,7 @@ def submit(request: HttpRequest, token: str) -> HttpResponse:
         return _rate_limited(request)
     link = submission_link_get(token=token)
     if link is None:
-        return _unusable(request)
+        return _unusable(request, token)
     # The customer's day: the institution's (an expiry "in the past" is past there).
     today = institution_today(link.institution, timezone.now())
     if request.method != "POST":
@@ -178,7 +181,7 @@ def submit(request: HttpRequest, token: str) -> HttpResponse:
         )
         outcome = credential_submit(door=door, today=today, **key_input)
         if outcome.result is Result.LINK_UNUSABLE:
-            return _unusable(request)
+            return _unusable(request, token)
         if outcome.stored:
             request.session[SESSION_KEY] = outcome.credential.pk
             return redirect("credentials:received")

@@ -17,15 +17,20 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
+from smtplib import SMTPRecipientsRefused
 
 from django.conf import settings
+from django.core.mail.backends.base import BaseEmailBackend
 from django.db import transaction
 from django.utils import timezone
 
 from credentials.cd2 import CheckResult, Verdict
 from credentials.days import institution_today
-from credentials.models import AuditEvent, CD2Credential, Notice, ReminderLog
+from credentials.mail.messages import SEND_ERRORS
+from credentials.models import AuditEvent, CD2Credential, Notice
+from credentials.services import outbox
 from credentials.services.keys import credential_check_record, credential_create, credential_set_status
+from credentials.services.reminders import reminder_step_claim
 from credentials.validators import CleanKey
 from devtools.demo import require_debug
 from devtools.fake_gateway import (
@@ -45,8 +50,6 @@ REJECTED = "rejected"  # unknown to the gateway: 401, like a key deleted at iden
 GATEWAY_DOWN = "gateway_down"  # the gateway answers 503: a pending key stays pending
 
 SENT, FAILED = Notice.State.SENT, Notice.State.FAILED
-# What a failed delivery looks like when the customer's mail server refuses the address.
-FAILED_DELIVERY_ERROR = "SMTPRecipientsRefused: {{'{address}': (550, b'5.1.1 User unknown')}}"
 
 
 @dataclass(frozen=True)
@@ -232,7 +235,7 @@ def _has_demo_key(*, institution: Institution, demo: DemoInstitution) -> bool:
 
 
 def _add_contact_and_key(*, institution: Institution, demo: DemoInstitution, now: dt.datetime) -> None:
-    contact = Contact.objects.create(
+    Contact.objects.create(
         institution=institution,
         name="Canvas Admin",
         email=f"canvas-admin@{demo.slug}.example.edu",
@@ -276,25 +279,43 @@ def _add_contact_and_key(*, institution: Institution, demo: DemoInstitution, now
             credential=credential, status=CD2Credential.Status.INVALID, reason=_REJECTED.message, now=checked
         )
     for threshold, state in demo.reminders:
-        on_day = timezone.make_aware(
-            dt.datetime.combine(credential.expires_on - dt.timedelta(days=threshold), dt.time(6, 0))
-        )
-        reminder = ReminderLog.objects.create(credential=credential, threshold=threshold, claimed_at=on_day)
-        # Its delivery, as the outbox recorded it (the step's only record of it).
-        Notice.objects.create(
-            kind=Notice.Kind.REMINDER,
-            state=state,
-            dedupe_key=f"reminder:{reminder.pk}",
-            institution=institution,
-            credential=credential,
-            reminder=reminder,
-            day=on_day.date(),
-            as_of=on_day,
-            created_at=on_day,
-            retry_until=on_day + settings.NOTICE_GIVE_UP_AFTER,
-            recipients=contact.email,
-            attempts=1 if state == SENT else 3,
-            sent_at=on_day if state == SENT else None,
-            closed_at=on_day,
-            last_error=FAILED_DELIVERY_ERROR.format(address=contact.email) if state == FAILED else "",
-        )
+        _remind(credential=credential, threshold=threshold, state=state)
+
+
+class _DeliveredNowhere(BaseEmailBackend):
+    """The demo's past mails: accepted, and sent nowhere (the contacts are made up)."""
+
+    def send_messages(self, email_messages) -> int:
+        return len(email_messages)
+
+
+class _RefusedByTheServer(BaseEmailBackend):
+    """The customer's mail server refusing the address, as a real one answers (550 user unknown)."""
+
+    def send_messages(self, email_messages) -> int:
+        raise SMTPRecipientsRefused({to: (550, b"5.1.1 User unknown") for m in email_messages for to in m.to})
+
+
+def _remind(*, credential: CD2Credential, threshold: int, state: str) -> None:
+    """One reminder step as production takes it: claimed on its day and delivered by the outbox.
+
+    The claim, the notice, the link the mail carries (which ends the link
+    before it) and the key summary's "reminded, no new key yet" are all the
+    services' own writes. A failed step is refused by the server until the
+    outbox gives up on it.
+    """
+    on_day = timezone.make_aware(dt.datetime.combine(credential.expires_on - dt.timedelta(days=threshold), dt.time(6)))
+    notice = reminder_step_claim(credential=credential, threshold=threshold, now=on_day)
+    if state == SENT:
+        outbox.notice_send_now(notice_id=notice.pk, now=on_day, connection=_DeliveredNowhere())
+    else:
+        for attempt_at in (on_day, on_day + settings.NOTICE_GIVE_UP_AFTER):
+            try:
+                outbox.notice_send_now(notice_id=notice.pk, now=attempt_at, connection=_RefusedByTheServer())
+            except SEND_ERRORS:
+                pass  # recorded on the notice: waiting for its retry, then failed for good
+    # The outbox writes the moment the server took the mail (now); the demo's mails went out on their day.
+    # Only the notice's times move: no key, link or summary depends on them being later.
+    delivered = Notice.objects.filter(pk=notice.pk)
+    delivered.filter(sent_at__isnull=False).update(sent_at=on_day)
+    delivered.filter(closed_at__isnull=False).update(closed_at=on_day + settings.NOTICE_GIVE_UP_AFTER)

@@ -13,7 +13,7 @@ class StaffAdminConfig(AdminConfig):
 
     def ready(self) -> None:
         super().ready()  # autodiscovery: every app's admin module (institutions/admin.py too), on the staff site
-        from credentials.admin import institutions, keys, lockouts, notices, users  # noqa: F401  (see credentials/admin/__init__.py)
+        from credentials.admin import institutions, keys, lockouts, notices, reminders, users  # noqa: F401  (see credentials/admin/__init__.py)
         from institutions.admin import institution_admin_extend
 
         # The institution admin is institutions'; what it shows of their keys is ours.

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.contrib import admin
 from django.utils import timezone
 from django.utils.html import format_html
 
 from credentials.models import SubmissionLink
-from institutions.models import KeyState
+from institutions.models import Institution, KeyState
 from safeadmin.lists import SafeFilterValuesMixin
 
 STAFF_CSS = {"all": ("admin-extra/staff.css",)}
+
+
+@dataclass(frozen=True)
+class ConfirmRow:
+    """One institution on a "send?" confirmation page and the addresses that would receive the mail."""
+
+    institution: Institution
+    recipients: tuple[str, ...]
+
+
 KEY_STATE_LABELS = dict(KeyState.choices)
 
 

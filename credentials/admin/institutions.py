@@ -12,9 +12,10 @@ import datetime as dt
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef, Prefetch
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -23,10 +24,11 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from credentials.admin import pages
-from credentials.admin.common import STAFF_CSS, ViewOnlyMixin, key_state_badge, link_state_badge
+from credentials.admin.common import STAFF_CSS, ConfirmRow, ViewOnlyMixin, key_state_badge, link_state_badge
 from credentials.admin.reminders_ended import RemindersEndedFilter, reminders_ended_note
 from credentials.days import expiry_days_between, expiry_phrase
 from credentials.formatting import format_day, format_moment, format_month
+from credentials.mail.recipients import contact_emails
 from credentials.models import (
     SECRET_FIELDS,
     VERDICT_LABELS,
@@ -35,7 +37,9 @@ from credentials.models import (
     LinkBatchItem,
     Notice,
     PendingReason,
+    ReminderLog,
     SubmissionLink,
+    reminder_state,
     step_label,
 )
 from credentials.selectors import (
@@ -56,7 +60,7 @@ from credentials.services.staff import (
     institutions_export,
 )
 from institutions.admin import InstitutionAdminExtension, ServedFilter, insert_after
-from institutions.models import Institution, KeyState
+from institutions.models import Contact, Institution, KeyState
 from requestinfo import client_ip
 
 # --------------------------------------------------------------------------
@@ -291,9 +295,20 @@ def days_left_display(obj: Institution) -> str:
 
 @admin.display(description="Last reminder", ordering=F("last_reminder_at").desc(nulls_last=True))
 def last_reminder(obj: Institution) -> str:
+    """The last attempt and how it went ("7 days before / Failed 3 Dec 2026"), linked to its reminders."""
     if obj.last_reminder_at is None:
         return "—"
-    return format_html("{}<br><small>{}</small>", step_label(obj.last_reminder_step), format_day(obj.last_reminder_at))
+    state = reminder_state(obj.last_reminder_state)
+    return format_html(
+        '<a href="{}?institution={}">{}</a><br>'
+        '<small><span class="reminder-state reminder-state--{}">{}</span> {}</small>',
+        reverse("admin:credentials_reminderlog_changelist"),
+        obj.pk,
+        step_label(obj.last_reminder_step),
+        state,
+        ReminderLog.STATE_LABELS[state],
+        format_day(obj.last_reminder_at),
+    )
 
 
 @admin.display(description="Next reminder", ordering=F("key_expires_on").asc(nulls_last=True))
@@ -415,8 +430,55 @@ TIMELINE_FIELDSET = ("Timeline: links, keys, checks, reminders and staff actions
 # --------------------------------------------------------------------------
 
 
-@admin.action(description="Send a submission link to the selected institutions")
+# Institutions a "send?" page names one by one; the rest are counted.
+CONFIRM_LISTED = 200
+
+
+def _bulk_link_confirm(model_admin, request, queryset):
+    """The bulk send's confirmation: each institution with its addresses (CONFIRM_LISTED at most), those with none."""
+    chosen = Institution.objects.filter(pk__in=queryset.order_by().values("pk")).order_by("name", "pk")
+    reachable = Exists(Contact.objects.filter(institution=OuterRef("pk"), receives_reminders=True))
+    with_contacts = chosen.filter(reachable)
+    listed = with_contacts.prefetch_related(
+        Prefetch(
+            "contacts",
+            queryset=Contact.objects.filter(receives_reminders=True).order_by("pk"),
+            to_attr="reminder_contacts",
+        )
+    )[:CONFIRM_LISTED]
+    rows = [ConfirmRow(institution=inst, recipients=tuple(contact_emails(inst))) for inst in listed]
+    reached = with_contacts.count()
+    post = request.POST
+    hidden = [("action", post.get("action", "")), ("index", "0"), ("select_across", post.get("select_across", "0"))]
+    hidden += [(ACTION_CHECKBOX_NAME, pk) for pk in post.getlist(ACTION_CHECKBOX_NAME)]
+    return pages.confirm_page(
+        request,
+        model_admin,
+        context={
+            "title": f"Send a submission link to {reached} institution{'' if reached == 1 else 's'}?",
+            "what": f"A new submission link for each institution, valid for {settings.SUBMISSION_LINK_DAYS} days, "
+            f"mailed {settings.LINK_BULK_PER_SECOND:g} per second. Each ends the institution's link sent before.",
+            "rows": rows,
+            "institution_count": reached,
+            "recipient_count": Contact.objects.filter(
+                institution__in=with_contacts.values("pk"), receives_reminders=True
+            ).count(),
+            "more": max(reached - len(rows), 0),
+            "nobody": list(chosen.exclude(reachable)[:CONFIRM_LISTED]),
+            "hidden": hidden,
+            "form_action": request.get_full_path(),
+            "cancel_url": request.get_full_path(),
+            "parent_url": reverse("admin:institutions_institution_changelist"),
+            "parent_label": "Institutions",
+            "confirm_label": f"Yes, send {reached} link{'' if reached == 1 else 's'}",
+        },
+    )
+
+
+@admin.action(description="Send a submission link to the selected institutions…")
 def send_submission_links(model_admin, request, queryset):
+    if not pages.confirmed(request):
+        return _bulk_link_confirm(model_admin, request, queryset)
     # Queued and mailed at LINK_BULK_PER_SECOND, each institution once; the progress page follows it.
     ids = list(queryset.order_by().values_list("pk", flat=True))
     batch = link_batch_create(institution_ids=ids, created_by=request.user)

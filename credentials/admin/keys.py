@@ -1,4 +1,4 @@
-"""Admin pages of keys, submission links, reminders and the audit log: read-only, written by services."""
+"""Admin pages of keys, submission links and the audit log: read-only, written by services (reminders: reminders.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from django.utils.html import format_html
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ViewOnlyAdmin, link_state_badge
 from credentials.days import institution_today
-from credentials.formatting import format_moment
-from credentials.models import SECRET_FIELDS, AuditEvent, CD2Credential, ReminderLog, SubmissionLink, secret_fields_of
+from credentials.models import SECRET_FIELDS, AuditEvent, CD2Credential, SubmissionLink, secret_fields_of
 from credentials.services.staff import REVEAL_PERMISSION
 
 
@@ -102,7 +101,17 @@ class SubmissionLinkAdmin(ViewOnlyAdmin):
     list_select_related = ("institution", "created_by")
     search_fields = ("institution__name", "sent_to")
     # token_hash is not shown: it is useless to people and only helps an attacker.
-    fields = ("institution", "created_at", "created_by", "reason", "sent_to", "expires_at", "used_at", "revoked_at")
+    fields = (
+        "institution",
+        "created_at",
+        "created_by",
+        "reason",
+        "sent_to",
+        "expires_at",
+        "used_at",
+        "revoked_at",
+        "superseded_by",
+    )
     readonly_fields = fields
 
     @admin.display(description="State")
@@ -111,62 +120,6 @@ class SubmissionLinkAdmin(ViewOnlyAdmin):
 
     class Media:
         css = STAFF_CSS
-
-
-@admin.register(ReminderLog)
-class ReminderLogAdmin(ViewOnlyAdmin):
-    list_display = ("institution", "credential", "step", "delivery", "when", "recipients_display", "attempts")
-    # The step is its claim; everything about its delivery is read from its notice.
-    list_filter = ("notice__state", "threshold", ("claimed_at", admin.DateFieldListFilter))
-    search_fields = ("credential__institution__name", "notice__recipients")
-    fields = (
-        "credential",
-        "threshold",
-        "claimed_at",
-        "delivery",
-        "when",
-        "attempts",
-        "last_error",
-        "recipients_display",
-    )
-    readonly_fields = fields
-
-    def get_queryset(self, request):
-        return (
-            super()
-            .get_queryset(request)
-            .select_related("credential__institution", "notice")
-            .defer(*secret_fields_of("credential"))
-        )
-
-    @admin.display(description="Institution", ordering="credential__institution__name")
-    def institution(self, obj: ReminderLog):
-        return obj.credential.institution
-
-    @admin.display(description="Step", ordering="threshold")
-    def step(self, obj: ReminderLog) -> str:
-        return obj.step_label()
-
-    @admin.display(description="Delivery", ordering="notice__state")
-    def delivery(self, obj: ReminderLog) -> str:
-        return obj.delivery()
-
-    @admin.display(description="Attempts", ordering="notice__attempts")
-    def attempts(self, obj: ReminderLog) -> int:
-        return obj.attempts()
-
-    @admin.display(description="Last error")
-    def last_error(self, obj: ReminderLog) -> str:
-        notice = obj.delivery_notice()
-        return notice.last_error if notice is not None else ""
-
-    @admin.display(description="When", ordering="claimed_at")
-    def when(self, obj: ReminderLog) -> str:
-        return format_moment(obj.delivered_at())
-
-    @admin.display(description="Recipients")
-    def recipients_display(self, obj: ReminderLog) -> str:
-        return obj.recipients() or "—"
 
 
 @admin.register(AuditEvent)

@@ -5,14 +5,16 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods
 
-from credentials.admin.common import STAFF_CSS, ViewOnlyAdmin
+from credentials.admin import pages
+from credentials.admin.common import STAFF_CSS, ConfirmRow, ViewOnlyAdmin
 from credentials.formatting import format_day
+from credentials.mail.recipients import contact_emails, reminder_addressees
 from credentials.models import Notice, secret_fields_of, step_label
+from credentials.services import outbox
 from credentials.services.outbox import notice_resend
 
 RESEND_PERMISSION = "credentials.resend_notice"
@@ -79,17 +81,67 @@ class NoticeAdmin(ViewOnlyAdmin):
         css = STAFF_CSS
 
 
-@require_POST
+def _addressees(notice: Notice) -> list[str]:
+    """Who a resend would reach now: the sender's own rule for a reminder or a link, else the notice's recipients."""
+    institution = notice.institution
+    if institution is not None and notice.kind in (Notice.Kind.REMINDER, Notice.Kind.KEY_INVALID):
+        return reminder_addressees(institution=institution)
+    if institution is not None and notice.kind == Notice.Kind.SUBMISSION_LINK:
+        asked = notice.payload.get("to")
+        return [asked] if asked else contact_emails(institution)
+    return [address.strip() for address in notice.recipients.split(",") if address.strip()]
+
+
+@require_http_methods(["GET", "POST"])
 def resend_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
-    notice = get_object_or_404(Notice, pk=object_id)
+    """Resend a notice that failed for good: a page that says who gets what first, then the send on "Yes, resend"."""
     if not request.user.has_perm(RESEND_PERMISSION):
         raise PermissionDenied
-    if notice_resend(notice_id=notice.pk):
-        messages.success(request, f"{notice.get_kind_display()} queued again; it goes out within minutes.")
-    else:
-        messages.error(request, "Only a notice that failed for good can be resent.")
+    notice = pages.object_or_404(Notice.objects.select_related("institution", "reminder"), object_id)
     # Back to the dashboard when asked from there; never to an address taken from the request.
-    back = (
-        "admin:index" if request.POST.get("next") == reverse("admin:index") else "admin:credentials_notice_changelist"
-    )
-    return HttpResponseRedirect(reverse(back))
+    from_dashboard = request.GET.get("next", request.POST.get("next")) == reverse("admin:index")
+    back = reverse("admin:index" if from_dashboard else "admin:credentials_notice_changelist")
+    if notice.state != Notice.State.FAILED:
+        messages.error(request, "Only a notice that failed for good can be resent.")
+        return HttpResponseRedirect(back)
+    if not pages.confirmed(request):
+        to = _addressees(notice)
+        about = f"{notice.get_kind_display()} of {format_day(notice.day)}"
+        if notice.reminder_id:
+            about += f" ({step_label(notice.reminder.threshold)})"
+        return pages.confirm_page(
+            request,
+            model_admin,
+            context={
+                "title": f"Resend: {notice.get_kind_display().lower()}?",
+                "what": f"{about}, sent again now. It failed before: {notice.last_error or 'no reason recorded'}.",
+                "rows": [ConfirmRow(institution=notice.institution, recipients=tuple(to))]
+                if to and notice.institution
+                else [],
+                "recipients_plain": to if not notice.institution else [],
+                "nobody": [notice.institution] if notice.institution and not to else [],
+                "hidden": [("next", reverse("admin:index"))] if from_dashboard else [],
+                "cancel_url": back,
+                "parent_url": reverse("admin:credentials_notice_change", args=[notice.pk]),
+                "parent_label": str(notice),
+                "confirm_label": "Yes, resend",
+            },
+        )
+    if not notice_resend(notice_id=notice.pk):
+        messages.error(request, "Only a notice that failed for good can be resent.")
+        return HttpResponseRedirect(back)
+    # Delivered now, for staff's answer (the queued task then finds it done); a refusal is retried.
+    outbox.notice_deliver(notice_id=notice.pk)
+    notice.refresh_from_db()
+    if notice.state == Notice.State.SENT:
+        count = len([a for a in notice.recipients.split(",") if a.strip()])
+        messages.success(
+            request,
+            f"{notice.get_kind_display()} sent again to {notice.recipients} "
+            f"({count} address{'' if count == 1 else 'es'}).",
+        )
+    elif notice.state in Notice.OPEN_STATES:
+        messages.warning(request, f"{notice.get_kind_display()} queued again; the outbox retries it automatically.")
+    else:
+        messages.error(request, f"{notice.get_kind_display()} was not sent: {notice.get_state_display().lower()}.")
+    return HttpResponseRedirect(back)

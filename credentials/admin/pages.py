@@ -22,10 +22,12 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers, patch_cache_control
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
-from credentials.days import institution_today
+from credentials.admin.common import ConfirmRow
+from credentials.days import institution_key_days, institution_today
 from credentials.mail.messages import SEND_ERRORS
+from credentials.mail.recipients import contact_emails, reminder_addressees
 from credentials.models import AuditEvent, CD2Credential, Notice
 from credentials.selectors import current_key, submitters_not_on_file
 from credentials.services import outbox
@@ -119,7 +121,7 @@ def _require(request: HttpRequest, perm: str) -> None:
         raise PermissionDenied
 
 
-def _object_or_404(queryset, object_id):
+def object_or_404(queryset, object_id):
     """The row, or 404 for a missing row and for an id that is not one (`/not-a-number/` is not a 500)."""
     try:
         object_id = queryset.model._meta.pk.to_python(object_id)
@@ -129,7 +131,7 @@ def _object_or_404(queryset, object_id):
 
 
 def _institution(request: HttpRequest, model_admin, object_id) -> Institution:
-    institution = _object_or_404(Institution.objects.all(), object_id)
+    institution = object_or_404(Institution.objects.all(), object_id)
     if not model_admin.has_view_permission(request, institution):
         raise PermissionDenied
     return institution
@@ -148,10 +150,60 @@ def _current_key(institution: Institution, *statuses: str) -> CD2Credential | No
 # --------------------------------------------------------------------------
 
 
-@require_POST
+# Buttons that mail customers show who will receive what first, and send only on the
+# confirmation's POST (CONFIRM_FIELD): a GET, or a POST without it (an old form, a replayed
+# request), shows the page and sends nothing.
+CONFIRM_FIELD = "confirm"
+
+
+def confirmed(request: HttpRequest) -> bool:
+    return request.method == "POST" and request.POST.get(CONFIRM_FIELD) == "yes"
+
+
+def confirm_page(request: HttpRequest, model_admin, *, context: dict) -> TemplateResponse:
+    """The page that lists who will receive what, with a "Yes, send" button that POSTs (CSRF) CONFIRM_FIELD=yes."""
+    rows = context.get("rows", [])
+    full = {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.opts,
+        "confirm_field": CONFIRM_FIELD,
+        "recipient_count": sum(len(row.recipients) for row in rows),
+        "institution_count": len(rows),
+        **context,
+    }
+    return TemplateResponse(request, "admin/credentials/confirm_send.html", full)
+
+
+def _institution_confirm(request, model_admin, institution: Institution, *, title: str, what: str, to: list[str]):
+    row = ConfirmRow(institution=institution, recipients=tuple(to))
+    return confirm_page(
+        request,
+        model_admin,
+        context={
+            "title": title,
+            "what": what,
+            "rows": [row] if to else [],
+            "nobody": [] if to else [institution],
+            "institution": institution,
+            "cancel_url": reverse("admin:institutions_institution_change", args=[institution.pk]),
+        },
+    )
+
+
+@require_http_methods(["GET", "POST"])
 def send_link_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
     institution = _institution(request, model_admin, object_id)
     _require(request, SEND_LINK_PERMISSION)
+    if not confirmed(request):
+        return _institution_confirm(
+            request,
+            model_admin,
+            institution,
+            title=f"Send a submission link to {institution.name}?",
+            what=f"A new submission link, valid for {settings.SUBMISSION_LINK_DAYS} days. It ends the link "
+            f"sent before: only the newest link works.",
+            to=contact_emails(institution),
+        )
     try:
         notice = submission_link_send(institution=institution, created_by=request.user, ip_address=client_ip(request))
     except ValueError as exc:
@@ -161,9 +213,11 @@ def send_link_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
     outbox.notice_deliver(notice_id=notice.pk)
     notice.refresh_from_db()
     if notice.state == Notice.State.SENT:
+        sent_to = [a for a in notice.recipients.split(", ") if a]
         messages.success(
             request,
-            f"Submission link sent to {notice.recipients}; it works for {notice.payload['days']} days.",
+            f"Submission link sent to {notice.recipients} ({len(sent_to)} address{'' if len(sent_to) == 1 else 'es'}); "
+            f"it works for {notice.payload['days']} days.",
         )
     elif notice.state in Notice.OPEN_STATES:  # refused for now, or a sweep's sender has it
         why = notice.last_error.split(":")[0] or "it is being sent"
@@ -177,7 +231,7 @@ def send_link_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
     return _back(institution)
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 def send_reminder_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
     institution = _institution(request, model_admin, object_id)
     _require(request, SEND_REMINDER_PERMISSION)
@@ -185,6 +239,17 @@ def send_reminder_view(request: HttpRequest, model_admin, object_id) -> HttpResp
     if credential is None:
         messages.error(request, "There is no active key to remind about. Send a submission link instead.")
         return _back(institution)
+    if not confirmed(request):
+        days = institution_key_days(institution, expires_on=credential.expires_on, now=timezone.now())
+        return _institution_confirm(
+            request,
+            model_admin,
+            institution,
+            title=f"Send the expiry reminder for key {credential.hint} now?",
+            what=f"The expiry reminder about key {credential.hint} ({days.phrase}), with a new submission link "
+            f"that ends the link sent before.",
+            to=reminder_addressees(institution=institution),
+        )
     try:
         sent = reminder_send_now(credential=credential, actor=request.user)
     except ValueError as exc:
@@ -193,7 +258,12 @@ def send_reminder_view(request: HttpRequest, model_admin, object_id) -> HttpResp
         logger.warning("Reminder for key %s not sent: %s", credential.pk, type(exc).__name__)
         messages.error(request, f"The mail server refused the reminder ({type(exc).__name__}). Try again later.")
     else:
-        messages.success(request, f"Reminder about key {credential.hint} sent to {', '.join(sent.recipients)}.")
+        count = len(sent.recipients)
+        messages.success(
+            request,
+            f"Reminder about key {credential.hint} sent to {', '.join(sent.recipients)} "
+            f"({count} address{'' if count == 1 else 'es'}).",
+        )
     return _back(institution)
 
 
@@ -319,7 +389,7 @@ def add_submitter_contact_view(request: HttpRequest, model_admin, object_id) -> 
     """One click: the person who handed over a key becomes a contact (twice clicked, still one contact)."""
     institution = _institution(request, model_admin, object_id)
     _require(request, ADD_CONTACT_PERMISSION)
-    credential = _object_or_404(
+    credential = object_or_404(
         CD2Credential.objects.without_secrets().filter(institution=institution), request.POST.get("credential", "")
     )
     try:
@@ -422,7 +492,7 @@ class RevealForm(ReasonForm):
 def reveal_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
     if not (request.user.has_perm(REVEAL_PERMISSION) and request.user.has_perm("credentials.view_cd2credential")):
         raise PermissionDenied
-    credential = _object_or_404(CD2Credential.objects.without_secrets(), object_id)
+    credential = object_or_404(CD2Credential.objects.without_secrets(), object_id)
     form = RevealForm(request.POST or None, request=request)
     context = {
         **model_admin.admin_site.each_context(request),

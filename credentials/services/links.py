@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from credentials.formatting import masked_address
 from credentials.mail.context import link_context
 from credentials.mail.messages import build_email
 from credentials.mail.recipients import contact_emails, reply_to
@@ -64,30 +65,108 @@ def submission_link_create(
     now: dt.datetime | None = None,
     sent_to: list[str] | None = None,
 ) -> NewLink:
-    """A new single-use link; `sent_to`: the addresses it is about to be mailed to, in the same transaction."""
+    """A new single-use link, which ends the institution's older open links; `sent_to`: where it is about to go.
+
+    One live link per institution (the constraint one_open_link_per_institution):
+    in one transaction the older open links are locked and ended
+    (revoked_at, superseded_by the new one) and the new link is written. Two
+    issues at once: the second waits for the first's lock, or its insert meets
+    the first's committed link; it then ends that one and inserts again.
+    """
     now = now or timezone.now()
     days = settings.SUBMISSION_LINK_DAYS if days is None else days
     if days < 1:
         raise ValueError("A submission link must stay valid for at least one day.")
     token = secrets.token_urlsafe(32)
-    link = SubmissionLink.objects.create(
-        institution=institution,
-        token_hash=hash_token(token),
-        created_at=now,
-        created_by=created_by,
-        reason=reason,
-        expires_at=now + dt.timedelta(days=days),
-        sent_to=", ".join(sent_to or ()),
-    )
+    for attempt in range(ISSUE_ATTEMPTS):
+        try:
+            with transaction.atomic():
+                link, ended = _link_issue(
+                    institution=institution,
+                    token_hash=hash_token(token),
+                    created_by=created_by,
+                    reason=reason,
+                    now=now,
+                    expires_at=now + dt.timedelta(days=days),
+                    sent_to=", ".join(sent_to or ()),
+                )
+            break
+        except IntegrityError:
+            # Another issue for this institution committed between our look and our insert: look again.
+            if attempt == ISSUE_ATTEMPTS - 1:
+                raise
     audit_record(
         kind=AuditEvent.Kind.LINK_CREATED,
         actor=created_by,
         actor_label="" if created_by else f"system ({reason})",
         institution=institution,
         ip_address=ip_address,
-        detail={"link_id": link.pk, "expires_at": link.expires_at.isoformat(), "reason": reason},
+        detail={
+            "link_id": link.pk,
+            "expires_at": link.expires_at.isoformat(),
+            "reason": reason,
+            **({"ended_links": ended} if ended else {}),
+        },
     )
     return NewLink(link=link, token=token)
+
+
+# Tries of one issue: a try fails only when another issue for the same institution committed meanwhile,
+# so this many simultaneous issues always end; more (never seen: issues are a few a day) raise
+# IntegrityError and the outbox retries that notice later. No lock on the institution row: the key
+# services lock a link and then update the institution, and the opposite order could deadlock.
+ISSUE_ATTEMPTS = 20
+
+
+def _link_issue(
+    *, institution: Institution, token_hash: str, now: dt.datetime, **fields
+) -> tuple[SubmissionLink, list]:
+    """End the institution's open links and write the new one (call in a transaction); (the link, ids ended)."""
+    open_links = SubmissionLink.objects.filter(institution=institution, revoked_at__isnull=True, used_at__isnull=True)
+    # Locked: a customer using one of them now waits for us (and then finds it ended), and so does another issue.
+    ended = list(open_links.select_for_update().order_by("pk").values_list("pk", flat=True))
+    if ended:
+        SubmissionLink.objects.filter(pk__in=ended).update(revoked_at=now)
+    link = SubmissionLink.objects.create(institution=institution, token_hash=token_hash, created_at=now, **fields)
+    if ended:
+        SubmissionLink.objects.filter(pk__in=ended).update(superseded_by=link)
+    return link, ended
+
+
+@dataclass(frozen=True)
+class ReplacedLink:
+    """What an ended link's page may say of the newer link: when it was sent, and to whom (masked)."""
+
+    sent_at: dt.datetime
+    sent_to: tuple[str, ...]
+
+
+def submission_link_replaced(*, token: str) -> ReplacedLink | None:
+    """For the token of a link a newer one ended (not used, not revoked by staff): the newest link's send, masked.
+
+    Only the holder of the old link's token learns this, and only the
+    addresses' first letters and domains (formatting.masked_address).
+    """
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    old = (
+        SubmissionLink.objects.filter(token_hash=hash_token(token), used_at__isnull=True, superseded_by__isnull=False)
+        .only("pk", "institution_id", "created_at")
+        .first()
+    )
+    if old is None:
+        return None
+    newest = (
+        SubmissionLink.objects.filter(institution_id=old.institution_id, created_at__gte=old.created_at)
+        .exclude(pk=old.pk)
+        .order_by("-created_at", "-pk")
+        .only("created_at", "sent_to")
+        .first()
+    )
+    if newest is None:
+        return None
+    addresses = [address.strip() for address in newest.sent_to.split(",") if address.strip()]
+    return ReplacedLink(sent_at=newest.created_at, sent_to=tuple(masked_address(a) for a in addresses))
 
 
 def submission_link_mark_sent(*, new_link: NewLink, recipients: list[str]) -> None:

@@ -229,6 +229,23 @@ def _claim(
         return None
 
 
+def reminder_step_claim(*, credential: CD2Credential, threshold: int, now: dt.datetime) -> Notice | None:
+    """Claim one step of the key now, on the institution's day, with its notice to the current addressees.
+
+    The scheduled run's claim for one key (the step row, its notice and its
+    key.expiring event in one transaction); None when the step is taken.
+    The outbox delivers the notice like any other.
+    """
+    institution = credential.institution
+    return _claim(
+        credential=credential,
+        threshold=threshold,
+        day=institution_today(institution, now),
+        now=now,
+        recipients=", ".join(reminder_addressees(institution=institution)),
+    )
+
+
 def _steps_with_their_notice_state(steps):
     """A key's steps with what _record_skipped reads: the threshold and the state of the step's notice."""
     return steps.only("pk", "credential_id", "threshold").annotate(notice_state=F("notice__state"))

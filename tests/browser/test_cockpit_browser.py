@@ -18,7 +18,7 @@ from tests.security.test_csp_browser import chromium, open_watched
 
 @pytest.mark.django_db(transaction=True)
 def test_customer_success_reaches_this_months_expiries_and_a_reminders_recipients(
-    live_server, make_staff, verified_login, institution, make_credential
+    live_server, customer_success, verified_login, institution, make_credential
 ):
     today = timezone.localdate()
     month_end = today.replace(day=calendar.monthrange(today.year, today.month)[1])
@@ -31,7 +31,7 @@ def test_customer_success_reaches_this_months_expiries_and_a_reminders_recipient
         at=sent_at,
         recipients="ada@northfield.example.edu, cara@registry.example",
     )
-    client = verified_login(Client(), make_staff("Customer success", username="cara"))
+    client = verified_login(Client(), customer_success)
     cookie = client.cookies[django_settings.SESSION_COOKIE_NAME].value
 
     with chromium() as browser:

@@ -105,11 +105,16 @@ def test_opening_a_link_shows_the_steps_and_never_uses_it_up(client, institution
 
 
 def _unusable_links(institution) -> dict[str, str]:
+    # Each on an institution of its own: a newer link of the same institution would replace the older
+    # (test_a_replaced_links_page_names_the_newer_link_masked covers that page).
+    def another(name: str) -> Institution:
+        return Institution.objects.create(name=name, slug=name.lower(), canvas_domain=f"{name.lower()}.example.edu")
+
     expired = submission_link_create(institution=institution, days=1)
     SubmissionLink.objects.filter(pk=expired.link.pk).update(expires_at=timezone.now() - dt.timedelta(seconds=1))
-    revoked = submission_link_create(institution=institution)
+    revoked = submission_link_create(institution=another("Revoked"))
     submission_link_revoke(link=revoked.link)
-    used = submission_link_create(institution=institution)
+    used = submission_link_create(institution=another("Used"))
     SubmissionLink.objects.filter(pk=used.link.pk).update(used_at=timezone.now())
     return {
         "unknown": "x" * 43,

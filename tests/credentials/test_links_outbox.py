@@ -210,7 +210,9 @@ def test_a_staff_send_while_smtp_is_down_says_it_will_be_retried_and_arrives(
     verified_login(client, staff)
     mails.down = True
 
-    response = client.post(reverse("admin:institutions_institution_send_link", args=[college.pk]), follow=True)
+    response = client.post(
+        reverse("admin:institutions_institution_send_link", args=[college.pk]), {"confirm": "yes"}, follow=True
+    )
 
     assert "retried automatically" in response.content.decode()
     assert not SubmissionLink.objects.exists()

@@ -491,8 +491,12 @@ def test_ten_tries_an_hour_per_link_then_a_clear_429_page(cd2_gateway, post, lin
 
 
 @pytest.mark.usefixtures("held_clock")
-def test_the_per_ip_limit_spans_links(cd2_gateway, post, institution):
-    tokens = [submission_link_create(institution=institution).token for _ in range(4)]
+def test_the_per_ip_limit_spans_links(cd2_gateway, post, institution, make_institution):
+    # Four live links: one institution holds one live link at a time (a newer one ends the older).
+    tokens = [
+        submission_link_create(institution=inst).token
+        for inst in (institution, *(make_institution() for _ in range(3)))
+    ]
     statuses = [post(token, client_id=REJECTED_CLIENT_ID).status_code for token in tokens for _ in range(8)]
 
     assert statuses[:30] == [200] * 30

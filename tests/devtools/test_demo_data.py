@@ -19,7 +19,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db.models import Count
 
-from credentials.models import CD2Credential, Notice, ReminderLog
+from credentials.models import CD2Credential, Notice, ReminderLog, SubmissionLink
 from credentials.selectors import institutions_with_key_status
 from credentials.services.pending import credential_verify_pending
 from devtools.demo_data import DEMO_INSTITUTIONS, DEMO_SLUGS, demo_gateway_keys, demo_key
@@ -98,7 +98,7 @@ def test_the_demo_shows_every_state_staff_will_meet(demo_settings):
     assert states[Notice.State.SENT] >= 3 and states[Notice.State.FAILED] == 1
     failed = ReminderLog.objects.get(notice__state=Notice.State.FAILED)
     assert failed.credential.institution.slug == "harbour-city-schools" and "550" in failed.notice.last_error
-    assert failed.attempts() == 3 and "550" in failed.delivery()
+    assert failed.attempts() == 2 and "550" in failed.delivery()  # refused, then refused again past its retry window
     assert CD2Credential.objects.filter(status=CD2Credential.Status.PENDING_VERIFICATION).count() == 1
 
 
@@ -171,3 +171,29 @@ def test_load_demo_data_and_reset_refuse_without_debug(demo_settings):
     with pytest.raises(CommandError, match="DEBUG"):
         load_demo("--reset")
     assert Institution.objects.count() == 0
+
+
+def test_the_demo_writes_through_the_services_so_the_key_summary_is_in_step(demo_settings):
+    """Issue 25 item 9: keys, reminders and their links as production writes them; check_key_summary is clean."""
+    load_demo()
+
+    out = StringIO()
+    call_command("check_key_summary", stdout=out)  # raises CommandError on drift
+    assert "all in step" in out.getvalue()
+    reminded = {demo.slug for demo in DEMO_INSTITUTIONS if demo.reminders and demo.key_state != KeyState.FAILING}
+    assert reminded == {"lakeside-college", "harbour-city-schools", "st-brendans-academy"}
+    assert set(Institution.objects.filter(key_reminded_unanswered=True).values_list("slug", flat=True)) == reminded
+    # Each step as the outbox left it, and its mail's link: one live link per institution, the newest.
+    for demo in DEMO_INSTITUTIONS:
+        states = dict(
+            Notice.objects.filter(institution__slug=demo.slug, kind=Notice.Kind.REMINDER).values_list(
+                "reminder__threshold", "state"
+            )
+        )
+        assert states == dict(demo.reminders), demo.slug
+        links = SubmissionLink.objects.filter(institution__slug=demo.slug)
+        sent = sum(1 for _, state in demo.reminders if state == Notice.State.SENT)
+        assert links.count() == sent, demo.slug
+        assert links.filter(revoked_at__isnull=True, used_at__isnull=True).count() == (1 if sent else 0), demo.slug
+    failed = Notice.objects.get(institution__slug="harbour-city-schools", state=Notice.State.FAILED)
+    assert "550" in failed.last_error and failed.attempts == 2

@@ -54,7 +54,13 @@ def test_500_institutions_get_500_mails_once_each_at_a_steady_rate(
     with django_capture_on_commit_callbacks(execute=True), override_settings(LINK_BULK_PER_SECOND=10):
         response = client.post(
             reverse("admin:institutions_institution_changelist"),
-            {"action": "send_submission_links", "select_across": "1", "index": "0", "_selected_action": ["0"]},
+            {
+                "action": "send_submission_links",
+                "select_across": "1",
+                "index": "0",
+                "_selected_action": ["0"],
+                "confirm": "yes",  # the "Yes, send 500 links" of the confirmation page
+            },
         )
     assert response.status_code == 302
     assert len(queued) == 500

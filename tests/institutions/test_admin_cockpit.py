@@ -123,7 +123,8 @@ def test_the_list_shows_the_last_reminder_in_words_and_the_next_one_with_its_dat
 
     body = staff_client("Viewer").get(CHANGELIST).content.decode()
 
-    assert f"60 days before<br><small>{format_day(timezone.now() - dt.timedelta(days=20))}</small>" in body
+    assert '>60 days before</a><br><small><span class="reminder-state reminder-state--sent">Sent</span> ' in body
+    assert f"Sent</span> {format_day(timezone.now() - dt.timedelta(days=20))}</small>" in body
     assert f"30 days before<br><small>{format_day(today + dt.timedelta(days=10))}</small>" in body
     assert "Last reminder" in body and "Next reminder" in body
 
@@ -151,7 +152,8 @@ def test_the_csv_export_has_the_reminder_and_check_columns(staff_client, make_in
 
     (row,) = rows
     assert row["last_reminder"] == "60 days before"
-    assert row["last_reminder_sent_at"].startswith((timezone.now() - dt.timedelta(days=20)).date().isoformat()[:7])
+    assert row["last_reminder_state"] == "sent"
+    assert row["last_reminder_at"].startswith((timezone.now() - dt.timedelta(days=20)).date().isoformat()[:7])
     assert row["next_reminder"] == "30 days before"
     assert row["next_reminder_on"] == (today + dt.timedelta(days=10)).isoformat()
     assert row["last_check_verdict"] == "OK"

@@ -232,7 +232,7 @@ def test_the_institution_page_shows_contacts_key_history_links_and_reminders_wit
 
 def test_send_link_mails_the_contacts_and_reports_it(staff_client, institution):
     client = staff_client("Customer success")
-    response = client.post(action_url(institution, "send_link"), follow=True)
+    response = client.post(action_url(institution, "send_link"), {"confirm": "yes"}, follow=True)
     assert response.status_code == 200
     assert [m.to for m in mail.outbox] == [["ada@northfield.example.edu"]]
     assert SubmissionLink.objects.filter(institution=institution, created_by=client.user).count() == 1
@@ -241,7 +241,7 @@ def test_send_link_mails_the_contacts_and_reports_it(staff_client, institution):
 
 def test_send_link_without_a_contact_says_what_to_do(staff_client, make_institution):
     inst = make_institution()
-    response = staff_client("Customer success").post(action_url(inst, "send_link"), follow=True)
+    response = staff_client("Customer success").post(action_url(inst, "send_link"), {"confirm": "yes"}, follow=True)
     assert "no contact who receives reminders" in response.content.decode()
     assert not SubmissionLink.objects.filter(institution=inst).exists()
     assert mail.outbox == []
@@ -249,7 +249,9 @@ def test_send_link_without_a_contact_says_what_to_do(staff_client, make_institut
 
 def test_send_reminder_now_mails_the_contacts(staff_client, institution, make_credential):
     make_credential(institution, days=10)
-    response = staff_client("Customer success").post(action_url(institution, "send_reminder"), follow=True)
+    response = staff_client("Customer success").post(
+        action_url(institution, "send_reminder"), {"confirm": "yes"}, follow=True
+    )
     assert "Reminder about key" in response.content.decode()
     assert len(mail.outbox) == 1
     assert "ada@northfield.example.edu" in mail.outbox[0].to
@@ -301,7 +303,9 @@ def test_revoke_needs_a_confirmation_with_a_reason_and_is_audited(staff_client, 
 @pytest.mark.parametrize("name", ["send_link", "send_reminder", "check_key", "revoke_key"])
 def test_a_viewer_cannot_use_the_buttons(staff_client, institution, make_credential, name):
     credential = make_credential(institution)
-    response = staff_client("Viewer").post(action_url(institution, name), {"reason": "trying my luck"})
+    response = staff_client("Viewer").post(
+        action_url(institution, name), {"reason": "trying my luck", "confirm": "yes"}
+    )
     assert response.status_code == 403
     credential.refresh_from_db()
     assert credential.status == CD2Credential.Status.ACTIVE
@@ -318,7 +322,13 @@ def test_the_bulk_action_sends_links_and_names_those_without_a_contact(
     client = staff_client("Customer success")
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(
-            CHANGELIST, {"action": "send_submission_links", "_selected_action": [institution.pk, lonely.pk]}
+            CHANGELIST,
+            {
+                "action": "send_submission_links",
+                "index": "0",
+                "_selected_action": [institution.pk, lonely.pk],
+                "confirm": "yes",
+            },
         )
     assert len(queued) == 2 and mail.outbox == []
     with time_machine.travel(timezone.now() + dt.timedelta(seconds=1)):  # the second is due 1/rate later

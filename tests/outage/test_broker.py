@@ -65,7 +65,9 @@ def _admin(cell):
     doors.admin(cell)
     # Staff's "Send submission link" sends in the request, for the answer: no broker needed.
     response = cell.client.post(
-        reverse("admin:institutions_institution_send_link", args=[cell.world.institution.pk]), follow=True
+        reverse("admin:institutions_institution_send_link", args=[cell.world.institution.pk]),
+        {"confirm": "yes"},
+        follow=True,
     )
     assert "Submission link sent to" in response.content.decode()
     doors.link_arrives(cell)

@@ -52,7 +52,9 @@ def _admin(cell):
     doors.admin(cell)
     page = reverse("admin:institutions_institution_change", args=[cell.world.institution.pk])
     response = cell.client.post(
-        reverse("admin:institutions_institution_send_link", args=[cell.world.institution.pk]), follow=True
+        reverse("admin:institutions_institution_send_link", args=[cell.world.institution.pk]),
+        {"confirm": "yes"},
+        follow=True,
     )
     assert response.status_code == 200 and response.redirect_chain[-1][0] == page
     assert "retried automatically" in response.content.decode()

@@ -338,7 +338,7 @@ def path_admin_key_actions(leak: Surfaces, world: World) -> None:
             url = reverse(f"admin:institutions_institution_{action}", args=[pk])
         except Exception:  # noqa: S112 (an action another issue has not built)
             continue
-        leak.response(f"POST {action}", client.post(url, {"reason": "leak test"}, follow=True))
+        leak.response(f"POST {action}", client.post(url, {"reason": "leak test", "confirm": "yes"}, follow=True))
     add_url = reverse("admin:institutions_institution_add_key", args=[pk])
     leak.response("GET add key", client.get(add_url))
     world.gateway.remove_key(CLIENT_ID)  # a refused key is shown back as an error
