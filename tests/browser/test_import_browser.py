@@ -23,10 +23,12 @@ from tests.security.test_csp_browser import chromium, open_watched
 
 HEADER = "name,slug,canvas_domain,status,timezone,account_owner,contacts\n"
 CHANGES = HEADER + (
-    'Lakeside College,lakeside,lakeside.instructure.com,,,cara,"Ada Admin <ada@lakeside.edu>; Bo Data <bo@lakeside.edu>"\n'
+    "Lakeside College,lakeside,lakeside.instructure.com,,,cara,"
+    '"Ada Admin <ada@lakeside.edu>; Bo Data <bo@lakeside.edu>"\n'
     "Northfield University,northfield-university,northfield.instructure.com,,,,\n"
     "Maple Ridge College,maple-ridge,mapleridge.instructure.com,active,America/Denver,olga,\n"
-    'Harbor Technical Institute,harbor-tech,harbor.instructure.com,onboarding,Pacific/Honolulu,cara,"Hana <hana@harbor.edu>"\n'
+    "Harbor Technical Institute,harbor-tech,harbor.instructure.com,onboarding,Pacific/Honolulu,cara,"
+    '"Hana <hana@harbor.edu>"\n'
 )
 ERRORS = (
     HEADER.rstrip("\n")
@@ -103,9 +105,10 @@ def test_customer_success_sees_each_change_and_confirms_the_ones_that_reach_peop
         # Confirmed without the choice: refused in words, the preview still there.
         with page.expect_navigation():
             page.click("input[name=confirm]")
-        assert "Tick “I have checked these changes to existing institutions”" in page.locator(
-            "#import-refusal"
-        ).inner_text()
+        assert (
+            "Tick “I have checked these changes to existing institutions”"
+            in page.locator("#import-refusal").inner_text()
+        )
         assert page.locator("#import-changes").is_visible()
         shot(page, "import-refused-without-the-choice.png")
 

@@ -1,4 +1,4 @@
-"""In Chromium: a new colleague signs in with a recovery code and lands on setting up an authenticator (issue 25 item 6)."""
+"""In Chromium: a recovery code sign-in lands on the authenticator set-up (issue 25 item 6)."""
 
 from __future__ import annotations
 
