@@ -101,6 +101,9 @@ def test_customer_success_sees_each_change_and_confirms_the_ones_that_reach_peop
         choices = page.locator(".import-choice__list li")
         assert choices.count() == 3  # Lakeside's owner, Lakeside's contact, Northfield's match
         shot(page, "import-preview.png")
+        page.emulate_media(color_scheme="dark")
+        shot(page, "import-preview-dark.png")
+        page.emulate_media(color_scheme="light")
 
         # Confirmed without the choice: refused in words, the preview still there.
         with page.expect_navigation():
