@@ -50,7 +50,7 @@ from import_export.results import Result
 
 from credentials.models import AuditEvent
 from credentials.services.audit import audit_record
-from institutions.models import Contact, Institution
+from institutions.models import Contact, Institution, email_for_storage, email_key
 
 # Columns that would carry a key: a file with one is refused whole.
 KEY_COLUMNS = {"client_id", "client id", "secret", "client_secret", "key", "api_key"}
@@ -487,8 +487,13 @@ class InstitutionResource(resources.ModelResource):
         except ValueError as exc:
             errors.setdefault("contacts", []).append(str(exc))
             wanted = []
-        known_emails = {email.lower() for _, email in known}
-        self._pending_contacts = [(n, e) for n, e in wanted if e.lower() not in known_emails]
+        # Compared as every address is (email_key); one contact per address, however often the cell names it.
+        seen = {email_key(email) for _, email in known}
+        self._pending_contacts = []
+        for name, email in wanted:
+            if email_key(email) not in seen:
+                seen.add(email_key(email))
+                self._pending_contacts.append((name, email_for_storage(email)))
         self._previews[number] = self._preview(instance, before, known, file_row)
         if errors:
             raise ValidationError(errors)

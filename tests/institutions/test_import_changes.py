@@ -263,3 +263,15 @@ def test_the_page_documents_every_column_and_offers_templates_that_import_cleanl
 def test_a_viewer_gets_no_template(client, make_staff, verified_login):
     verified_login(client, make_staff("Viewer"))
     assert client.get(reverse("admin:institutions_institution_import_template", args=["csv"])).status_code == 403
+
+
+def test_a_contact_named_twice_in_a_cell_or_in_another_case_is_added_once(make_institution):
+    existing = make_institution(slug="twice", canvas_domain="twice.instructure.com")
+    Contact.objects.create(institution=existing, name="Ada", email="ada@twice.edu")
+    dataset = tablib.Dataset(headers=["name", "slug", "canvas_domain", "contacts"])
+    dataset.append([existing.name, "twice", "twice.instructure.com", "ADA@twice.edu; Bo <bo@twice.edu>; BO@TWICE.EDU"])
+
+    result = institutions_import(dataset=dataset, actor=None, dry_run=False, confirm_changes=True)
+
+    assert not result.has_errors() and not result.has_validation_errors(), result.problems
+    assert sorted(existing.contacts.values_list("email", flat=True)) == ["ada@twice.edu", "bo@twice.edu"]
