@@ -23,15 +23,21 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.admin.views.main import ORDER_VAR
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, reverse
+from django.utils.decorators import method_decorator
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.views.decorators.http import require_POST
 from import_export.admin import ImportMixin
+from import_export.forms import ConfirmImportForm
+from import_export.signals import post_import
 
 from institutions.models import Contact, Institution
 from safeadmin.lists import SafeChangeList
@@ -102,6 +108,10 @@ class InstitutionAdminExtension:
         """The words for an upload one of this extension's readers refused (`error`), or None if not its own."""
         return None
 
+    def import_context(self, request: HttpRequest) -> dict[str, Any]:
+        """Template context for the import page (its columns and their formats, template downloads ...)."""
+        return {}
+
 
 _extensions: list[InstitutionAdminExtension] = []
 
@@ -122,6 +132,20 @@ def insert_after(items: tuple, anchor: Any, *new: Any) -> tuple:
         if item == anchor or (isinstance(item, tuple) and item[0] == anchor):
             return (*items[: index + 1], *new, *items[index + 1 :])
     raise ValueError(f"{anchor!r} is not in {items!r}")
+
+
+class ImportConfirmForm(ConfirmImportForm):
+    """The import's confirm step, with the explicit choice a change to existing institutions needs.
+
+    A resource whose Result has `choices` (words for each change to existing
+    institutions that needs the choice) and `changes_digest` (a fingerprint
+    of the preview's changes) gets both back as `confirm_changes` and
+    `changes_digest` when the import is confirmed, and refuses there: the
+    page cannot be skipped by posting the form without the box.
+    """
+
+    changes_digest = forms.CharField(widget=forms.HiddenInput(), required=False)
+    confirm_changes = forms.BooleanField(required=False, label="I have checked these changes to existing institutions")
 
 
 # --------------------------------------------------------------------------
@@ -410,17 +434,102 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
         else:
             super().add_data_read_fail_error_to_form(form, e)
 
+    # -- the import: every error at once, every change shown, an explicit choice where it matters --------
+
+    import_template_name = "admin/institutions/institution/import.html"
+    confirm_form_class = ImportConfirmForm
+
+    def _import_page_context(self, request) -> dict[str, Any]:
+        context: dict[str, Any] = {}
+        for extension in institution_admin_extensions():
+            context.update(extension.import_context(request))
+        return context
+
+    def import_action(self, request, **kwargs):
+        response = super().import_action(request, **kwargs)
+        if not isinstance(response, TemplateResponse):
+            return response
+        context = response.context_data
+        context.update(self._import_page_context(request))
+        result, confirm_form = context.get("result"), context.get("confirm_form")
+        if confirm_form is not None:
+            if not getattr(result, "changing", True):
+                # Every row matches what is stored: nothing to confirm, nothing to audit.
+                context["confirm_form"] = None
+            else:
+                confirm_form.initial["changes_digest"] = getattr(result, "changes_digest", "")
+        return response
+
+    def get_import_data_kwargs(self, **kwargs):
+        form = kwargs.get("form")
+        kwargs = super().get_import_data_kwargs(**kwargs)
+        if isinstance(form, ImportConfirmForm) and form.is_bound:
+            kwargs["confirm_changes"] = form.cleaned_data.get("confirm_changes", False)
+            kwargs["changes_digest"] = form.cleaned_data.get("changes_digest") or ""
+        return kwargs
+
+    @method_decorator(require_POST)
     def process_import(self, request, **kwargs):
-        # The confirmed import reads the stored upload again: a refusal there goes back to the upload form.
-        try:
+        """The confirmed import: one transaction, its log entries included; a refusal shows the preview again.
+
+        django-import-export's own redirects to the list whatever the result
+        (it trusts the preview); here a confirmed run the resource refuses
+        (the explicit choice missing, the institutions changed since the
+        preview) writes nothing and shows the page again, the upload kept.
+        """
+        if not self.has_import_permission(request):
+            raise PermissionDenied
+        confirm_form = self.create_confirm_form(request)
+        if not confirm_form.is_valid():
             return super().process_import(request, **kwargs)
+        input_format = self.get_import_formats()[int(confirm_form.cleaned_data["format"])](encoding=self.from_encoding)
+        tmp_storage = self.get_tmp_storage_class()(
+            name=confirm_form.cleaned_data["import_file_name"],
+            encoding=None if input_format.is_binary() else self.from_encoding,
+            read_mode=input_format.get_read_mode(),
+            **self.get_tmp_storage_class_kwargs(),
+        )
+        try:
+            dataset = input_format.create_dataset(tmp_storage.read())
         except Exception as error:
+            # The confirmed import reads the stored upload again: a refusal there goes back to the upload form.
             words = self._import_refusal(error)
             if not words:
                 raise
             messages.error(request, words)
             opts = self.model._meta
             return HttpResponseRedirect(reverse(f"admin:{opts.app_label}_{opts.model_name}_import"))
+        with transaction.atomic():
+            result = self.process_dataset(dataset, confirm_form, request, **kwargs)
+            if not (result.has_errors() or result.has_validation_errors()):
+                self.generate_log_entries(result, request)
+        if result.has_errors() or result.has_validation_errors():
+            return self._import_refused(request, result, confirm_form)
+        tmp_storage.remove()
+        self.add_success_message(result, request)
+        post_import.send(sender=None, model=self.model)
+        opts = self.model._meta
+        return HttpResponseRedirect(reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"))
+
+    def _import_refused(self, request, result, confirm_form) -> TemplateResponse:
+        again = self.get_confirm_form_class(request)(
+            initial={
+                **{name: confirm_form.cleaned_data.get(name) for name in ("import_file_name", "format", "resource")},
+                "original_file_name": confirm_form.cleaned_data.get("original_file_name"),
+                "changes_digest": getattr(result, "changes_digest", ""),
+            }
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            **self._import_page_context(request),
+            "title": "Import",
+            "opts": self.model._meta,
+            "result": result,
+            "confirm_form": again if getattr(result, "changing", True) else None,
+            "refusal": getattr(result, "refusal", ""),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, [self.import_template_name], context)
 
     def has_import_permission(self, request) -> bool:
         return bool(self.get_import_resource_classes(request)) and super().has_import_permission(request)

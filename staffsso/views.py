@@ -27,6 +27,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_GET
 from mozilla_django_oidc.views import OIDCAuthenticationRequestView
 
+from credentials.admin.devices import signed_in_with_recovery_code
 from credentials.admin.pages import reauth_mark
 from credentials.admin.site import CodeInput
 from requestinfo import client_ip
@@ -221,7 +222,7 @@ def code_view(request: HttpRequest) -> HttpResponse:
         device = django_otp.match_token(request.user, form.cleaned_data["otp_token"])
         if device is not None:
             django_otp.login(request, device)
-            return HttpResponseRedirect(next_url)
+            return signed_in_with_recovery_code(request, device, next_url) or HttpResponseRedirect(next_url)
         failed = True
         # A failed sign-in like a wrong code at the password form: audited, counted toward the lockout.
         user_login_failed.send(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 from django import forms
 from django.conf import settings
@@ -22,8 +23,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers, patch_cache_control
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django_otp import login as otp_login
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
+from django_otp.plugins.otp_totp.models import TOTPDevice
 from django_otp.qr import write_qrcode_image
 
 from credentials.admin.pages import REAUTH_FAILURES_SESSION_KEY, reauth_failed, reauth_is_fresh
@@ -85,6 +89,40 @@ class StaticDeviceAdmin(DeviceAdmin):
 
 # The unconfirmed device this session is enrolling (its id, never its seed).
 PENDING_DEVICE_SESSION_KEY = "authenticator_reset_device"
+# When this session signed in with a recovery code (a time): the set-up page that follows needs no
+# second password, the sign-in having just checked it. Used once, and only this long after the sign-in.
+RECOVERY_SIGN_IN_SESSION_KEY = "signed_in_with_recovery_code"
+RECOVERY_SIGN_IN_FRESH_SECONDS = 10 * 60
+
+
+def signed_in_with_recovery_code(request: HttpRequest, device, next_url: str) -> HttpResponseRedirect | None:
+    """After a sign-in: straight to setting up an authenticator when the code was a recovery code, else None.
+
+    A recovery code is single-use: who signs in with one (a new colleague's
+    first sign-in, a lost phone) needs an authenticator before the codes run
+    out. Both doors call this: the password form and the code after the
+    identity provider (staffsso).
+    """
+    if not isinstance(device, StaticDevice):
+        return None
+    request.session[RECOVERY_SIGN_IN_SESSION_KEY] = time.time()
+    url = reverse("admin:authenticator_reset")
+    if next_url:
+        url += "?" + urlencode({"next": next_url})
+    return HttpResponseRedirect(url)
+
+
+def _recovery_sign_in_is_fresh(request: HttpRequest) -> bool:
+    at = request.session.get(RECOVERY_SIGN_IN_SESSION_KEY)
+    return isinstance(at, int | float) and 0 <= time.time() - at < RECOVERY_SIGN_IN_FRESH_SECONDS
+
+
+def _safe_next(request: HttpRequest) -> str:
+    next_url = request.GET.get("next") or ""
+    allowed = url_has_allowed_host_and_scheme(
+        next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
+    return next_url if next_url and allowed else ""
 
 
 class PasswordForm(forms.Form):
@@ -94,14 +132,15 @@ class PasswordForm(forms.Form):
         widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
     )
 
-    def __init__(self, *args, user, request, **kwargs) -> None:
+    def __init__(self, *args, user, request, just_signed_in: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.user = user
         # Signed in with the identity provider: no local password; the proof
         # is a fresh sign-in there (as for a reveal, credentials/admin/pages.py).
+        # Signed in a moment ago with a recovery code: that sign-in was the proof.
         self.by_provider = is_sso_session(request)
-        self.needs_provider = self.by_provider and not reauth_is_fresh(request)
-        if self.by_provider:
+        self.needs_provider = self.by_provider and not reauth_is_fresh(request) and not just_signed_in
+        if self.by_provider or just_signed_in:
             del self.fields["password"]
 
     def clean(self):
@@ -142,9 +181,19 @@ def authenticator_reset_view(request: HttpRequest, *, admin_site) -> HttpRespons
     """Password, then the new QR code (this response only), then a code from it: the new device replaces the old."""
     user = request.user
     ip_address = client_ip(request)
-    context = {**admin_site.each_context(request), "title": "Reset my authenticator"}
+    just_signed_in = _recovery_sign_in_is_fresh(request)
+    has_authenticator = TOTPDevice.objects.filter(user=user, confirmed=True).exists()
+    next_url = _safe_next(request)
+    context = {
+        **admin_site.each_context(request),
+        "title": "Set up your authenticator" if just_signed_in else "Reset my authenticator",
+        "recovery_sign_in": just_signed_in,
+        "has_authenticator": has_authenticator,
+        "recovery_codes_left": StaticToken.objects.filter(device__user=user, device__confirmed=True).count(),
+        "next_url": next_url,
+    }
     pending_id = request.session.get(PENDING_DEVICE_SESSION_KEY)
-    password_form = PasswordForm(user=user, request=request)
+    password_form = PasswordForm(user=user, request=request, just_signed_in=just_signed_in)
     code_form = None
 
     if request.method == "POST" and "otp_token" in request.POST and pending_id:
@@ -157,16 +206,22 @@ def authenticator_reset_view(request: HttpRequest, *, admin_site) -> HttpRespons
                 del request.session[PENDING_DEVICE_SESSION_KEY]
                 # This session was verified by the device just replaced.
                 otp_login(request, device)
-                messages.success(request, "Your new authenticator is set up; the old one no longer works.")
-                return HttpResponseRedirect(reverse("admin:index"))
+                messages.success(
+                    request,
+                    "Your new authenticator is set up; the old one no longer works."
+                    if has_authenticator
+                    else "Your authenticator is set up: sign in with its codes from now on.",
+                )
+                return HttpResponseRedirect(next_url or reverse("admin:index"))
             code_form.add_error(
                 "otp_token",
                 "That code does not match. Check the app's clock, or start again for a new QR code.",
             )
     elif request.method == "POST":
-        password_form = PasswordForm(request.POST, user=user, request=request)
+        password_form = PasswordForm(request.POST, user=user, request=request, just_signed_in=just_signed_in)
         if password_form.is_valid():
             request.session.pop(REAUTH_FAILURES_SESSION_KEY, None)  # the wrong ones before were not "in a row"
+            request.session.pop(RECOVERY_SIGN_IN_SESSION_KEY, None)  # used once
             device = authenticator_reset_start(user=user, ip_address=ip_address)
             request.session[PENDING_DEVICE_SESSION_KEY] = device.pk
             context.update(

@@ -16,7 +16,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, F, OuterRef, Prefetch
-from django.http import HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -51,7 +51,7 @@ from credentials.selectors import (
     reminded_without_answer,
 )
 from credentials.services.links import link_batch_create, link_batch_problems, link_batch_progress
-from credentials.services.onboarding import InstitutionResource
+from credentials.services.onboarding import IMPORT_GUIDE, InstitutionResource, import_limits, import_template
 from credentials.services.spreadsheets import BoundedCSV, BoundedXLSX, UploadRefused
 from credentials.services.staff import (
     EXPORT_PERMISSION,
@@ -521,6 +521,23 @@ def link_batch_view(request, model_admin, batch_id: int):
     return TemplateResponse(request, "admin/institutions/institution/link_batch.html", context)
 
 
+TEMPLATE_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
+
+
+def import_template_view(request, model_admin, file_format: str):
+    """The import's columns with one example row, to fill in (CSV or XLSX)."""
+    if not model_admin.has_import_permission(request):
+        raise PermissionDenied
+    if file_format not in TEMPLATE_TYPES:
+        raise Http404("No such template: institutions-import.csv or institutions-import.xlsx")
+    response = HttpResponse(import_template(file_format=file_format), content_type=TEMPLATE_TYPES[file_format])
+    response["Content-Disposition"] = f'attachment; filename="institutions-import.{file_format}"'
+    return response
+
+
 # The pages behind the institution page's buttons (pages.py), as (path, view, name after the model's prefix).
 BUTTON_PAGES = (
     ("send-link", pages.send_link_view, "send_link"),
@@ -579,6 +596,11 @@ class KeysExtension(InstitutionAdminExtension):
         prefix = f"{model_admin.opts.app_label}_{model_admin.opts.model_name}"
         return [
             path("link-batch/<int:batch_id>/", wrap(link_batch_view), name=f"{prefix}_link_batch"),
+            path(
+                "import/institutions-import.<str:file_format>",
+                wrap(import_template_view),
+                name=f"{prefix}_import_template",
+            ),
             *(
                 path(f"<path:object_id>/{route}/", wrap(view), name=f"{prefix}_{name}")
                 for route, view, name in BUTTON_PAGES
@@ -599,3 +621,13 @@ class KeysExtension(InstitutionAdminExtension):
 
     def import_refusal(self, error):
         return str(error) if isinstance(error, UploadRefused) else None
+
+    def import_context(self, request):
+        return {
+            "import_guide": IMPORT_GUIDE,
+            "import_limits": import_limits(),
+            "import_templates": [
+                (label, reverse("admin:institutions_institution_import_template", args=[file_format]))
+                for file_format, label in (("csv", "CSV"), ("xlsx", "XLSX"))
+            ],
+        }

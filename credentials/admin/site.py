@@ -195,9 +195,13 @@ class StaffAdminSite(OTPAdminSite):
             "sso_login_url": reverse("staffsso:login") + "?" + urlencode({"next": request.GET.get("next", "/admin/")}),
         }
         response = super().login(request, extra_context)
-        if request.method == "POST" and sso_enabled() and request.user.is_authenticated and response.status_code == 302:
+        signed_in = request.method == "POST" and request.user.is_authenticated and response.status_code == 302
+        if signed_in and sso_enabled():
             # Only a break-glass account gets here (StaffLoginForm): audited and every superuser told.
             break_glass_signed_in(user=request.user, ip_address=client_ip(request))
+        if signed_in:
+            device = getattr(request.user, "otp_device", None)
+            return devices.signed_in_with_recovery_code(request, device, response["Location"]) or response
         return response
 
     def get_urls(self):

@@ -130,9 +130,15 @@ def _check_cell(value, *, row: int) -> None:
 
 
 def _dataset(rows) -> tablib.Dataset:
-    """A Dataset from (sheet row number, values) pairs, the first being the header, within the limits."""
+    """A Dataset from (sheet row number, values) pairs, the first being the header, within the limits.
+
+    `dataset.row_numbers` holds each data row's number in the file (its
+    sheet row, or its CSV line), so that an error names the row the staff
+    member sees in their spreadsheet, blank lines and all.
+    """
     max_rows, max_columns, _ = _limits()
     dataset = tablib.Dataset()
+    dataset.row_numbers = []
     width = None
     for number, values in rows:
         values = list(values)
@@ -166,6 +172,7 @@ def _dataset(rows) -> tablib.Dataset:
         for value in values:
             _check_cell(value, row=number)
         dataset.append(values)
+        dataset.row_numbers.append(number)
     if width is None:
         raise UploadRefused("This file is empty: the import needs a header row. Nothing was read.")
     return dataset

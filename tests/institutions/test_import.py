@@ -98,7 +98,13 @@ def test_a_row_matches_on_the_canvas_domain_when_the_slug_differs_and_only_new_c
     dataset = tablib.Dataset(headers=["name", "slug", "canvas_domain", "contacts"])
     dataset.append(["New Name", "", "match.instructure.com", "ADA@match.edu; Bo <bo@match.edu>"])
 
-    result = institutions_import(dataset=dataset, actor=None, dry_run=False)
+    # A match by Canvas domain renames an existing institution and adds a contact: the explicit choice first.
+    refused = institutions_import(dataset=dataset, actor=None, dry_run=False)
+    assert refused.has_errors() and "Tick" in refused.refusal
+    existing.refresh_from_db()
+    assert existing.name == "Old Name" and existing.contacts.count() == 1
+
+    result = institutions_import(dataset=dataset, actor=None, dry_run=False, confirm_changes=True)
 
     assert not result.has_errors() and not result.has_validation_errors(), result.invalid_rows
     existing.refresh_from_db()

@@ -19,6 +19,7 @@ from django.core import mail
 from django.test import Client
 from django.utils import timezone
 from django_otp.oath import TOTP
+from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from credentials.admin.site import SIGN_IN_FAILED
@@ -375,3 +376,21 @@ def test_extra_authorization_parameters_are_sent_but_never_replace_ours(sso_sett
     params = dict(part.split("=", 1) for part in query.split("&"))
     assert params["access_type"] == "offline" and params["hd"] == "uni.example"
     assert params["state"] != "mine" and params["nonce"] != "mine"
+
+
+def test_a_recovery_code_after_the_provider_leads_straight_to_setting_up_an_authenticator(sso_settings, settings):
+    # Issue 25 item 6, at the identity provider's door: the page after the code is the set-up, no re-sign-in asked.
+    settings.OIDC_REQUIRE_MFA = False
+    sub = sso_settings.person("newcomer", groups=["cd2-viewers"], amr=["pwd"])
+    client = Client()
+    response = sso_settings.sign_in(client, sub)
+    user = get_user_model().objects.get(sso_identity__subject=sub)
+    StaticDevice.objects.create(user=user, name="first sign-in", confirmed=True).token_set.create(token="f1rstc0de")
+
+    right = client.post(response["Location"], {"otp_token": "f1rstc0de"})
+
+    assert right.status_code == 302 and right["Location"] == "/admin/my-authenticator/?next=%2Fadmin%2F"
+    page = client.get(right["Location"]).content.decode()
+    assert "you have no authenticator yet" in page and "provider-reauth" not in page
+    qr = client.post(right["Location"], {}).content.decode()
+    assert 'alt="QR code for your new authenticator"' in qr
