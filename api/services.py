@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from api.models import ApiToken, Scope, ServiceAccount, SyncReport
@@ -37,6 +37,9 @@ TOKEN_PREFIX = "cd2r_"  # noqa: S105 (a label, not a secret)
 TOKEN_BYTES = 32
 _TOKEN_SHAPE = re.compile(r"\Acd2r_[a-z0-9]{8}_[A-Za-z0-9_-]{43}\Z")
 DEFAULT_TOKEN_DAYS = 90
+# A token's last use (last_used_at, last_used_ip) is written at most this often:
+# "used in the last minute" is all staff need, and a read must not be a write.
+TOKEN_USE_RECORDED_EVERY = dt.timedelta(minutes=1)
 MAX_TOKEN_DAYS = 730
 # One pipeline failing in a loop must not turn into a burst of checks against
 # the CD2 gateway: at most one queued check per key in this window.
@@ -179,8 +182,24 @@ def api_token_authenticate(
             "API token %s of %s refused from %s (not in its allow-list)", token.prefix, token.account, ip_address
         )
         return None
-    ApiToken.objects.filter(pk=token.pk).update(last_used_at=now, last_used_ip=ip_address)
+    _token_use_record(token=token, ip_address=ip_address, now=now)
     return token
+
+
+def _token_use_record(*, token: ApiToken, ip_address: str | None, now: dt.datetime) -> None:
+    """Write the token's last use (time and address) at most once per TOKEN_USE_RECORDED_EVERY.
+
+    A pipeline reads many keys a minute: writing the row on each read made
+    every read a write. The conditional UPDATE keeps it once a minute when
+    several workers serve the same token at once. The audit of a key read
+    is not this: it stays one row per read (api/views.py).
+    """
+    recorded_after = now - TOKEN_USE_RECORDED_EVERY
+    if token.last_used_at is not None and token.last_used_at > recorded_after:
+        return
+    ApiToken.objects.filter(pk=token.pk).filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lte=recorded_after)
+    ).update(last_used_at=now, last_used_ip=ip_address)
 
 
 # --------------------------------------------------------------------------

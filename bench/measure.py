@@ -275,6 +275,23 @@ def _in_one_process(*, today, now):
     return reminders.reminders_report(run)
 
 
+def _costliest_hour(now: dt.datetime) -> dt.datetime:
+    """The hour (at REMINDERS_MINUTE) of the next 24 when the most zones of the data have passed REMINDERS_HOUR."""
+    from django.conf import settings
+
+    from bench.generate import TIMEZONES
+    from credentials.days import zone_days
+
+    not_before = dt.time(settings.REMINDERS_HOUR, settings.REMINDERS_MINUTE)
+    start = now.astimezone(dt.UTC).replace(minute=settings.REMINDERS_MINUTE, second=0, microsecond=0)
+
+    def reached(at: dt.datetime) -> int:
+        zones = set().union(*(names for _, names in zone_days(at, not_before=not_before)))
+        return len(zones & set(TIMEZONES))
+
+    return max((start + dt.timedelta(hours=h) for h in range(24)), key=reached)
+
+
 def measure_reminders(ctx: Context) -> dict:
     """The reminder run, from decision to last mail delivered by two Celery workers, beside its floors.
 
@@ -299,6 +316,14 @@ def measure_reminders(ctx: Context) -> dict:
     dry_queries = QueryCounter()
     with dry_queries.counting():
         dry_s, dry = timed(reminders_send_due, today=today, now=now, dry_run=True)
+
+    # The hourly beat run (scheduled=True) scans only the institutions whose
+    # clock has passed REMINDERS_HOUR; timed at the hour of the coming day
+    # when the most of the data's zones have (its costliest run).
+    hourly_at = _costliest_hour(now)
+    hourly_queries = QueryCounter()
+    with hourly_queries.counting():
+        hourly_s, hourly = timed(reminders_send_due, now=hourly_at, dry_run=True, scheduled=True)
 
     marks = {table: max_id(table) for table in REMINDER_TABLES}
     with_workers = settings.CELERY_BROKER_URL.startswith("redis://")
@@ -382,6 +407,11 @@ def measure_reminders(ctx: Context) -> dict:
         "send_floor_s": send_floor_s,
         "send_floor_per_message_ms": 1000 * send_floor_s / mail["messages"] if mail["messages"] else None,
         "scan_ratio": ratio(dry_s, floor_s),
+        "hourly_at": hourly_at.isoformat(),
+        "hourly_s": hourly_s,
+        "hourly_due": hourly.due,
+        "hourly_queries": hourly_queries.count,
+        "hourly_ratio": ratio(hourly_s, floor_s),
         "target_s": 5 * floor_s + send_floor_s,
         "ratio_to_target": statistics.median(ratios) if ratios else None,
     }
@@ -595,9 +625,9 @@ def measure_submission(ctx: Context) -> dict:
             "submitted_by_email": email,
         }
 
-    # wrk_post.lua puts each request's key in place of __CLIENT_ID__ and __SECRET__
-    # (the floor's body keeps them: the floor reads no key).
+    # wrk_post.lua puts each request's key in place of __CLIENT_ID__ and __SECRET__.
     body, floor_body = urlencode(form(SUBMITTER_EMAIL)), urlencode(form(FLOOR_EMAIL))
+    pool = sorted(ctx.generated.key_pool.items())
     workers = ctx.workers
     out: dict = {"workers": workers, "connections": connections, "seconds": seconds, "rounds": rounds, "runs": []}
     with FakeGateway(keys={**ctx.generated.key_pool, **dict(fresh)}) as gateway:
@@ -618,7 +648,11 @@ def measure_submission(ctx: Context) -> dict:
                     prefix, run_body = "/k/", body
                     before = _count("SELECT count(*) FROM credentials_submissionlink WHERE used_at IS NOT NULL")
                 else:
-                    batch = [secrets.token_urlsafe(32) for _ in range(per_run)]
+                    # The fair floor checks a key the gateway accepts (two calls), from the pool in turn.
+                    batch = [
+                        f"{secrets.token_urlsafe(32)}\t{quote(client_id, safe='')}\t{quote(secret, safe='')}"
+                        for client_id, secret in itertools.islice(itertools.cycle(pool), per_run)
+                    ]
                     prefix, run_body = "/bench/floor/", floor_body
                     before = _count("SELECT count(*) FROM credentials_auditevent WHERE actor_label = %s", [FLOOR_EMAIL])
                 result = _wrk(
@@ -1077,8 +1111,12 @@ def measure_api(ctx: Context) -> dict:
     random.Random(15).shuffle(slugs)
     slugs = slugs[:2000]
     seconds, rounds, connections = ctx.load_seconds, ctx.load_rounds, ctx.load_connections
-    reads = [f"/api/v1/institutions/{slug}/key" for slug in slugs]
-    floors = [f"/bench/floor/api/{slug}/key" for slug in slugs]
+    paths = {
+        "read": [f"/api/v1/institutions/{slug}/key" for slug in slugs],
+        "floor": [f"/bench/floor/api/{slug}/key" for slug in slugs],
+        "plain": [f"/bench/floor/plain/{slug}/key" for slug in slugs],
+    }
+    reads = paths["read"]
     runs = []
     with _gunicorn(workers=ctx.workers, env=dict(os.environ), log_name="gunicorn-api") as port:
 
@@ -1086,7 +1124,7 @@ def measure_api(ctx: Context) -> dict:
             before = _count("SELECT count(*) FROM credentials_auditevent WHERE kind = %s", [AuditEvent.Kind.HANDOFF])
             result = _wrk_get(
                 port=port,
-                paths=reads if kind == "read" else floors,
+                paths=paths[kind],
                 auth=f"Bearer {reader}",
                 seconds=1 if warm else seconds,
                 connections=connections,
@@ -1096,12 +1134,12 @@ def measure_api(ctx: Context) -> dict:
             result.update(kind=kind, ok=ok, audited=after - before, rps=ok / (result["duration_us"] / 1e6))
             return result
 
-        run("floor", warm=True)
-        run("read", warm=True)
+        for kind in ("plain", "floor", "read"):
+            run(kind, warm=True)
         for _ in range(rounds):
-            runs.append(run("floor"))
-            runs.append(run("read"))
-    for kind in ("floor", "read"):
+            for kind in ("plain", "floor", "read"):
+                runs.append(run(kind))
+    for kind in ("plain", "floor", "read"):
         mine = [r for r in runs if r["kind"] == kind]
         best = max(mine, key=lambda r: r["rps"])
         out[f"{kind}_load"] = {
@@ -1123,6 +1161,8 @@ def measure_api(ctx: Context) -> dict:
     out["workers"], out["connections"], out["seconds"], out["rounds"] = ctx.workers, connections, seconds, rounds
     out["keys_in_rotation"] = len(slugs)
     out["read_ratio"] = ratio(out["read_load"]["rps"], out["floor_load"]["rps"])
+    # What authentication (token, scope, rate limit, DRF) costs: the trivial authenticated view beside a plain one.
+    out["auth_ratio"] = ratio(out["floor_load"]["rps"], out["plain_load"]["rps"])
     return out
 
 

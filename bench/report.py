@@ -134,12 +134,15 @@ ADMIN_LABELS = {
 FIGURE_ORDER = (
     "Reminder run, wall",
     "Reminder scan (dry run)",
+    "Reminder scan, hourly run (dry run, costliest hour)",
     "Reminder run, statements per reminder sent",
     "Reminder run, peak memory",
     *(f"Admin list, {label}" for label in ADMIN_LABELS.values()),
     "Submission throughput",
+    "Submission throughput, 100,000 beside 10,000",
     "Key rotation",
     "Key checks, gateway requests/s the design needs",
+    "API trivial authenticated view (gunicorn)",
     "API key reads (gunicorn)",
     "API key list, page of 100",
     "API key list, page of 500",
@@ -181,6 +184,17 @@ def _figures(size: dict) -> list[Figure]:
                 r["scan_ratio"] <= 5 if r["scan_ratio"] else None,
             )
         )
+    if r and r.get("hourly_s") is not None:
+        rows.append(
+            (
+                "Reminder scan, hourly run (dry run, costliest hour)",
+                f"{_ms(r['hourly_s'])}, {r['hourly_queries']} statements, {r['hourly_due']:,} due",
+                _ms(r["floor_sql_s"]),
+                _x(r["hourly_ratio"]),
+                "≤ 5×",
+                r["hourly_ratio"] <= 5 if r["hourly_ratio"] else None,
+            )
+        )
     a = size.get("admin")
     if a:
         for key, label in _admin_views(a):
@@ -201,10 +215,10 @@ def _figures(size: dict) -> list[Figure]:
             (
                 "Submission throughput",
                 f"{_n(s['submission']['rps'], 1)} req/s",
-                f"{_n(s['floor']['rps'], 1)} req/s",
+                f"{_n(s['floor']['rps'], 1)} req/s (fair floor: 2 gateway calls, 1 encryption, 1 INSERT)",
                 _x(s["throughput_ratio"]),
-                "≥ 0.80×",
-                s["throughput_ratio"] >= 0.8 if s["throughput_ratio"] else None,
+                "≥ 0.50×",
+                s["throughput_ratio"] >= 0.5 if s["throughput_ratio"] else None,
             )
         )
     k = size.get("rotation")
@@ -221,6 +235,17 @@ def _figures(size: dict) -> list[Figure]:
         )
     p = size.get("api")
     if p:
+        if p.get("plain_load"):
+            rows.append(
+                (
+                    "API trivial authenticated view (gunicorn)",
+                    f"{_n(p['floor_load']['rps'], 1)} req/s",
+                    f"{_n(p['plain_load']['rps'], 1)} req/s (plain unauthenticated view)",
+                    _x(p["auth_ratio"]),
+                    "≥ 0.33×",
+                    p["auth_ratio"] >= 0.33 if p["auth_ratio"] else None,
+                )
+            )
         rows.append(
             (
                 "API key reads (gunicorn)",
@@ -280,6 +305,8 @@ def _summary(sizes: list[dict]) -> list[str]:
         n = f"{size['institutions']:,}"
         for label, measured, floor, ratio, target, met in _figures(size):
             lines.append(f"| {label} | {n} | {measured} | {floor} | {ratio} | {target} | {_met(met)} |")
+    for n, (label, measured, floor, ratio, target, met) in _across_sizes(sizes):
+        lines.append(f"| {label} | {n:,} | {measured} | {floor} | {ratio} | {target} | {_met(met)} |")
     return lines
 
 
@@ -396,9 +423,10 @@ def render(*, started: dt.datetime, machine: dict, sizes: list[dict], quick: boo
         SECTIONS[2] + " (gunicorn on loopback, wrk)",
         "",
         "A valid submission (form, CSRF, rate limits, live check against the fake CD2 gateway with no added latency, "
-        "key stored, receipt mailed) to a fresh single-use link per request. Floor: a trivial view that reads the "
-        "same form and writes one row, same gunicorn, middleware and CSRF. Best of the rounds; throughput counts "
-        "rows actually written.",
+        "key stored, receipt mailed) to a fresh single-use link per request. Floor (fair, issue 29): a view that "
+        "reads the same form, makes the same two gateway calls with requests, encrypts the Secret once (Fernet) and "
+        "INSERTs one row; same gunicorn, middleware and CSRF. Best of the rounds; throughput counts rows actually "
+        "written.",
         "",
     ]
     out += _table(
@@ -508,7 +536,8 @@ def render(*, started: dt.datetime, machine: dict, sizes: list[dict], quick: boo
         "(a) `GET /api/v1/institutions/<slug>/key` through gunicorn on loopback with wrk, a different institution's "
         "usable key per request in turn (token check, scope, rate limit, decryption, one hand-off audit row per "
         "read). Floor: a trivial view with the same token authentication, scope check, rate limit and renderer "
-        "that answers a constant. Best of the rounds. (b) `GET /api/v1/keys/` (first page; key state, hint, region, "
+        "that answers a constant; under it, a plain view through the project's middleware with no DRF and no "
+        "token. Best of the rounds. (b) `GET /api/v1/keys/` (first page; key state, hint, region, "
         "expiry, last check per institution) in process, median of interleaved repeats. Floor: DRF's stock "
         "ListAPIView with a ModelSerializer over the same institutions and the same cursor pagination.",
         "",
@@ -530,7 +559,9 @@ def render(*, started: dt.datetime, machine: dict, sizes: list[dict], quick: boo
                 "(a) reads answered 200 / audit rows written / errors",
                 lambda s: f"{s['read_load']['ok']:,} / {s['read_load']['audited']:,} / {s['read_load']['errors']:,}",
             ),
+            ("(a) plain unauthenticated view: requests/s", lambda s: _n(s["plain_load"]["rps"], 1)),
             ("(a) floor: requests/s", lambda s: _n(s["floor_load"]["rps"], 1)),
+            ("(a) floor / plain view throughput (authentication's cost)", lambda s: _x(s["auth_ratio"])),
             (
                 "(a) floor: median / p99 latency",
                 lambda s: (
@@ -606,13 +637,40 @@ def _current_figures(size: dict) -> list[Figure]:
     return rows
 
 
+def _across_sizes(sizes: list[dict]) -> list[tuple[int, Figure]]:
+    """Figures that compare two sizes of one run: the submission at 100,000 within 15% of its 10,000 figure."""
+    by_n = {size["institutions"]: size for size in sizes}
+    small, large = (by_n.get(n, {}).get("submission") for n in (10_000, 100_000))
+    if not (small and large):
+        return []
+    change = large["submission"]["rps"] / small["submission"]["rps"] if small["submission"]["rps"] else None
+    return [
+        (
+            100_000,
+            (
+                "Submission throughput, 100,000 beside 10,000",
+                f"{_n(large['submission']['rps'], 1)} req/s",
+                f"{_n(small['submission']['rps'], 1)} req/s at 10,000",
+                _x(change),
+                "≥ 0.85× (within 15%)",
+                change >= 0.85 if change is not None else None,
+            ),
+        )
+    ]
+
+
 def current_rows(sizes: list[dict], *, measured_on: str) -> list[list[str]]:
     """The current table's rows for what this run measured, each with the run's date."""
-    return [
+    rows = [
         [label, f"{size['institutions']:,}", measured, floor, ratio, target, _verdict(met), measured_on]
         for size in sizes
         for label, measured, floor, ratio, target, met in _current_figures(size)
     ]
+    rows += [
+        [label, f"{n:,}", measured, floor, ratio, target, _verdict(met), measured_on]
+        for n, (label, measured, floor, ratio, target, met) in _across_sizes(sizes)
+    ]
+    return rows
 
 
 def _parse_rows(table: str) -> list[list[str]]:

@@ -182,7 +182,14 @@ class CD2Credential(models.Model):
                 name="one_row_per_client_id",
             ),
         ]
-        indexes = [models.Index(fields=("status", "expires_on"), name="credential_status_expiry")]
+        indexes = [
+            models.Index(fields=("status", "expires_on"), name="credential_status_expiry"),
+            # "Is this Client ID on file?" (services/submission._on_file) asks
+            # for every row with the index, duplicates included: the partial
+            # unique index above leaves the duplicates out, so it cannot serve
+            # that question and the lookup was a scan of every key.
+            models.Index(fields=("client_id_index",), name="credential_client_id_index"),
+        ]
         permissions = [
             ("reveal_secret", "Can reveal a key's Secret (audited)"),
             ("handoff_credential", "Can hand a key to the data pipeline (audited)"),

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
-from django.db.models.functions import Lower
+from django.db.models.functions import Lower, Upper
 
 # A Canvas host name such as school.instructure.com or canvas.school.edu:
 # lower-case labels separated by dots, no scheme, path or port.
@@ -209,6 +209,13 @@ class Contact(models.Model):
         ordering = ("name",)
         constraints = [
             models.UniqueConstraint("institution", Lower("email"), name="one_contact_per_email_per_institution"),
+        ]
+        indexes = [
+            # "Lost the link?" finds an address among every institution's
+            # contacts with email__iexact, which Django writes UPPER(email) =
+            # UPPER(%s): this index serves exactly that (the constraint above
+            # leads with the institution, so it cannot).
+            models.Index(Upper("email"), name="contact_email_iexact"),
         ]
 
     def __str__(self) -> str:

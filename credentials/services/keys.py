@@ -208,12 +208,35 @@ def credential_create(
     if check is not None:
         credential_check_record(credential=credential, check=check, now=now)
     with transaction.atomic():
-        credential.save(force_insert=True)
         if status == CD2Credential.Status.ACTIVE:
-            credential_activate(credential=credential, now=now)
+            # Written active at once (one INSERT, not an INSERT and an UPDATE):
+            # the institution's current key is superseded first, under its lock.
+            _active_key_supersede(credential=credential, now=now)
+            credential.status = CD2Credential.Status.ACTIVE
+            credential.save(force_insert=True)
+            institution_key_summary_refresh(institution_id=institution.pk, changed_at=now)
+            key_event_send(event_type=KEY_ACTIVATED, credential=credential, occurred_at=now)
         else:
+            credential.save(force_insert=True)
             institution_key_summary_refresh(institution_id=institution.pk, changed_at=now)
     return credential
+
+
+def _active_key_supersede(*, credential: CD2Credential, now: dt.datetime) -> None:
+    """Lock the key's institution and make its active key (other than this one) history.
+
+    Call inside a transaction. The lock makes two activations for one
+    institution run one after the other instead of tripping the
+    one-active-key constraint.
+    """
+    Institution.objects.select_for_update().filter(pk=credential.institution_id).first()
+    CD2Credential.objects.filter(institution_id=credential.institution_id, status=CD2Credential.Status.ACTIVE).exclude(
+        pk=credential.pk
+    ).update(
+        status=CD2Credential.Status.SUPERSEDED,
+        status_changed_at=now,
+        status_reason=f"Superseded by key {credential.hint} on {format_day(now)}",
+    )
 
 
 def credential_activate(
@@ -227,14 +250,7 @@ def credential_activate(
     """
     now = now or timezone.now()
     with transaction.atomic():
-        Institution.objects.select_for_update().filter(pk=credential.institution_id).first()
-        CD2Credential.objects.filter(
-            institution_id=credential.institution_id, status=CD2Credential.Status.ACTIVE
-        ).exclude(pk=credential.pk).update(
-            status=CD2Credential.Status.SUPERSEDED,
-            status_changed_at=now,
-            status_reason=f"Superseded by key {credential.hint} on {format_day(now)}",
-        )
+        _active_key_supersede(credential=credential, now=now)
         credential.status = CD2Credential.Status.ACTIVE
         credential.status_changed_at = now
         credential.status_reason = ""

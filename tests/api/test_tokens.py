@@ -120,3 +120,31 @@ def test_the_last_use_is_recorded(make_token):
     api_token_authenticate(plaintext=plaintext, ip_address="10.0.0.9")
     token.refresh_from_db()
     assert token.last_used_ip == "10.0.0.9" and token.last_used_at is not None
+
+
+def test_the_last_use_is_written_at_most_once_a_minute_while_each_key_read_is_audited_as_a_handoff(
+    make_token, api, institution, make_credential
+):
+    """A pipeline reading keys in a loop must not make each read a write of the token's row."""
+    from credentials.models import AuditEvent
+
+    make_credential(institution)
+    plaintext, token = make_token([Scope.KEYS_READ], institutions=[institution])
+    start = timezone.now()
+    with time_machine.travel(start, tick=False):
+        assert api(plaintext).get(key_url(institution.slug)).status_code == 200
+    token.refresh_from_db()
+    assert token.last_used_at == start
+    reads = AuditEvent.objects.filter(kind=AuditEvent.Kind.HANDOFF).count()
+    with time_machine.travel(start + dt.timedelta(seconds=59), tick=False):
+        assert api(plaintext).get(key_url(institution.slug)).status_code == 200
+        # Read now, not written: the row still says the first use.
+        assert api_token_authenticate(plaintext=plaintext, ip_address="10.0.0.7") is not None
+    token.refresh_from_db()
+    assert token.last_used_at == start
+    assert AuditEvent.objects.filter(kind=AuditEvent.Kind.HANDOFF).count() == reads + 1
+    later = start + dt.timedelta(seconds=61)
+    with time_machine.travel(later, tick=False):
+        assert api_token_authenticate(plaintext=plaintext, ip_address="10.0.0.7") is not None
+    token.refresh_from_db()
+    assert (token.last_used_at, token.last_used_ip) == (later, "10.0.0.7")

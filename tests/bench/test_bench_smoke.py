@@ -98,6 +98,7 @@ def test_the_bench_at_200_institutions_reports_every_figure_with_numbers(bench_p
         "Admin list, default",
         "Submission throughput",
         "Key rotation",
+        "API trivial authenticated view (gunicorn)",
         "API key reads (gunicorn)",
         "API key list, page of 100",
     }

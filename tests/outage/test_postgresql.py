@@ -21,6 +21,7 @@ from django.urls import reverse
 
 from credentials import tasks
 from credentials.models import Notice
+from edpotential import settings as settings_module
 from tests.outage import doors
 from tests.outage.conftest import CONTACT, DOORS, SOON_CONTACT, later, sign_in
 from tests.outage.servers import TcpProxy
@@ -50,7 +51,9 @@ def database(cell, database_proxy):
     keys = ("HOST", "PORT", "CONN_MAX_AGE", "CONN_HEALTH_CHECKS")
     saved = {key: connection.settings_dict[key] for key in keys}
     connection.close()
-    connection.settings_dict.update(HOST="127.0.0.1", PORT=str(database_proxy.port), CONN_MAX_AGE=60)
+    connection.settings_dict.update(
+        HOST="127.0.0.1", PORT=str(database_proxy.port), CONN_MAX_AGE=settings_module.PRODUCTION_CONN_MAX_AGE
+    )
     assert connection.settings_dict["CONN_HEALTH_CHECKS"] is True  # the project's setting
     try:
         yield database_proxy
