@@ -2,6 +2,12 @@
 (function () {
   "use strict";
 
+  // The page's words in its language: data-say-* on #secret-field (templates/credentials/submit.html).
+  function say(name, fallback) {
+    var field = document.getElementById("secret-field");
+    return (field && field.getAttribute("data-say-" + name)) || fallback;
+  }
+
   function secretToggle() {
     var input = document.getElementById("id_secret");
     if (!input) return;
@@ -11,16 +17,16 @@
     row.appendChild(input);
     var button = document.createElement("button");
     button.type = "button";
-    button.textContent = "Show";
+    button.textContent = say("show", "Show");
     button.setAttribute("aria-controls", "id_secret");
     button.setAttribute("aria-pressed", "false");
-    button.setAttribute("aria-label", "Show the Secret");
+    button.setAttribute("aria-label", say("show-secret", "Show the Secret"));
     button.addEventListener("click", function () {
       var show = input.type === "password";
       input.type = show ? "text" : "password";
-      button.textContent = show ? "Hide" : "Show";
+      button.textContent = show ? say("hide", "Hide") : say("show", "Show");
       button.setAttribute("aria-pressed", show ? "true" : "false");
-      button.setAttribute("aria-label", show ? "Hide the Secret" : "Show the Secret");
+      button.setAttribute("aria-label", show ? say("hide-secret", "Hide the Secret") : say("show-secret", "Show the Secret"));
     });
     row.appendChild(button);
   }
