@@ -29,9 +29,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.utils.translation import gettext, ngettext
 from django.db import models
 from django.db.models import Case, Q, Value, When
+from django.utils.translation import gettext, ngettext
 
 from credentials.expressions import DaysBetween
 from credentials.validators import add_months
