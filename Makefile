@@ -34,7 +34,15 @@ messages-update: $(STAMP)
 	  --ignore='templates/admin/*' --ignore='templates/security/*' --ignore='templates/staffsso/*' \
 	  --ignore='devtools/*' --ignore='bench/*' --ignore='docs/*'
 
-install: $(STAMP) $(OIDC_PROVIDER) messages
+# axe-core (tests/a11y, pinned in its lock file) for the accessibility tests, which
+# inject it into Chromium; without node they skip (CI fails instead).
+AXE_CORE := tests/a11y/node_modules/.installed
+$(AXE_CORE): tests/a11y/package.json tests/a11y/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix tests/a11y --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the accessibility tests will skip (install Node.js 20+ to run them)"; fi
+
+install: $(STAMP) $(OIDC_PROVIDER) $(AXE_CORE) messages
 
 # Development defaults: DEBUG on, everything else embedded (SQLite, a folder
 # as Celery broker, console mail, keys generated under var/), and keys checked
@@ -59,7 +67,7 @@ run: $(STAMP) .env messages
 # xdist_group on one worker.
 TEST_WORKERS ?= auto
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
-test: $(STAMP) $(OIDC_PROVIDER) .env messages
+test: $(STAMP) $(OIDC_PROVIDER) $(AXE_CORE) .env messages
 	$(PYTEST)
 
 # The suite again with the wall clock of every Python process moved
@@ -67,7 +75,7 @@ test: $(STAMP) $(OIDC_PROVIDER) .env messages
 # west of it, 29 February, and a Sunday of a DST change in America. Each date
 # runs even when an earlier one fails; the exit status says if any did.
 TEST_DATES ?= 2027-01-01T00:30:00Z 2028-02-29T12:00:00Z 2027-03-14T07:30:00Z
-test-dates: $(STAMP) $(OIDC_PROVIDER) .env messages
+test-dates: $(STAMP) $(OIDC_PROVIDER) $(AXE_CORE) .env messages
 	@failed=""; for at in $(TEST_DATES); do \
 	  echo "== make test with every clock at $$at"; \
 	  PYTHONPATH="$(abspath tests/clock)$${PYTHONPATH:+:$$PYTHONPATH}" CLOCK_AT=$$at $(PYTEST) -q || failed="$$failed $$at"; \

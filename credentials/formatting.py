@@ -13,7 +13,7 @@ the admin follows the same formats (edpotential/formats). Machine formats
 In another language than English (a customer's page or mail in French or
 Spanish, settings.LANGUAGES) the same four are written as that language
 writes them, with Django's locale formats: "14 mars 2027", "dimanche 14 mars
-2027", "14 mars 2027, 05 h 25", "mars 2027" ("14 de marzo de 2027" ...). The
+2027", "14 mars 2027, 05:25", "mars 2027" ("14 de marzo de 2027" ...). The
 staff site is always in English, so what staff read does not change.
 """
 
@@ -70,8 +70,8 @@ def format_moment(value: dt.datetime | None, tz: str | dt.tzinfo | None = None, 
     if value is None:
         return ""
     value = _local(value, tz)
-    clock = f"{value:%H:%M}" if _in_english() else formats.time_format(value.time(), "TIME_FORMAT")
-    text = f"{_day_text(value)}, {clock}"
+    # 24-hour "07:30" in every language (Django's fr_CA TIME_FORMAT writes its "h" as an hour: "07 07 30").
+    text = f"{_day_text(value)}, {value:%H:%M}"
     if with_zone and value.tzinfo is not None:
         text += f" {value:%Z}"
     return text

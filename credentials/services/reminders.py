@@ -158,8 +158,8 @@ def _reminder_email(*, credential: CD2Credential, to: list[str], now: dt.datetim
         now=now,
         sent_to=recipients,
     )
-    days = institution_key_days(institution, expires_on=credential.expires_on, now=now)
-    with translation.override(institution.language):  # days.phrase is read in the mail's language
+    with translation.override(institution.language):  # days.phrase is written in the mail's language
+        days = institution_key_days(institution, expires_on=credential.expires_on, now=now)
         context = _email_context(credential=credential, days=days, link_context=new_link.context())
     context["greeting_name"] = greeting_name(institution=institution, to=recipients)
     calendar = expiry_calendar(credential=credential, now=now)  # None once the date has passed
