@@ -24,6 +24,7 @@ import zoneinfo
 
 from django.conf import settings
 from django.utils import formats, timezone, translation
+from django.utils.translation import pgettext_lazy
 
 
 def _in_english() -> bool:
@@ -88,6 +89,16 @@ def possessive(name: str) -> str:
     """ "Harbour City Schools'" and "Lakeside College's"."""
     name = (name or "").strip()
     return f"{name}'" if name.endswith(("s", "S")) else f"{name}'s"
+
+
+def recommended_expiry() -> str:
+    """settings.CD2_RECOMMENDED_EXPIRY in the reader's language, read when shown ("1 year", "1 an", "1 año").
+
+    The setting names one of the periods Instructure offers (credentials.forms.EXPIRY_PERIODS,
+    whose labels the catalogues translate with the context "expiry period"); any other
+    text is shown as staff wrote it.
+    """
+    return pgettext_lazy("expiry period", settings.CD2_RECOMMENDED_EXPIRY)
 
 
 def html_lang(language: str) -> str:

@@ -11,7 +11,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from credentials.days import institution_key_days, institution_zone
-from credentials.formatting import format_day
+from credentials.formatting import format_day, recommended_expiry
 from credentials.mail.recipients import mail_owner
 from credentials.models import CD2Credential
 from institutions.models import Institution
@@ -39,7 +39,7 @@ def link_context(*, institution: Institution, url: str, expires_at: dt.datetime)
         "link_url": url,
         "link_expires_on": timezone.localtime(expires_at, institution_zone(institution)).date(),
         "key_name": settings.CD2_KEY_NAME,
-        "recommended_expiry": settings.CD2_RECOMMENDED_EXPIRY,
+        "recommended_expiry": recommended_expiry(),
         "owner": mail_owner(institution),
     }
 

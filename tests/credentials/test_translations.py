@@ -188,7 +188,6 @@ def page_data(institution, settings) -> list[str]:
         institution.name,
         institution.canvas_domain,
         settings.CD2_KEY_NAME,
-        str(settings.CD2_RECOMMENDED_EXPIRY),
         settings.REGISTRY_SENDER_NAME,
         "EdPotential",
         "Ada Admin",
