@@ -115,6 +115,8 @@ class Institution(models.Model):
         max_length=10,
         choices=settings.LANGUAGES,
         default=settings.LANGUAGE_CODE,
+        # In the table too: rows written by code that predates the field (older migrations' models) get English.
+        db_default=settings.LANGUAGE_CODE,
         help_text="The language of the mails its contacts receive (the page follows their browser).",
     )
     account_owner = models.ForeignKey(

@@ -162,7 +162,8 @@ def _reminder_email(*, credential: CD2Credential, to: list[str], now: dt.datetim
         days = institution_key_days(institution, expires_on=credential.expires_on, now=now)
         context = _email_context(credential=credential, days=days, link_context=new_link.context())
     context["greeting_name"] = greeting_name(institution=institution, to=recipients)
-    calendar = expiry_calendar(credential=credential, now=now)  # None once the date has passed
+    with translation.override(institution.language):
+        calendar = expiry_calendar(credential=credential, now=now)  # None once the date has passed
     return build_email(
         "reminder",
         to=to,

@@ -365,6 +365,9 @@ def test_a_french_institutions_reminder_arrives_in_french_with_its_lang(make_ins
     assert '<html lang="fr-CA">' in html
     assert "Transmettre la nouvelle clé</a>" in html
     assert "Hello" not in message.body + html and "expires" not in message.subject
+    [(filename, calendar, _)] = message.attachments
+    assert filename.endswith(".ics")
+    assert "SUMMARY:La clé Canvas Data 2 de Cégep de Laval expire" in str(calendar)
 
 
 @time_machine.travel(REMINDER_MOMENT, tick=False)
