@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-dates lint install bench
+.PHONY: run test test-dates lint install bench messages messages-update
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,20 @@ $(OIDC_PROVIDER): tests/oidc_provider/package.json tests/oidc_provider/package-l
 	  npm ci --prefix tests/oidc_provider --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "npm not found: the SSO tests will skip (install Node.js 20+ to run them)"; fi
 
+# The customer's languages (locale/<ll_CC>/LC_MESSAGES/django.po, settings.LANGUAGES)
+# compiled to the .mo files Django reads; the .mo files are build output, not in git.
+# Needs GNU gettext's msgfmt (apt-get install gettext). After changing a customer
+# text: `make messages-update`, translate the new entries, commit the .po files.
+MO_FILES := $(patsubst %.po,%.mo,$(wildcard locale/*/LC_MESSAGES/django.po))
+locale/%/LC_MESSAGES/django.mo: locale/%/LC_MESSAGES/django.po
+	msgfmt --check -o $@ $<
+messages: $(MO_FILES)
+messages-update: $(STAMP)
+	$(BIN)/python manage.py makemessages -l fr_CA -l es -e html,txt,py --no-wrap --no-obsolete \
+	  --ignore='.venv/*' --ignore='*/node_modules/*' --ignore='tests/*' --ignore='var/*' --ignore='staticfiles/*' \
+	  --ignore='templates/admin/*' --ignore='templates/security/*' --ignore='templates/staffsso/*' \
+	  --ignore='devtools/*' --ignore='bench/*' --ignore='docs/*'
+
 # axe-core for the accessibility tests (tests/a11y: its axe.min.js is injected
 # into Chromium pages from Python), installed the same way from its lock file.
 # Without node the accessibility tests skip (CI fails instead).
@@ -29,7 +43,7 @@ $(AXE_CORE): tests/a11y/package.json tests/a11y/package-lock.json
 	  npm ci --prefix tests/a11y --no-audit --no-fund --loglevel=error && touch $@; \
 	else echo "npm not found: the accessibility tests will skip (install Node.js 20+ to run them)"; fi
 
-install: $(STAMP) $(OIDC_PROVIDER) $(AXE_CORE)
+install: $(STAMP) $(OIDC_PROVIDER) $(AXE_CORE) messages
 
 # Development defaults: DEBUG on, everything else embedded (SQLite, a folder
 # as Celery broker, console mail, keys generated under var/), and keys checked
@@ -37,7 +51,7 @@ install: $(STAMP) $(OIDC_PROVIDER) $(AXE_CORE)
 .env:
 	printf 'DEBUG=true\nCD2_API_URL=http://127.0.0.1:8765\n' > .env
 
-run: $(STAMP) .env
+run: $(STAMP) .env messages
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py load_demo_data
 	@echo
@@ -59,7 +73,7 @@ PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 # module again (3.7 s of 6.6 s collecting) and every process the tests start compiles
 # the project again. An empty value counts as unset for Python.
 test test-dates: export PYTHONDONTWRITEBYTECODE =
-test: $(STAMP) $(OIDC_PROVIDER) $(AXE_CORE) .env
+test: $(STAMP) $(OIDC_PROVIDER) $(AXE_CORE) .env messages
 	$(PYTEST)
 
 # The suite again with the wall clock of every Python process moved
@@ -67,7 +81,7 @@ test: $(STAMP) $(OIDC_PROVIDER) $(AXE_CORE) .env
 # west of it, 29 February, and a Sunday of a DST change in America. Each date
 # runs even when an earlier one fails; the exit status says if any did.
 TEST_DATES ?= 2027-01-01T00:30:00Z 2028-02-29T12:00:00Z 2027-03-14T07:30:00Z
-test-dates: $(STAMP) $(OIDC_PROVIDER) $(AXE_CORE) .env
+test-dates: $(STAMP) $(OIDC_PROVIDER) $(AXE_CORE) .env messages
 	@failed=""; for at in $(TEST_DATES); do \
 	  echo "== make test with every clock at $$at"; \
 	  PYTHONPATH="$(abspath tests/clock)$${PYTHONPATH:+:$$PYTHONPATH}" CLOCK_AT=$$at $(PYTEST) -q || failed="$$failed $$at"; \

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import models
 from django.db.models import Case, Q, Value, When
+from django.utils.translation import gettext, ngettext
 
 from credentials.expressions import DaysBetween
 from credentials.validators import add_months
@@ -73,16 +74,16 @@ def institution_today(institution, now: dt.datetime) -> dt.date:
 
 
 def expiry_phrase(days_left: int) -> str:
-    """ "expires in 14 days", "expires today", "expired 7 days ago" ..."""
+    """ "expires in 14 days", "expires today", "expired 7 days ago" ... (in the active language: a customer's mail)."""
     if days_left > 1:
-        return f"expires in {days_left} days"
+        return ngettext("expires in %(count)d day", "expires in %(count)d days", days_left) % {"count": days_left}
     if days_left == 1:
-        return "expires tomorrow"
+        return gettext("expires tomorrow")
     if days_left == 0:
-        return "expires today"
+        return gettext("expires today")
     if days_left == -1:
-        return "expired yesterday"
-    return f"expired {-days_left} days ago"
+        return gettext("expired yesterday")
+    return ngettext("expired %(count)d day ago", "expired %(count)d days ago", -days_left) % {"count": -days_left}
 
 
 def reminders_end_on(expires_on: dt.date) -> dt.date:

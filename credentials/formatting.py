@@ -9,6 +9,12 @@ The template filters in credentials/templatetags/cd2_format.py (a builtin
 library: no {% load %} needed) call these, and Django's own date display in
 the admin follows the same formats (edpotential/formats). Machine formats
 (ISO 8601 in CSV, JSON, the API, .ics) are not for people and stay as they are.
+
+In another language than English (a customer's page or mail in French or
+Spanish, settings.LANGUAGES) the same four are written as that language
+writes them, with Django's locale formats: "14 mars 2027", "dimanche 14 mars
+2027", "14 mars 2027, 05:25", "mars 2027" ("14 de marzo de 2027" ...). The
+staff site is always in English, so what staff read does not change.
 """
 
 from __future__ import annotations
@@ -16,7 +22,13 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 
-from django.utils import timezone
+from django.conf import settings
+from django.utils import formats, timezone, translation
+from django.utils.translation import pgettext_lazy
+
+
+def _in_english() -> bool:
+    return (translation.get_language() or settings.LANGUAGE_CODE).startswith("en")
 
 
 def _local(value: dt.datetime, tz: str | dt.tzinfo | None) -> dt.datetime:
@@ -29,6 +41,8 @@ def _local(value: dt.datetime, tz: str | dt.tzinfo | None) -> dt.datetime:
 
 def _day_text(value: dt.date) -> str:
     # A datetime already in the zone it is read in: its own date, not moved again.
+    if not _in_english():
+        return formats.date_format(dt.date(value.year, value.month, value.day), "DATE_FORMAT")
     return f"{value.day} {value:%b %Y}"
 
 
@@ -47,6 +61,8 @@ def format_weekday(value: dt.date | dt.datetime | None, tz: str | dt.tzinfo | No
         return ""
     if isinstance(value, dt.datetime):
         value = _local(value, tz)
+    if not _in_english():
+        return f"{formats.date_format(dt.date(value.year, value.month, value.day), 'l')} {_day_text(value)}"
     return f"{value:%A} {_day_text(value)}"
 
 
@@ -55,6 +71,7 @@ def format_moment(value: dt.datetime | None, tz: str | dt.tzinfo | None = None, 
     if value is None:
         return ""
     value = _local(value, tz)
+    # 24-hour "07:30" in every language (Django's fr_CA TIME_FORMAT writes its "h" as an hour: "07 07 30").
     text = f"{_day_text(value)}, {value:%H:%M}"
     if with_zone and value.tzinfo is not None:
         text += f" {value:%Z}"
@@ -63,6 +80,8 @@ def format_moment(value: dt.datetime | None, tz: str | dt.tzinfo | None = None, 
 
 def format_month(value: dt.date) -> str:
     """ "Dec 2026": a month never reads like a day ("Dec 26")."""
+    if not _in_english():
+        return formats.date_format(dt.date(value.year, value.month, 1), "YEAR_MONTH_FORMAT")
     return f"{value:%b %Y}"
 
 
@@ -83,3 +102,18 @@ def masked_address(address: str) -> str:
     if not at or not local:
         return "•••"
     return f"{local[0]}•••@{domain}"
+
+
+def recommended_expiry() -> str:
+    """settings.CD2_RECOMMENDED_EXPIRY in the reader's language, read when shown ("1 year", "1 an", "1 año").
+
+    The setting names one of the periods Instructure offers (credentials.forms.EXPIRY_PERIODS,
+    whose labels the catalogues translate with the context "expiry period"); any other
+    text is shown as staff wrote it.
+    """
+    return pgettext_lazy("expiry period", settings.CD2_RECOMMENDED_EXPIRY)
+
+
+def html_lang(language: str) -> str:
+    """A language code as HTML's lang attribute writes it (BCP 47): "fr-ca" is "fr-CA", "en-gb" "en-GB"."""
+    return translation.to_locale(language).replace("_", "-")

@@ -10,6 +10,8 @@ import datetime as dt
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.utils.translation import gettext, pgettext_lazy
+from django.utils.translation import gettext_lazy as _
 
 from credentials import validators
 
@@ -17,13 +19,13 @@ from credentials import validators
 # tenants stop at 1 year). Value: (years, months, days) added to the day the
 # key was made.
 EXPIRY_PERIODS: dict[str, tuple[str, tuple[int, int, int]]] = {
-    "1d": ("1 day", (0, 0, 1)),
-    "1w": ("1 week", (0, 0, 7)),
-    "1m": ("1 month", (0, 1, 0)),
-    "6m": ("6 months", (0, 6, 0)),
-    "1y": ("1 year", (1, 0, 0)),
-    "2y": ("2 years", (2, 0, 0)),
-    "3y": ("3 years", (3, 0, 0)),
+    "1d": (pgettext_lazy("expiry period", "1 day"), (0, 0, 1)),
+    "1w": (pgettext_lazy("expiry period", "1 week"), (0, 0, 7)),
+    "1m": (pgettext_lazy("expiry period", "1 month"), (0, 1, 0)),
+    "6m": (pgettext_lazy("expiry period", "6 months"), (0, 6, 0)),
+    "1y": (pgettext_lazy("expiry period", "1 year"), (1, 0, 0)),
+    "2y": (pgettext_lazy("expiry period", "2 years"), (2, 0, 0)),
+    "3y": (pgettext_lazy("expiry period", "3 years"), (3, 0, 0)),
 }
 DATE_INPUT_FORMATS = ["%Y-%m-%d", "%d %b %Y", "%d %B %Y", "%b %d %Y", "%B %d %Y", "%b %d, %Y", "%B %d, %Y"]
 
@@ -42,56 +44,56 @@ def period_end(code: str, *, start: dt.date) -> dt.date:
 
 class SubmissionForm(forms.Form):
     client_id = forms.CharField(
-        label="Client ID",
+        label=_("Client ID"),
         max_length=300,
         required=False,  # the validators give the helpful "required" message
-        help_text="Looks like us-east-1#0a1b2c3d-…: copy all of it, including the part before the #.",
+        help_text=_("Looks like us-east-1#0a1b2c3d-…: copy all of it, including the part before the #."),
         widget=forms.TextInput(
             attrs={"autocomplete": "off", "spellcheck": "false", "autocapitalize": "none", "autocorrect": "off"}
         ),
     )
     secret = forms.CharField(
-        label="Secret",
+        label=_("Secret"),
         max_length=2000,
         required=False,
         strip=False,
-        help_text="Shown once, next to the Client ID. For your safety we never show it back to you.",
+        help_text=_("Shown once, next to the Client ID. For your safety we never show it back to you."),
         widget=forms.PasswordInput(
             render_value=False,
             attrs={"autocomplete": "off", "spellcheck": "false", "autocapitalize": "none", "autocorrect": "off"},
         ),
     )
     expiry_period = forms.ChoiceField(
-        label="Expiry you chose",
+        label=_("Expiry you chose"),
         required=False,
-        choices=[("", "Choose…")] + [(code, label) for code, (label, _) in EXPIRY_PERIODS.items()],
-        help_text="If you made the key today, choose the expiry you picked and we fill in the date.",
+        choices=[("", _("Choose…"))] + [(code, label) for code, (label, _) in EXPIRY_PERIODS.items()],
+        help_text=_("If you made the key today, choose the expiry you picked and we fill in the date."),
     )
     expires_on = forms.DateField(
-        label="Expiry date",
+        label=_("Expiry date"),
         required=False,
         input_formats=DATE_INPUT_FORMATS,
-        help_text="The expiry date shown for the key at identity.instructure.com.",
-        error_messages={"invalid": "Enter the expiry date as year-month-day, for example 2027-11-26."},
+        help_text=_("The expiry date shown for the key at identity.instructure.com."),
+        error_messages={"invalid": _("Enter the expiry date as year-month-day, for example 2027-11-26.")},
         widget=forms.DateInput(format="%Y-%m-%d", attrs={"type": "date"}),
     )
     confirm_short_expiry = forms.BooleanField(
-        label=f"I chose an expiry under {validators.SHORT_EXPIRY_MONTHS} months on purpose",
+        label="",  # in __init__: a number in a translated label is filled in when the page is drawn
         required=False,
     )
     submitted_by = forms.CharField(
-        label="Your name",
+        label=_("Your name"),
         max_length=200,
-        error_messages={"required": "Enter your name, so we know who to thank and who to ask."},
+        error_messages={"required": _("Enter your name, so we know who to thank and who to ask.")},
         widget=forms.TextInput(attrs={"autocomplete": "name"}),
     )
     submitted_by_email = forms.EmailField(
-        label="Your work email",
+        label=_("Your work email"),
         max_length=254,
-        help_text="We send the receipt here, and write here if anything is wrong with the key.",
+        help_text=_("We send the receipt here, and write here if anything is wrong with the key."),
         error_messages={
-            "required": "Enter your work email: the receipt goes there.",
-            "invalid": "Enter an email address, for example ada@school.edu.",
+            "required": _("Enter your work email: the receipt goes there."),
+            "invalid": _("Enter an email address, for example ada@school.edu."),
         },
         widget=forms.EmailInput(attrs={"autocomplete": "email"}),
     )
@@ -100,6 +102,9 @@ class SubmissionForm(forms.Form):
         self.today = today
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
+        self.fields["confirm_short_expiry"].label = gettext("I chose an expiry under %(months)d months on purpose") % {
+            "months": validators.SHORT_EXPIRY_MONTHS
+        }
 
     # The shared validators run here too, so every mistake shows at once next
     # to its field; the service runs them again as the one path to storage.
@@ -157,11 +162,13 @@ class SubmissionForm(forms.Form):
             self.data = data
             self.add_error(
                 "client_id",
-                "We cleared what you entered here: it is not a Client ID, and it may be the Secret pasted into the "
-                "wrong box, which we never show back. Paste the Client ID again.",
+                gettext(
+                    "We cleared what you entered here: it is not a Client ID, and it may be the Secret pasted into "
+                    "the wrong box, which we never show back. Paste the Client ID again."
+                ),
             )
         if "secret" not in self.errors:
-            self.add_error("secret", "Paste the Secret again: for your safety it is never shown back to you.")
+            self.add_error("secret", gettext("Paste the Secret again: for your safety it is never shown back to you."))
 
     def add_service_errors(self, errors: dict[str, list[str]]) -> None:
         for name, messages in errors.items():
@@ -171,11 +178,11 @@ class SubmissionForm(forms.Form):
 
 class LinkRequestForm(forms.Form):
     email = forms.EmailField(
-        label="Your work email",
+        label=_("Your work email"),
         max_length=254,
         error_messages={
-            "required": "Enter the work email address we have for you.",
-            "invalid": "Enter an email address, for example ada@school.edu.",
+            "required": _("Enter the work email address we have for you."),
+            "invalid": _("Enter an email address, for example ada@school.edu."),
         },
         widget=forms.EmailInput(attrs={"autocomplete": "email"}),
     )

@@ -1,4 +1,4 @@
-"""The staff member's own time zone on the staff site (StaffSettings.time_zone).
+"""The staff member's own time zone on the staff site (StaffSettings.time_zone); the customer's language.
 
 Every time the staff site writes (credentials/formatting.py, which reads the
 current zone) is then in the reader's zone. Customer pages and mails name
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import zoneinfo
 
+from django.conf import settings
+from django.middleware.locale import LocaleMiddleware
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from credentials.selectors import staff_time_zone
 
@@ -52,3 +54,24 @@ class StaffTimeZoneMiddleware:
             return self.get_response(request)
         finally:
             timezone.deactivate()
+
+
+# The staff's side of the site: always in English (LANGUAGE_CODE), whatever the browser asks.
+STAFF_PATH_PREFIXES = ("/admin/", "/sso/", "/api/", "/healthz", "/metrics")
+
+
+class CustomerLocaleMiddleware(LocaleMiddleware):
+    """Django's LocaleMiddleware for the customer's pages only.
+
+    A customer page follows the language cookie set by the switcher
+    (django.views.i18n.set_language), else Accept-Language, among
+    settings.LANGUAGES; the staff site stays in English, so a staff member
+    whose browser prefers French still reads the admin as it is written.
+    """
+
+    def process_request(self, request):
+        if request.path_info.startswith(STAFF_PATH_PREFIXES):
+            translation.activate(settings.LANGUAGE_CODE)
+            request.LANGUAGE_CODE = translation.get_language()
+            return
+        super().process_request(request)

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
+from django.utils.translation import gettext, gettext_lazy
 
 from credentials.fields import client_id_index
 
@@ -30,7 +31,7 @@ MAX_KEY_LIFETIME = dt.timedelta(days=3 * 365 + 7)
 # accepted only when the submitter confirms it was meant (Instructure also
 # offers 1 day, 1 week, 1 month), and staff see "short expiry" on it.
 SHORT_EXPIRY_MONTHS = 6
-SHORT_EXPIRY_MESSAGE = (
+SHORT_EXPIRY_MESSAGE = gettext_lazy(
     "This key expires in less than {months} months, so you would need to make another one soon. "
     "Instructure offers 1 year or longer under Expiry; a longer key means fewer interruptions. "
     "If you chose the short expiry on purpose, tick the box to confirm and submit again."
@@ -85,14 +86,19 @@ def clean_client_id(value: object) -> str:
     client_id = str(value or "").strip()
     if not client_id:
         raise ValidationError(
-            "Enter the Client ID. It is shown with the Secret in the “Reveal OAuth Credentials” "
-            "window at identity.instructure.com.",
+            gettext(
+                "Enter the Client ID. It is shown with the Secret in the “Reveal OAuth Credentials” "
+                "window at identity.instructure.com."
+            ),
             code="required",
         )
     if len(client_id) > MAX_CLIENT_ID_LENGTH or not CLIENT_ID_RE.fullmatch(client_id):
         raise ValidationError(
-            f"This is not a Canvas Data 2 Client ID. A Client ID is a region, a # sign and an ID, "
-            f"for example {CLIENT_ID_EXAMPLE}. Copy the whole value, including the part before the #.",
+            gettext(
+                "This is not a Canvas Data 2 Client ID. A Client ID is a region, a # sign and an ID, "
+                "for example %(example)s. Copy the whole value, including the part before the #."
+            )
+            % {"example": CLIENT_ID_EXAMPLE},
             code="client_id_format",
         )
     return client_id
@@ -103,20 +109,26 @@ def clean_secret(value: object) -> str:
     secret = str(value or "").strip()
     if not secret:
         raise ValidationError(
-            "Enter the Secret. Instructure shows it only once, next to the Client ID; "
-            "if that window is closed, create a new key.",
+            gettext(
+                "Enter the Secret. Instructure shows it only once, next to the Client ID; "
+                "if that window is closed, create a new key."
+            ),
             code="required",
         )
     if any(ch.isspace() for ch in secret):
         raise ValidationError(
-            "The Secret contains a space or a line break. Copy it again in one piece "
-            "(the copy button next to it at identity.instructure.com does this).",
+            gettext(
+                "The Secret contains a space or a line break. Copy it again in one piece "
+                "(the copy button next to it at identity.instructure.com does this)."
+            ),
             code="secret_whitespace",
         )
     if len(secret) > MAX_SECRET_LENGTH or not secret.isascii() or not secret.isprintable():
         raise ValidationError(
-            "This is not a Canvas Data 2 Secret: it has characters a Secret never has, or is far too "
-            "long. Copy only the Secret from the “Reveal OAuth Credentials” window.",
+            gettext(
+                "This is not a Canvas Data 2 Secret: it has characters a Secret never has, or is far too "
+                "long. Copy only the Secret from the “Reveal OAuth Credentials” window."
+            ),
             code="secret_format",
         )
     return secret
@@ -125,7 +137,7 @@ def clean_secret(value: object) -> str:
 def clean_expires_on(value: object, *, today: dt.date) -> dt.date:
     if value in (None, ""):
         raise ValidationError(
-            "Enter the key's expiry date: the date shown for the key at identity.instructure.com.",
+            gettext("Enter the key's expiry date: the date shown for the key at identity.instructure.com."),
             code="required",
         )
     if isinstance(value, dt.datetime):
@@ -134,17 +146,23 @@ def clean_expires_on(value: object, *, today: dt.date) -> dt.date:
         try:
             value = dt.date.fromisoformat(str(value).strip())
         except ValueError:
-            raise ValidationError("Enter the expiry date as a date, for example 2027-11-26.", code="invalid") from None
+            raise ValidationError(
+                gettext("Enter the expiry date as a date, for example 2027-11-26."), code="invalid"
+            ) from None
     if value <= today:
         raise ValidationError(
-            "This expiry date is not in the future, so the key is no longer usable. Check the date "
-            "shown at identity.instructure.com, or create a new key.",
+            gettext(
+                "This expiry date is not in the future, so the key is no longer usable. Check the date "
+                "shown at identity.instructure.com, or create a new key."
+            ),
             code="expires_in_past",
         )
     if value - today > MAX_KEY_LIFETIME:
         raise ValidationError(
-            "Instructure keys last at most 3 years, so this date cannot be right. Enter the expiry "
-            "date shown for the key at identity.instructure.com.",
+            gettext(
+                "Instructure keys last at most 3 years, so this date cannot be right. Enter the expiry "
+                "date shown for the key at identity.instructure.com."
+            ),
             code="expires_too_far",
         )
     return value
@@ -172,8 +190,10 @@ def validate_key_input(
     if "client_id" in cleaned and "secret" in cleaned and cleaned["client_id"] == cleaned["secret"]:
         errors["secret"] = [
             ValidationError(
-                "The Secret is the same as the Client ID. Paste the Secret, the second value in the "
-                "“Reveal OAuth Credentials” window.",
+                gettext(
+                    "The Secret is the same as the Client ID. Paste the Secret, the second value in the "
+                    "“Reveal OAuth Credentials” window."
+                ),
                 code="secret_is_client_id",
             )
         ]

@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from django_ratelimit.decorators import ratelimit
 
 from credentials.days import institution_today
+from credentials.formatting import recommended_expiry
 from credentials.forms import EXPIRY_PERIODS, LinkRequestForm, SubmissionForm, period_end
 from credentials.models import CD2Credential, hash_token
 from credentials.services.health import health_check, health_status
@@ -143,7 +144,7 @@ def _submit_context(link, form: SubmissionForm, *, error_cause: str = "") -> dic
         "link": link,
         "today": today,
         "key_name": settings.CD2_KEY_NAME,
-        "recommended_expiry": settings.CD2_RECOMMENDED_EXPIRY,
+        "recommended_expiry": recommended_expiry(),
         # For the page's script: the period picker fills the date from these.
         "period_dates": {code: period_end(code, start=today).isoformat() for code in EXPIRY_PERIODS},
     }

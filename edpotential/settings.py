@@ -139,6 +139,9 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # The customer's pages (and the 400, 413 and 503 pages below) in the browser's language:
+    # Accept-Language, or the switcher's cookie; the staff site, SSO and the API stay in English.
+    "credentials.middleware.CustomerLocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     # Before CsrfViewMiddleware, whose process_view reads the body.
     "edpotential.security.MalformedRequestMiddleware",
@@ -183,6 +186,19 @@ TEMPLATES = [
 ]
 
 LANGUAGE_CODE = "en-gb"
+# The languages of the customer's pages and mails (the staff site stays in English).
+# Each has a catalogue in locale/<ll_CC>/LC_MESSAGES/django.po; `make install` and
+# `make test` compile them (`manage.py compilemessages`). An institution's mails are
+# in Institution.language; a page follows the browser's Accept-Language.
+LANGUAGES = [
+    ("en-gb", "English"),
+    ("fr-ca", "Français (Canada)"),
+    ("es", "Español"),
+]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+LANGUAGE_COOKIE_SECURE = not DEBUG
+LANGUAGE_COOKIE_HTTPONLY = True
+LANGUAGE_COOKIE_SAMESITE = "Lax"
 # Django's own date display (admin lists, read-only fields) in the house formats of credentials/formatting.py.
 FORMAT_MODULE_PATH = ["edpotential.formats"]
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
@@ -376,6 +392,9 @@ OUTBOX_TASK_BATCH = env.int("OUTBOX_TASK_BATCH", default=20)
 # ---------------------------------------------------------------------------
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="CD2 key registry <registry@localhost>")
+# Who customer mails come from: the From header's display name (with DEFAULT_FROM_EMAIL's
+# address) and the signature under every mail.
+REGISTRY_SENDER_NAME = env.str("REGISTRY_SENDER_NAME", default="EdPotential")
 SERVER_EMAIL = env.str("SERVER_EMAIL", default=DEFAULT_FROM_EMAIL)
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
 ADMINS = [tuple(a.split(":", 1)) for a in env.list("ADMINS", default=[])]

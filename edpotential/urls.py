@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
+from django.views.decorators.csrf import csrf_exempt
+from django.views.i18n import set_language
 
 from credentials.views import healthz, metrics
 from edpotential.security import server_error
@@ -15,6 +17,10 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     # For Prometheus, with the bearer token METRICS_TOKEN (credentials.services.metrics).
     path("metrics", metrics, name="metrics"),
+    # The customer pages' language switcher (Django's set_language: a POST that sets the language cookie).
+    # Without a CSRF token: a forged POST can only change a reader's language, and a token would make
+    # the link pages differ per request (an unknown and a used link must answer the same bytes).
+    path("i18n/setlang/", csrf_exempt(set_language), name="set_language"),
     # The customer pages: /k/<token>/ (submission links) and /link/ (lost the link?).
     path("", include("credentials.urls")),
 ]

@@ -319,7 +319,10 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
     own_inlines = (ContactInline,)
     own_readonly_fields = ("created_at", "updated_at")
     own_fieldsets = (
-        (None, {"fields": ("name", "slug", "canvas_domain", "status", "timezone", "account_owner", "notes")}),
+        (
+            None,
+            {"fields": ("name", "slug", "canvas_domain", "status", "timezone", "language", "account_owner", "notes")},
+        ),
         ("Record", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )
     # The page's template (the key buttons) is Django's default name for it:

@@ -108,6 +108,17 @@ class Institution(models.Model):
         validators=[validate_timezone],
         help_text="Dates in emails are shown in this time zone.",
     )
+    # English unless staff choose another. Not guessed from the region of the
+    # institution's CD2 key: no region names one language (ca-central-1 serves
+    # bilingual Canada, us-east-1 Spanish-speaking districts as well as others).
+    language = models.CharField(
+        max_length=10,
+        choices=settings.LANGUAGES,
+        default=settings.LANGUAGE_CODE,
+        # In the table too: rows written by code that predates the field (older migrations' models) get English.
+        db_default=settings.LANGUAGE_CODE,
+        help_text="The language of the mails its contacts receive (the page follows their browser).",
+    )
     account_owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         null=True,

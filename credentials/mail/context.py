@@ -9,9 +9,10 @@ import icalendar
 from django.conf import settings
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from credentials.days import institution_key_days, institution_zone
-from credentials.formatting import format_day
+from credentials.formatting import format_day, recommended_expiry
 from credentials.mail.recipients import mail_owner
 from credentials.models import CD2Credential
 from institutions.models import Institution
@@ -39,7 +40,7 @@ def link_context(*, institution: Institution, url: str, expires_at: dt.datetime)
         "link_url": url,
         "link_expires_on": timezone.localtime(expires_at, institution_zone(institution)).date(),
         "key_name": settings.CD2_KEY_NAME,
-        "recommended_expiry": settings.CD2_RECOMMENDED_EXPIRY,
+        "recommended_expiry": recommended_expiry(),
         "owner": mail_owner(institution),
     }
 
@@ -64,20 +65,31 @@ def expiry_calendar(*, credential: CD2Credential, now: dt.datetime) -> bytes | N
     event = icalendar.Event()
     event.add("uid", f"cd2-key-{credential.pk}@{host}")
     event.add("dtstamp", now)
-    event.add("summary", f"Canvas Data 2 key for {institution.name} expires")
+    # Written in the active language: the reminder builds it inside its institution's.
+    event.add("summary", gettext("Canvas Data 2 key for %(institution)s expires") % {"institution": institution.name})
     event.add("dtstart", credential.expires_on)
     event.add("dtend", credential.expires_on + dt.timedelta(days=1))
     event.add(
         "description",
-        f"The Canvas Data 2 key {credential.hint} for {institution.name} expires on "
-        f"{format_day(credential.expires_on)}. Create a new key at identity.instructure.com "
-        f"and hand it to EdPotential with the link from our reminder email before then.",
+        gettext(
+            "The Canvas Data 2 key %(hint)s for %(institution)s expires on %(day)s. Create a new key at "
+            "identity.instructure.com and hand it to %(sender)s with the link from our reminder email before then."
+        )
+        % {
+            "hint": credential.hint,
+            "institution": institution.name,
+            "day": format_day(credential.expires_on),
+            "sender": settings.REGISTRY_SENDER_NAME,
+        },
     )
     event.add("transp", "TRANSPARENT")
     if days.days_left > ICS_ALARM_DAYS_BEFORE:
         alarm = icalendar.Alarm()
         alarm.add("action", "DISPLAY")
-        alarm.add("description", f"Canvas Data 2 key for {institution.name} expires in a week")
+        alarm.add(
+            "description",
+            gettext("Canvas Data 2 key for %(institution)s expires in a week") % {"institution": institution.name},
+        )
         alarm.add("trigger", dt.timedelta(days=-ICS_ALARM_DAYS_BEFORE))
         event.add_component(alarm)
     calendar.add_component(event)

@@ -8,7 +8,7 @@ there are none).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from django.conf import settings
 
@@ -100,3 +100,26 @@ def reminder_addressees(*, institution: Institution) -> list[str]:
         return to
     owner = owner_email(institution)
     return [owner] if owner else []
+
+
+def greeting_name(*, institution: Institution, to: Sequence[str], known: str = "") -> str:
+    """Whom a customer mail greets ("Hello Ana Souza,"): the one addressee's name when we know it, else "".
+
+    A mail to several people greets none of them by name (the template falls
+    back to a neutral greeting). The name is the contact's as staff typed it,
+    else `known` (the name the submitter typed on the page), else the account
+    owner's when the owner is the one addressee.
+    """
+    addresses = unique_addresses(to)
+    if len(addresses) != 1:
+        return ""
+    key = email_key(addresses[0])
+    for contact in Contact.objects.filter(institution=institution).order_by("pk"):
+        if email_key(contact.email) == key and contact.name.strip():
+            return contact.name.strip()
+    if known.strip():
+        return known.strip()
+    owner = mail_owner(institution)
+    if owner is not None and email_key(owner.email) == key:
+        return owner.get_full_name().strip()
+    return ""

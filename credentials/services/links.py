@@ -23,7 +23,7 @@ from django.utils import timezone
 from credentials.formatting import masked_address
 from credentials.mail.context import link_context
 from credentials.mail.messages import build_email
-from credentials.mail.recipients import contact_emails, reply_to
+from credentials.mail.recipients import contact_emails, greeting_name, reply_to
 from credentials.models import AuditEvent, LinkBatch, LinkBatchItem, Notice, SubmissionLink, hash_token
 from credentials.outgoing import Send, Skip
 from credentials.services import jobs, notices
@@ -327,7 +327,8 @@ def link_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
         now=now,
     )
     submission_link_mark_sent(new_link=new_link, recipients=to)
-    message = build_email("link", to=to, reply_to=reply_to(institution), context=new_link.context())
+    context = {**new_link.context(), "greeting_name": greeting_name(institution=institution, to=to)}
+    message = build_email("link", to=to, reply_to=reply_to(institution), context=context, language=institution.language)
     logger.info("Submission link %s for %d address(es) of %s", new_link.link.pk, len(to), institution.pk)
     return Send(message=message, recipients=to)
 

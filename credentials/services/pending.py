@@ -17,13 +17,13 @@ import enum
 import logging
 
 from django.db import transaction
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.views.decorators.debug import sensitive_variables
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
 from credentials.days import institution_today
 from credentials.mail.messages import build_email
-from credentials.mail.recipients import link_recipients, mail_owner, reply_to, without
+from credentials.mail.recipients import greeting_name, link_recipients, mail_owner, reply_to, without
 from credentials.mail.wording import customer_message
 from credentials.models import AuditEvent, CD2Credential, Notice, PendingReason
 from credentials.outgoing import Send, Skip
@@ -193,9 +193,11 @@ def key_rejected_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Ski
     if stale:
         return Skip(state=Notice.State.SUPERSEDED, reason=stale)
     recipients = link_recipients(institution=institution)
+    with translation.override(institution.language):
+        message = recheck_rejected_message()
     base = {
         "credential": credential,
-        "message": recheck_rejected_message(),
+        "message": message,
         "rejected": True,
         "institution": institution,
     }
@@ -204,8 +206,19 @@ def key_rejected_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Ski
         if not to:
             reason = "Not sent: the submitter is on file now and gets the mail with the new link."
             return Skip(state=Notice.State.CANCELLED, reason=reason)
-        context = {**base, "owner": mail_owner(institution), "link_sent_to_contacts": bool(recipients)}
-        message = build_email("submission-rejected", to=to, reply_to=reply_to(institution), context=context)
+        context = {
+            **base,
+            "owner": mail_owner(institution),
+            "link_sent_to_contacts": bool(recipients),
+            "greeting_name": greeting_name(institution=institution, to=to, known=credential.submitted_by),
+        }
+        message = build_email(
+            "submission-rejected",
+            to=to,
+            reply_to=reply_to(institution),
+            context=context,
+            language=institution.language,
+        )
         return Send(message=message, recipients=to)
     if not recipients:
         reason = "Nobody on file to send a new link to: add a contact who receives reminders or an account owner."
@@ -218,6 +231,7 @@ def key_rejected_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Ski
         "submission-rejected",
         to=recipients,
         reply_to=reply_to(institution),
-        context={**new_link.context(), **base},
+        context={**new_link.context(), **base, "greeting_name": greeting_name(institution=institution, to=recipients)},
+        language=institution.language,
     )
     return Send(message=message, recipients=recipients)

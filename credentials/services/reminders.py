@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Prefetch, Q
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from credentials.days import (
     KeyDays,
@@ -59,7 +59,7 @@ from credentials.days import (
 from credentials.formatting import format_day
 from credentials.mail.context import expiry_calendar
 from credentials.mail.messages import build_email
-from credentials.mail.recipients import owner_email, reminder_addressees, reply_to
+from credentials.mail.recipients import greeting_name, owner_email, reminder_addressees, reply_to
 from credentials.models import CD2Credential, Notice, ReminderLog
 from credentials.outgoing import Send, Skip
 from credentials.selectors import (
@@ -158,14 +158,18 @@ def _reminder_email(*, credential: CD2Credential, to: list[str], now: dt.datetim
         now=now,
         sent_to=recipients,
     )
-    days = institution_key_days(institution, expires_on=credential.expires_on, now=now)
-    context = _email_context(credential=credential, days=days, link_context=new_link.context())
-    calendar = expiry_calendar(credential=credential, now=now)  # None once the date has passed
+    with translation.override(institution.language):  # days.phrase is written in the mail's language
+        days = institution_key_days(institution, expires_on=credential.expires_on, now=now)
+        context = _email_context(credential=credential, days=days, link_context=new_link.context())
+    context["greeting_name"] = greeting_name(institution=institution, to=recipients)
+    with translation.override(institution.language):
+        calendar = expiry_calendar(credential=credential, now=now)  # None once the date has passed
     return build_email(
         "reminder",
         to=to,
         reply_to=reply_to(institution),
         context=context,
+        language=institution.language,
         attachments=[(f"cd2-key-expiry-{institution.slug}.ics", calendar, "text/calendar")] if calendar else [],
     )
 

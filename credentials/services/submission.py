@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.translation import gettext
 from django.views.decorators.debug import sensitive_variables
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
@@ -54,6 +55,7 @@ from credentials.days import institution_today
 from credentials.mail.context import admin_url
 from credentials.mail.messages import build_email
 from credentials.mail.recipients import (
+    greeting_name,
     key_conflict_recipients,
     mail_owner,
     owner_email,
@@ -199,7 +201,7 @@ def pending_next_steps(credential: CD2Credential, *, error_type: str | None = No
     return customer_message(
         f"pending_next_step_{reason.value}",
         reason=forbidden_reason(error_type),
-        domain=credential.institution.canvas_domain or "your Canvas account",
+        domain=credential.institution.canvas_domain or gettext("your Canvas account"),
         days=PENDING_NOT_ENABLED_DAYS,
     )
 
@@ -226,7 +228,7 @@ def taken_message(*, institution: Institution) -> str:
     return customer_message(
         "taken",
         institution=institution.name,
-        domain=institution.canvas_domain or "your Canvas",
+        domain=institution.canvas_domain or gettext("your Canvas"),
         key_name=settings.CD2_KEY_NAME,
     )
 
@@ -613,6 +615,10 @@ def receipt_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
             state=Notice.State.CANCELLED, reason="Nobody to send to: no submitter address and no account owner."
         )
     cc = without([owner], excluded=to)
-    context = receipt_context(credential, error_type=notice.payload.get("error_type") or None, now=now)
-    message = build_email("receipt", to=to, cc=cc, reply_to=reply_to(institution), context=context)
+    with translation.override(institution.language):
+        context = receipt_context(credential, error_type=notice.payload.get("error_type") or None, now=now)
+    context["greeting_name"] = greeting_name(institution=institution, to=to, known=credential.submitted_by)
+    message = build_email(
+        "receipt", to=to, cc=cc, reply_to=reply_to(institution), context=context, language=institution.language
+    )
     return Send(message=message, recipients=[*to, *cc])

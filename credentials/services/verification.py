@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.translation import gettext
 
 from credentials.cd2 import CheckResult, Verdict, check_key_with_settings
 from credentials.days import institution_today
 from credentials.mail.context import admin_url
 from credentials.mail.messages import build_email
-from credentials.mail.recipients import reminder_addressees, reply_to
+from credentials.mail.recipients import greeting_name, reminder_addressees, reply_to
 from credentials.models import AuditEvent, CD2Credential, Notice
 from credentials.outgoing import Send, Skip
 from credentials.selectors import served_active_keys
@@ -142,7 +143,12 @@ def _mark_invalid(*, credential: CD2Credential, result: CheckResult, now: dt.dat
             day=institution_today(credential.institution, now),
             institution_id=locked.institution_id,
             credential_id=locked.pk,
-            payload={"reason": refusal_for_customers(result), "rejected": result.verdict is Verdict.REJECTED},
+            # The reason in English for staff; the mail says it again in the institution's language at sending.
+            payload={
+                "reason": refusal_for_customers(result),
+                "rejected": result.verdict is Verdict.REJECTED,
+                "error_type": result.error_type or "",
+            },
         )
         alerts.key_check_failed_record(credential=locked, summary=result.summary, now=now)
 
@@ -172,16 +178,25 @@ def key_invalid_notice_write(*, notice: Notice, now: dt.datetime) -> Send | Skip
         )
     new_link = submission_link_create(institution=institution, reason="key invalid", now=now)
     submission_link_mark_sent(new_link=new_link, recipients=to)
+    with translation.override(institution.language):
+        # A notice written before the mails had languages keeps only its English reason.
+        reason = notice.payload.get("reason", "")
+        if "error_type" in notice.payload:
+            rejected = bool(notice.payload.get("rejected"))
+            reason = refusal_words(rejected=rejected, error_type=notice.payload["error_type"])
     context = {
         **new_link.context(),
         "hint": credential.hint,
         "expires_on": credential.expires_on,
         "checked_on": notice.day,
-        "reason": notice.payload.get("reason", ""),
+        "reason": reason,
         "rejected": bool(notice.payload.get("rejected")),
         "admin_url": admin_url(institution),
+        "greeting_name": greeting_name(institution=institution, to=to),
     }
-    message = build_email("key-invalid", to=to, reply_to=reply_to(institution), context=context)
+    message = build_email(
+        "key-invalid", to=to, reply_to=reply_to(institution), context=context, language=institution.language
+    )
     return Send(message=message, recipients=to)
 
 
@@ -190,9 +205,14 @@ def refusal_for_customers(result: CheckResult) -> str:
 
     Staff keep the full message (status reason, audit log); the id means nothing to a customer.
     """
-    if result.verdict is Verdict.FORBIDDEN:
-        return f"Instructure recognised the key, but {forbidden_reason(result.error_type)}."
-    return "Instructure no longer accepts its Client ID and Secret."
+    return refusal_words(rejected=result.verdict is not Verdict.FORBIDDEN, error_type=result.error_type)
+
+
+def refusal_words(*, rejected: bool, error_type: str | None) -> str:
+    """refusal_for_customers from what a notice keeps, in the active language."""
+    if not rejected:
+        return gettext("Instructure recognised the key, but %(reason)s.") % {"reason": forbidden_reason(error_type)}
+    return gettext("Instructure no longer accepts its Client ID and Secret.")
 
 
 def check_spread_seconds(*, keys: int) -> float:

@@ -3,7 +3,7 @@
 A builtin library (settings.TEMPLATES), so every template has them:
 {{ key.expires_on|day }}, {{ key.expires_on|weekday }}, {{ event.at|moment }} (the current zone: the
 staff member's), {{ link.expires_at|moment:institution.timezone }} (that zone, named),
-{{ month|month }}, {{ institution.name|possessive }}.
+{{ month|month }}, {{ institution.name|possessive }}, {{ LANGUAGE_CODE|html_lang }} ("fr-CA").
 """
 
 from __future__ import annotations
@@ -39,3 +39,8 @@ def month(value) -> str:
 @register.filter
 def possessive(value) -> str:
     return formatting.possessive(str(value))
+
+
+@register.filter
+def html_lang(value) -> str:
+    return formatting.html_lang(str(value)) if value else "en"

@@ -2,6 +2,12 @@
 (function () {
   "use strict";
 
+  // The page's words in its language: data-say-* on #secret-field (templates/credentials/submit.html).
+  function say(name, fallback) {
+    var field = document.getElementById("secret-field");
+    return (field && field.getAttribute("data-say-" + name)) || fallback;
+  }
+
   function secretToggle() {
     var input = document.getElementById("id_secret");
     if (!input) return;
@@ -11,9 +17,9 @@
     row.appendChild(input);
     var button = document.createElement("button");
     button.type = "button";
-    button.textContent = "Show";
+    button.textContent = say("show", "Show");
     button.setAttribute("aria-controls", "id_secret");
-    button.setAttribute("aria-label", "Show the Secret");
+    button.setAttribute("aria-label", say("show-secret", "Show the Secret"));
     // The button's name says what it will do ("Hide the Secret" once shown),
     // so it carries no aria-pressed (a toggle whose name changes must not:
     // WAI-ARIA Authoring Practices, Button); the status line says what happened.
@@ -21,8 +27,8 @@
     button.addEventListener("click", function () {
       var show = input.type === "password";
       input.type = show ? "text" : "password";
-      button.textContent = show ? "Hide" : "Show";
-      button.setAttribute("aria-label", show ? "Hide the Secret" : "Show the Secret");
+      button.textContent = show ? say("hide", "Hide") : say("show", "Show");
+      button.setAttribute("aria-label", show ? say("hide-secret", "Hide the Secret") : say("show-secret", "Show the Secret"));
       if (status) status.textContent = status.getAttribute(show ? "data-shown" : "data-hidden");
     });
     row.appendChild(button);

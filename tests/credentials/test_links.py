@@ -128,7 +128,10 @@ def test_unknown_expired_revoked_and_used_links_get_one_identical_page(client, i
     answers = {}
     for kind, token in _unusable_links(institution).items():
         response = client.get(submit_url(token))
-        answers[kind] = (response.status_code, response.content, response["Cache-Control"])
+        # The language switcher sends the reader back to the address they opened: their own token,
+        # echoed, says nothing about the link's state.
+        body = response.content.replace(token.encode(), b"<token>")
+        answers[kind] = (response.status_code, body, response["Cache-Control"])
 
     assert len(set(answers.values())) == 1, answers.keys()
     status, body, _ = answers["used"]

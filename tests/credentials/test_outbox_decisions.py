@@ -131,7 +131,7 @@ def test_a_mail_server_down_when_a_receipt_and_a_key_invalid_mail_are_decided_lo
         "paul@edpotential.example": 1,  # prairie's owner, in copy of the receipt
         "ada@north.example.edu": 1,  # "your key stopped working", the owner not copied
     }
-    assert smtp.to("pat@prairie.example.edu") == ["Receipt: Prairie's Canvas Data 2 key is active"]
+    assert smtp.to("pat@prairie.example.edu") == ["Receipt: the Canvas Data 2 key for Prairie is active"]
     assert "no longer works" in smtp.to("ada@north.example.edu")[0]
     assert Counter(Notice.objects.filter(kind__in=DECIDED).values_list("state", flat=True)) == {Notice.State.SENT: 2}
     (new_link,) = SubmissionLink.objects.filter(reason="key invalid")
@@ -157,7 +157,7 @@ def test_a_receipt_whose_delivery_task_was_lost_goes_out_with_the_next_sweep_onc
     assert smtp.received == []
 
     sweep_for(broker, clock, minutes=5)  # the next sweep
-    assert smtp.to("pat@prairie.example.edu") == ["Receipt: Prairie's Canvas Data 2 key is active"]
+    assert smtp.to("pat@prairie.example.edu") == ["Receipt: the Canvas Data 2 key for Prairie is active"]
     sweep_for(broker, clock, minutes=60)
 
     assert len(smtp.received) == 1

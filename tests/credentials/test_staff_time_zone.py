@@ -87,4 +87,4 @@ def test_a_customer_mail_shows_the_institutions_zone_whoever_triggers_it(make_in
 
     assert "Received: 3 Dec 2026, 18:25 NZDT" in text
     assert "3 Dec 2026, 18:25 NZDT" in html
-    assert "Harbour City Schools' Canvas Data 2 key" in subject
+    assert "the Canvas Data 2 key for Harbour City Schools" in subject
