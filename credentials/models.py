@@ -12,7 +12,7 @@ from django.utils import timezone
 from credentials.cd2 import Verdict
 from credentials.expressions import DaysUntil, expiry_state_case
 from credentials.fields import EncryptedTextField
-from credentials.formatting import format_day, format_moment
+from credentials.formatting import format_day, format_moment, send_error_words
 from credentials.validators import is_short_expiry
 from institutions.models import validate_timezone
 
@@ -312,7 +312,7 @@ class ReminderLog(models.Model):
         if notice.state == Notice.State.SENT:
             return "Sent"
         label = "Failed" if notice.state == Notice.State.FAILED else "Skipped"
-        return f"{label}: {notice.last_error}" if notice.last_error else label
+        return f"{label}: {notice.error_in_words()}" if notice.last_error else label
 
     def delivered_at(self):
         """When the step was settled (sent, given up or skipped), else when it was claimed."""
@@ -532,6 +532,10 @@ class Notice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} of {format_day(self.day)} ({self.get_state_display().lower()})"
+
+    def error_in_words(self) -> str:
+        """The last send error for people ("the address was refused: user unknown"); last_error keeps the raw text."""
+        return send_error_words(self.last_error)
 
 
 class ScheduledJob(models.Model):

@@ -38,7 +38,7 @@ from credentials.models import (
     secret_fields_of,
     step_label,
 )
-from institutions.models import Institution, KeyState, email_key
+from institutions.models import NO_WORKING_KEY_STATES, Institution, KeyState, email_key
 
 __all__ = ["ExpiryState", "KeyState"]
 
@@ -239,6 +239,14 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None,
             last_reminder_at=Subquery(sent.values("sent_at")[:1]),
             last_handled_step=Subquery(handled[:1]),
         )
+    )
+
+
+def institutions_without_working_key(*, now: dt.datetime | None = None, today: dt.date | None = None):
+    """Served institutions with no working key (NO_WORKING_KEY_STATES): the dashboard's and the digest's count."""
+    served = Institution.objects.filter(status__in=Institution.SERVED_STATUSES)
+    return institutions_with_key_status(queryset=served, now=now, today=today).filter(
+        key_state__in=NO_WORKING_KEY_STATES
     )
 
 

@@ -100,7 +100,12 @@ else:
     SECRET_KEY = env.str("SECRET_KEY")
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else [])
-SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
+# Development's ports (Procfile.dev: runserver on WEB_PORT, the fake CD2 gateway
+# on CD2_PORT). They move SITE_URL and, with DEBUG on, CD2_API_URL too, unless
+# those are set: `WEB_PORT=8001 CD2_PORT=8766 make run` needs no edit of .env.
+WEB_PORT = env.int("WEB_PORT", default=8000)
+CD2_PORT = env.int("CD2_PORT", default=8765)
+SITE_URL = env.str("SITE_URL", default=f"http://127.0.0.1:{WEB_PORT}").rstrip("/")
 
 INSTALLED_APPS = [
     # django.contrib.admin, with the staff site (credentials/admin/site.py) as its default site.
@@ -385,8 +390,11 @@ else:
 # ---------------------------------------------------------------------------
 # Canvas Data 2
 # ---------------------------------------------------------------------------
-# The same default as Instructure's official client (DAP_API_URL).
-CD2_API_URL = env.str("CD2_API_URL", default="https://api-gateway.instructure.com").rstrip("/")
+# The same default as Instructure's official client (DAP_API_URL); in
+# development the fake gateway `make run` starts (nothing talks to Instructure).
+CD2_API_URL = env.str(
+    "CD2_API_URL", default=f"http://127.0.0.1:{CD2_PORT}" if DEBUG else "https://api-gateway.instructure.com"
+).rstrip("/")
 CD2_CONNECT_TIMEOUT = env.float("CD2_CONNECT_TIMEOUT", default=5.0)
 CD2_READ_TIMEOUT = env.float("CD2_READ_TIMEOUT", default=20.0)
 # What we ask the customer to enter at identity.instructure.com.

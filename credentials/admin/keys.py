@@ -158,7 +158,7 @@ class ReminderLogAdmin(ViewOnlyAdmin):
     @admin.display(description="Last error")
     def last_error(self, obj: ReminderLog) -> str:
         notice = obj.delivery_notice()
-        return notice.last_error if notice is not None else ""
+        return notice.error_in_words() if notice is not None else ""
 
     @admin.display(description="When", ordering="claimed_at")
     def when(self, obj: ReminderLog) -> str:

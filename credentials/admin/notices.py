@@ -20,7 +20,7 @@ RESEND_PERMISSION = "credentials.resend_notice"
 
 @admin.register(Notice)
 class NoticeAdmin(ViewOnlyAdmin):
-    list_display = ("created_at", "kind", "state", "institution", "about", "recipients", "attempts", "resend")
+    list_display = ("created_at", "kind", "state", "institution", "about", "recipients", "error", "attempts", "resend")
     list_filter = ("state", "kind", ("institution", admin.RelatedOnlyFieldListFilter), "day")
     list_select_related = ("institution", "reminder", "credential", "user")
     search_fields = ("institution__name", "recipients")
@@ -39,7 +39,8 @@ class NoticeAdmin(ViewOnlyAdmin):
                     "retry_until",
                     "sent_at",
                     "closed_at",
-                    "last_error",
+                    "error",
+                    "raw_error",
                 )
             },
         ),
@@ -55,6 +56,15 @@ class NoticeAdmin(ViewOnlyAdmin):
         if obj.reminder_id:
             return f"{obj.credential.hint}, {step_label(obj.reminder.threshold)}"
         return format_day(obj.day)
+
+    @admin.display(description="Error")
+    def error(self, obj: Notice) -> str:
+        return obj.error_in_words()
+
+    @admin.display(description="Error as the mail server said it")
+    def raw_error(self, obj: Notice) -> str:
+        # The exception as recorded, for staff who dig: marked so the admin crawl knows it is meant.
+        return format_html('<code class="raw-error">{}</code>', obj.last_error) if obj.last_error else "—"
 
     @admin.display(description="")
     def resend(self, obj: Notice) -> str:

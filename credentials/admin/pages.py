@@ -166,14 +166,19 @@ def send_link_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
             f"Submission link sent to {notice.recipients}; it works for {notice.payload['days']} days.",
         )
     elif notice.state in Notice.OPEN_STATES:  # refused for now, or a sweep's sender has it
-        why = notice.last_error.split(":")[0] or "it is being sent"
+        why = notice.error_in_words() or "it is being sent"
         messages.warning(
             request,
             f"The mail server did not take the link yet ({why}). "
             f"It stays in the outbox and is retried automatically; nothing else to do.",
         )
     else:
-        messages.error(request, notice.last_error or f"The link was not sent ({notice.get_state_display()}).")
+        messages.error(
+            request,
+            f"The link was not sent: {notice.error_in_words()}."
+            if notice.last_error
+            else f"The link was not sent ({notice.get_state_display()}).",
+        )
     return _back(institution)
 
 
