@@ -321,6 +321,15 @@ SCHEDULED_JOBS_OVERDUE_AFTER = {
     "sweep-notices": dt.timedelta(minutes=30),
     "sso-deactivate-unseen": dt.timedelta(hours=26),
 }
+# What staff read for each scheduled job (the dashboard, alerts): words, not the beat entry's name.
+SCHEDULED_JOB_LABELS = {
+    "send-expiry-reminders": "Expiry reminders (hourly)",
+    "verify-active-credentials": "Daily check of every active key",
+    "send-staff-digest": "Staff digest (Mondays)",
+    "verify-pending-credentials": "Re-check of keys waiting for CD2 (hourly)",
+    "sweep-notices": "Outbox sweep: retries and stuck sends (every 5 minutes)",
+    "sso-deactivate-unseen": "Deactivate staff the identity provider no longer knows (daily)",
+}
 # Prometheus' scrape of /metrics must bring this bearer token (a long random string; rotate it like a
 # password). Unset: /metrics answers 404 to everyone.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")

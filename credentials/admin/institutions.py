@@ -43,6 +43,7 @@ from credentials.selectors import (
     institution_timeline,
     institutions_with_key_status,
     local_today,
+    no_working_key,
     regions_in_use,
     reminded_without_answer,
 )
@@ -146,7 +147,7 @@ class KeyCheckFilter(admin.SimpleListFilter):
             ("pending", "Pending check"),
             ("never", "Active, never checked"),
             ("lost", "Lost: ask for a new key"),
-            ("missing", "No working key (missing, pending or lost)"),
+            ("missing", "No working key (expired, failing, pending, missing or lost)"),
         )
 
     def queryset(self, request, queryset):
@@ -161,7 +162,7 @@ class KeyCheckFilter(admin.SimpleListFilter):
         if value == "lost":
             return queryset.filter(key_condition=KeyState.LOST)
         if value == "missing":
-            return queryset.filter(key_condition__in=(KeyState.MISSING, KeyState.PENDING, KeyState.LOST))
+            return queryset.filter(no_working_key())
         return queryset
 
 
