@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from credentials.views import healthz, metrics
-from edpotential.security import server_error
+from edpotential.security import permission_denied, server_error
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -21,3 +21,5 @@ urlpatterns = [
 
 # A database that went away answers 503 with Retry-After wherever it was noticed (edpotential.security).
 handler500 = server_error
+# A refusal says which permission is missing and who has it (admin and customer pages alike).
+handler403 = permission_denied

@@ -13,7 +13,6 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.core.exceptions import PermissionDenied
 from django.db.models import F
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -59,6 +58,7 @@ from credentials.services.staff import (
 from institutions.admin import InstitutionAdminExtension, ServedFilter, insert_after
 from institutions.models import Institution, KeyState
 from requestinfo import client_ip
+from safeadmin.permissions import missing_permission
 
 # --------------------------------------------------------------------------
 # List filters
@@ -441,7 +441,7 @@ def export_csv(model_admin, request, queryset):
 
 def link_batch_view(request, model_admin, batch_id: int):
     if not request.user.has_perm(SEND_LINK_PERMISSION):
-        raise PermissionDenied
+        raise missing_permission(SEND_LINK_PERMISSION, doing="Sending submission links")
     batch = get_object_or_404(LinkBatch.objects.select_related("created_by"), pk=batch_id)
     progress = link_batch_progress(batch=batch)
     total = sum(progress.values())

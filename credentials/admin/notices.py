@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -14,6 +13,7 @@ from credentials.admin.common import STAFF_CSS, ViewOnlyAdmin
 from credentials.formatting import format_day
 from credentials.models import Notice, secret_fields_of, step_label
 from credentials.services.outbox import notice_resend
+from safeadmin.permissions import missing_permission
 
 RESEND_PERMISSION = "credentials.resend_notice"
 
@@ -93,7 +93,7 @@ class NoticeAdmin(ViewOnlyAdmin):
 def resend_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
     notice = get_object_or_404(Notice, pk=object_id)
     if not request.user.has_perm(RESEND_PERMISSION):
-        raise PermissionDenied
+        raise missing_permission(RESEND_PERMISSION, doing="Resending a notice")
     if notice_resend(notice_id=notice.pk):
         messages.success(request, f"{notice.get_kind_display()} queued again; it goes out within minutes.")
     else:

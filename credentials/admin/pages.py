@@ -14,7 +14,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -51,6 +51,7 @@ from credentials.services.submission import Door, credential_submit
 from credentials.services.verification import credential_verify
 from institutions.models import Institution
 from requestinfo import client_ip
+from safeadmin.permissions import missing_permission
 from staffsso.session import is_sso_session, reauth_url
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def staff_actions(request: HttpRequest, institution: Institution | None = None) 
 
 def _require(request: HttpRequest, perm: str) -> None:
     if not request.user.has_perm(perm):
-        raise PermissionDenied
+        raise missing_permission(perm)
 
 
 def _object_or_404(queryset, object_id):
@@ -131,7 +132,7 @@ def _object_or_404(queryset, object_id):
 def _institution(request: HttpRequest, model_admin, object_id) -> Institution:
     institution = _object_or_404(Institution.objects.all(), object_id)
     if not model_admin.has_view_permission(request, institution):
-        raise PermissionDenied
+        raise missing_permission("institutions.view_institution")
     return institution
 
 
@@ -425,8 +426,9 @@ class RevealForm(ReasonForm):
 @sensitive_post_parameters("password")
 @sensitive_variables("revealed", "context", "response")
 def reveal_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
-    if not (request.user.has_perm(REVEAL_PERMISSION) and request.user.has_perm("credentials.view_cd2credential")):
-        raise PermissionDenied
+    needed = (REVEAL_PERMISSION, "credentials.view_cd2credential")
+    if not all(request.user.has_perm(perm) for perm in needed):
+        raise missing_permission(*needed, doing="Revealing a key's Secret")
     credential = _object_or_404(CD2Credential.objects.without_secrets(), object_id)
     form = RevealForm(request.POST or None, request=request)
     context = {
