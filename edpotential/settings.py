@@ -122,6 +122,8 @@ INSTALLED_APPS = [
     # The data pipeline's API (api/__init__.py says why DRF and drf-spectacular).
     "rest_framework",
     "drf_spectacular",
+    # Swagger UI's files for /api/v1/docs/, served from our static files (no CDN).
+    "drf_spectacular_sidecar",
     "api.apps.ApiConfig",
     # Bulk onboarding from CSV/XLSX in the admin (credentials/services/onboarding.py).
     "import_export",
@@ -477,6 +479,11 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "CD2 credential registry: pipeline API",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # /api/v1/docs/: Swagger UI from drf-spectacular-sidecar's static files, never a CDN; no call to
+    # swagger.io's validator either.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None, "displayRequestDuration": True},
 }
 
 # ---------------------------------------------------------------------------
