@@ -51,6 +51,8 @@ VERDICT_CHOICES = [
 # The short words for a column ("Rejected"); the choice label explains.
 VERDICT_LABELS = {value: label.split(" (")[0] for value, label in VERDICT_CHOICES}
 # Verdicts that say the key itself does not work.
+# The statuses of a key by urgency, for sorting the keys list: the ones staff act on first.
+KEY_STATUSES_BY_URGENCY = ("invalid", "lost", "pending_verification", "active", "revoked", "superseded")
 FAILED_VERDICTS = (Verdict.REJECTED.value, Verdict.FORBIDDEN.value)
 
 
@@ -211,11 +213,15 @@ class CD2Credential(models.Model):
         """What staff call the key: "Expired" once its date has passed, whatever the row's status, else the status.
 
         A history status is kept in brackets ("Expired (superseded)"): both are true.
+        An active key whose last check was refused is "Failing check", never "Active".
         """
         if self.expires_on < today:
             if self.status == self.Status.ACTIVE:
                 return "Expired"
             return f"Expired ({self.get_status_display().lower()})"
+        if self.status == self.Status.ACTIVE and self.check_failed():
+            # Still the active row, but CD2 refuses it: staff read what the institution shows.
+            return "Failing check"
         return self.get_status_display()
 
     def check_failed(self) -> bool:

@@ -79,6 +79,17 @@ class KeyState(models.TextChoices):
     LOST = "lost", "Lost: ask for a new key"
 
 
+# The key states by urgency, for sorting: what customer success acts on first.
+KEY_STATES_BY_URGENCY = (
+    KeyState.EXPIRED,
+    KeyState.FAILING,
+    KeyState.LOST,
+    KeyState.MISSING,
+    KeyState.EXPIRING,
+    KeyState.PENDING,
+    KeyState.OK,
+)
+
 # "No working key": the states in which the pipeline cannot pull with the key
 # on file. The one rule the dashboard and the staff digest count by
 # (credentials.selectors.institutions_without_working_key).

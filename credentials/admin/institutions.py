@@ -24,7 +24,8 @@ from django.utils.html import format_html, format_html_join
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ViewOnlyMixin, key_state_badge, link_state_badge
 from credentials.admin.reminders_ended import RemindersEndedFilter, reminders_ended_note
-from credentials.days import expiry_days_between, expiry_phrase
+from credentials.days import expiry_days_between, expiry_phrase, institution_today
+from credentials.expressions import urgency_order
 from credentials.formatting import format_day, format_moment, format_month
 from credentials.models import (
     SECRET_FIELDS,
@@ -56,7 +57,7 @@ from credentials.services.staff import (
     institutions_export,
 )
 from institutions.admin import InstitutionAdminExtension, ServedFilter, insert_after
-from institutions.models import Institution, KeyState
+from institutions.models import KEY_STATES_BY_URGENCY, Institution, KeyState
 from requestinfo import client_ip
 from safeadmin.permissions import missing_permission
 
@@ -222,7 +223,7 @@ class KeyHistoryInline(ReadOnlyInline):
     verbose_name_plural = "Key history (newest first; the Client ID and Secret are never shown here)"
     fields = (
         "key",
-        "status",
+        "state",
         "source",
         "submitted",
         "expires_on",
@@ -233,7 +234,12 @@ class KeyHistoryInline(ReadOnlyInline):
 
     def get_queryset(self, request):
         # Never load the encrypted columns: a page that does not decrypt cannot leak.
-        return super().get_queryset(request).defer(*SECRET_FIELDS).select_related("created_by")
+        return super().get_queryset(request).defer(*SECRET_FIELDS).select_related("created_by", "institution")
+
+    @admin.display(description="Status")
+    def state(self, obj: CD2Credential) -> str:
+        # Expired, or failing its check, as the institution shows it; never a bare "Active" for those.
+        return obj.state_label(institution_today(obj.institution, timezone.now()))
 
     @admin.display(description="Key")
     def key(self, obj: CD2Credential) -> str:
@@ -271,7 +277,7 @@ class SubmissionLinkInline(ReadOnlyInline):
 # --------------------------------------------------------------------------
 
 
-@admin.display(description="Key status", ordering="key_state")
+@admin.display(description="Key status", ordering=urgency_order("key_state", KEY_STATES_BY_URGENCY))
 def key_status(obj: Institution) -> str:
     return key_state_badge(obj.key_state)
 

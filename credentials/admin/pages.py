@@ -48,7 +48,7 @@ from credentials.services.staff import (
     submitter_contact_add,
 )
 from credentials.services.submission import Door, credential_submit
-from credentials.services.verification import credential_verify
+from credentials.services.verification import credential_recheck_invalid, credential_verify
 from institutions.models import Institution
 from requestinfo import client_ip
 from safeadmin.permissions import missing_permission
@@ -220,8 +220,7 @@ def check_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
             messages.add_message(request, level, f"Key {active.hint}: {result.message}")
         return _back(institution)
     if pending is None:
-        messages.error(request, "There is no active or pending key to check. Send a submission link instead.")
-        return _back(institution)
+        return _check_invalid_key(request, institution)
     outcome = credential_verify_pending(credential_id=pending.pk, actor=request.user)
     text = {
         VerifyResult.ACTIVE: (messages.SUCCESS, "passed the check and is now the active key."),
@@ -240,6 +239,23 @@ def check_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
         ),
     }.get(outcome, (messages.INFO, "was already handled."))
     messages.add_message(request, text[0], f"Pending key {pending.hint} {text[1]}")
+    return _back(institution)
+
+
+def _check_invalid_key(request: HttpRequest, institution: Institution) -> HttpResponse:
+    """ "Check key now" on a failing institution whose key was marked invalid: check it again, say what to do."""
+    invalid = _current_key(institution, CD2Credential.Status.INVALID)
+    result = credential_recheck_invalid(credential_id=invalid.pk, actor=request.user) if invalid else None
+    if result is None:
+        messages.error(request, "There is no key to check. Send a submission link instead.")
+    elif result.verdict == "ok":
+        messages.warning(
+            request,
+            f"Key {invalid.hint} passes the check now, but it was marked invalid and stays so (a key never "
+            "goes back to active). Send a submission link so the customer hands it in again, or add it by hand.",
+        )
+    else:
+        messages.warning(request, f"Key {invalid.hint} is still refused: {result.message}")
     return _back(institution)
 
 

@@ -115,6 +115,35 @@ def credential_verify(
     return result
 
 
+def credential_recheck_invalid(*, credential_id: int, actor, now: dt.datetime | None = None) -> CheckResult | None:
+    """Check a key marked invalid again, for a staff member ("Check key now" on a failing key); None if not invalid.
+
+    Records what the check found and audits it as `actor`. The key stays
+    invalid whatever the answer (a key never goes back to active: the
+    customer hands it in again, or staff add it by hand), so a pass tells
+    staff the key works again and what to do; nobody is mailed.
+    """
+    now = now or timezone.now()
+    credential = (
+        CD2Credential.objects.select_related("institution")
+        .filter(pk=credential_id, status=CD2Credential.Status.INVALID)
+        .first()
+    )
+    if credential is None:
+        return None
+    result = check_key_with_settings(client_id=credential.client_id, secret=credential.secret)
+    credential_check_save(credential=credential, check=result, now=now)
+    audit_record(
+        kind=AuditEvent.Kind.KEY_CHECKED,
+        actor=actor,
+        credential=credential,
+        institution=credential.institution,
+        reason=result.summary,
+        detail={"verdict": result.verdict.value, "status_code": result.status_code, "hint": credential.hint},
+    )
+    return result
+
+
 def _mark_invalid(
     *, credential: CD2Credential, result: CheckResult, now: dt.datetime, actor=None, actor_label: str = ""
 ) -> None:
