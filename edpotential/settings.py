@@ -129,9 +129,10 @@ INSTALLED_APPS = [
     "import_export",
     # Security (see the Security section and edpotential/security.py).
     "django_otp",
-    "django_otp.plugins.otp_totp",
-    "django_otp.plugins.otp_static",
-    "axes",
+    # The next three in words for staff (credentials/admin/apps.py: "Authenticator apps", not "Otp_Totp").
+    "credentials.admin.apps.AuthenticatorAppsConfig",
+    "credentials.admin.apps.RecoveryCodesConfig",
+    "credentials.admin.apps.LockoutsConfig",
     "csp",
     # Staff sign-in with the company's identity provider (OIDC_ISSUER; off when unset).
     "staffsso.apps.StaffSsoConfig",

@@ -36,6 +36,14 @@ def missing_permission(*perms: str, doing: str = "") -> PermissionDenied:
     return PermissionDenied(f"{doing or 'This page'} needs {wanted}.")
 
 
+def _names_model(request) -> bool:
+    try:
+        apps.get_registered_model(request.GET.get("app_label", ""), request.GET.get("model_name", ""))
+    except LookupError:
+        return False
+    return True
+
+
 def refusal_for(request, exception: BaseException | None) -> str:
     """The words of a 403: the exception's own, else the admin model permission its URL needs."""
     said = str(exception or "").strip()
@@ -46,6 +54,18 @@ def refusal_for(request, exception: BaseException | None) -> str:
     except Resolver404:
         match = None
     name = match.url_name or "" if match else ""
+    if name == "autocomplete":
+        # Django's search-as-you-type refuses a request that names no field it serves, or a model the user
+        # may not see.
+        if _names_model(request):
+            opts = apps.get_registered_model(request.GET["app_label"], request.GET["model_name"])._meta
+            perm = f"{opts.app_label}.view_{opts.model_name}"
+            if not request.user.has_perm(perm):
+                return str(missing_permission(perm, doing="This search"))
+        return (
+            "This address answers only the admin's own search-as-you-type boxes, and this request named no "
+            "field they serve: there is no permission to grant. Use the search box on the page instead."
+        )
     for model in apps.get_models():
         prefix = f"{model._meta.app_label}_{model._meta.model_name}_"
         if name.startswith(prefix):
