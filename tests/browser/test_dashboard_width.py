@@ -64,9 +64,11 @@ def test_no_dashboard_word_breaks_at_1366_px(live_server, make_staff, verified_l
         error_cell = page.locator("#dash-failed-notices-title + table td", has_text="refused").inner_text()
         resend = page.locator(".staff-dashboard button", has_text="Resend").first.bounding_box()
         panels = page.locator(".staff-dashboard").bounding_box()
+        violations = page.evaluate("window.__csp")
 
     assert broken == []
     assert error_cell.strip() == "The address was refused: user unknown"
     assert resend["height"] < 40  # one line
     assert panels["width"] > 1200  # the panels take the width; "Recent actions" goes below
-    assert problems == []
+    assert violations == []
+    assert [problem for problem in problems if "404" not in problem] == []  # the browser's own /favicon.ico
