@@ -443,8 +443,9 @@ class RevealForm(ReasonForm):
 @sensitive_variables("revealed", "context", "response")
 def reveal_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
     needed = (REVEAL_PERMISSION, "credentials.view_cd2credential")
-    if not all(request.user.has_perm(perm) for perm in needed):
-        raise missing_permission(*needed, doing="Revealing a key's Secret")
+    lacking = [perm for perm in needed if not request.user.has_perm(perm)]
+    if lacking:
+        raise missing_permission(*lacking, doing="Revealing a key's Secret")
     credential = _object_or_404(CD2Credential.objects.without_secrets(), object_id)
     form = RevealForm(request.POST or None, request=request)
     context = {
