@@ -135,5 +135,9 @@ def send_error_words(raw: str) -> str:
     if reply is not None:
         words = _REPLY_WORDS.get(reply.group("code"), "")
         detail = _ENHANCED_CODE.sub("", reply.group("text")).strip().rstrip(".").lower()
-    words = words or _EXCEPTION_WORDS.get(name, "") or "sending failed"
+    words = words or _EXCEPTION_WORDS.get(name, "")
+    if not words and name_match is not None and reply is None:
+        # An error of ours already in words after its class name ("Could not connect to the receiver ...").
+        return raw[name_match.end() :].strip() or "sending failed"
+    words = words or "sending failed"
     return f"{words}: {detail}" if detail else words
