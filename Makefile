@@ -47,21 +47,29 @@ install: $(STAMP) $(OIDC_PROVIDER) $(AXE_CORE) messages
 
 # Development defaults: DEBUG on, everything else embedded (SQLite, a folder
 # as Celery broker, console mail, keys generated under var/), and keys checked
-# against the fake CD2 gateway on loopback, never Instructure's real one.
+# against the fake CD2 gateway on loopback (with DEBUG on, CD2_API_URL defaults
+# to http://127.0.0.1:$CD2_PORT), never Instructure's real one.
 .env:
-	printf 'DEBUG=true\nCD2_API_URL=http://127.0.0.1:8765\n' > .env
+	printf 'DEBUG=true\n' > .env
 
+# WEB_PORT and CD2_PORT (environment) move the web server, the fake gateway,
+# SITE_URL and CD2_API_URL together (edpotential/settings.py derives both).
+# honcho reads no .env (-e /dev/null): its .env would win over the environment,
+# while Django reads .env itself and lets the environment win. A .env an older
+# `make run` wrote pinned CD2_API_URL to port 8765: that line is dropped.
 run: $(STAMP) .env messages
+	@sed -i '/^CD2_API_URL=http:\/\/127\.0\.0\.1:8765$$/d' .env
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py load_demo_data
 	@echo
-	@echo "Admin: http://127.0.0.1:8000/admin/   (Ctrl-C stops web, worker, beat and the fake CD2 gateway)"
+	@echo "Admin: $${SITE_URL:-http://127.0.0.1:$${WEB_PORT:-8000}}/admin/   (Ctrl-C stops web, worker, beat and the fake CD2 gateway on port $${CD2_PORT:-8765})"
 	@echo "A submission link: $(BIN)/python manage.py create_submission_link northfield-university"
+	@echo "A key the fake gateway accepts: $(BIN)/python manage.py demo_key lakeside-college"
 	@echo "Start the demo afresh: $(BIN)/python manage.py load_demo_data --reset"
 	@echo
 	@# Keys are checked against the fake CD2 gateway (Procfile.dev "cd2", which accepts exactly the
 	@# passing demo keys load_demo_data lists in var/fake-gateway-keys.txt) unless CD2_API_URL is set.
-	PATH="$(abspath $(BIN)):$$PATH" CD2_API_URL="$${CD2_API_URL:-http://127.0.0.1:8765}" $(BIN)/honcho -f Procfile.dev start
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho -f Procfile.dev -e /dev/null start
 
 # One pytest-xdist worker per core; tests/settings.py gives each its own var/
 # folder and Redis databases. loadgroup keeps tests marked with the same

@@ -11,4 +11,6 @@ urlpatterns = [
     path("institutions/<slug:slug>/key", views.KeyReadView.as_view(), name="key"),
     path("institutions/<slug:slug>/syncs", views.SyncReportView.as_view(), name="syncs"),
     path("schema/", views.SchemaView.as_view(), name="schema"),
+    # The schema read as a page (Swagger UI from our own static files: no CDN).
+    path("docs/", views.ApiDocsView.as_view(), name="docs"),
 ]

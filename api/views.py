@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.exceptions import APIException, NotFound
 from rest_framework.pagination import CursorPagination
 from rest_framework.renderers import JSONRenderer
@@ -166,6 +166,25 @@ class SchemaView(SpectacularAPIView):
     authentication_classes = ()
     permission_classes = ()
     throttle_classes = (AnonymousRateThrottle,)
+
+    def get_exception_handler(self):
+        return problem_exception_handler
+
+
+class ApiDocsView(SpectacularSwaggerSplitView):
+    """The API's documentation page: Swagger UI on the schema above, public like it.
+
+    Swagger UI's files come from drf-spectacular-sidecar through our static
+    files (SWAGGER_UI_DIST = "SIDECAR"), so the page asks nothing of any other
+    host; the split view serves its start-up script as a file, which the
+    Content-Security-Policy allows without 'unsafe-inline'.
+    """
+
+    authentication_classes = ()
+    permission_classes = ()
+    throttle_classes = (AnonymousRateThrottle,)
+    url_name = "api:schema"
+    template_name = "api/docs.html"
 
     def get_exception_handler(self):
         return problem_exception_handler

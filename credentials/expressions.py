@@ -72,3 +72,16 @@ def expiry_state_case(
             ),
         ]
     return Case(*whens, default=Value(ExpiryState.OK), output_field=models.CharField())
+
+
+def urgency_order(field: str, states) -> Case:
+    """A sort key for `field` that puts `states` in their given order (most urgent first), others last.
+
+    The admin's "Key status" and "State" columns sort by this, not by the
+    internal codes' alphabet.
+    """
+    return Case(
+        *(When(**{field: state}, then=Value(rank)) for rank, state in enumerate(states)),
+        default=Value(len(states)),
+        output_field=models.IntegerField(),
+    )

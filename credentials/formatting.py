@@ -20,6 +20,7 @@ staff site is always in English, so what staff read does not change.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import zoneinfo
 
 from django.conf import settings
@@ -117,3 +118,73 @@ def recommended_expiry() -> str:
 def html_lang(language: str) -> str:
     """A language code as HTML's lang attribute writes it (BCP 47): "fr-ca" is "fr-CA", "en-gb" "en-GB"."""
     return translation.to_locale(language).replace("_", "-")
+
+
+# ---------------------------------------------------------------------------
+# A mail send error in words
+# ---------------------------------------------------------------------------
+# What a notice's last_error holds is the exception as the outbox recorded it
+# ("SMTPRecipientsRefused: {'a@b': (550, b'5.1.1 User unknown')}"); staff read
+# this instead, and the raw text stays on the notice's own page. Ours, not a
+# library's: the SMTP reply codes (RFC 5321 section 4.2, enhanced codes RFC 3463)
+# are few and the wording is the registry's.
+_SMTP_REPLY = re.compile(r"\(\s*(?P<code>\d{3})\s*,\s*b?['\"](?P<text>[^'\"]*)['\"]")
+_ENHANCED_CODE = re.compile(r"^\s*\d\.\d{1,3}\.\d{1,3}\s*")
+_EXCEPTION_NAME = re.compile(
+    r"^(?P<name>[A-Za-z_][\w.]*(?:Error|Exception|Refused|Disconnected|Timeout|timeout))\b:?\s*"
+)
+_REPLY_WORDS = {
+    "550": "the address was refused",
+    "551": "the address was refused",
+    "553": "the address was refused",
+    "552": "the mailbox is full",
+    "452": "the mailbox is full for now",
+    "450": "the mailbox is unavailable for now",
+    "421": "the mail server is busy",
+    "451": "the mail server had a local error",
+    "554": "the mail server refused the message",
+}
+_EXCEPTION_WORDS = {
+    "SMTPRecipientsRefused": "the address was refused",
+    "SMTPSenderRefused": "the mail server refused our sender address",
+    "SMTPDataError": "the mail server refused the message",
+    "SMTPAuthenticationError": "the mail server refused our sign-in (check EMAIL_URL)",
+    "SMTPServerDisconnected": "the mail server closed the connection",
+    "SMTPConnectError": "the mail server could not be reached",
+    "ConnectionRefusedError": "the mail server could not be reached",
+    "ConnectionResetError": "the mail server closed the connection",
+    "TimeoutError": "the mail server did not answer in time",
+    "timeout": "the mail server did not answer in time",
+    "socket.timeout": "the mail server did not answer in time",
+    "gaierror": "the mail server's name could not be looked up",
+    "SSLError": "the secure connection to the mail server failed",
+    "OSError": "the mail server could not be reached",
+}
+
+
+def send_error_words(raw: str) -> str:
+    """A notice's recorded send error for people: "the address was refused: user unknown".
+
+    Text that is not an exception (a reason written in words, "Not sent: ...")
+    is returned as it is; an exception we do not know reads "sending failed"
+    with the server's reply, if it gave one.
+    """
+    raw = (raw or "").strip()
+    if not raw:
+        return ""
+    name_match = _EXCEPTION_NAME.match(raw)
+    reply = _SMTP_REPLY.search(raw)
+    if name_match is None and reply is None:
+        return raw
+    name = name_match.group("name").rsplit(".", 1)[-1] if name_match else ""
+    words = ""
+    detail = ""
+    if reply is not None:
+        words = _REPLY_WORDS.get(reply.group("code"), "")
+        detail = _ENHANCED_CODE.sub("", reply.group("text")).strip().rstrip(".").lower()
+    words = words or _EXCEPTION_WORDS.get(name, "")
+    if not words and name_match is not None and reply is None:
+        # An error of ours already in words after its class name ("Could not connect to the receiver ...").
+        return raw[name_match.end() :].strip() or "sending failed"
+    words = words or "sending failed"
+    return f"{words}: {detail}" if detail else words

@@ -12,7 +12,7 @@ from django.utils import timezone
 from credentials.cd2 import Verdict
 from credentials.expressions import DaysUntil, expiry_state_case
 from credentials.fields import EncryptedTextField
-from credentials.formatting import format_day, format_moment
+from credentials.formatting import format_day, format_moment, send_error_words
 from credentials.validators import is_short_expiry
 from institutions.models import validate_timezone
 
@@ -51,6 +51,8 @@ VERDICT_CHOICES = [
 # The short words for a column ("Rejected"); the choice label explains.
 VERDICT_LABELS = {value: label.split(" (")[0] for value, label in VERDICT_CHOICES}
 # Verdicts that say the key itself does not work.
+# The statuses of a key by urgency, for sorting the keys list: the ones staff act on first.
+KEY_STATUSES_BY_URGENCY = ("invalid", "lost", "pending_verification", "active", "revoked", "superseded")
 FAILED_VERDICTS = (Verdict.REJECTED.value, Verdict.FORBIDDEN.value)
 
 
@@ -218,11 +220,15 @@ class CD2Credential(models.Model):
         """What staff call the key: "Expired" once its date has passed, whatever the row's status, else the status.
 
         A history status is kept in brackets ("Expired (superseded)"): both are true.
+        An active key whose last check was refused is "Failing check", never "Active".
         """
         if self.expires_on < today:
             if self.status == self.Status.ACTIVE:
                 return "Expired"
             return f"Expired ({self.get_status_display().lower()})"
+        if self.status == self.Status.ACTIVE and self.check_failed():
+            # Still the active row, but CD2 refuses it: staff read what the institution shows.
+            return "Failing check"
         return self.get_status_display()
 
     def check_failed(self) -> bool:
@@ -365,7 +371,7 @@ class ReminderLog(models.Model):
         if notice.state == Notice.State.SENT:
             return "Sent"
         label = "Failed" if notice.state == Notice.State.FAILED else "Skipped"
-        return f"{label}: {notice.last_error}" if notice.last_error else label
+        return f"{label}: {notice.error_in_words()}" if notice.last_error else label
 
     def delivered_at(self):
         """When the step was settled (sent, given up or skipped), else when it was claimed."""
@@ -596,6 +602,10 @@ class Notice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} of {format_day(self.day)} ({self.get_state_display().lower()})"
+
+    def error_in_words(self) -> str:
+        """The last send error for people ("the address was refused: user unknown"); last_error keeps the raw text."""
+        return send_error_words(self.last_error)
 
 
 class ScheduledJob(models.Model):

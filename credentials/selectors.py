@@ -20,6 +20,7 @@ from django.utils import timezone
 from credentials.days import (
     days_left_sql,
     earliest_expiry_still_reminded,
+    expiry_days_between,
     institution_zone,
     largest_step_allowed,
     reminders_end_on,
@@ -38,7 +39,7 @@ from credentials.models import (
     secret_fields_of,
     step_label,
 )
-from institutions.models import Institution, KeyState, email_key
+from institutions.models import NO_WORKING_KEY_STATES, STORED_KEY_STATES, Institution, KeyState, email_key
 
 __all__ = ["ExpiryState", "KeyState"]
 
@@ -249,6 +250,22 @@ def institutions_with_key_status(*, queryset=None, today: dt.date | None = None,
             last_handled_step=Subquery(handled[:1]),
         )
     )
+
+
+def no_working_key(*, now: dt.datetime | None = None) -> Q:
+    """Institutions with no working key (NO_WORKING_KEY_STATES), from the stored key summary on their own day.
+
+    The one rule of "no working key": the dashboard's count, the staff
+    digest's and the institution list's filter all read it.
+    """
+    stored = [state for state in NO_WORKING_KEY_STATES if state in STORED_KEY_STATES]
+    expired = Q(key_condition=KeyState.OK) & expiry_days_between("key_expires_on", now or timezone.now(), at_most=-1)
+    return Q(key_condition__in=stored) | expired
+
+
+def institutions_without_working_key(*, now: dt.datetime | None = None):
+    """Served institutions with no working key (no_working_key)."""
+    return Institution.objects.filter(status__in=Institution.SERVED_STATUSES).filter(no_working_key(now=now))
 
 
 def institutions_with_key_summary(*, queryset=None, today: dt.date | None = None, now: dt.datetime | None = None):

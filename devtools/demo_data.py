@@ -15,6 +15,8 @@ Development only: every function here refuses with DEBUG off.
 from __future__ import annotations
 
 import datetime as dt
+import secrets
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from smtplib import SMTPRecipientsRefused
@@ -36,8 +38,6 @@ from devtools.demo import require_debug
 from devtools.fake_gateway import (
     DEMO_ACCEPTED_CLIENT_ID,
     DEMO_ACCEPTED_SECRET,
-    DEMO_REJECTED_CLIENT_ID,
-    DEMO_REJECTED_SECRET,
     GATEWAY_DOWN_CLIENT_ID,
 )
 from institutions.models import Contact, Institution, KeyState
@@ -158,8 +158,6 @@ def demo_key(demo: DemoInstitution) -> tuple[str, str]:
         # The key the README offers for the submission page: handing off
         # Northfield's key gives a key the fake gateway accepts.
         return DEMO_ACCEPTED_CLIENT_ID, DEMO_ACCEPTED_SECRET
-    if demo.check == REJECTED:
-        return DEMO_REJECTED_CLIENT_ID, DEMO_REJECTED_SECRET
     if demo.check == GATEWAY_DOWN:
         return GATEWAY_DOWN_CLIENT_ID, f"demo-secret-{demo.slug}"
     number = DEMO_SLUGS.index(demo.slug) + 1
@@ -183,6 +181,23 @@ def demo_gateway_keys_write(path: Path | None = None) -> Path:
     lines += [f"{client_id}:{secret}" for client_id, secret in demo_gateway_keys().items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def demo_gateway_key_add(path: Path | None = None) -> tuple[str, str]:
+    """A fresh key the fake gateway accepts and no institution holds: (Client ID, Secret).
+
+    Added to the keys file, which the running gateway reads again when it
+    changes; printed by `manage.py demo_key`. Fresh each time, so handing it in
+    is a new key for any institution (the README's accepted key is on file for
+    Northfield, so anywhere else it is refused as another institution's).
+    """
+    require_debug("demo_gateway_key_add")
+    path = path or demo_keys_file()
+    client_id = f"us-east-1#{uuid.uuid4()}"
+    secret = f"demo-secret-{secrets.token_hex(8)}"
+    with path.open("a", encoding="utf-8") as keys_file:
+        keys_file.write(f"{client_id}:{secret}\n")
+    return client_id, secret
 
 
 def demo_reset() -> int:

@@ -18,7 +18,7 @@ With the special Client IDs any secret works; each shows one outcome:
 - ``us-east-1#10000000-0000-4000-8000-000000000001`` / ``demo-secret-accepted-1f4b9c``:
   accepted (ok).
 - ``us-east-1#10000000-0000-4000-8000-000000000002`` / ``demo-secret-rejected-000``:
-  401 AuthenticationError, like any unknown key.
+  401 AuthenticationError, like any unknown key (no demo institution holds it).
 - ``us-east-1#forbidden-not-onboarded``: login ok, then the table list gets
   403 AccountNotOnboarded. Likewise ``us-east-1#forbidden-disabled``
   (AccountDisabled), ``us-east-1#forbidden-maintenance``
@@ -32,7 +32,9 @@ More accepted keys come from ``CD2_FAKE_KEYS="id:secret,id:secret"``, from
 ``--key ID:SECRET`` (repeatable; a secret containing a comma can only be given
 this way) and from ``--keys-file PATH`` (one ``ID:SECRET`` a line, ``#``
 comments; ``make run`` passes the file ``load_demo_data`` writes, so the demo
-keys that should pass do).
+keys that should pass do). The running gateway reads the file again when it
+changes: ``python manage.py demo_key SLUG`` adds a fresh key there and prints
+it, a key this gateway accepts and no institution holds yet.
 
 Run it without Django::
 
@@ -563,6 +565,28 @@ def parse_keys_file(text: str) -> dict[str, str]:
     return keys
 
 
+def _keys_file_stamp(path: str | None) -> tuple[int, int] | None:
+    if not path:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _reload_keys_file(gateway: FakeGateway, path: str) -> None:
+    """Add the keys the file holds now (keys already accepted stay accepted)."""
+    try:
+        with open(path, encoding="utf-8") as keys_file:
+            keys = parse_keys_file(keys_file.read())
+    except (OSError, ValueError) as exc:
+        print(f"keys file not read again: {exc}", file=sys.stderr, flush=True)
+        return
+    for client_id, secret in keys.items():
+        gateway.add_key(client_id, secret)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m devtools.fake_gateway",
@@ -619,9 +643,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_demo_keys:
         print(f"accepted demo key: {DEMO_ACCEPTED_CLIENT_ID} / {DEMO_ACCEPTED_SECRET}", flush=True)
     print(f"{len(keys)} extra key(s); stop with Ctrl-C", file=sys.stderr, flush=True)
+    keys_file_seen = _keys_file_stamp(args.keys_file)
     try:
         while not stop.wait(0.5):
-            pass
+            # `manage.py demo_key` adds a key to the file while we run: read it again when it changes.
+            stamp = _keys_file_stamp(args.keys_file)
+            if stamp != keys_file_seen:
+                keys_file_seen = stamp
+                _reload_keys_file(gateway, args.keys_file)
     except KeyboardInterrupt:
         pass
     finally:

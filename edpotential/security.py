@@ -27,13 +27,14 @@ from django.conf import settings
 from django.contrib import auth
 from django.db import InterfaceError, OperationalError
 from django.db.models import Sum
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
 from django.template import loader
 from django.urls import reverse
 from django.views import defaults
 
 from credentials.views import too_large
 from requestinfo import declared_length
+from safeadmin.permissions import refusal_for
 
 logger = logging.getLogger(__name__)
 
@@ -270,3 +271,16 @@ def server_error(request: HttpRequest) -> HttpResponse:
     if isinstance(sys.exc_info()[1], DATABASE_DOWN):
         return database_unavailable_response(request)
     return defaults.server_error(request)
+
+
+def permission_denied(request: HttpRequest, exception: BaseException | None = None) -> HttpResponse:
+    """handler403: the refusal in words (safeadmin.permissions): which permission is missing, who has it."""
+    user = getattr(request, "user", None)
+    signed_in = bool(user is not None and user.is_authenticated)
+    context = {
+        "reason": refusal_for(request, exception),
+        "signed_in_as": user.get_username() if signed_in else "",
+        "groups": sorted(user.groups.values_list("name", flat=True)) if signed_in else [],
+        "back": reverse("admin:index") if request.path_info.startswith("/admin/") else "/",
+    }
+    return HttpResponseForbidden(loader.render_to_string("403.html", context, request))

@@ -100,7 +100,12 @@ else:
     SECRET_KEY = env.str("SECRET_KEY")
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"] if DEBUG else [])
-SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
+# Development's ports (Procfile.dev: runserver on WEB_PORT, the fake CD2 gateway
+# on CD2_PORT). They move SITE_URL and, with DEBUG on, CD2_API_URL too, unless
+# those are set: `WEB_PORT=8001 CD2_PORT=8766 make run` needs no edit of .env.
+WEB_PORT = env.int("WEB_PORT", default=8000)
+CD2_PORT = env.int("CD2_PORT", default=8765)
+SITE_URL = env.str("SITE_URL", default=f"http://127.0.0.1:{WEB_PORT}").rstrip("/")
 
 INSTALLED_APPS = [
     # django.contrib.admin, with the staff site (credentials/admin/site.py) as its default site.
@@ -117,14 +122,17 @@ INSTALLED_APPS = [
     # The data pipeline's API (api/__init__.py says why DRF and drf-spectacular).
     "rest_framework",
     "drf_spectacular",
+    # Swagger UI's files for /api/v1/docs/, served from our static files (no CDN).
+    "drf_spectacular_sidecar",
     "api.apps.ApiConfig",
     # Bulk onboarding from CSV/XLSX in the admin (credentials/services/onboarding.py).
     "import_export",
     # Security (see the Security section and edpotential/security.py).
     "django_otp",
-    "django_otp.plugins.otp_totp",
-    "django_otp.plugins.otp_static",
-    "axes",
+    # The next three in words for staff (credentials/admin/apps.py: "Authenticator apps", not "Otp_Totp").
+    "credentials.admin.apps.AuthenticatorAppsConfig",
+    "credentials.admin.apps.RecoveryCodesConfig",
+    "credentials.admin.apps.LockoutsConfig",
     "csp",
     # Staff sign-in with the company's identity provider (OIDC_ISSUER; off when unset).
     "staffsso.apps.StaffSsoConfig",
@@ -347,6 +355,15 @@ SCHEDULED_JOBS_OVERDUE_AFTER = {
     "sweep-notices": dt.timedelta(minutes=30),
     "sso-deactivate-unseen": dt.timedelta(hours=26),
 }
+# What staff read for each scheduled job (the dashboard, alerts): words, not the beat entry's name.
+SCHEDULED_JOB_LABELS = {
+    "send-expiry-reminders": "Expiry reminders (hourly)",
+    "verify-active-credentials": "Daily check of every active key",
+    "send-staff-digest": "Staff digest (Mondays)",
+    "verify-pending-credentials": "Re-check of keys waiting for CD2 (hourly)",
+    "sweep-notices": "Outbox sweep: retries and stuck sends (every 5 minutes)",
+    "sso-deactivate-unseen": "Deactivate staff the identity provider no longer knows (daily)",
+}
 # Prometheus' scrape of /metrics must bring this bearer token (a long random string; rotate it like a
 # password). Unset: /metrics answers 404 to everyone.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
@@ -426,8 +443,11 @@ else:
 # ---------------------------------------------------------------------------
 # Canvas Data 2
 # ---------------------------------------------------------------------------
-# The same default as Instructure's official client (DAP_API_URL).
-CD2_API_URL = env.str("CD2_API_URL", default="https://api-gateway.instructure.com").rstrip("/")
+# The same default as Instructure's official client (DAP_API_URL); in
+# development the fake gateway `make run` starts (nothing talks to Instructure).
+CD2_API_URL = env.str(
+    "CD2_API_URL", default=f"http://127.0.0.1:{CD2_PORT}" if DEBUG else "https://api-gateway.instructure.com"
+).rstrip("/")
 CD2_CONNECT_TIMEOUT = env.float("CD2_CONNECT_TIMEOUT", default=5.0)
 CD2_READ_TIMEOUT = env.float("CD2_READ_TIMEOUT", default=20.0)
 # What we ask the customer to enter at identity.instructure.com.
@@ -501,6 +521,11 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "CD2 credential registry: pipeline API",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # /api/v1/docs/: Swagger UI from drf-spectacular-sidecar's static files, never a CDN; no call to
+    # swagger.io's validator either.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None, "displayRequestDuration": True},
 }
 
 # ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.i18n import set_language
 
 from credentials.views import healthz, metrics
-from edpotential.security import server_error
+from edpotential.security import permission_denied, server_error
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -27,3 +27,5 @@ urlpatterns = [
 
 # A database that went away answers 503 with Retry-After wherever it was noticed (edpotential.security).
 handler500 = server_error
+# A refusal says which permission is missing and who has it (admin and customer pages alike).
+handler403 = permission_denied

@@ -481,7 +481,7 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
         preview) writes nothing and shows the page again, the upload kept.
         """
         if not self.has_import_permission(request):
-            raise PermissionDenied
+            raise PermissionDenied("Importing institutions needs the permission to import institutions.")
         confirm_form = self.create_confirm_form(request)
         if not confirm_form.is_valid():
             return super().process_import(request, **kwargs)

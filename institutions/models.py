@@ -79,6 +79,22 @@ class KeyState(models.TextChoices):
     LOST = "lost", "Lost: ask for a new key"
 
 
+# The key states by urgency, for sorting: what customer success acts on first.
+KEY_STATES_BY_URGENCY = (
+    KeyState.EXPIRED,
+    KeyState.FAILING,
+    KeyState.LOST,
+    KeyState.MISSING,
+    KeyState.EXPIRING,
+    KeyState.PENDING,
+    KeyState.OK,
+)
+
+# "No working key": the states in which the pipeline cannot pull with the key
+# on file. The one rule the dashboard and the staff digest count by
+# (credentials.selectors.institutions_without_working_key).
+NO_WORKING_KEY_STATES = (KeyState.EXPIRED, KeyState.FAILING, KeyState.PENDING, KeyState.MISSING, KeyState.LOST)
+
 # The key states stored on the institution: the ones the date does not change.
 STORED_KEY_STATES = (KeyState.OK, KeyState.PENDING, KeyState.FAILING, KeyState.MISSING, KeyState.LOST)
 

@@ -104,3 +104,40 @@ def test_production_keeps_database_connections_and_checks_them_before_use(tmp_pa
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["600", "True"]
+
+
+def _development_urls(tmp_path, **env_overrides) -> list[str]:
+    """SITE_URL and CD2_API_URL as edpotential.settings reads them, with DEBUG on (the repository's .env read too)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("SITE_URL", "CD2_API_URL", "WEB_PORT", "CD2_PORT", "DJANGO_SETTINGS_MODULE")
+    }
+    env.update({"VAR_DIR": str(tmp_path), "DEBUG": "true", **env_overrides})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-c",
+            "from django.conf import settings as s; print(s.SITE_URL, s.CD2_API_URL)",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()[-2:]
+
+
+def test_web_port_and_cd2_port_move_the_site_url_and_the_gateway_without_editing_env(tmp_path):
+    # Issue 25: `WEB_PORT=8123 CD2_PORT=8124 make run` mailed links to 8000 and checked keys on 8765.
+    assert _development_urls(tmp_path, WEB_PORT="8123", CD2_PORT="8124") == [
+        "http://127.0.0.1:8123",
+        "http://127.0.0.1:8124",
+    ]
+    assert _development_urls(tmp_path) == ["http://127.0.0.1:8000", "http://127.0.0.1:8765"]
+    # What a person sets wins over the ports.
+    assert _development_urls(tmp_path, WEB_PORT="8123", SITE_URL="https://dev.example")[0] == "https://dev.example"

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import axes.apps
 from django.contrib.admin.apps import AdminConfig
+from django_otp.plugins.otp_static import apps as otp_static_apps
+from django_otp.plugins.otp_totp import apps as otp_totp_apps
 
 
 class StaffAdminConfig(AdminConfig):
@@ -18,3 +21,19 @@ class StaffAdminConfig(AdminConfig):
 
         # The institution admin is institutions'; what it shows of their keys is ours.
         institution_admin_extend(institutions.KeysExtension())
+
+
+# Third-party apps whose models the staff admin shows, named in words: without
+# these Django titles a label ("Axes", "Otp_Static", "Otp_Totp") in every
+# breadcrumb and app page. In INSTALLED_APPS instead of the apps' own configs;
+# the labels (and so tables and migrations) stay the apps'.
+class LockoutsConfig(axes.apps.AppConfig):
+    verbose_name = "Sign-in lockouts"
+
+
+class RecoveryCodesConfig(otp_static_apps.DefaultConfig):
+    verbose_name = "Recovery codes"
+
+
+class AuthenticatorAppsConfig(otp_totp_apps.DefaultConfig):
+    verbose_name = "Authenticator apps"

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from credentials.formatting import format_month
 from credentials.models import VERDICT_LABELS, CD2Credential, Notice
-from credentials.selectors import institutions_with_key_status, local_today
+from credentials.selectors import institutions_with_key_status, institutions_without_working_key, local_today
 from credentials.services.health import jobs_status
 from institutions.models import Institution, KeyState
 
@@ -167,6 +167,7 @@ def dashboard_context(*, today: dt.date | None = None, latest: int = 8) -> dict:
         "today": today,
         "counts": counts,
         "served_total": sum(c["count"] for c in counts),
+        "no_working_key": institutions_without_working_key(now=days.get("now")).count(),
         "chart": expiry_chart(today=today),
         "latest_submissions": latest_submissions,
         "failing": failing,

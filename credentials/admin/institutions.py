@@ -26,7 +26,8 @@ from django.utils.html import format_html, format_html_join
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ConfirmRow, ViewOnlyMixin, key_state_badge, link_state_badge
 from credentials.admin.reminders_ended import RemindersEndedFilter, reminders_ended_note
-from credentials.days import expiry_days_between, expiry_phrase
+from credentials.days import expiry_days_between, expiry_phrase, institution_today
+from credentials.expressions import urgency_order
 from credentials.formatting import format_day, format_moment, format_month
 from credentials.mail.recipients import contact_emails
 from credentials.models import (
@@ -47,6 +48,7 @@ from credentials.selectors import (
     institution_timeline,
     institutions_with_key_status,
     local_today,
+    no_working_key,
     regions_in_use,
     reminded_without_answer,
 )
@@ -60,8 +62,9 @@ from credentials.services.staff import (
     institutions_export,
 )
 from institutions.admin import InstitutionAdminExtension, ServedFilter, insert_after
-from institutions.models import Contact, Institution, KeyState
+from institutions.models import KEY_STATES_BY_URGENCY, Contact, Institution, KeyState
 from requestinfo import client_ip
+from safeadmin.permissions import missing_permission
 
 # --------------------------------------------------------------------------
 # List filters
@@ -150,7 +153,7 @@ class KeyCheckFilter(admin.SimpleListFilter):
             ("pending", "Pending check"),
             ("never", "Active, never checked"),
             ("lost", "Lost: ask for a new key"),
-            ("missing", "No working key (missing, pending or lost)"),
+            ("missing", "No working key (expired, failing, pending, missing or lost)"),
         )
 
     def queryset(self, request, queryset):
@@ -165,7 +168,7 @@ class KeyCheckFilter(admin.SimpleListFilter):
         if value == "lost":
             return queryset.filter(key_condition=KeyState.LOST)
         if value == "missing":
-            return queryset.filter(key_condition__in=(KeyState.MISSING, KeyState.PENDING, KeyState.LOST))
+            return queryset.filter(no_working_key())
         return queryset
 
 
@@ -225,7 +228,7 @@ class KeyHistoryInline(ReadOnlyInline):
     verbose_name_plural = "Key history (newest first; the Client ID and Secret are never shown here)"
     fields = (
         "key",
-        "status",
+        "state",
         "source",
         "submitted",
         "expires_on",
@@ -236,7 +239,12 @@ class KeyHistoryInline(ReadOnlyInline):
 
     def get_queryset(self, request):
         # Never load the encrypted columns: a page that does not decrypt cannot leak.
-        return super().get_queryset(request).defer(*SECRET_FIELDS).select_related("created_by")
+        return super().get_queryset(request).defer(*SECRET_FIELDS).select_related("created_by", "institution")
+
+    @admin.display(description="Status")
+    def state(self, obj: CD2Credential) -> str:
+        # Expired, or failing its check, as the institution shows it; never a bare "Active" for those.
+        return obj.state_label(institution_today(obj.institution, timezone.now()))
 
     @admin.display(description="Key")
     def key(self, obj: CD2Credential) -> str:
@@ -274,7 +282,7 @@ class SubmissionLinkInline(ReadOnlyInline):
 # --------------------------------------------------------------------------
 
 
-@admin.display(description="Key status", ordering="key_state")
+@admin.display(description="Key status", ordering=urgency_order("key_state", KEY_STATES_BY_URGENCY))
 def key_status(obj: Institution) -> str:
     return key_state_badge(obj.key_state)
 
@@ -502,7 +510,7 @@ def export_csv(model_admin, request, queryset):
 
 def link_batch_view(request, model_admin, batch_id: int):
     if not request.user.has_perm(SEND_LINK_PERMISSION):
-        raise PermissionDenied
+        raise missing_permission(SEND_LINK_PERMISSION, doing="Sending submission links")
     batch = get_object_or_404(LinkBatch.objects.select_related("created_by"), pk=batch_id)
     progress = link_batch_progress(batch=batch)
     total = sum(progress.values())
@@ -530,7 +538,7 @@ TEMPLATE_TYPES = {
 def import_template_view(request, model_admin, file_format: str):
     """The import's columns with one example row, to fill in (CSV or XLSX)."""
     if not model_admin.has_import_permission(request):
-        raise PermissionDenied
+        raise PermissionDenied("Downloading the import template needs the permission to import institutions.")
     if file_format not in TEMPLATE_TYPES:
         raise Http404("No such template: institutions-import.csv or institutions-import.xlsx")
     response = HttpResponse(import_template(file_format=file_format), content_type=TEMPLATE_TYPES[file_format])

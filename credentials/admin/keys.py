@@ -10,7 +10,15 @@ from django.utils.html import format_html
 from credentials.admin import pages
 from credentials.admin.common import STAFF_CSS, ViewOnlyAdmin, link_state_badge
 from credentials.days import institution_today
-from credentials.models import SECRET_FIELDS, AuditEvent, CD2Credential, SubmissionLink, secret_fields_of
+from credentials.expressions import urgency_order
+from credentials.models import (
+    KEY_STATUSES_BY_URGENCY,
+    SECRET_FIELDS,
+    AuditEvent,
+    CD2Credential,
+    SubmissionLink,
+    secret_fields_of,
+)
 from credentials.services.staff import REVEAL_PERMISSION
 
 
@@ -33,7 +41,7 @@ class CD2CredentialAdmin(ViewOnlyAdmin):
     date_hierarchy = "expires_on"
     fieldsets = (
         ("Key", {"fields": ("institution", "hint", "region", "key_name", "key_type", "expires_on", "short_expiry")}),
-        ("Status", {"fields": ("status", "status_changed_at", "status_reason", "pending_reason")}),
+        ("Status", {"fields": ("state", "status_changed_at", "status_reason", "pending_reason")}),
         (
             "Check against CD2",
             {"fields": ("last_verified_at", "last_verdict", "last_verification", "verification_attempts")},
@@ -75,7 +83,7 @@ class CD2CredentialAdmin(ViewOnlyAdmin):
             .select_related("institution", "created_by", "submission_link__institution")
         )
 
-    @admin.display(description="State", ordering="status")
+    @admin.display(description="State", ordering=urgency_order("status", KEY_STATUSES_BY_URGENCY))
     def state(self, obj: CD2Credential) -> str:
         return obj.state_label(institution_today(obj.institution, timezone.now()))
 

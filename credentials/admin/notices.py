@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -16,13 +15,14 @@ from credentials.mail.recipients import contact_emails, reminder_addressees
 from credentials.models import Notice, secret_fields_of, step_label
 from credentials.services import outbox
 from credentials.services.outbox import notice_resend
+from safeadmin.permissions import missing_permission
 
 RESEND_PERMISSION = "credentials.resend_notice"
 
 
 @admin.register(Notice)
 class NoticeAdmin(ViewOnlyAdmin):
-    list_display = ("created_at", "kind", "state", "institution", "about", "recipients", "attempts", "resend")
+    list_display = ("created_at", "kind", "state", "institution", "about", "recipients", "error", "attempts", "resend")
     list_filter = ("state", "kind", ("institution", admin.RelatedOnlyFieldListFilter), "day")
     list_select_related = ("institution", "reminder", "credential", "user")
     search_fields = ("institution__name", "recipients")
@@ -41,7 +41,8 @@ class NoticeAdmin(ViewOnlyAdmin):
                     "retry_until",
                     "sent_at",
                     "closed_at",
-                    "last_error",
+                    "error",
+                    "raw_error",
                 )
             },
         ),
@@ -57,6 +58,15 @@ class NoticeAdmin(ViewOnlyAdmin):
         if obj.reminder_id:
             return f"{obj.credential.hint}, {step_label(obj.reminder.threshold)}"
         return format_day(obj.day)
+
+    @admin.display(description="Error")
+    def error(self, obj: Notice) -> str:
+        return obj.error_in_words()
+
+    @admin.display(description="Error as the mail server said it")
+    def raw_error(self, obj: Notice) -> str:
+        # The exception as recorded, for staff who dig: marked so the admin crawl knows it is meant.
+        return format_html('<code class="raw-error">{}</code>', obj.last_error) if obj.last_error else "—"
 
     @admin.display(description="")
     def resend(self, obj: Notice) -> str:
@@ -96,7 +106,7 @@ def _addressees(notice: Notice) -> list[str]:
 def resend_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
     """Resend a notice that failed for good: a page that says who gets what first, then the send on "Yes, resend"."""
     if not request.user.has_perm(RESEND_PERMISSION):
-        raise PermissionDenied
+        raise missing_permission(RESEND_PERMISSION, doing="Resending a notice")
     notice = pages.object_or_404(Notice.objects.select_related("institution", "reminder"), object_id)
     # Back to the dashboard when asked from there; never to an address taken from the request.
     from_dashboard = request.GET.get("next", request.POST.get("next")) == reverse("admin:index")
@@ -107,6 +117,7 @@ def resend_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
     if not pages.confirmed(request):
         to = _addressees(notice)
         about = f"{notice.get_kind_display()} of {format_day(notice.day)}"
+        failed_with = notice.error_in_words() or "no reason recorded"
         if notice.reminder_id:
             about += f" ({step_label(notice.reminder.threshold)})"
         return pages.confirm_page(
@@ -114,7 +125,7 @@ def resend_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
             model_admin,
             context={
                 "title": f"Resend: {notice.get_kind_display().lower()}?",
-                "what": f"{about}, sent again now. It failed before: {notice.last_error or 'no reason recorded'}.",
+                "what": f"{about}, sent again now. It failed before: {failed_with}.",
                 "rows": [ConfirmRow(institution=notice.institution, recipients=tuple(to))]
                 if to and notice.institution
                 else [],

@@ -14,7 +14,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import logout
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -50,9 +50,10 @@ from credentials.services.staff import (
     submitter_contact_add,
 )
 from credentials.services.submission import Door, credential_submit
-from credentials.services.verification import credential_verify
+from credentials.services.verification import credential_recheck_invalid, credential_verify
 from institutions.models import Institution
 from requestinfo import client_ip
+from safeadmin.permissions import missing_permission
 from staffsso.session import is_sso_session, reauth_url
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def staff_actions(request: HttpRequest, institution: Institution | None = None) 
 
 def _require(request: HttpRequest, perm: str) -> None:
     if not request.user.has_perm(perm):
-        raise PermissionDenied
+        raise missing_permission(perm)
 
 
 def object_or_404(queryset, object_id):
@@ -133,7 +134,7 @@ def object_or_404(queryset, object_id):
 def _institution(request: HttpRequest, model_admin, object_id) -> Institution:
     institution = object_or_404(Institution.objects.all(), object_id)
     if not model_admin.has_view_permission(request, institution):
-        raise PermissionDenied
+        raise missing_permission("institutions.view_institution")
     return institution
 
 
@@ -220,14 +221,19 @@ def send_link_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
             f"it works for {notice.payload['days']} days.",
         )
     elif notice.state in Notice.OPEN_STATES:  # refused for now, or a sweep's sender has it
-        why = notice.last_error.split(":")[0] or "it is being sent"
+        why = notice.error_in_words() or "it is being sent"
         messages.warning(
             request,
             f"The mail server did not take the link yet ({why}). "
             f"It stays in the outbox and is retried automatically; nothing else to do.",
         )
     else:
-        messages.error(request, notice.last_error or f"The link was not sent ({notice.get_state_display()}).")
+        messages.error(
+            request,
+            f"The link was not sent: {notice.error_in_words()}."
+            if notice.last_error
+            else f"The link was not sent ({notice.get_state_display()}).",
+        )
     return _back(institution)
 
 
@@ -284,8 +290,7 @@ def check_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
             messages.add_message(request, level, f"Key {active.hint}: {result.message}")
         return _back(institution)
     if pending is None:
-        messages.error(request, "There is no active or pending key to check. Send a submission link instead.")
-        return _back(institution)
+        return _check_invalid_key(request, institution)
     outcome = credential_verify_pending(credential_id=pending.pk, actor=request.user)
     text = {
         VerifyResult.ACTIVE: (messages.SUCCESS, "passed the check and is now the active key."),
@@ -304,6 +309,23 @@ def check_key_view(request: HttpRequest, model_admin, object_id) -> HttpResponse
         ),
     }.get(outcome, (messages.INFO, "was already handled."))
     messages.add_message(request, text[0], f"Pending key {pending.hint} {text[1]}")
+    return _back(institution)
+
+
+def _check_invalid_key(request: HttpRequest, institution: Institution) -> HttpResponse:
+    """ "Check key now" on a failing institution whose key was marked invalid: check it again, say what to do."""
+    invalid = _current_key(institution, CD2Credential.Status.INVALID)
+    result = credential_recheck_invalid(credential_id=invalid.pk, actor=request.user) if invalid else None
+    if result is None:
+        messages.error(request, "There is no key to check. Send a submission link instead.")
+    elif result.verdict == "ok":
+        messages.warning(
+            request,
+            f"Key {invalid.hint} passes the check now, but it was marked invalid and stays so (a key never "
+            "goes back to active). Send a submission link so the customer hands it in again, or add it by hand.",
+        )
+    else:
+        messages.warning(request, f"Key {invalid.hint} is still refused: {result.message}")
     return _back(institution)
 
 
@@ -490,8 +512,10 @@ class RevealForm(ReasonForm):
 @sensitive_post_parameters("password")
 @sensitive_variables("revealed", "context", "response")
 def reveal_view(request: HttpRequest, model_admin, object_id) -> HttpResponse:
-    if not (request.user.has_perm(REVEAL_PERMISSION) and request.user.has_perm("credentials.view_cd2credential")):
-        raise PermissionDenied
+    needed = (REVEAL_PERMISSION, "credentials.view_cd2credential")
+    lacking = [perm for perm in needed if not request.user.has_perm(perm)]
+    if lacking:
+        raise missing_permission(*lacking, doing="Revealing a key's Secret")
     credential = object_or_404(CD2Credential.objects.without_secrets(), object_id)
     form = RevealForm(request.POST or None, request=request)
     context = {

@@ -14,7 +14,6 @@ import datetime as dt
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.auth import get_user_model
-from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.urls import path, reverse
@@ -30,6 +29,7 @@ from credentials.selectors import local_today
 from credentials.services.staff import EXPORT_REMINDERS_PERMISSION, StaffActionRefused, reminders_export
 from institutions.models import Institution
 from requestinfo import client_ip
+from safeadmin.permissions import missing_permission
 
 
 class ReminderStateFilter(admin.SimpleListFilter):
@@ -244,8 +244,10 @@ class ReminderLogAdmin(ViewOnlyAdmin):
 @require_POST
 def export_view(request: HttpRequest, model_admin: ReminderLogAdmin) -> HttpResponse:
     """The list as filtered (the same query string), as CSV: POST, for it writes an audit event."""
-    if not (model_admin.has_view_permission(request) and request.user.has_perm(EXPORT_REMINDERS_PERMISSION)):
-        raise PermissionDenied
+    if not model_admin.has_view_permission(request):
+        raise missing_permission("credentials.view_reminderlog", doing="Exporting the reminder list")
+    if not request.user.has_perm(EXPORT_REMINDERS_PERMISSION):
+        raise missing_permission(EXPORT_REMINDERS_PERMISSION, doing="Exporting the reminder list")
     try:
         changelist = model_admin.get_changelist_instance(request)
     except IncorrectLookupParameters:

@@ -27,7 +27,7 @@ from credentials.days import day_in, expiry_days_between, zone_named
 from credentials.mail.messages import build_email
 from credentials.models import Notice, StaffSettings
 from credentials.outgoing import Send, Skip
-from credentials.selectors import institutions_with_key_status
+from credentials.selectors import institutions_with_key_status, institutions_without_working_key
 from credentials.services import health, jobs, notices, outbox
 from institutions.models import Institution, KeyState, email_key
 
@@ -57,6 +57,8 @@ class StaffDigest:
     recipients: list[str]
     sections: dict[str, Section]
     zone: str = ""
+    # Served institutions whose pipeline cannot pull now: the dashboard's count, by the same selector.
+    no_working_key: int = 0
 
 
 def _section(title: str, queryset, *, more: str = "") -> Section:
@@ -118,7 +120,7 @@ def staff_digest_build(*, now: dt.datetime | None = None, zone: str | None = Non
             more=_admin_list("institutions_institution", "check=failing&served=1"),
         ),
         "missing": _section(
-            "Institutions with no working key",
+            "No key on file, or one awaiting its check",
             institutions.filter(key_state__in=(KeyState.MISSING, KeyState.PENDING, KeyState.LOST)).order_by("name"),
             more=_admin_list("institutions_institution", "expiry=none&served=1"),
         ),
@@ -131,7 +133,13 @@ def staff_digest_build(*, now: dt.datetime | None = None, zone: str | None = Non
             more=_admin_list("credentials_notice", "state__exact=failed"),
         ),
     }
-    return StaffDigest(today=day_in(zone, now), recipients=digest_readers().get(zone, []), sections=sections, zone=zone)
+    return StaffDigest(
+        today=day_in(zone, now),
+        recipients=digest_readers().get(zone, []),
+        sections=sections,
+        zone=zone,
+        no_working_key=institutions_without_working_key(now=now).count(),
+    )
 
 
 def staff_digest_decide(*, today: dt.date | None = None, now: dt.datetime | None = None) -> list[int]:
@@ -183,6 +191,7 @@ def staff_digest_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
                 "sections": list(digest.sections.values()),
                 **digest.sections,
                 "attention": attention,
+                "no_working_key": digest.no_working_key,
                 "admin_url": settings.SITE_URL + "/admin/",
             },
         )

@@ -47,6 +47,11 @@ class JobStatus:
     last: ScheduledJob | None
     overdue: bool
 
+    @property
+    def label(self) -> str:
+        """The job in words (SCHEDULED_JOB_LABELS), not its beat entry's slug."""
+        return settings.SCHEDULED_JOB_LABELS.get(self.name) or self.name.replace("-", " ").capitalize()
+
 
 def job_record(*, name: str, started_at: dt.datetime, finished_at: dt.datetime, counts: dict) -> None:
     """Record a successful run of a scheduled job (one row per job, the last run)."""

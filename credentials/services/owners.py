@@ -315,7 +315,7 @@ def owner_summary_write(*, notice: Notice, now: dt.datetime) -> Send | Skip:
     rows += [
         {
             "name": n.institution.name,
-            "what": f"our {n.get_kind_display().lower()} could not be delivered ({n.last_error[:80]})",
+            "what": f"our {n.get_kind_display().lower()} could not be delivered ({n.error_in_words()[:80]})",
             "url": admin_url(n.institution),
         }
         for n in summary.failed_notices

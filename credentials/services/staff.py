@@ -337,7 +337,11 @@ EXPORT_COLUMNS = (
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _cell(value) -> str:
+def _cell(value) -> str | int:
+    """A cell of the export: text that a spreadsheet would run as a formula gets a leading quote (OWASP's
+    CSV-injection rule); a number (days left, -9 for a lapsed key) is written as the number it is."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
     text = "" if value is None else str(value)
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 

@@ -77,14 +77,17 @@ def rate_limit_wait(result: CheckResult) -> float | None:
     return min(max(wait, 1.0), MAX_RATE_LIMIT_WAIT)
 
 
-def credential_verify(*, credential_id: int, now: dt.datetime | None = None, actor=None) -> CheckResult | None:
+def credential_verify(
+    *, credential_id: int, now: dt.datetime | None = None, actor=None, actor_label: str = ""
+) -> CheckResult | None:
     """Check one active key now and record the result; None if the key is no longer active.
 
     401/403: the key is marked invalid, an audit event is written and, in
     the same transaction, the outbox gets the notice that brings the
     contacts a fresh link (key_invalid_notice_write). Anything else only records
     the check: the gateway's trouble is not a verdict on the key. `actor` is
-    the staff member who asked for the check (None: the daily run).
+    the staff member who asked for the check (None: the daily run, or
+    `actor_label` names who ran it).
     """
     now = now or timezone.now()
     credential = (
@@ -108,12 +111,43 @@ def credential_verify(*, credential_id: int, now: dt.datetime | None = None, act
                 detail={"verdict": result.verdict.value, "status_code": result.status_code, "hint": credential.hint},
             )
     else:
-        _mark_invalid(credential=credential, result=result, now=now, actor=actor)
+        _mark_invalid(credential=credential, result=result, now=now, actor=actor, actor_label=actor_label)
     logger.info("Checked key %s (%s): %s", credential.pk, credential.institution.slug, result.verdict.value)
     return result
 
 
-def _mark_invalid(*, credential: CD2Credential, result: CheckResult, now: dt.datetime, actor=None) -> None:
+def credential_recheck_invalid(*, credential_id: int, actor, now: dt.datetime | None = None) -> CheckResult | None:
+    """Check a key marked invalid again, for a staff member ("Check key now" on a failing key); None if not invalid.
+
+    Records what the check found and audits it as `actor`. The key stays
+    invalid whatever the answer (a key never goes back to active: the
+    customer hands it in again, or staff add it by hand), so a pass tells
+    staff the key works again and what to do; nobody is mailed.
+    """
+    now = now or timezone.now()
+    credential = (
+        CD2Credential.objects.select_related("institution")
+        .filter(pk=credential_id, status=CD2Credential.Status.INVALID)
+        .first()
+    )
+    if credential is None:
+        return None
+    result = check_key_with_settings(client_id=credential.client_id, secret=credential.secret)
+    credential_check_save(credential=credential, check=result, now=now)
+    audit_record(
+        kind=AuditEvent.Kind.KEY_CHECKED,
+        actor=actor,
+        credential=credential,
+        institution=credential.institution,
+        reason=result.summary,
+        detail={"verdict": result.verdict.value, "status_code": result.status_code, "hint": credential.hint},
+    )
+    return result
+
+
+def _mark_invalid(
+    *, credential: CD2Credential, result: CheckResult, now: dt.datetime, actor=None, actor_label: str = ""
+) -> None:
     with transaction.atomic():
         # Re-read under lock: a new key may have superseded this one meanwhile.
         locked = CD2Credential.objects.select_for_update().filter(pk=credential.pk).first()
@@ -124,7 +158,7 @@ def _mark_invalid(*, credential: CD2Credential, result: CheckResult, now: dt.dat
         audit_record(
             kind=AuditEvent.Kind.KEY_INVALID,
             actor=actor,
-            actor_label="" if actor is not None else "system (daily key check)",
+            actor_label="" if actor is not None else actor_label or "system (daily key check)",
             credential=locked,
             institution=credential.institution,
             reason=result.message,
@@ -250,7 +284,12 @@ def credentials_verify_batch(*, credential_ids: list[int], step: float) -> int:
 
 
 def credentials_verify_active(
-    *, institution_slug: str | None = None, run_now: bool = False, spread_seconds: int | None = None
+    *,
+    institution_slug: str | None = None,
+    run_now: bool = False,
+    spread_seconds: int | None = None,
+    actor=None,
+    actor_label: str = "",
 ) -> VerifyRun:
     """Check every active key of served institutions.
 
@@ -260,13 +299,14 @@ def credentials_verify_active(
     verify_credentials_batch task per batch instead, each due when its first
     check is, which then queues its checks the same distance apart.
     run_now=True (the command) checks here, one after the other, and
-    collects the results.
+    collects the results, each check audited as `actor` (a person who ran
+    the command with --as) or under `actor_label`.
     """
     run = VerifyRun()
     ids = list(served_active_keys(institution_slug=institution_slug).values_list("pk", flat=True))
     if run_now:
         for credential_id in ids:
-            result = credential_verify(credential_id=credential_id)
+            result = credential_verify(credential_id=credential_id, actor=actor, actor_label=actor_label)
             if result is None:
                 continue
             run.checked += 1

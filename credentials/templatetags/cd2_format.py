@@ -37,6 +37,12 @@ def month(value) -> str:
 
 
 @register.filter
+def send_error(value) -> str:
+    """A notice's recorded send error in words (the raw text stays on the notice's page)."""
+    return formatting.send_error_words(str(value or ""))
+
+
+@register.filter
 def possessive(value) -> str:
     return formatting.possessive(str(value))
 

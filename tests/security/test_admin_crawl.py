@@ -10,13 +10,18 @@ action's confirmation page. Hostile values, sorts and filter choices meet
 the same code whoever sends them: the superuser, who sees every filter and
 column, sends them all, and each role only what its lists add (a parameter,
 a column set, a filter choice a superuser lacks). Searched in every body: the planted Secret, the
-full planted Client ID, a TOTP seed (hex and base32) and recovery codes.
+full planted Client ID, a TOTP seed (hex and base32) and recovery codes. Read in every page's words
+(issue 25, words for people): no raw exception text (a mail server's SMTPRecipientsRefused is planted;
+only a notice's own page shows it, marked as the raw error), no app label in code form ("Axes",
+"Otp_Static", an underscored label), and no 403 that does not name the permission it lacks.
 The figures are printed with -s and recorded in SECURITY.md.
 """
 
 from __future__ import annotations
 
 import base64
+import html
+import re
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -49,6 +54,35 @@ DRILL_DOWN_YEARS = (*YEARS_OUT_OF_RANGE, "9999", "1")
 RECOVERY_CODES = ("crawlrec01", "crawlrec02")
 PLANTED_REFRESH_TOKEN = "PLANTED-refresh-tKn-7Qe2Vw9"
 PLANTED_ACCESS_TOKEN = "PLANTED-access-tKn-3Rf8Hj1"
+# What a customer's mail server answers to an unknown address, as the outbox records it.
+PLANTED_SEND_ERROR = "SMTPRecipientsRefused: {'ada@northfield.example.edu': (550, b'5.1.1 User unknown')}"
+# Exception text a person should never have to read: a Python exception's name with its message, a traceback.
+RAW_EXCEPTION = re.compile(
+    r"\bSMTP[A-Za-z]*(?:Error|Refused|Disconnected)\b|Traceback \(most recent call last\)"
+    r"|\b[A-Z][A-Za-z]*(?:Error|Exception): |\(\s*\d{3}\s*,\s*b['\"]"
+)
+# The raw error a notice's page keeps for staff who dig (credentials/admin/notices.py): meant to be raw.
+RAW_ERROR_SHOWN = re.compile(r'<code class="raw-error">.*?</code>', re.S)
+
+
+def visible_text(body: bytes) -> str:
+    """The words a page shows: no scripts, styles, tags or attribute values; entities decoded."""
+    text = RAW_ERROR_SHOWN.sub(" ", body.decode("utf-8", "replace"))
+    text = re.sub(r"<(script|style|svg)\b.*?</\1>", " ", text, flags=re.S | re.I)
+    text = re.sub(r"<[^>]*>", " ", text)
+    return html.unescape(text)
+
+
+def app_labels_in_code_form() -> dict[str, re.Pattern]:
+    """Each admin app label's code forms ("otp_static", "Otp_Static", "Axes") as Django shows a label without words."""
+    forms = {}
+    for label in sorted({m._meta.app_label for m in admin.site._registry}):
+        code = {label.title(), label.capitalize()} | ({label} if "_" in label else set())
+        # A label that is an English word staff may read in a sentence ("institutions") is no code form.
+        code -= {"Institutions", "Credentials"}
+        if code:
+            forms[label] = re.compile(r"(?<![\w/.-])(?:" + "|".join(map(re.escape, sorted(code))) + r")(?![\w/.-])")
+    return forms
 
 
 # ---------------------------------------------------------------------------
@@ -121,6 +155,10 @@ def world(institution, make_credential, make_staff):
     key = make_credential(institution, client_id=PLANTED_CLIENT_ID, secret=PLANTED_SECRET)
     submission_link_create(institution=institution, created_by=owner, reason="staff")
     reminder_step(key, 30, recipients="ada@northfield.example.edu")
+    # A reminder the customer's mail server refused: the timeline, the reminder log and the dashboard show it.
+    reminder_step(
+        key, 14, state=Notice.State.FAILED, recipients="ada@northfield.example.edu", last_error=PLANTED_SEND_ERROR
+    )
     audit_record(kind=AuditEvent.Kind.REVEAL, actor=owner, credential=key, reason="crawl")
     totp = TOTPDevice.objects.create(user=owner, name="owner phone", confirmed=True)
     static = StaticDevice.objects.create(user=owner, name="owner codes", confirmed=True)
@@ -132,7 +170,7 @@ def world(institution, make_credential, make_staff):
     AccessLog.objects.create(**axes_row, http_accept="*/*", attempt_time=timezone.now())
     AccessFailureLog.objects.create(**axes_row, http_accept="*/*", attempt_time=timezone.now(), locked_out=False)
     # A notice of the outbox that gave up (its page offers a resend).
-    Notice.objects.create(
+    failed_notice = Notice.objects.create(
         kind=Notice.Kind.REMINDER,
         state=Notice.State.FAILED,
         dedupe_key=f"crawl-reminder-{key.pk}",
@@ -142,7 +180,7 @@ def world(institution, make_credential, make_staff):
         as_of=timezone.now(),
         retry_until=timezone.now(),
         recipients="ada@northfield.example.edu",
-        last_error="SMTPServerDisconnected",
+        last_error=PLANTED_SEND_ERROR,
     )
     # The data pipeline's account, a token and one sync report (api/).
     account = ServiceAccount.objects.create(name="crawl-pipeline", all_institutions=True)
@@ -171,7 +209,7 @@ def world(institution, make_credential, make_staff):
         PLANTED_REFRESH_TOKEN,
         PLANTED_ACCESS_TOKEN,
     ]
-    return {"institution": institution, "secrets": secrets}
+    return {"institution": institution, "secrets": secrets, "failed_notice": failed_notice}
 
 
 class Crawl:
@@ -181,6 +219,8 @@ class Crawl:
         self.problems: list[str] = []
         self.counts: dict[str, int] = {}
         self.statuses: dict[str, int] = {}
+        self.label_forms = app_labels_in_code_form()
+        self.forbidden = 0
 
     def check(self, what: str, url: str, response) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
@@ -191,6 +231,27 @@ class Crawl:
         for secret in self.secrets:
             if secret in body:
                 self.problems.append(f"secret {secret[:6]!r}… in {what}: {url[:200]}")
+        self.check_words(what, url, response, body)
+
+    def check_words(self, what: str, url: str, response, body: bytes) -> None:
+        """Words for people: no exception text, no app label in code form, no 403 that names no permission."""
+        if "html" not in response.get("Content-Type", ""):
+            return
+        text = visible_text(body)
+        raw = RAW_EXCEPTION.search(text)
+        if raw:
+            self.problems.append(f"raw exception text {raw.group(0)!r} in {what}: {url[:200]}")
+        for label, form in self.label_forms.items():
+            found = form.search(text)
+            if found:
+                self.problems.append(f"app label {label!r} in code form ({found.group(0)!r}) in {what}: {url[:200]}")
+        if response.status_code == 403:
+            self.forbidden += 1
+            # Named, or (Django's search-as-you-type asked for no field it serves) said to be no permission.
+            if "the permission “" not in text and "there is no permission to grant" not in text:
+                self.problems.append(
+                    f"403 without the permission it lacks in {what}: {url[:200]}: {text.strip()[:200]}"
+                )
 
     def get(self, what: str, url: str, params: dict | None = None):
         full = url + ("?" + urlencode(params) if params else "")
@@ -363,7 +424,12 @@ def test_every_admin_page_as_every_role_answers_without_a_server_error_or_a_secr
         else:
             crawl.get("page", url)
 
-    assert crawl.problems == [], "\n".join(crawl.problems)
+    if role is None:
+        # The raw send error is kept for the staff who open its notice, marked as such (and in words above it).
+        notice_page = crawl.get("page", reverse("admin:credentials_notice_change", args=[world["failed_notice"].pk]))
+        assert b'<code class="raw-error">SMTPRecipientsRefused:' in notice_page.content
+        assert "the address was refused: user unknown" in visible_text(notice_page.content)
+    assert crawl.problems == [], "\n".join(crawl.problems[:60])
     # The crawl reached the pages: a session that lost its sign-in would pass vacuously.
     assert crawl.statuses[reverse("admin:index")] == 200
     reachable = [url for url in changelists if crawl.statuses[url] == 200]
@@ -374,5 +440,5 @@ def test_every_admin_page_as_every_role_answers_without_a_server_error_or_a_secr
     with capsys.disabled():
         print(
             f"\n[crawl {role or 'superuser'}, {sign_in}] {len(urls)} URLs, {crawl.counts}, "
-            f"{sum(crawl.counts.values())} requests"
+            f"{sum(crawl.counts.values())} requests, {crawl.forbidden} refusals in words"
         )
