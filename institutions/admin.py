@@ -23,7 +23,6 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.options import IS_POPUP_VAR
 from django.contrib.admin.views.main import ORDER_VAR
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import models, transaction
 from django.db.models import Exists, F, OuterRef, Q
@@ -41,6 +40,7 @@ from import_export.signals import post_import
 
 from institutions.models import Contact, Institution
 from safeadmin.lists import SafeChangeList
+from safeadmin.permissions import missing_permission
 
 # --------------------------------------------------------------------------
 # The extension point
@@ -481,7 +481,7 @@ class InstitutionAdmin(ImportMixin, admin.ModelAdmin):
         preview) writes nothing and shows the page again, the upload kept.
         """
         if not self.has_import_permission(request):
-            raise PermissionDenied("Importing institutions needs the permission to import institutions.")
+            raise missing_permission("institutions.add_institution", doing="Importing institutions")
         confirm_form = self.create_confirm_form(request)
         if not confirm_form.is_valid():
             return super().process_import(request, **kwargs)

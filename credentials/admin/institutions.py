@@ -14,7 +14,6 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.core.exceptions import PermissionDenied
 from django.db.models import Exists, F, OuterRef, Prefetch
 from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -538,7 +537,7 @@ TEMPLATE_TYPES = {
 def import_template_view(request, model_admin, file_format: str):
     """The import's columns with one example row, to fill in (CSV or XLSX)."""
     if not model_admin.has_import_permission(request):
-        raise PermissionDenied("Downloading the import template needs the permission to import institutions.")
+        raise missing_permission("institutions.add_institution", doing="Downloading the import template")
     if file_format not in TEMPLATE_TYPES:
         raise Http404("No such template: institutions-import.csv or institutions-import.xlsx")
     response = HttpResponse(import_template(file_format=file_format), content_type=TEMPLATE_TYPES[file_format])

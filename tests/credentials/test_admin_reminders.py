@@ -54,7 +54,14 @@ def december(make_institution, make_credential):
         made = {}
         for name, days, threshold, state, error in (
             ("Dec College", 20, 30, Notice.State.SENT, ""),
-            ("Jan College", 40, 60, Notice.State.FAILED, "SMTPRecipientsRefused: user unknown"),
+            (
+                "Jan College",
+                40,
+                60,
+                Notice.State.FAILED,
+                "SMTPRecipientsRefused: {'ada@jan-college.example.edu': (550, b'5.1.1 <ada@jan-college.example.edu>: "
+                "Recipient address rejected: User unknown')}",
+            ),
             ("Feb College", 70, 90, Notice.State.PENDING, ""),
         ):
             inst = make_institution(name=name)
@@ -78,7 +85,9 @@ def test_the_list_shows_institution_step_recipients_state_and_when(staff_client,
     assert "Dec College" in html and "30 days before" in html
     assert f"ada@{december['Dec College'].credential.institution.slug}.example.edu" in html
     assert 'reminder-state--sent">Sent' in html
-    assert 'reminder-state--failed">Failed' in html and "user unknown" in html
+    # In words; the mail server's raw reply is kept for the notice's own page.
+    assert 'reminder-state--failed">Failed' in html and "the address was refused" in html and "user unknown" in html
+    assert "SMTPRecipientsRefused" not in html
     assert 'reminder-state--waiting">Waiting' in html
     for column in ("When", "Institution", "Step", "Recipients", "State", "Account owner"):
         assert f">{column}</a>" in html or f">{column}</span>" in html
