@@ -180,14 +180,56 @@ def admin_client(client, admin_user, verified_login):
 STAFF_PASSWORD = "staff-pass-Wx7!q2"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def role_groups(django_db_setup, django_db_blocker):
+    """The staff role groups as the migrations left them: each group's permissions by natural key.
+
+    Read once per worker before its first test, before any transactional test can empty the tables.
+    """
+    from django.contrib.auth.models import Group
+
+    with django_db_blocker.unblock():
+        return {
+            group.name: [
+                (p.content_type.app_label, p.content_type.model, p.codename, p.name)
+                for p in group.permissions.select_related("content_type")
+            ]
+            for group in Group.objects.prefetch_related("permissions")
+        }
+
+
+def restore_role_groups(groups: dict) -> None:
+    """The role groups made again as the migrations made them (a transactional test's flush empties every table)."""
+    from django.contrib.auth.models import Group, Permission
+    from django.contrib.contenttypes.models import ContentType
+
+    for name, permissions in groups.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        group.permissions.set(
+            [
+                Permission.objects.get_or_create(
+                    content_type=ContentType.objects.get_or_create(app_label=app_label, model=model)[0],
+                    codename=codename,
+                    defaults={"name": label},
+                )[0]
+                for app_label, model, codename, label in permissions
+            ]
+        )
+
+
 @pytest.fixture
-def make_staff(db, django_user_model):
+def make_staff(db, django_user_model, role_groups):
     """A staff user in one of the role groups made by credentials/migrations/0002_roles.py.
 
     make_staff("Viewer"), make_staff("Customer success"), make_staff("Data engineer"),
-    or make_staff(None, is_superuser=True). The password is STAFF_PASSWORD.
+    or make_staff(None, is_superuser=True). The password is STAFF_PASSWORD. A
+    transactional test that ran before on this worker emptied every table, the
+    groups too: they are made again from what the migrations left.
     """
     from django.contrib.auth.models import Group
+
+    if Group.objects.filter(name__in=role_groups).count() != len(role_groups):
+        restore_role_groups(role_groups)
 
     def make(role: str | None, *, username: str | None = None, is_superuser: bool = False, **kwargs):
         n = next(_counter)

@@ -114,9 +114,12 @@ def greeting_name(*, institution: Institution, to: Sequence[str], known: str = "
     if len(addresses) != 1:
         return ""
     key = email_key(addresses[0])
-    for contact in Contact.objects.filter(institution=institution).order_by("pk"):
-        if email_key(contact.email) == key and contact.name.strip():
-            return contact.name.strip()
+    # The contacts the reminder scan prefetched (reminder_contacts) answer most mails without a query.
+    prefetched = getattr(institution, "reminder_contacts", None) or []
+    for contacts in (prefetched, Contact.objects.filter(institution=institution).order_by("pk")):
+        for contact in contacts:
+            if email_key(contact.email) == key and contact.name.strip():
+                return contact.name.strip()
     if known.strip():
         return known.strip()
     owner = mail_owner(institution)

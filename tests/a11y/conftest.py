@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 
+from tests.conftest import restore_role_groups
+
 CHROMIUM = "/usr/bin/chromium"
 AXE_JS = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
 RESULTS = Path(django_settings.BASE_DIR) / "test-results" / "a11y"
@@ -39,40 +41,17 @@ def _missing(what: str, how: str) -> None:
 
 
 @pytest.fixture(scope="package", autouse=True)
-def role_groups_kept(django_db_setup, django_db_blocker):
+def role_groups_kept(role_groups, django_db_blocker):
     """Put back the staff role groups (and their permissions) that these tests' flushes delete.
 
     A live server needs transactional tests, which end by emptying every
     table, rows made by data migrations too (the role groups of
-    credentials/migrations): a test run after them that signs staff in with a
-    role (make_staff("Customer success")) would find no group. What the
-    groups were when the package started is written back when it ends.
+    credentials/migrations): a test run after them that reads a group
+    directly would find none (make_staff makes them again itself).
     """
-    from django.contrib.auth.models import Group, Permission
-    from django.contrib.contenttypes.models import ContentType
-
-    with django_db_blocker.unblock():
-        groups = {
-            group.name: [
-                (p.content_type.app_label, p.content_type.model, p.codename, p.name)
-                for p in group.permissions.select_related("content_type")
-            ]
-            for group in Group.objects.prefetch_related("permissions")
-        }
     yield
     with django_db_blocker.unblock():
-        for name, permissions in groups.items():
-            group, _ = Group.objects.get_or_create(name=name)
-            group.permissions.set(
-                [
-                    Permission.objects.get_or_create(
-                        content_type=ContentType.objects.get_or_create(app_label=app_label, model=model)[0],
-                        codename=codename,
-                        defaults={"name": label},
-                    )[0]
-                    for app_label, model, codename, label in permissions
-                ]
-            )
+        restore_role_groups(role_groups)
 
 
 @pytest.fixture(scope="package")

@@ -62,7 +62,7 @@ def test_no_dashboard_word_breaks_at_1366_px(live_server, make_staff, verified_l
         page.screenshot(path=str(SHOTS / "dashboard-1366.png"), full_page=True)
         broken = page.evaluate(BROKEN_WORDS_JS)
         error_cell = page.locator("#dash-failed-notices-title + table td", has_text="refused").inner_text()
-        resend = page.locator(".staff-dashboard button", has_text="Resend").first.bounding_box()
+        resend = page.locator(".staff-dashboard .button", has_text="Resend").first.bounding_box()
         panels = page.locator(".staff-dashboard").bounding_box()
         violations = page.evaluate("window.__csp")
 

@@ -161,10 +161,12 @@ def axe_page():
             if os.environ.get("CI"):
                 pytest.fail(f"{what} is missing")
             pytest.skip(f"{what} is missing")
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
+    # Playwright's event loop in this thread: Django's ORM refuses to run beside one unless told.
+    # For this module only: a process the next test starts (manage.py check --deploy) must not inherit it.
+    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:
             yield browser.new_page(viewport={"width": 600, "height": 900})
