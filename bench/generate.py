@@ -320,14 +320,24 @@ def generate(*, institutions: int, today: dt.date, now: dt.datetime | None = Non
 
 
 def submission_links(*, count: int, now: dt.datetime | None = None) -> list[str]:
-    """`count` fresh single-use links, spread over the served institutions; returns their tokens."""
+    """Up to `count` fresh single-use links, one each for served institutions with no open link; their tokens.
+
+    One open link per institution (credentials' one_open_link_per_institution):
+    a run takes at most one link per institution, and end_bench_links() ends
+    what a run left unused so that the next run finds the institutions free.
+    """
     from credentials.models import hash_token
 
     now = now or timezone.now()
     with connection.cursor() as cursor:
-        cursor.execute("SELECT id FROM institutions_institution WHERE status IN ('active', 'onboarding') ORDER BY id")
+        cursor.execute(
+            "SELECT i.id FROM institutions_institution i WHERE i.status IN ('active', 'onboarding') AND NOT EXISTS "
+            "(SELECT 1 FROM credentials_submissionlink l WHERE l.institution_id = i.id "
+            "AND l.revoked_at IS NULL AND l.used_at IS NULL) ORDER BY i.id LIMIT %s",
+            [count],
+        )
         institution_ids = [row[0] for row in cursor.fetchall()]
-    tokens = [secrets.token_urlsafe(32) for _ in range(count)]
+    tokens = [secrets.token_urlsafe(32) for _ in institution_ids]
     expires = now + dt.timedelta(days=14)
     copy_rows(
         "credentials_submissionlink",
@@ -343,8 +353,18 @@ def submission_links(*, count: int, now: dt.datetime | None = None) -> list[str]
             "sent_to",
         ),
         (
-            (institution_ids[i % len(institution_ids)], hash_token(token), now, None, "bench", expires, None, None, "")
-            for i, token in enumerate(tokens)
+            (institution_id, hash_token(token), now, None, "bench", expires, None, None, "")
+            for institution_id, token in zip(institution_ids, tokens, strict=True)
         ),
     )
     return tokens
+
+
+def end_bench_links(now: dt.datetime | None = None) -> None:
+    """End the bench's links a run left unused (its institutions then take the next run's links)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE credentials_submissionlink SET revoked_at = %s "
+            "WHERE reason = 'bench' AND revoked_at IS NULL AND used_at IS NULL",
+            [now or timezone.now()],
+        )

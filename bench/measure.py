@@ -599,18 +599,19 @@ SUBMITTER_EMAIL = "ada@bench.example.edu"
 def measure_submission(ctx: Context) -> dict:
     from django.conf import settings
 
-    from bench.generate import fresh_keys, submission_links
+    from bench.generate import end_bench_links, fresh_keys, submission_links
     from devtools.fake_gateway import FakeGateway
 
     seconds, rounds, connections = ctx.load_seconds, ctx.load_rounds, ctx.load_connections
     # Generous: a link per request at up to 400 requests a second; a run that
     # ran out would reuse links, and the check below would show it.
+    # One open link per institution: a run's links are made before it (one per free institution)
+    # and what it left unused is ended after it.
     per_run = int(400 * seconds) + 200
-    tokens = submission_links(count=per_run * (rounds + 2))  # warm-up, rounds, profile
     # A key of its own per request, which the fake gateway accepts: the same
     # Client ID twice is refused as on file (one key, one institution), so a
     # shared key measured refusals, 0.0 accepted submissions a second.
-    fresh = fresh_keys(len(tokens))
+    fresh = fresh_keys(per_run * (rounds + 2))  # warm-up, rounds, profile
     # Django's CSRF secret: 32 letters and digits, sent as the cookie and the form field alike.
     csrf = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
 
@@ -634,16 +635,15 @@ def measure_submission(ctx: Context) -> dict:
         env = {**os.environ, "CD2_API_URL": gateway.url}
         with _gunicorn(workers=workers, env=env, log_name="gunicorn") as port:
             wrk_env = {**env, "BENCH_COOKIE": f"{settings.CSRF_COOKIE_NAME}={csrf}"}
-            take = iter(range(0, len(tokens), per_run))
+            take = iter(range(0, len(fresh), per_run))
 
             def run(kind: str, warm: bool = False) -> dict:
                 if kind == "submission":
                     start = next(take)
+                    tokens = submission_links(count=per_run)
                     batch = [
                         f"{token}\t{quote(client_id, safe='')}\t{quote(secret, safe='')}"
-                        for token, (client_id, secret) in zip(
-                            tokens[start : start + per_run], fresh[start : start + per_run], strict=True
-                        )
+                        for token, (client_id, secret) in zip(tokens, fresh[start : start + len(tokens)], strict=True)
                     ]
                     prefix, run_body = "/k/", body
                     before = _count("SELECT count(*) FROM credentials_submissionlink WHERE used_at IS NOT NULL")
@@ -665,6 +665,7 @@ def measure_submission(ctx: Context) -> dict:
                 )
                 if kind == "submission":
                     after = _count("SELECT count(*) FROM credentials_submissionlink WHERE used_at IS NOT NULL")
+                    end_bench_links()
                 else:
                     after = _count("SELECT count(*) FROM credentials_auditevent WHERE actor_label = %s", [FLOOR_EMAIL])
                 result.update(kind=kind, written=after - before)
@@ -685,7 +686,8 @@ def measure_submission(ctx: Context) -> dict:
                 from django.test.utils import override_settings
 
                 start = next(take)
-                client, spare = Client(), list(zip(tokens[start:], fresh[start:], strict=True))[:20]
+                tokens = submission_links(count=20)
+                client, spare = Client(), list(zip(tokens, fresh[start : start + len(tokens)], strict=True))
                 with override_settings(CD2_API_URL=gateway.url):
                     profile_to(
                         ctx.profile_path("submission"),

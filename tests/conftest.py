@@ -180,22 +180,27 @@ def admin_client(client, admin_user, verified_login):
 STAFF_PASSWORD = "staff-pass-Wx7!q2"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def role_groups(django_db_setup, django_db_blocker):
-    """The staff role groups as the migrations left them: each group's permissions by natural key.
+# The staff role groups as the migrations left them, each group's permissions by natural key: read
+# once per worker as its test database is made, before any transactional test can empty the tables.
+MIGRATED_ROLE_GROUPS: dict[str, list[tuple[str, str, str, str]]] = {}
 
-    Read once per worker before its first test, before any transactional test can empty the tables.
-    """
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test database, and the role groups the migrations made in it (MIGRATED_ROLE_GROUPS)."""
     from django.contrib.auth.models import Group
 
     with django_db_blocker.unblock():
-        return {
-            group.name: [
-                (p.content_type.app_label, p.content_type.model, p.codename, p.name)
-                for p in group.permissions.select_related("content_type")
-            ]
-            for group in Group.objects.prefetch_related("permissions")
-        }
+        MIGRATED_ROLE_GROUPS.update(
+            {
+                group.name: [
+                    (p.content_type.app_label, p.content_type.model, p.codename, p.name)
+                    for p in group.permissions.select_related("content_type")
+                ]
+                for group in Group.objects.prefetch_related("permissions")
+            }
+        )
+    return django_db_setup
 
 
 def restore_role_groups(groups: dict) -> None:
@@ -218,7 +223,7 @@ def restore_role_groups(groups: dict) -> None:
 
 
 @pytest.fixture
-def make_staff(db, django_user_model, role_groups):
+def make_staff(db, django_user_model):
     """A staff user in one of the role groups made by credentials/migrations/0002_roles.py.
 
     make_staff("Viewer"), make_staff("Customer success"), make_staff("Data engineer"),
@@ -228,8 +233,8 @@ def make_staff(db, django_user_model, role_groups):
     """
     from django.contrib.auth.models import Group
 
-    if Group.objects.filter(name__in=role_groups).count() != len(role_groups):
-        restore_role_groups(role_groups)
+    if Group.objects.filter(name__in=MIGRATED_ROLE_GROUPS).count() != len(MIGRATED_ROLE_GROUPS):
+        restore_role_groups(MIGRATED_ROLE_GROUPS)
 
     def make(role: str | None, *, username: str | None = None, is_superuser: bool = False, **kwargs):
         n = next(_counter)

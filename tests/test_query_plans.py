@@ -205,6 +205,25 @@ def _build(n: int) -> dict:
     AuditEvent.objects.bulk_create(
         AuditEvent(kind=AuditEvent.Kind.HANDOFF, credential=key, institution_id=key.institution_id) for key in keys
     )
+    # The pipeline's accounts, each scoped to its share of the institutions, and the links the
+    # institutions were sent (one open each, one used before it): tables of a realistic shape, so
+    # the planner's choice says what it would do at scale, not that a two-row table is cheap to read.
+    accounts = ServiceAccount.objects.bulk_create(ServiceAccount(name=f"pipeline-{n}") for n in range(n // 10))
+    ServiceAccount.institutions.through.objects.bulk_create(
+        ServiceAccount.institutions.through(serviceaccount_id=accounts[i // 10].pk, institution_id=inst.pk)
+        for i, inst in enumerate(institutions[: len(accounts) * 10])
+    )
+    SubmissionLink.objects.bulk_create(
+        SubmissionLink(
+            institution=inst,
+            token_hash=secrets.token_hex(32),
+            created_at=now - dt.timedelta(days=used),
+            expires_at=now + dt.timedelta(days=30 - used),
+            used_at=now - dt.timedelta(days=used - 1) if used else None,
+        )
+        for inst in institutions
+        for used in (40, 0)
+    )
     key_summaries_fix(institution_ids=[inst.pk for inst in institutions])
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 
-from tests.conftest import restore_role_groups
+from tests.conftest import MIGRATED_ROLE_GROUPS, restore_role_groups
 
 CHROMIUM = "/usr/bin/chromium"
 AXE_JS = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
@@ -41,7 +41,7 @@ def _missing(what: str, how: str) -> None:
 
 
 @pytest.fixture(scope="package", autouse=True)
-def role_groups_kept(role_groups, django_db_blocker):
+def role_groups_kept(django_db_setup, django_db_blocker):
     """Put back the staff role groups (and their permissions) that these tests' flushes delete.
 
     A live server needs transactional tests, which end by emptying every
@@ -51,7 +51,7 @@ def role_groups_kept(role_groups, django_db_blocker):
     """
     yield
     with django_db_blocker.unblock():
-        restore_role_groups(role_groups)
+        restore_role_groups(MIGRATED_ROLE_GROUPS)
 
 
 @pytest.fixture(scope="package")
