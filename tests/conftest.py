@@ -172,6 +172,24 @@ def verified_login(db):
 
 
 @pytest.fixture
+def staff_client(client, make_staff, verified_login):
+    """The test client signed in as staff: staff_client("Viewer"), staff_client("superuser"), staff_client(None, ...).
+
+    The user is on `client.user`.
+    """
+
+    def login(role: str | None, **kwargs):
+        if role == "superuser":
+            role, kwargs = None, {"is_superuser": True, **kwargs}
+        user = make_staff(role, **kwargs)
+        verified_login(client, user)
+        client.user = user
+        return client
+
+    return login
+
+
+@pytest.fixture
 def admin_client(client, admin_user, verified_login):
     """pytest-django's admin_client, signed in with the second factor the admin requires."""
     return verified_login(client, admin_user)

@@ -22,17 +22,6 @@ pytestmark = pytest.mark.django_db
 CHANGELIST = reverse("admin:institutions_institution_changelist")
 
 
-@pytest.fixture
-def staff_client(client, make_staff, verified_login):
-    def login(role: str | None, **kwargs):
-        user = make_staff(role, **kwargs)
-        verified_login(client, user)
-        client.user = user
-        return client
-
-    return login
-
-
 def button(institution, name: str) -> str:
     return reverse(f"admin:institutions_institution_{name}", args=[institution.pk])
 

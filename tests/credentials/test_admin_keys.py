@@ -21,17 +21,6 @@ ROLES = ("Viewer", "Customer success", "Data engineer", "superuser")
 
 
 @pytest.fixture
-def staff_client(client, make_staff, verified_login):
-    def login(role: str):
-        user = make_staff(None, is_superuser=True) if role == "superuser" else make_staff(role)
-        verified_login(client, user)
-        client.user = user
-        return client
-
-    return login
-
-
-@pytest.fixture
 def planted(institution, make_credential):
     """An institution whose active key holds PLANTED_SECRET, with history, a link, a reminder and audit events."""
     make_credential(institution, days=20)

@@ -32,17 +32,6 @@ EXPORT = reverse("admin:credentials_reminderlog_export")
 DEC_3 = dt.datetime(2026, 12, 3, 12, tzinfo=dt.UTC)
 
 
-@pytest.fixture
-def staff_client(client, make_staff, verified_login):
-    def login(role: str | None, **kwargs):
-        user = make_staff(role, **kwargs)
-        verified_login(client, user)
-        client.user = user
-        return client
-
-    return login
-
-
 def rows(response) -> list[str]:
     return [obj.credential.institution.name for obj in response.context["cl"].result_list]
 

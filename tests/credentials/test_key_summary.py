@@ -33,15 +33,6 @@ Condition = KeyState
 CHANGELIST = "/admin/institutions/institution/"
 
 
-@pytest.fixture
-def staff_client(client, make_staff, verified_login):
-    def login(role: str):
-        verified_login(client, make_staff(role))
-        return client
-
-    return login
-
-
 def summary(institution: Institution) -> tuple:
     institution.refresh_from_db()
     return (institution.key_condition, institution.key_pk, institution.key_expires_on, institution.key_region)

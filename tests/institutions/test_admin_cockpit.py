@@ -26,17 +26,6 @@ pytestmark = pytest.mark.django_db
 CHANGELIST = reverse("admin:institutions_institution_changelist")
 
 
-@pytest.fixture
-def staff_client(client, make_staff, verified_login):
-    def login(role: str | None, **kwargs):
-        user = make_staff(role, **kwargs)
-        verified_login(client, user)
-        client.user = user
-        return client
-
-    return login
-
-
 def names(response) -> set[str]:
     return {inst.name for inst in response.context["cl"].result_list}
 

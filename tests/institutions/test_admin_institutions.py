@@ -40,17 +40,6 @@ def action_url(institution, name: str) -> str:
 
 
 @pytest.fixture
-def staff_client(client, make_staff, verified_login):
-    def login(role: str | None, **kwargs):
-        user = make_staff(role, **kwargs)
-        verified_login(client, user)
-        client.user = user
-        return client
-
-    return login
-
-
-@pytest.fixture
 def no_decrypt(monkeypatch):
     """Fail the test if anything decrypts a stored value."""
     calls = []
