@@ -60,7 +60,7 @@ def _pattern_names(resolver=None, namespace: str = "") -> set[str]:
             inner = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
             names |= _pattern_names(pattern, inner)
         elif isinstance(pattern, URLPattern):
-            names.add(f"{namespace}{pattern.name}" if pattern.name else pattern.lookup_str)
+            names.add(f"{namespace}{pattern.name or pattern.lookup_str}")  # as ResolverMatch.view_name writes it
     return names
 
 
