@@ -458,3 +458,21 @@ def sso_settings(settings, oidc_provider):
     settings.OIDC_REQUIRE_MFA = True
     yield oidc_provider
     provider_metadata_forget()
+
+
+# The longest tests, measured (make test, idle): started first, so that pytest-xdist's workers
+# finish together instead of one of them running a 150-second test at the end alone.
+LONGEST_FIRST = (
+    "tests/devtools/test_readme.py::test_every_readme_example_runs_as_written_on_a_fresh_demo_on_other_ports",
+    "tests/credentials/test_outbox_year.py::",
+    "tests/security/test_drills.py::test_a_worker_killed_mid_send",
+    "tests/devtools/test_make_run.py::",
+    "tests/security/test_admin_crawl.py::",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        return next((n for n, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: everything else keeps its order

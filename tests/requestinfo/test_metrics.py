@@ -60,7 +60,11 @@ def _pattern_names(resolver=None, namespace: str = "") -> set[str]:
             inner = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
             names |= _pattern_names(pattern, inner)
         elif isinstance(pattern, URLPattern):
-            names.add(f"{namespace}{pattern.name or pattern.lookup_str}")  # as ResolverMatch.view_name writes it
+            if pattern.name:
+                names.add(f"{namespace}{pattern.name}")
+            else:  # ResolverMatch.view_name: the class-based view's path, or the function's module and __name__
+                callback = getattr(pattern.callback, "view_class", pattern.callback)
+                names |= {f"{namespace}{pattern.lookup_str}", f"{namespace}{callback.__module__}.{callback.__name__}"}
     return names
 
 
